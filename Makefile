@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh Debian machine:
+#   make demo   venv, install, embedded PostgreSQL (unless DATABASE_URL),
+#               migrations, demo data, rendered configs, summary
+#   make test   the whole suite (engine tests build the Asterisk chroot)
+PYTHON   ?= python3
+VENV     ?= .venv
+STATE    ?= .dustel
+BIN       = $(VENV)/bin
+STAMP     = $(VENV)/.installed
+
+.PHONY: demo test venv system-deps lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages for the engine tests (sipp, mmdebstrap); idempotent.
+system-deps:
+	@scripts/system-deps.sh
+
+demo: venv
+	$(BIN)/dustel --state-dir $(STATE) demo
+
+test: venv system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check dustel tests bench
+
+bench: venv
+	$(BIN)/python bench/render.py
+
+clean:
+	rm -rf $(VENV) $(STATE)

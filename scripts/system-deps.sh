@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses: sipp (sip-tester) for SIP traffic,
+# mmdebstrap to build the Asterisk chroot.  Installs only what is missing;
+# without root it says what is missing and leaves it to the engine tests to
+# skip with that reason.
+set -euo pipefail
+missing=()
+command -v sipp >/dev/null || missing+=(sip-tester)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "system-deps: not root, cannot install: ${missing[*]} (engine tests will skip)" >&2
+    exit 0
+fi
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null || echo "system-deps: apt-get update failed, trying the cached lists" >&2
+apt-get install -y -qq "${missing[@]}" >/dev/null
