@@ -1,0 +1,67 @@
+"""The ``dustel`` command: a thin click layer over the domain modules.
+
+Every command runs in one database transaction; bad input ends with one
+line on stderr naming the field and the rule, exit status 1 (2 for usage
+errors), and nothing written."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .commands import account_cmd, db_cmd, demo_cmd, feature_cmd, number_cmd, target_cmd, tenant_cmd
+from .commands.common import Env
+from .errors import DustelError
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(message.split())  # one line, whatever the message held
+    click.echo(f"error: {line}", err=True)
+    sys.exit(code)
+
+
+class DustelGroup(click.Group):
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name or "dustel", complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except DustelError as exc:
+            _fail(str(exc), 1)
+        except click.Abort:
+            _fail("aborted", 1)
+        except UnicodeError as exc:
+            _fail(f"input: not valid text ({exc.reason})", 2)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+@click.group(cls=DustelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="DUSTEL_STATE_DIR", default=".dustel", show_default=True,
+              help="Where the embedded PostgreSQL, rendered configs and demo files live.")
+@click.option("--config", envvar="DUSTEL_CONFIG", help="Settings file (TOML); default <state-dir>/dustel.toml.")
+@click.version_option(package_name="dustel")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: str, config: str | None) -> None:
+    """dustel: control plane of the DUStel VoIP platform.
+
+    DATABASE_URL selects PostgreSQL; without it an embedded server runs in
+    <state-dir>/pg.  Add --json to list/show commands for scripts."""
+    ctx.obj = Env(state_dir, config)
+
+
+for command in (
+    db_cmd.group, tenant_cmd.group, account_cmd.group, number_cmd.group,
+    feature_cmd.forward, feature_cmd.group, feature_cmd.limits, feature_cmd.zones,
+    feature_cmd.blacklist, feature_cmd.whitelist, feature_cmd.speeddial,
+    target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent,
+    demo_cmd.demo,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

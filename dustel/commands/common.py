@@ -1,0 +1,93 @@
+"""What every command shares: the environment (settings, database), one
+transaction per command with errors translated to "field: rule", and
+output as text or JSON."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+import json
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import Any
+
+import click
+import psycopg
+
+from .. import db
+from ..config import Settings, load_settings
+from ..errors import DustelError, translate_db_error
+
+
+class Env:
+    def __init__(self, state_dir: str | None, config: str | None) -> None:
+        self._state_dir = state_dir
+        self._config = config
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self._state_dir, self._config)
+
+    @cached_property
+    def url(self) -> str:
+        return db.database_url(self.settings)
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[psycopg.Connection]:
+        """One transaction: all of the command's writes or none."""
+        try:
+            with db.transaction(self.url) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            mapped = translate_db_error(exc)
+            if mapped is not None:
+                raise mapped from None
+            if isinstance(exc, psycopg.errors.UndefinedTable):
+                raise DustelError("database", "schema missing: run 'dustel db migrate'") from None
+            raise DustelError("database", (exc.diag.message_primary or str(exc)).splitlines()[0]) from None
+
+
+pass_env = click.make_pass_decorator(Env)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, dt.datetime | dt.date):
+        return o.isoformat()
+    if isinstance(o, decimal.Decimal):
+        return str(o)
+    return str(o)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    if as_json or human is None:
+        click.echo(json.dumps(data, default=_default, ensure_ascii=False, indent=None if as_json else 2,
+                              sort_keys=True))
+    else:
+        human(data)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+
+
+def euro(cents: int | None) -> str:
+    if cents is None:
+        return "-"
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def read_password(from_stdin: bool) -> str:
+    """Passwords come from stdin or a hidden prompt, never from argv (which
+    ends up in shell history and process lists)."""
+    if from_stdin:
+        line = click.get_text_stream("stdin").readline()
+        return line.rstrip("\r\n")
+    return click.prompt("SIP password", hide_input=True, confirmation_prompt=True)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import click
+
+from ..provisioning import demo as demo_data
+from ..provisioning import migrate as mig
+from .common import Env, emit, json_option, pass_env, table
+
+
+@click.command("demo")
+@json_option
+@pass_env
+def demo(env: Env, as_json: bool) -> None:
+    """Set up a demo provider: migrate, load one tenant per plan, render
+    configs, print a summary.  A second run changes nothing."""
+    applied = mig.migrate(env.url)
+    creds = env.settings.state_dir / "demo-credentials.txt"
+    with env.tx() as conn:
+        loaded = demo_data.load(conn, creds)
+        summ = demo_data.summary(conn)
+    summ.update(migrations_applied=applied, loaded_now=loaded, credentials_file=str(creds),
+                database="DATABASE_URL" if env.settings.database_url else str(env.settings.state_dir / "pg"))
+    emit(summ, as_json, lambda d: _human(d, env))
+
+
+def _human(d: dict, env: Env) -> None:
+    click.echo("dustel demo provider " + ("loaded" if d["loaded_now"] else "already loaded, nothing changed"))
+    click.echo(f"database: {d['database']}")
+    click.echo("")
+    table(d["plans"], ["plan", "tenants", "accounts", "numbers"])
+    click.echo("")
+    table(d["tenants"], ["id", "name", "plan", "sip_domain", "accounts", "numbers"])
+    click.echo("")
+    click.echo(f"queues {d['queues']}, agents {d['agents']}, forwardings/group calls {d['diversions']}")
+    click.echo(f"SIP passwords (demo only): {d['credentials_file']} (mode 0600)")
+    sd = env.settings.state_dir
+    click.echo("")
+    click.echo("next, try:")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} tenant show 3")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} number list --tenant 3")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} account add 1   # a 6th on starter is refused")

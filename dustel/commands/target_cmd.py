@@ -1,0 +1,111 @@
+"""Fax boxes, ring groups, queues and agents as routing targets (the ACD
+behaviour itself lives in dustel.queue)."""
+from __future__ import annotations
+
+import click
+
+from ..provisioning import targets
+from .common import Env, emit, json_option, pass_env, table
+
+faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
+
+
+@faxbox.command("add")
+@click.argument("tenant_id", type=int)
+@click.argument("name")
+@click.option("--email", required=True, help="Where received faxes are mailed.")
+@click.option("--pin", help="Fax PIN for email-to-fax (4-8 digits).")
+@json_option
+@pass_env
+def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, pin: str | None) -> None:
+    """Add a fax box."""
+    with env.tx() as conn:
+        row = targets.faxbox_add(conn, tenant_id, name, email, pin)
+    emit(row, as_json, lambda d: click.echo(f"fax box {d['name']} added"))
+
+
+@faxbox.command("list")
+@click.argument("tenant_id", type=int)
+@json_option
+@pass_env
+def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
+    """List fax boxes."""
+    with env.tx() as conn:
+        rows = conn.execute("SELECT id, name, email FROM faxboxes WHERE tenant_id = %s ORDER BY name",
+                            (tenant_id,)).fetchall()
+    emit(rows, as_json, lambda r: table(r, ["id", "name", "email"]))
+
+
+ringgroup = click.Group("ringgroup", help="Ring groups: numbers routed to several accounts at once.")
+
+
+@ringgroup.command("add")
+@click.argument("tenant_id", type=int)
+@click.argument("name")
+@click.option("--member", "members", multiple=True, required=True, help="SIP username; repeatable.")
+@click.option("--ring-seconds", type=int, default=30, show_default=True)
+@json_option
+@pass_env
+def ringgroup_add(env: Env, as_json: bool, tenant_id: int, name: str, members: tuple[str, ...],
+                  ring_seconds: int) -> None:
+    """Add a ring group."""
+    with env.tx() as conn:
+        row = targets.ring_group_add(conn, tenant_id, name, list(members), ring_seconds)
+    emit(row, as_json, lambda d: click.echo(f"ring group {d['name']} added"))
+
+
+queue = click.Group("queue", help="DUSqueue call-centre queues (ACD option, business flex).")
+
+
+@queue.command("add")
+@click.argument("tenant_id", type=int)
+@click.argument("name")
+@click.option("--code", required=True, help="Digits agents dial after *51 to log in.")
+@click.option("--strategy", type=click.Choice(targets.STRATEGIES), default="ring_all", show_default=True)
+@click.option("--max-wait", type=int, default=300, show_default=True, help="Seconds.")
+@click.option("--max-callers", type=int, default=10, show_default=True)
+@click.option("--wrapup", type=int, default=10, show_default=True, help="Seconds after a call.")
+@click.option("--moh", "moh_class", default="default", show_default=True, help="Hold music class.")
+@json_option
+@pass_env
+def queue_add(env: Env, as_json: bool, tenant_id: int, name: str, code: str, strategy: str,
+              max_wait: int, max_callers: int, wrapup: int, moh_class: str) -> None:
+    """Add a queue."""
+    with env.tx() as conn:
+        row = targets.queue_add(conn, tenant_id, name, code, strategy=strategy, max_wait=max_wait,
+                                max_callers=max_callers, wrapup=wrapup, moh_class=moh_class)
+    emit(row, as_json, lambda d: click.echo(f"queue {d['name']} added (login *51{d['code']})"))
+
+
+@queue.command("list")
+@click.argument("tenant_id", type=int)
+@json_option
+@pass_env
+def queue_list(env: Env, as_json: bool, tenant_id: int) -> None:
+    """List a tenant's queues."""
+    with env.tx() as conn:
+        rows = conn.execute(
+            "SELECT id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds, moh_class"
+            " FROM queues WHERE tenant_id = %s ORDER BY name", (tenant_id,)).fetchall()
+    emit(rows, as_json, lambda r: table(r, ["name", "code", "strategy", "max_wait_seconds", "max_callers"]))
+
+
+agent = click.Group("agent", help="Queue agents: people with a PIN.")
+
+
+@agent.command("add")
+@click.argument("tenant_id", type=int)
+@click.argument("name")
+@click.option("--pin", required=True, help="4-8 digits, stored hashed.")
+@click.option("--account", help="Default contact: a SIP username of the tenant.")
+@click.option("--external", help="Default contact: an external number (home/mobile).")
+@click.option("--queue", "queues", multiple=True, help="Member of this queue; repeatable.")
+@json_option
+@pass_env
+def agent_add(env: Env, as_json: bool, tenant_id: int, name: str, pin: str, account: str | None,
+              external: str | None, queues: tuple[str, ...]) -> None:
+    """Add an agent."""
+    with env.tx() as conn:
+        row = targets.agent_add(conn, tenant_id, name, pin, account=account, external=external,
+                                queues=list(queues))
+    emit(row, as_json, lambda d: click.echo(f"agent {d['id']} {d['name']} added"))

@@ -1,0 +1,120 @@
+"""Settings from a TOML file and the environment; the environment wins.
+
+Lookup order for every value: environment variable, then the file
+(``--config`` or ``$DUSTEL_CONFIG`` or ``<state-dir>/dustel.toml``), then
+the default.  Without ``DATABASE_URL`` an embedded PostgreSQL (pgserver)
+lives in ``<state-dir>/pg`` and is reused between runs.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DustelError
+
+
+@dataclass(frozen=True)
+class EngineNode:
+    name: str
+    host: str
+    port: int
+    username: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    database_url: str | None = None
+    # Where the renderer writes and the engines read their configs.
+    freeswitch_conf_dir: Path | None = None
+    asterisk_conf_dir: Path | None = None
+    # Live-control endpoints (controller) and secrets rendered into the
+    # engines' own configs (event_socket.conf, manager.conf).
+    esl_nodes: tuple[EngineNode, ...] = ()
+    ami_nodes: tuple[EngineNode, ...] = ()
+    esl_password: str = "ClueCon"
+    ami_username: str = "dustel"
+    ami_secret: str = "dustel-ami"
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    esl_outbound_host: str = "127.0.0.1"
+    esl_outbound_port: int = 8084
+    sip_domain_suffix: str = "sip.dustel.de"
+    carrier_host: str = "127.0.0.1:5070"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+_ENV = {
+    "database_url": "DATABASE_URL",
+    "esl_password": "DUSTEL_ESL_PASSWORD",
+    "ami_username": "DUSTEL_AMI_USERNAME",
+    "ami_secret": "DUSTEL_AMI_SECRET",
+    "agi_host": "DUSTEL_AGI_HOST",
+    "agi_port": "DUSTEL_AGI_PORT",
+    "esl_outbound_host": "DUSTEL_ESL_OUTBOUND_HOST",
+    "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
+    "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
+    "carrier_host": "DUSTEL_CARRIER_HOST",
+}
+_INT_FIELDS = {"agi_port", "esl_outbound_port"}
+
+
+def load_settings(state_dir: str | Path | None = None, config_file: str | Path | None = None,
+                  env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    sd = Path(state_dir or env.get("DUSTEL_STATE_DIR") or ".dustel").resolve()
+    cfg_path = Path(config_file or env.get("DUSTEL_CONFIG") or sd / "dustel.toml")
+    data: dict[str, object] = {}
+    if cfg_path.exists():
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise DustelError(f"config {cfg_path}", f"not valid TOML ({exc})") from None
+    elif config_file:
+        raise DustelError("config", f"file {cfg_path} does not exist")
+
+    values: dict[str, object] = {}
+    known = set(Settings.__dataclass_fields__) - {"state_dir", "extra", "esl_nodes", "ami_nodes"}
+    for key, raw in data.items():
+        if key in ("esl_nodes", "ami_nodes"):
+            continue
+        if key not in known:
+            raise DustelError(f"config {key}", "unknown setting")
+        values[key] = raw
+    for key, var in _ENV.items():
+        if env.get(var):
+            values[key] = env[var]
+    for key in list(values):
+        if key in _INT_FIELDS:
+            try:
+                values[key] = int(values[key])  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise DustelError(key, "must be an integer port") from None
+        elif key.endswith("_dir") and values[key] is not None:
+            values[key] = Path(str(values[key]))
+        elif not isinstance(values[key], str):
+            raise DustelError(key, "must be a string")
+    nodes = {k: _nodes(k, data.get(k, [])) for k in ("esl_nodes", "ami_nodes")}
+    return Settings(state_dir=sd, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
+                    **values)  # type: ignore[arg-type]
+
+
+def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
+    if not isinstance(raw, list):
+        raise DustelError(key, "must be a list of tables")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise DustelError(f"{key}[{i}]", "must be a table")
+        try:
+            out.append(EngineNode(name=str(item["name"]), host=str(item["host"]),
+                                  port=int(item["port"]), username=str(item.get("username", "")),
+                                  secret=str(item.get("secret", ""))))
+        except KeyError as exc:
+            raise DustelError(f"{key}[{i}].{exc.args[0]}", "is required") from None
+        except (TypeError, ValueError):
+            raise DustelError(f"{key}[{i}].port", "must be an integer") from None
+    return tuple(out)

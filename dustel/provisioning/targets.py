@@ -1,0 +1,105 @@
+"""Routing targets other than accounts: fax boxes, ring groups, and the
+queue/agent records the ACD (dustel.queue) works on."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Any
+
+import psycopg
+
+from ..errors import DustelError, NotFound
+from . import tenants
+from . import validate as v
+
+STRATEGIES = ("ring_all", "longest_idle", "round_robin", "fewest_calls", "random")
+
+
+def hash_pin(pin: str) -> str:
+    """PBKDF2-SHA256 with a random salt: PINs are short, so never stored plain."""
+    salt = os.urandom(16)
+    dk = hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, 20_000)
+    return f"pbkdf2$20000${salt.hex()}${dk.hex()}"
+
+
+def check_pin(pin: str, stored: str) -> bool:
+    try:
+        _, rounds, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    dk = hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), int(rounds))
+    return hmac.compare_digest(dk.hex(), digest)
+
+
+def faxbox_add(conn: psycopg.Connection, tenant_id: int, name: str, email: str,
+               pin: str | None = None) -> dict[str, Any]:
+    tenants.get(conn, tenant_id)
+    pin_hash = hash_pin(v.digits("pin", pin, min_len=4, max_len=8)) if pin else None
+    return conn.execute(
+        "INSERT INTO faxboxes (tenant_id, name, email, pin_hash) VALUES (%s, %s, %s, %s)"
+        " RETURNING id, tenant_id, name, email",
+        (tenant_id, v.slug("name", name), v.email("email", email), pin_hash)).fetchone()
+
+
+def ring_group_add(conn: psycopg.Connection, tenant_id: int, name: str, members: list[str],
+                   ring_seconds: int = 30) -> dict[str, Any]:
+    tenants.get(conn, tenant_id)
+    if not members:
+        raise DustelError("member", "a ring group needs at least one account")
+    if len(members) > 10:
+        raise DustelError("member", "at most 10 accounts")
+    g = conn.execute("INSERT INTO ring_groups (tenant_id, name, ring_seconds) VALUES (%s, %s, %s) RETURNING *",
+                     (tenant_id, v.slug("name", name), ring_seconds)).fetchone()
+    for m in members:
+        acc = conn.execute("SELECT id FROM sip_accounts WHERE tenant_id = %s AND username = %s",
+                           (tenant_id, v.username("member", m))).fetchone()
+        if acc is None:
+            raise NotFound("member", f"{m} is not a SIP account of tenant {tenant_id}")
+        conn.execute("INSERT INTO ring_group_members (group_id, tenant_id, account_id) VALUES (%s, %s, %s)",
+                     (g["id"], tenant_id, acc["id"]))
+    return g
+
+
+def queue_add(conn: psycopg.Connection, tenant_id: int, name: str, code: str, *,
+              strategy: str = "ring_all", max_wait: int = 300, max_callers: int = 10,
+              wrapup: int = 10, moh_class: str = "default") -> dict[str, Any]:
+    tenants.get(conn, tenant_id)
+    if strategy not in STRATEGIES:
+        raise DustelError("strategy", f"must be one of {', '.join(STRATEGIES)}")
+    return conn.execute(
+        """INSERT INTO queues (tenant_id, name, code, strategy, max_wait_seconds, max_callers,
+                               wrapup_seconds, moh_class)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+        (tenant_id, v.slug("name", name), v.digits("code", code, max_len=6), strategy,
+         max_wait, max_callers, wrapup, v.slug("moh_class", moh_class))).fetchone()
+
+
+def agent_add(conn: psycopg.Connection, tenant_id: int, name: str, pin: str, *,
+              account: str | None = None, external: str | None = None,
+              queues: list[str] | None = None) -> dict[str, Any]:
+    tenants.get(conn, tenant_id)
+    name = v.text("name", name, max_len=64)
+    pin = v.digits("pin", pin, min_len=4, max_len=8)
+    if account and external:
+        raise DustelError("contact", "an agent has one contact: an account or an external number")
+    acc_id = None
+    if account:
+        acc = conn.execute("SELECT id FROM sip_accounts WHERE tenant_id = %s AND username = %s",
+                           (tenant_id, v.username("account", account))).fetchone()
+        if acc is None:
+            raise NotFound("account", f"{account} is not a SIP account of tenant {tenant_id}")
+        acc_id = acc["id"]
+    ext = v.e164("external", external) if external else None
+    a = conn.execute(
+        """INSERT INTO agents (tenant_id, name, pin_hash, contact_account_id, contact_e164)
+           VALUES (%s, %s, %s, %s, %s) RETURNING id, tenant_id, name""",
+        (tenant_id, name, hash_pin(pin), acc_id, ext)).fetchone()
+    for qn in queues or []:
+        q = conn.execute("SELECT id FROM queues WHERE tenant_id = %s AND name = %s",
+                         (tenant_id, v.slug("queue", qn))).fetchone()
+        if q is None:
+            raise NotFound("queue", f"tenant {tenant_id} has no queue {qn!r}")
+        conn.execute("INSERT INTO queue_members (queue_id, agent_id, tenant_id) VALUES (%s, %s, %s)",
+                     (q["id"], a["id"], tenant_id))
+    return a
