@@ -6,6 +6,9 @@ refused the input.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import psycopg
 
 
@@ -81,3 +84,18 @@ def _column_of(constraint: str, table: str | None) -> str:
         if rest.endswith(suffix):
             rest = rest[: -len(suffix)]
     return rest or constraint
+
+
+@contextlib.contextmanager
+def db_errors() -> Iterator[None]:
+    """Raise database errors caused by input as DustelError ("field: rule");
+    any other database error as a one-line DustelError on 'database'."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        mapped = translate_db_error(exc)
+        if mapped is not None:
+            raise mapped from None
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            raise DustelError("database", "schema missing: run 'dustel db migrate'") from None
+        raise DustelError("database", (exc.diag.message_primary or str(exc)).splitlines()[0]) from None

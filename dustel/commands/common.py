@@ -16,7 +16,7 @@ import psycopg
 
 from .. import db
 from ..config import Settings, load_settings
-from ..errors import DustelError, translate_db_error
+from ..errors import db_errors
 
 
 class Env:
@@ -35,16 +35,8 @@ class Env:
     @contextlib.contextmanager
     def tx(self) -> Iterator[psycopg.Connection]:
         """One transaction: all of the command's writes or none."""
-        try:
-            with db.transaction(self.url) as conn:
-                yield conn
-        except psycopg.Error as exc:
-            mapped = translate_db_error(exc)
-            if mapped is not None:
-                raise mapped from None
-            if isinstance(exc, psycopg.errors.UndefinedTable):
-                raise DustelError("database", "schema missing: run 'dustel db migrate'") from None
-            raise DustelError("database", (exc.diag.message_primary or str(exc)).splitlines()[0]) from None
+        with db_errors(), db.transaction(self.url) as conn:
+            yield conn
 
 
 pass_env = click.make_pass_decorator(Env)

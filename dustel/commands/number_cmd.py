@@ -15,7 +15,7 @@ def group() -> None:
 @group.command("add")
 @click.argument("tenant_id", type=int)
 @click.argument("e164")
-@click.option("--block", "block_size", type=int, help="Block size (10, 20, 30, 50, 70, 100 …): E164 is the head number.")
+@click.option("--block", "block_size", type=int, help="Block size (10, 20 … 100): E164 is the head.")
 @click.option("--central", "central_ddi", help="DDI of the central answering point of a block, e.g. 0.")
 @json_option
 @pass_env

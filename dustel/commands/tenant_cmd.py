@@ -53,7 +53,8 @@ def list_(env: Env, as_json: bool, plan: str | None) -> None:
     """List tenants."""
     with env.tx() as conn:
         rows = tenants.list_all(conn, plan)
-    emit(rows, as_json, lambda r: table(r, ["id", "name", "customer_type", "plan", "sip_domain", "accounts", "numbers"]))
+    cols = ["id", "name", "customer_type", "plan", "sip_domain", "accounts", "numbers"]
+    emit(rows, as_json, lambda r: table(r, cols))
 
 
 def _show_human(d: dict) -> None:

@@ -48,6 +48,8 @@ def set_diversion(conn: psycopg.Connection, username: str, *, kind: str, targets
     (kind 'group') in one go."""
     acc = accounts.get(conn, username)
     parsed = parse_targets(targets)
+    if (acc["username"], None) in parsed:
+        raise DustelError("targets", "an account cannot forward to itself")
     if kind == "forward":
         if mode not in FORWARD_MODES:
             raise DustelError("mode", f"must be one of {', '.join(m.replace('_', '-') for m in FORWARD_MODES)}")
