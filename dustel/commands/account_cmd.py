@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from ..provisioning import accounts
-from .common import Env, emit, json_option, pass_env, read_password, table
+from .common import INT, Env, emit, json_option, pass_env, read_password, table
 
 COLUMNS = ["username", "tenant_id", "display_name", "tls_mode", "t38", "caller_id", "allowed_nets"]
 
@@ -14,7 +14,7 @@ def group() -> None:
 
 
 @group.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.option("--username", help="000387 + 6 digits; default: the next free one.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin (else prompt, hidden).")
 @click.option("--name", "display_name", default="", help="Display name.")
@@ -39,7 +39,7 @@ def add(env: Env, as_json: bool, tenant_id: int, username: str | None, password_
 
 
 @group.command("list")
-@click.option("--tenant", "tenant_id", type=int, help="Only this tenant's accounts.")
+@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant's accounts.")
 @json_option
 @pass_env
 def list_(env: Env, as_json: bool, tenant_id: int | None) -> None:

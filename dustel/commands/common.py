@@ -7,6 +7,8 @@ import contextlib
 import datetime as dt
 import decimal
 import json
+import re
+import sys
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
@@ -40,6 +42,24 @@ class Env:
 
 
 pass_env = click.make_pass_decorator(Env)
+
+
+class AsciiInt(click.ParamType):
+    """A whole number in ASCII digits.  click's INT uses int(), which also
+    takes '١٢٣' or '1_000' — not what an operator typed on purpose."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not re.fullmatch(r"-?[0-9]{1,12}", text):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(text)
+
+
+INT = AsciiInt()
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
@@ -80,6 +100,6 @@ def read_password(from_stdin: bool) -> str:
     """Passwords come from stdin or a hidden prompt, never from argv (which
     ends up in shell history and process lists)."""
     if from_stdin:
-        line = click.get_text_stream("stdin").readline()
+        line = sys.stdin.readline()
         return line.rstrip("\r\n")
     return click.prompt("SIP password", hide_input=True, confirmation_prompt=True)

@@ -5,7 +5,7 @@ import click
 
 from ..provisioning import features, schedule
 from ..provisioning import validate as v
-from .common import Env, emit, euro, json_option, pass_env, table
+from .common import INT, Env, emit, euro, json_option, pass_env, table
 
 
 def _show_diversion(d: dict) -> None:
@@ -61,7 +61,7 @@ group = _diversion_group("group", "group", "Group call: the account rings togeth
 @forward.command("set")
 @click.argument("username")
 @click.option("--mode", required=True, type=click.Choice(["immediate", "no-answer", "unregistered"]))
-@click.option("--timeout", type=int, help="no-answer: seconds before forwarding (default 20).")
+@click.option("--timeout", type=INT, help="no-answer: seconds before forwarding (default 20).")
 @click.option("--to", "targets", multiple=True, required=True,
               help="SIP username (internal) or E.164 number (external); up to 10, at most 2 external.")
 @_schedule_options
@@ -82,7 +82,7 @@ def forward_set(env: Env, as_json: bool, username: str, mode: str, timeout: int 
 @click.argument("username")
 @click.option("--to", "targets", multiple=True, required=True,
               help="SIP username or E.164 number; up to 10, at most 2 external.")
-@click.option("--ring-seconds", "timeout", type=int, help="How long all ring (default 30).")
+@click.option("--ring-seconds", "timeout", type=INT, help="How long all ring (default 30).")
 @_schedule_options
 @json_option
 @pass_env
@@ -108,9 +108,9 @@ def _show_limits(d: dict) -> None:
 
 
 @limits.command("set")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.option("--credit-limit", help="Spending cap per billing month in EUR (e.g. 50 or 49.90).")
-@click.option("--max-call-seconds", type=int, help="Longest call; with --account only for that account.")
+@click.option("--max-call-seconds", type=INT, help="Longest call; with --account only for that account.")
 @click.option("--account", help="Apply --max-call-seconds to this account only.")
 @json_option
 @pass_env
@@ -125,7 +125,7 @@ def limits_set(env: Env, as_json: bool, tenant_id: int, credit_limit: str | None
 
 
 @limits.command("show")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @json_option
 @pass_env
 def limits_show(env: Env, as_json: bool, tenant_id: int) -> None:
@@ -214,7 +214,7 @@ speeddial = click.Group("speeddial", help="Per-tenant short codes, dialed as **<
 
 
 @speeddial.command("set")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("code")
 @click.argument("target")
 @pass_env
@@ -226,7 +226,7 @@ def speeddial_set(env: Env, tenant_id: int, code: str, target: str) -> None:
 
 
 @speeddial.command("remove")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("code")
 @pass_env
 def speeddial_remove(env: Env, tenant_id: int, code: str) -> None:
@@ -237,7 +237,7 @@ def speeddial_remove(env: Env, tenant_id: int, code: str) -> None:
 
 
 @speeddial.command("list")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @json_option
 @pass_env
 def speeddial_list(env: Env, as_json: bool, tenant_id: int) -> None:

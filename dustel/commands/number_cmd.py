@@ -4,7 +4,7 @@ import click
 
 from ..provisioning import numbers
 from ..provisioning import validate as v
-from .common import Env, emit, json_option, pass_env, table
+from .common import INT, Env, emit, json_option, pass_env, table
 
 
 @click.group("number")
@@ -13,9 +13,9 @@ def group() -> None:
 
 
 @group.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("e164")
-@click.option("--block", "block_size", type=int, help="Block size (10, 20 … 100): E164 is the head.")
+@click.option("--block", "block_size", type=INT, help="Block size (10, 20 … 100): E164 is the head.")
 @click.option("--central", "central_ddi", help="DDI of the central answering point of a block, e.g. 0.")
 @json_option
 @pass_env
@@ -61,7 +61,7 @@ def remove(env: Env, e164: str) -> None:
 
 
 @group.command("list")
-@click.option("--tenant", "tenant_id", type=int)
+@click.option("--tenant", "tenant_id", type=INT)
 @json_option
 @pass_env
 def list_(env: Env, as_json: bool, tenant_id: int | None) -> None:
@@ -78,9 +78,9 @@ def port() -> None:
 
 
 @port.command("in")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("e164")
-@click.option("--block", "block_size", type=int, help="Port a whole block with this head number.")
+@click.option("--block", "block_size", type=INT, help="Port a whole block with this head number.")
 @click.option("--carrier", required=True, help="The losing carrier.")
 @json_option
 @pass_env
@@ -104,7 +104,7 @@ def port_out(env: Env, as_json: bool, e164: str, carrier: str) -> None:
 
 
 @port.command("confirm")
-@click.argument("order_id", type=int)
+@click.argument("order_id", type=INT)
 @click.option("--date", "port_date", required=True, help="Porting date set by the losing carrier (YYYY-MM-DD).")
 @json_option
 @pass_env
@@ -116,7 +116,7 @@ def port_confirm(env: Env, as_json: bool, order_id: int, port_date: str) -> None
 
 
 @port.command("done")
-@click.argument("order_id", type=int)
+@click.argument("order_id", type=INT)
 @json_option
 @pass_env
 def port_done(env: Env, as_json: bool, order_id: int) -> None:
@@ -127,7 +127,7 @@ def port_done(env: Env, as_json: bool, order_id: int) -> None:
 
 
 @port.command("reject")
-@click.argument("order_id", type=int)
+@click.argument("order_id", type=INT)
 @click.option("--reason", required=True)
 @json_option
 @pass_env
@@ -139,7 +139,7 @@ def port_reject(env: Env, as_json: bool, order_id: int, reason: str) -> None:
 
 
 @port.command("list")
-@click.option("--tenant", "tenant_id", type=int)
+@click.option("--tenant", "tenant_id", type=INT)
 @json_option
 @pass_env
 def port_list(env: Env, as_json: bool, tenant_id: int | None) -> None:

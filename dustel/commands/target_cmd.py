@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from ..provisioning import targets
-from .common import Env, emit, json_option, pass_env, table
+from .common import INT, Env, emit, json_option, pass_env, table
 
 faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
 
 
 @faxbox.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--email", required=True, help="Where received faxes are mailed.")
 @click.option("--pin", help="Fax PIN for email-to-fax (4-8 digits).")
@@ -25,7 +25,7 @@ def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, p
 
 
 @faxbox.command("list")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @json_option
 @pass_env
 def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
@@ -40,10 +40,10 @@ ringgroup = click.Group("ringgroup", help="Ring groups: numbers routed to severa
 
 
 @ringgroup.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--member", "members", multiple=True, required=True, help="SIP username; repeatable.")
-@click.option("--ring-seconds", type=int, default=30, show_default=True)
+@click.option("--ring-seconds", type=INT, default=30, show_default=True)
 @json_option
 @pass_env
 def ringgroup_add(env: Env, as_json: bool, tenant_id: int, name: str, members: tuple[str, ...],
@@ -58,13 +58,13 @@ queue = click.Group("queue", help="DUSqueue call-centre queues (ACD option, busi
 
 
 @queue.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--code", required=True, help="Digits agents dial after *51 to log in.")
 @click.option("--strategy", type=click.Choice(targets.STRATEGIES), default="ring_all", show_default=True)
-@click.option("--max-wait", type=int, default=300, show_default=True, help="Seconds.")
-@click.option("--max-callers", type=int, default=10, show_default=True)
-@click.option("--wrapup", type=int, default=10, show_default=True, help="Seconds after a call.")
+@click.option("--max-wait", type=INT, default=300, show_default=True, help="Seconds.")
+@click.option("--max-callers", type=INT, default=10, show_default=True)
+@click.option("--wrapup", type=INT, default=10, show_default=True, help="Seconds after a call.")
 @click.option("--moh", "moh_class", default="default", show_default=True, help="Hold music class.")
 @json_option
 @pass_env
@@ -78,7 +78,7 @@ def queue_add(env: Env, as_json: bool, tenant_id: int, name: str, code: str, str
 
 
 @queue.command("list")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @json_option
 @pass_env
 def queue_list(env: Env, as_json: bool, tenant_id: int) -> None:
@@ -94,7 +94,7 @@ agent = click.Group("agent", help="Queue agents: people with a PIN.")
 
 
 @agent.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--pin", required=True, help="4-8 digits, stored hashed.")
 @click.option("--account", help="Default contact: a SIP username of the tenant.")

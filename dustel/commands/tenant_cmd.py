@@ -4,7 +4,7 @@ import click
 
 from ..provisioning import tenants
 from ..provisioning import validate as v
-from .common import Env, emit, euro, json_option, pass_env, table
+from .common import INT, Env, emit, euro, json_option, pass_env, table
 
 
 @click.group("tenant")
@@ -21,7 +21,7 @@ def group() -> None:
 @click.option("--email", help="Address for invoices and fax mail.")
 @click.option("--timezone", default="Europe/Berlin", show_default=True)
 @click.option("--created-on", help="Tariff date YYYY-MM-DD (decides the porting-fee rule); default today.")
-@click.option("--number-quota", type=int, help="business flex: number block size chosen (10, 20, 30, 50, 70, 100 …).")
+@click.option("--number-quota", type=INT, help="business flex: number block size chosen (10, 20, 30, 50, 70, 100 …).")
 @click.option("--kind", "address_kind", type=click.Choice(tenants.ADDRESS_KINDS), default="seat",
               show_default=True, help="Kind of the first address.")
 @click.option("--street", required=True)
@@ -37,7 +37,7 @@ def add(env: Env, as_json: bool, name: str, customer_type: str, plan: str, domai
     with env.tx() as conn:
         t = tenants.add(conn, name=name, customer_type=customer_type, plan=plan, domain=domain,
                         email=email, timezone=timezone,
-                        created_on=v.date("created_on", created_on) if created_on else None,
+                        created_on=v.date("created_on", created_on) if created_on is not None else None,
                         number_quota=number_quota, domain_suffix=env.settings.sip_domain_suffix)
         tenants.add_address(conn, t["id"], kind=address_kind, street=street, postcode=postcode,
                             city=city, area_code=area_code)
@@ -76,7 +76,7 @@ def _show_human(d: dict) -> None:
 
 
 @group.command("show")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @json_option
 @pass_env
 def show(env: Env, as_json: bool, tenant_id: int) -> None:
@@ -87,13 +87,13 @@ def show(env: Env, as_json: bool, tenant_id: int) -> None:
 
 
 @group.command("set")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.option("--name")
 @click.option("--email", help="'' clears it.")
 @click.option("--timezone")
 @click.option("--type", "customer_type", type=click.Choice(tenants.CUSTOMER_TYPES))
 @click.option("--plan")
-@click.option("--number-quota", type=int)
+@click.option("--number-quota", type=INT)
 @click.option("--clip-agreement", help="Date YYYY-MM-DD the signed CLIP-no-screening agreement was filed, or 'none'.")
 @click.option("--option", "options", multiple=True, metavar="NAME=QTY",
               help="Book an option (QTY 0 cancels); repeatable, e.g. --option acd=1.")
@@ -128,7 +128,7 @@ def address() -> None:
 
 
 @address.command("add")
-@click.argument("tenant_id", type=int)
+@click.argument("tenant_id", type=INT)
 @click.option("--kind", type=click.Choice(tenants.ADDRESS_KINDS), required=True)
 @click.option("--street", required=True)
 @click.option("--postcode", required=True)
@@ -146,8 +146,8 @@ def address_add(env: Env, as_json: bool, tenant_id: int, kind: str, street: str,
 
 
 @address.command("remove")
-@click.argument("tenant_id", type=int)
-@click.argument("address_id", type=int)
+@click.argument("tenant_id", type=INT)
+@click.argument("address_id", type=INT)
 @pass_env
 def address_remove(env: Env, tenant_id: int, address_id: int) -> None:
     """Remove an address; refused while a number is bound to its area."""

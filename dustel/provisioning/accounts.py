@@ -51,12 +51,12 @@ def add(conn: psycopg.Connection, tenant_id: int, *, password: str, username: st
     _modes(tls_mode, t38)
     display_name = v.text("display_name", display_name, max_len=64, min_len=0)
     nets = v.networks("allowed_ip", allowed_nets or [])
-    caller_id = v.e164("caller_id", caller_id) if caller_id else None
-    if username:
+    caller_id = v.e164("caller_id", caller_id) if caller_id is not None else None
+    if username is not None:
         username = v.username("username", username)
     else:
         username = _next_free_username(conn)
-    if location:
+    if location is not None:
         location = v.area_code("location", location)
     else:
         first = conn.execute("SELECT area_code FROM addresses WHERE tenant_id = %s ORDER BY id LIMIT 1",

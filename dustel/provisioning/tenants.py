@@ -31,10 +31,10 @@ def add(conn: psycopg.Connection, *, name: str, customer_type: str, plan: str,
     if customer_type not in CUSTOMER_TYPES:
         raise DustelError("customer_type", f"must be one of {', '.join(CUSTOMER_TYPES)}")
     _plan(conn, plan)
-    email = v.email("email", email) if email else None
+    email = v.email("email", email) if email is not None else None
     timezone = v.timezone("timezone", timezone)
     tid = conn.execute("SELECT nextval('tenants_id_seq') AS id").fetchone()["id"]
-    domain = v.domain("domain", domain) if domain else v.domain("domain", f"t{tid}.{domain_suffix}")
+    domain = v.domain("domain", domain) if domain is not None else v.domain("domain", f"t{tid}.{domain_suffix}")
     return conn.execute(
         """INSERT INTO tenants (id, name, customer_type, plan, sip_domain, email, timezone,
                                 created_on, number_quota)

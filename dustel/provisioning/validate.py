@@ -98,11 +98,11 @@ def domain(field: str, value: str) -> str:
 
 def timezone(field: str, value: str) -> str:
     v = value.strip()
-    if not re.fullmatch(r"[A-Za-z_]+(/[A-Za-z0-9_+-]+){0,2}", v):
+    if len(v) > 64 or not re.fullmatch(r"[A-Za-z_]+(/[A-Za-z0-9_+-]+){0,2}", v):
         raise DustelError(field, "must be an IANA time zone such as Europe/Berlin")
     try:
         zoneinfo.ZoneInfo(v)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise DustelError(field, f"unknown time zone {v!r}") from None
     return v
 

@@ -1,0 +1,213 @@
+"""The dustel CLI as an operator uses it: help, JSON, errors, demo."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import pytest
+
+from dustel.cli import cli
+from tests.conftest import Cli, dump
+
+PW = "Cli-Passw0rd-4711"
+
+
+def _without_sequences(d: dict[str, Any]) -> dict[str, Any]:
+    # Sequences are not transactional in PostgreSQL: a refused insert may
+    # leave a gap in ids, which is not data.
+    return {k: v for k, v in d.items() if k != "_sequences"}
+
+
+@pytest.fixture
+def provider(run: Cli) -> dict[str, str]:
+    """A small provider built through the CLI itself."""
+    run.ok("tenant", "add", "--name", "Kiosk Yilmaz", "--type", "business", "--plan", "starter",
+           "--street", "Kölner Str. 3", "--postcode", "40211", "--city", "Düsseldorf", "--area-code", "0211")
+    run.ok("tenant", "add", "--name", "Rheinwerk GmbH", "--type", "business", "--plan", "business_flex",
+           "--street", "Kö 1", "--postcode", "40212", "--city", "Düsseldorf", "--area-code", "0211")
+    run.ok("tenant", "set", "2", "--option", "acd=1", "--option", "extra_account=2")
+    u1 = json.loads(run.ok("account", "add", "1", "--password-stdin", "--json", input=PW + "\n").stdout)["username"]
+    u2 = json.loads(run.ok("account", "add", "2", "--password-stdin", "--json", input=PW + "\n").stdout)["username"]
+    u3 = json.loads(run.ok("account", "add", "2", "--password-stdin", "--json", input=PW + "\n").stdout)["username"]
+    run.ok("number", "add", "1", "+492111111111")
+    run.ok("number", "add", "2", "+4921122222", "--block", "10")
+    run.ok("number", "assign", "+4921122222", "--account", u2)
+    run.ok("queue", "add", "2", "support", "--code", "1")
+    run.ok("forward", "set", u2, "--mode", "no-answer", "--to", u3, "--to", "+4917012345678")
+    return {"starter_user": u1, "biz_user": u2, "biz_user2": u3}
+
+
+def test_help_everywhere(run: Cli) -> None:
+    def walk(cmd: click.Command, path: list[str]) -> list[list[str]]:
+        out = [path]
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                out += walk(sub, [*path, name])
+        return out
+
+    paths = walk(cli, [])
+    assert len(paths) > 50
+    for path in paths:
+        r = run(*path, "--help")
+        assert r.exit_code == 0, path
+        assert "Usage:" in r.stdout and len(r.stdout.splitlines()) >= 3, path
+
+
+def test_json_output_is_parseable(run: Cli, provider: dict[str, str]) -> None:
+    tenants = json.loads(run.ok("tenant", "list", "--json").stdout)
+    assert [t["plan"] for t in tenants] == ["starter", "business_flex"]
+    show = json.loads(run.ok("tenant", "show", "2", "--json").stdout)
+    assert show["limits"]["accounts_max"] == 4 and show["counts"]["accounts"] == 2
+    nums = json.loads(run.ok("number", "list", "--tenant", "2", "--json").stdout)
+    assert nums == [{"block_size": 10, "central_ddi": None, "e164": "+4921122222", "id": nums[0]["id"],
+                     "origin": "new", "status": "active", "target": provider["biz_user"],
+                     "target_kind": "account", "tenant_id": 2}]
+    fwd = json.loads(run.ok("forward", "show", provider["biz_user"], "--json").stdout)
+    assert fwd["targets"] == [provider["biz_user2"], "+4917012345678"] and fwd["timeout_seconds"] == 20
+    st = json.loads(run.ok("db", "status", "--json").stdout)
+    assert st["pending"] == [] and st["applied"]
+    assert json.loads(run.ok("db", "migrate", "--json").stdout) == {"applied": []}
+
+
+def test_refusals_through_the_cli(run: Cli, provider: dict[str, str]) -> None:
+    for _ in range(4):
+        run.ok("account", "add", "1", "--password-stdin", input=PW + "\n")
+    r = run("account", "add", "1", "--password-stdin", input=PW + "\n")
+    assert r.exit_code == 1 and r.stderr == "error: account: plan starter allows at most 5 SIP accounts\n"
+    r = run("tenant", "add", "--name", "ACME GmbH", "--type", "business", "--plan", "complete",
+            "--street", "A 1", "--postcode", "40211", "--city", "D", "--area-code", "0211")
+    assert r.exit_code == 1 and r.stderr.startswith("error: customer_type: not allowed on this plan")
+    r = run("number", "remove", "+49211222225")
+    assert r.exit_code == 1 and "a block is never split" in r.stderr
+    r = run("number", "add", "1", "+4989123456")
+    assert r.exit_code == 1 and "outside the tenant's area codes (0211)" in r.stderr
+    r = run("forward", "set", provider["biz_user2"], "--mode", "immediate", "--to", provider["biz_user"])
+    assert r.exit_code == 1 and "is a forwarding/group target of" in r.stderr
+    r = run("queue", "add", "1", "hotline", "--code", "2")
+    assert r.exit_code == 1 and "acd option" in r.stderr
+
+
+def test_no_plaintext_password_in_database_or_output(run: Cli, provider: dict[str, str]) -> None:
+    secret = "Zebra-Kobold-9173"
+    outputs = []
+    r = run.ok("account", "add", "2", "--password-stdin", "--json", input=secret + "\n")
+    outputs.append(r.output)
+    user = json.loads(r.stdout)["username"]
+    outputs.append(run.ok("account", "passwd", user, "--password-stdin", input=secret + "x\n").output)
+    # the interactive prompt hides the input
+    r = run("account", "passwd", user, input=f"{secret}y\n{secret}y\n")
+    assert r.exit_code == 0
+    outputs.append(r.output)
+    for args in (("account", "show", user), ("account", "show", user, "--json"), ("account", "list"),
+                 ("account", "list", "--json"), ("tenant", "show", "2", "--json")):
+        outputs.append(run.ok(*args).output)
+    # a refused password is not echoed either
+    r = run("account", "passwd", user, "--password-stdin", input="Zebra Kobold 9173\n")
+    assert r.exit_code == 1
+    outputs.append(r.output)
+    for out in outputs:
+        assert "Zebra" not in out and "Kobold" not in out
+    everything = json.dumps(dump(run.url), default=str)
+    assert "Zebra" not in everything and "Kobold" not in everything
+    assert PW not in everything
+
+
+# A corpus of bad input: every case must exit non-zero with exactly one line
+# on stderr, print nothing on stdout, and leave the database unchanged.
+NASTY = ["", "x" * 5000, "Mül\u202eler", "'; DROP TABLE tenants; --", "$(rm -rf /)", "`id`",
+         "a\nb", "nul\x00byte", "١٢٣", "-1", "1e3", "<script>", "%s%s%n", "../../etc/passwd"]
+TEXT_BAD = ["", "   ", "x" * 5000, "Mül\u202eler", "a\nb", "nul\x00byte", "tab\there", "\x1b[31mred"]
+
+
+def _corpus(u: dict[str, str]) -> list[list[str]]:
+    tenant = ["tenant", "add", "--type", "business", "--plan", "starter", "--street", "S 1",
+              "--postcode", "40211", "--city", "D", "--area-code", "0211"]
+    cases: list[list[str]] = []
+    for bad in TEXT_BAD:   # free text (names, carrier): only what is really bad for text
+        cases.append([*tenant, "--name", bad])
+        cases.append(["number", "port", "in", "1", "+492114444444", "--carrier", bad])
+        cases.append(["agent", "add", "2", bad, "--pin", "1234"])
+    for bad in NASTY:      # structured fields: every nasty value is wrong
+        if bad != "1e3":   # a fine queue name (slug)
+            cases.append(["queue", "add", "2", bad, "--code", "5"])
+        cases += [
+            [*tenant, "--name", "OK", "--email", bad] if bad else [*tenant, "--name", "OK", "--email", "@"],
+            [*tenant[:-2], "--area-code", bad, "--name", "OK"],
+            ["tenant", "add", "--name", "OK", "--type", "business", "--plan", bad, "--street", "S",
+             "--postcode", "40211", "--city", "D", "--area-code", "0211"],
+            [*tenant, "--name", "OK", "--domain", bad],
+            [*tenant, "--name", "OK", "--timezone", bad],
+            [*tenant, "--name", "OK", "--created-on", bad],
+            ["tenant", "show", bad],
+            ["tenant", "set", "1", "--option", bad],
+            ["account", "add", "1", "--password-stdin", "--username", bad],
+            ["account", "add", "1", "--password-stdin", "--allow-ip", bad],
+            ["account", "add", "1", "--password-stdin", "--caller-id", bad],
+            ["account", "add", "1", "--password-stdin", "--location", bad],
+            ["account", "add", "1", "--password-stdin", "--tls", bad],
+            ["account", "set", u["starter_user"], "--caller-id", bad or "+"],
+            ["account", "show", bad],
+            ["number", "add", "1", bad],
+            ["number", "add", "2", "+4921133333", "--block", bad],
+            ["number", "assign", bad, "--account", u["starter_user"]],
+            ["number", "assign", "+492111111111", "--account", bad],
+            ["forward", "set", u["biz_user2"], "--mode", "immediate", "--to", bad],
+            ["forward", "set", u["biz_user2"], "--mode", bad, "--to", "+4917011111111"],
+            ["forward", "set", u["biz_user2"], "--mode", "immediate", "--to", "+4917011111111", "--when", bad],
+            ["limits", "set", "1", "--credit-limit", bad],
+            ["limits", "set", "1", "--max-call-seconds", bad],
+            ["zones", "set", u["starter_user"], "--preset", bad],
+            ["blacklist", "add", u["starter_user"], bad],
+            ["speeddial", "set", "1", bad, "+4921112345"],
+            ["speeddial", "set", "1", "7", bad],
+            ["queue", "add", "2", "hotline", "--code", bad],
+        ]
+    return cases
+
+
+def test_bad_input_corpus(run: Cli, provider: dict[str, str]) -> None:
+    before = _without_sequences(dump(run.url))
+    cases = _corpus(provider)
+    assert len(cases) > 400
+    for args in cases:
+        r = run(*args, input=PW + "\n")
+        assert r.exit_code != 0, (" ".join(map(repr, args)), r.stdout)
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
+        assert r.stdout == "", (args, r.stdout)
+    assert _without_sequences(dump(run.url)) == before
+
+
+def test_password_corpus(run: Cli, provider: dict[str, str]) -> None:
+    before = _without_sequences(dump(run.url))
+    for bad in ["", "short1", "with spaces 12345", "ümlautpasswort1", "x" * 129 + "1", "onlyletterslong",
+                "123456789012345", "tab\there123456"]:
+        for cmd in (["account", "add", "2", "--password-stdin"],
+                    ["account", "passwd", provider["biz_user"], "--password-stdin"]):
+            r = run(*cmd, input=bad + "\n")
+            assert r.exit_code == 1 and r.stderr.startswith("error: password: "), (bad, r.stderr)
+            assert len(r.stderr.splitlines()) == 1
+    assert _without_sequences(dump(run.url)) == before
+
+
+def test_demo_twice_changes_nothing(run: Cli, tmp_path: Any) -> None:
+    r = run.ok("demo")
+    assert "demo provider loaded" in r.stdout
+    for plan in ("starter", "complete", "business_flex"):
+        assert plan in r.stdout
+    data = json.loads(run.ok("tenant", "list", "--json").stdout)
+    assert sorted(t["plan"] for t in data) == ["business_flex", "complete", "starter"]
+    creds = (tmp_path / "state" / "demo-credentials.txt")
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+    lines = [ln for ln in creds.read_text().splitlines() if not ln.startswith("#")]
+    assert len(lines) == 10
+    for ln in lines:   # the demo passwords appear nowhere but in that file
+        assert ln.split()[1] not in r.output
+    before = dump(run.url)
+    r2 = run.ok("demo")
+    assert "already loaded, nothing changed" in r2.stdout
+    assert dump(run.url) == before
+    summary = json.loads(run.ok("demo", "--json").stdout)
+    assert {p["plan"]: p["tenants"] for p in summary["plans"]} == {"business_flex": 1, "complete": 1, "starter": 1}
+    assert summary["queues"] == 1 and summary["agents"] == 3
