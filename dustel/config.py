@@ -44,6 +44,17 @@ class Settings:
     esl_outbound_port: int = 8084
     sip_domain_suffix: str = "sip.dustel.de"
     carrier_host: str = "127.0.0.1:5070"
+    sip_bind_host: str = "0.0.0.0"
+    sip_port: int = 5060
+    sip_tls_port: int = 5061
+    tls_cert_file: str = ""       # empty: no TLS transport rendered
+    tls_key_file: str = ""
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    esl_host: str = "127.0.0.1"
+    esl_port: int = 8021
+    moh_dir: str = "/var/lib/dustel/moh"
+    fax_spool_dir: str = "/var/spool/dustel/fax"
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -58,8 +69,12 @@ _ENV = {
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
     "carrier_host": "DUSTEL_CARRIER_HOST",
+    "sip_bind_host": "DUSTEL_SIP_BIND_HOST",
+    "sip_port": "DUSTEL_SIP_PORT",
+    "ami_port": "DUSTEL_AMI_PORT",
+    "moh_dir": "DUSTEL_MOH_DIR",
 }
-_INT_FIELDS = {"agi_port", "esl_outbound_port"}
+_INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port"}
 
 
 def load_settings(state_dir: str | Path | None = None, config_file: str | Path | None = None,

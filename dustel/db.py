@@ -24,14 +24,14 @@ def database_url(settings: Settings) -> str:
 
 
 def embedded_url(data_dir: Path) -> str:
-    import pgserver  # heavy import, only when embedded
-
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process and is reused by the
     # next command (pgserver finds it through its pid file).
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI): harmless
         warnings.simplefilter("ignore")
+        import pgserver  # heavy import, only when embedded
+
         server = pgserver.get_server(data_dir, cleanup_mode=None)
     return server.get_uri()
 

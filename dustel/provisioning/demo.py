@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,15 @@ def is_loaded(conn: psycopg.Connection) -> bool:
                         (DEMO_MARKER_DOMAIN,)).fetchone() is not None
 
 
-def load(conn: psycopg.Connection, credentials_file: Path) -> bool:
+def load(conn: psycopg.Connection, credentials_file: Path,
+         password: Callable[[], str] = _password) -> bool:
     """Load the demo provider; False when it was there already."""
     if is_loaded(conn):
         return False
     creds: list[tuple[str, str, str]] = []
 
     def account(tid: int, name: str, **kw: Any) -> str:
-        pw = _password()
+        pw = password()
         acc = accounts.add(conn, tid, password=pw, display_name=name, **kw)
         creds.append((acc["username"], acc["sip_domain"], pw))
         return acc["username"]

@@ -648,6 +648,9 @@ CREATE FUNCTION dustel_addresses_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bound text;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tenants WHERE id = OLD.tenant_id) THEN
+        RETURN OLD;  -- the whole tenant is being deleted
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.area_code = OLD.area_code THEN
         RETURN NEW;
     END IF;

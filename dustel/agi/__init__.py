@@ -1,0 +1,1 @@
+"""Call-time policy: a pure decision core and its FastAGI / outbound-ESL shells."""

@@ -1,0 +1,29 @@
+"""Channel / dialplan variable names, shared by the rendered dialplans, the
+FastAGI and outbound-ESL handlers, and the tests (one place, like Wazo's
+dialplan_variables)."""
+
+TENANT = "DUSTEL_TENANT"            # tenant id
+ACCOUNT = "DUSTEL_ACCOUNT"          # SIP username of the calling / called account
+TARGET_KIND = "DUSTEL_TARGET_KIND"  # inbound: account | queue | fax | group
+TARGET = "DUSTEL_TARGET"            # inbound: username / queue / fax box / group name
+PSAP_PREFIX = "DUSTEL_PSAP_PREFIX"  # emergency route prefix of the account's area
+CALLER_ID = "DUSTEL_CALLER_ID"      # caller ID the account presents
+ACTION = "DUSTEL_ACTION"            # policy result: admit | refuse
+DIAL = "DUSTEL_DIAL"                # policy result: dial string
+MAX_SECONDS = "DUSTEL_MAX_SECONDS"  # policy result: absolute time limit
+CAUSE = "DUSTEL_CAUSE"              # policy result: hangup cause when refused
+REASON = "DUSTEL_REASON"            # policy result: reason code (logged, announced)
+
+# Routes on the FastAGI server (agi://host:port/<route>) and the outbound
+# Event Socket: one handler per route.
+ROUTE_OUTBOUND = "outbound"
+ROUTE_INBOUND = "inbound"
+ROUTE_AGENT = "agent"
+ROUTE_HANGUP = "hangup"
+
+# Star codes (F-06), configurable per provider in a later step.
+STAR_LOGIN = "*51"
+STAR_LOGOUT = "*52"
+STAR_PAUSE = "*53"
+STAR_UNPAUSE = "*54"
+SPEED_DIAL_PREFIX = "**"

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..render import service, writer
+from .common import INT, Env, emit, json_option, pass_env
+
+
+@click.command("render")
+@click.option("--engine", type=click.Choice(["freeswitch", "asterisk", "all"]), default="all", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (one sub-directory per engine); default <state-dir>/etc.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff against --out; write nothing.")
+@click.option("--check", is_flag=True, help="Exit 1 when --out differs from the database; write nothing.")
+@click.option("--tenant", "tenant_id", type=INT, help="Render only this tenant (for a look; not for --out of a node).")
+@click.option("--reload", "do_reload", is_flag=True, help="After writing, ask the engines to reload what changed.")
+@json_option
+@pass_env
+def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff: bool, check: bool,
+           tenant_id: int | None, do_reload: bool) -> None:
+    """Render FreeSWITCH and Asterisk configuration from the database.
+
+    Output is deterministic; files are written atomically and only when
+    changed; files of deleted tenants are removed."""
+    out = out_dir or env.settings.state_dir / "etc"
+    names = ["freeswitch", "asterisk"] if engine == "all" else [engine]
+    with env.tx() as conn:
+        rendered = service.render_files(conn, env.settings, names, tenant_id)
+    if show_diff:
+        for name, files in rendered.items():
+            click.echo(writer.diff(out / name, files), nl=False)
+        return
+    results = service.apply(rendered, out, write=not check)
+    data = [{"engine": r.engine, "out": str(r.out), "changed": r.plan.changed, "removed": r.plan.removed,
+             "unchanged": len(r.plan.unchanged), "reload": r.reload if not check else []} for r in results]
+    emit(data, as_json, _human)
+    if check and any(r.plan.differs for r in results):
+        sys.exit(1)
+    if do_reload and not check:
+        # The controller sends these once it runs (dustel controller); until
+        # then say what would be sent.
+        for r in results:
+            for cmd in r.reload:
+                click.echo(f"reload {r.engine}: {cmd} (not sent: no controller connection)")
+
+
+def _human(data: list[dict]) -> None:
+    for d in data:
+        click.echo(f"{d['engine']}: {len(d['changed'])} changed, {len(d['removed'])} removed, "
+                   f"{d['unchanged']} unchanged -> {d['out']}")
+        for rel in d["changed"]:
+            click.echo(f"  ~ {rel}")
+        for rel in d["removed"]:
+            click.echo(f"  - {rel}")

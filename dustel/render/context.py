@@ -1,0 +1,162 @@
+"""Gather what the templates need, in a handful of sorted queries.
+
+Everything here is plain data, sorted, so the same database always gives
+byte-identical output.  Values are checked once here where a template
+cannot (identifiers must already be safe; free text is escaped by the
+template filters)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from ..config import Settings
+
+
+@dataclass
+class Tenant:
+    id: int
+    name: str
+    domain: str
+    timezone: str
+    plan: str
+    context: str
+    accounts: list[dict[str, Any]] = field(default_factory=list)
+    numbers: list[dict[str, Any]] = field(default_factory=list)
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    faxboxes: list[dict[str, Any]] = field(default_factory=list)
+    speed_dials: list[dict[str, Any]] = field(default_factory=list)
+    moh_classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Provider:
+    settings: Settings
+    tenants: list[Tenant]
+
+    @property
+    def accounts(self) -> list[dict[str, Any]]:
+        return [a for t in self.tenants for a in t.accounts]
+
+    @property
+    def numbers(self) -> list[dict[str, Any]]:
+        return sorted((n for t in self.tenants for n in t.numbers), key=lambda n: n["e164"])
+
+
+def tenant_context(tenant_id: int) -> str:
+    return f"t{tenant_id}"
+
+
+def moh_name(tenant_id: int, cls: str) -> str:
+    """Engine-wide name of a tenant's hold-music class."""
+    return "default" if cls == "default" else f"t{tenant_id}-{cls}"
+
+
+def queue_name(tenant_id: int, name: str) -> str:
+    """Engine-wide queue name (both engines): t<tenant>-<queue>."""
+    return f"t{tenant_id}-{name}"
+
+
+def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None = None) -> Provider:
+    only = {"t": tenant_id}
+    tenants: dict[int, Tenant] = {}
+    for r in conn.execute(
+            """SELECT id, name, sip_domain, timezone, plan FROM tenants
+                WHERE %(t)s::bigint IS NULL OR id = %(t)s ORDER BY id""", only):
+        tenants[r["id"]] = Tenant(id=r["id"], name=r["name"], domain=r["sip_domain"], timezone=r["timezone"],
+                                  plan=r["plan"], context=tenant_context(r["id"]))
+
+    cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
+    cur.execute(
+        """SELECT a.tenant_id, a.username, a.ha1, a.display_name, a.tls_mode, a.t38,
+                  a.allowed_nets::text[], a.caller_id, coalesce(a.location_area_code, ''),
+                  dustel_psap_prefix(a.location_area_code),
+                  coalesce(a.max_call_seconds, t.max_call_seconds)
+             FROM sip_accounts a JOIN tenants t ON t.id = a.tenant_id
+            WHERE %(t)s::bigint IS NULL OR a.tenant_id = %(t)s
+            ORDER BY a.tenant_id, a.username""", only)
+    for (tid, user, ha1, name, tls, t38, nets, cid, loc, psap, maxs) in cur:
+        tenants[tid].accounts.append({
+            "username": user, "ha1": ha1, "display_name": name, "tls_mode": tls, "t38": t38,
+            "allowed_nets": nets, "caller_id": cid or "", "location": loc, "psap_prefix": psap,
+            "max_call_seconds": maxs})
+
+    for r in conn.execute(
+            """SELECT n.tenant_id, n.e164, n.block_size, n.central_ddi, n.target_kind,
+                      coalesce(a.username, q.name, f.name, g.name) AS target
+                 FROM numbers n
+                 LEFT JOIN sip_accounts a ON a.id = n.account_id
+                 LEFT JOIN queues q ON q.id = n.queue_id
+                 LEFT JOIN faxboxes f ON f.id = n.faxbox_id
+                 LEFT JOIN ring_groups g ON g.id = n.group_id
+                WHERE n.status IN ('active', 'porting_out') AND n.target_kind IS NOT NULL
+                  AND (%(t)s::bigint IS NULL OR n.tenant_id = %(t)s)
+                ORDER BY n.e164""", only):
+        ddi = 0 if r["block_size"] is None else (1 if r["block_size"] <= 10 else 2 if r["block_size"] <= 100 else 3)
+        tenants[r["tenant_id"]].numbers.append({
+            "e164": r["e164"], "block_size": r["block_size"], "ddi_digits": ddi,
+            "central_ddi": r["central_ddi"], "kind": r["target_kind"], "target": r["target"],
+            "ddi_regex": ddi_regex(r["block_size"], ddi), "ddi_pattern": ddi_pattern(r["block_size"], ddi)})
+
+    for r in conn.execute(
+            """SELECT tenant_id, id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds,
+                      service_level_seconds, moh_class, announce
+                 FROM queues WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, name""", only):
+        q = dict(r)
+        q["moh"] = moh_name(r["tenant_id"], r["moh_class"])
+        q["engine_name"] = queue_name(r["tenant_id"], r["name"])
+        q["members"] = []
+        tenants[r["tenant_id"]].queues.append(q)
+    by_queue = {q["id"]: q for t in tenants.values() for q in t.queues}
+    for r in conn.execute(
+            """SELECT g.tenant_id, g.id, a.username AS contact_user, g.contact_e164
+                 FROM agents g LEFT JOIN sip_accounts a ON a.id = g.contact_account_id
+                WHERE %(t)s::bigint IS NULL OR g.tenant_id = %(t)s ORDER BY g.tenant_id, g.id""", only):
+        tenants[r["tenant_id"]].agents.append(dict(r))
+    for r in conn.execute(
+            """SELECT m.queue_id, m.agent_id, m.level, m.position FROM queue_members m
+                WHERE %(t)s::bigint IS NULL OR m.tenant_id = %(t)s ORDER BY m.queue_id, m.agent_id""", only):
+        by_queue[r["queue_id"]]["members"].append(dict(r))
+
+    for r in conn.execute(
+            """SELECT g.tenant_id, g.name, g.ring_seconds,
+                      array_agg(a.username ORDER BY a.username) AS members
+                 FROM ring_groups g JOIN ring_group_members m ON m.group_id = g.id
+                 JOIN sip_accounts a ON a.id = m.account_id
+                WHERE %(t)s::bigint IS NULL OR g.tenant_id = %(t)s
+                GROUP BY g.tenant_id, g.name, g.ring_seconds ORDER BY g.tenant_id, g.name""", only):
+        tenants[r["tenant_id"]].groups.append(dict(r))
+    for r in conn.execute(
+            """SELECT tenant_id, name, email FROM faxboxes
+                WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, name""", only):
+        tenants[r["tenant_id"]].faxboxes.append(dict(r))
+    for r in conn.execute(
+            """SELECT tenant_id, code, target FROM speed_dials
+                WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, code""", only):
+        tenants[r["tenant_id"]].speed_dials.append(dict(r))
+    for r in conn.execute(
+            """SELECT tenant_id, name FROM moh_classes
+                WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, name""", only):
+        tenants[r["tenant_id"]].moh_classes.append(moh_name(r["tenant_id"], r["name"]))
+    return Provider(settings=settings, tenants=list(tenants.values()))
+
+
+def ddi_regex(block_size: int | None, width: int) -> str:
+    """Regex for the DDI digits of a block (sizes are k * 10^(width-1))."""
+    if block_size is None:
+        return ""
+    lead = block_size // 10 ** (width - 1)
+    first = r"\d" if lead == 10 else f"[0-{lead - 1}]"
+    return first + r"\d" * (width - 1)
+
+
+def ddi_pattern(block_size: int | None, width: int) -> str:
+    """The same as an Asterisk extension pattern fragment."""
+    if block_size is None:
+        return ""
+    lead = block_size // 10 ** (width - 1)
+    first = "X" if lead == 10 else f"[0-{lead - 1}]"
+    return first + "X" * (width - 1)

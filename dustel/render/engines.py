@@ -1,0 +1,184 @@
+"""One generator per output file, per engine (Wazo confgend style): each
+takes the gathered Provider and returns the file's text.  Templates are
+dumb; everything computed here."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import jinja2
+
+from ..agi import variables as V
+from . import escape
+from .context import Provider, Tenant
+
+FS_STRATEGIES = {"ring_all": "ring-all", "longest_idle": "longest-idle-agent", "round_robin": "round-robin",
+                 "fewest_calls": "agent-with-fewest-calls", "random": "random"}
+AST_STRATEGIES = {"ring_all": "ringall", "longest_idle": "leastrecent", "round_robin": "rrmemory",
+                  "fewest_calls": "fewestcalls", "random": "random"}
+EMERGENCY_DIALS = ("110", "112", "0110", "0112", "00110", "00112", "+49110", "+49112", "0049110", "0049112")
+
+
+@cache
+def _env(engine: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dustel", f"dialplan_templates/{engine}"),
+        autoescape=(engine == "freeswitch"), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(ast=escape.ast, fs_text=escape.fs_text, fs_id=escape.fs_id)
+    env.globals["v"] = V
+    return env
+
+
+def _render(engine: str, template: str, **ctx: Any) -> str:
+    return _env(engine).get_template(template).render(**ctx)
+
+
+def _engine_target(t: Tenant, n: dict[str, Any]) -> str:
+    from .context import queue_name
+    return queue_name(t.id, n["target"]) if n["kind"] == "queue" else n["target"]
+
+
+def _numbers(p: Provider) -> list[dict[str, Any]]:
+    out = []
+    for t in p.tenants:
+        for n in t.numbers:
+            out.append({**n, "tenant_id": t.id, "engine_target": _engine_target(t, n),
+                        "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"]})
+    return sorted(out, key=lambda n: n["e164"])
+
+
+def _moh_classes(p: Provider) -> list[str]:
+    return ["default", *sorted({c for t in p.tenants for c in t.moh_classes})]
+
+
+def _agent_contact(t: Tenant, g: dict[str, Any]) -> str:
+    if g["contact_user"]:
+        return f"{{call_timeout=15}}user/{g['contact_user']}@{t.domain}"
+    if g["contact_e164"]:
+        return f"{{call_timeout=20}}sofia/gateway/carrier/{g['contact_e164']}"
+    return "error/user_not_registered"
+
+
+def _agent_wrapup(p: Provider) -> dict[int, int]:
+    """An agent's wrap-up time: the longest of its queues' (FreeSWITCH keeps it per agent)."""
+    out: dict[int, int] = {}
+    for t in p.tenants:
+        for q in t.queues:
+            for m in q["members"]:
+                out[m["agent_id"]] = max(out.get(m["agent_id"], 0), q["wrapup_seconds"])
+    for t in p.tenants:
+        for g in t.agents:
+            out.setdefault(g["id"], 10)
+    return out
+
+
+# ---------------------------------------------------------------- FreeSWITCH
+
+def fs_directory(p: Provider, t: Tenant) -> str:
+    return _render("freeswitch", "directory.xml.j2", t=t)
+
+
+def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:
+    return _render("freeswitch", "tenant_dialplan.xml.j2", t=t, outbound=_outbound(p))
+
+
+def _outbound(p: Provider) -> str:
+    return f"{p.settings.esl_outbound_host}:{p.settings.esl_outbound_port}"
+
+
+def freeswitch_files(p: Provider) -> dict[str, str]:
+    s = p.settings
+    files = {
+        "autoload_configs/event_socket.conf.xml": _render("freeswitch", "event_socket.conf.xml.j2", s=s),
+        "autoload_configs/acl.conf.xml": _render("freeswitch", "acl.conf.xml.j2", accounts=p.accounts,
+                                                 carrier_cidr=_carrier_cidr(s.carrier_host)),
+        "autoload_configs/callcenter.conf.xml": _render(
+            "freeswitch", "callcenter.conf.xml.j2", tenants=p.tenants, strategies=FS_STRATEGIES,
+            agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
+        "autoload_configs/local_stream.conf.xml": _render(
+            "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir),
+        "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s,
+                                             tls_dir=str(s.state_dir / "tls")),
+        "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s),
+        "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p)),
+    }
+    for t in p.tenants:
+        files[f"directory/{t.domain}.xml"] = fs_directory(p, t)
+        files[f"dialplan/{t.context}.xml"] = fs_tenant_dialplan(p, t)
+    return files
+
+
+def _carrier_cidr(host: str) -> str:
+    ip = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return f"{ip}/32" if "/" not in ip else ip
+
+
+# ---------------------------------------------------------------- Asterisk
+
+def pjsip_conf(p: Provider) -> str:
+    return _render("asterisk", "pjsip.conf.j2", s=p.settings, tenants=p.tenants,
+                   carrier_ip=_carrier_cidr(p.settings.carrier_host).split("/")[0])
+
+
+def extensions_conf(p: Provider) -> str:
+    s = p.settings
+    return _render("asterisk", "extensions.conf.j2", s=s, tenants=p.tenants, numbers=_numbers(p),
+                   emergency=EMERGENCY_DIALS, agi=f"agi://{s.agi_host}:{s.agi_port}")
+
+
+def queues_conf(p: Provider) -> str:
+    return _render("asterisk", "queues.conf.j2", tenants=p.tenants, strategies=AST_STRATEGIES)
+
+
+def musiconhold_conf(p: Provider) -> str:
+    return _render("asterisk", "musiconhold.conf.j2", classes=_moh_classes(p), moh_dir=p.settings.moh_dir)
+
+
+def manager_conf(p: Provider) -> str:
+    return _render("asterisk", "manager.conf.j2", s=p.settings)
+
+
+ASTERISK: dict[str, Callable[[Provider], str]] = {
+    "pjsip.conf": pjsip_conf,
+    "extensions.conf": extensions_conf,
+    "queues.conf": queues_conf,
+    "musiconhold.conf": musiconhold_conf,
+    "manager.conf": manager_conf,
+}
+
+
+def asterisk_files(p: Provider) -> dict[str, str]:
+    return {name: gen(p) for name, gen in ASTERISK.items()}
+
+
+ENGINES: dict[str, Callable[[Provider], dict[str, str]]] = {
+    "freeswitch": freeswitch_files,
+    "asterisk": asterisk_files,
+}
+
+def reload_commands(engine: str, changed: list[str]) -> list[str]:
+    """What to send the engine after these files changed: ESL api commands
+    (FreeSWITCH) or AMI Reload modules (Asterisk), each once, in order."""
+    out: list[str] = []
+
+    def add(cmd: str) -> None:
+        if cmd not in out:
+            out.append(cmd)
+
+    for rel in changed:
+        if engine == "freeswitch":
+            if rel.endswith("acl.conf.xml"):
+                add("reloadacl")
+            add("reloadxml")
+            if rel.startswith("sip_profiles/"):
+                add(f"sofia profile {rel.split('/')[1].removesuffix('.xml')} rescan")
+            if rel.endswith("callcenter.conf.xml"):
+                add("reload mod_callcenter")
+            if rel.endswith("local_stream.conf.xml"):
+                add("reload mod_local_stream")
+        else:
+            add({"pjsip.conf": "res_pjsip.so", "extensions.conf": "pbx_config.so", "queues.conf": "app_queue.so",
+                 "musiconhold.conf": "res_musiconhold.so", "manager.conf": "manager"}[rel])
+    return out

@@ -1,0 +1,35 @@
+"""Render: gather once, generate every file in memory, then write.  A
+generator that fails (e.g. an unsafe identifier) aborts before anything is
+written, so the last good output stays."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from ..config import Settings
+from . import context, engines, writer
+
+
+@dataclass
+class EngineResult:
+    engine: str
+    out: Path
+    plan: writer.Plan
+    reload: list[str]
+
+
+def render_files(conn: psycopg.Connection, settings: Settings, engine_names: list[str],
+                 tenant_id: int | None = None) -> dict[str, dict[str, str]]:
+    provider = context.gather(conn, settings, tenant_id)
+    return {name: engines.ENGINES[name](provider) for name in engine_names}
+
+
+def apply(rendered: dict[str, dict[str, str]], out: Path, *, write: bool) -> list[EngineResult]:
+    results = []
+    for name, files in rendered.items():
+        target = out / name
+        pl = writer.write(target, files) if write else writer.plan(target, files)
+        results.append(EngineResult(name, target, pl, engines.reload_commands(name, pl.changed + pl.removed)))
+    return results

@@ -1,0 +1,184 @@
+"""A real Asterisk 22 (Debian sid) in a chroot, for engine tests.
+
+The chroot is built once by ``scripts/asterisk-chroot.sh`` (mmdebstrap,
+mirror from the host's apt sources) and cached; each ``start()`` writes a
+fresh /etc/asterisk (a minimal asterisk.conf / modules.conf / logger.conf
+plus the files under test), bind-mounts /proc and /dev and runs
+``chroot DIR asterisk -f`` on loopback.  Needs root.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_ROOT = Path(os.environ.get("DUSTEL_ASTERISK_CHROOT", "/var/cache/dustel/asterisk-sid"))
+
+MODULES = [
+    "res_pjproject.so", "res_sorcery_config.so", "res_sorcery_memory.so", "res_sorcery_astdb.so",
+    "res_timing_timerfd.so", "res_rtp_asterisk.so", "res_srtp.so", "res_pjsip.so", "res_pjsip_session.so",
+    "res_pjsip_authenticator_digest.so", "res_pjsip_endpoint_identifier_user.so",
+    "res_pjsip_endpoint_identifier_ip.so", "res_pjsip_registrar.so", "res_pjsip_caller_id.so",
+    "res_pjsip_sdp_rtp.so", "res_pjsip_nat.so", "res_pjsip_acl.so", "res_pjsip_t38.so",
+    "res_pjsip_dtmf_info.so", "res_pjsip_pubsub.so", "res_pjsip_outbound_authenticator_digest.so",
+    "chan_pjsip.so", "res_musiconhold.so", "res_speech.so", "res_agi.so", "res_fax.so", "res_fax_spandsp.so",
+    "pbx_config.so", "app_dial.so", "app_queue.so", "app_playback.so", "app_echo.so", "app_stack.so",
+    "func_timeout.so", "func_callerid.so", "func_logic.so", "func_strings.so", "func_channel.so",
+    "codec_ulaw.so", "codec_alaw.so", "codec_g722.so", "format_wav.so", "format_pcm.so", "format_gsm.so",
+    "format_sln.so", "bridge_simple.so", "bridge_native_rtp.so", "bridge_softmix.so", "bridge_holding.so",
+    "res_stasis.so",
+]
+
+ASTERISK_CONF = """[directories]
+astetcdir => /etc/asterisk
+astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
+astvarlibdir => /var/lib/asterisk
+astdbdir => /var/lib/asterisk
+astkeydir => /var/lib/asterisk
+astdatadir => /usr/share/asterisk
+astagidir => /usr/share/asterisk/agi-bin
+astspooldir => /var/spool/asterisk
+astrundir => /var/run/asterisk
+astlogdir => /var/log/asterisk
+
+[options]
+verbose = 3
+nocolor = yes
+"""
+LOGGER_CONF = """[general]
+dateformat = %F %T
+[logfiles]
+messages.log => notice,warning,error,verbose(3)
+"""
+
+
+class Unavailable(Exception):
+    """The chroot cannot be built or Asterisk cannot run here (the reason)."""
+
+
+class Asterisk:
+    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._mounted: list[Path] = []
+
+    # ------------------------------------------------------------ setup
+    @classmethod
+    def ensure_built(cls, root: Path = DEFAULT_ROOT) -> Asterisk:
+        if os.geteuid() != 0:
+            raise Unavailable("engine tests need root (chroot, bind mounts)")
+        if shutil.which("mmdebstrap") is None and not (root / ".dustel-complete").exists():
+            raise Unavailable("mmdebstrap is not installed (make system-deps)")
+        r = subprocess.run([str(REPO / "scripts" / "asterisk-chroot.sh"), str(root)],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+            raise Unavailable("building the Asterisk chroot failed: " + " | ".join(tail))
+        return cls(root)
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / "asterisk"
+
+    def write_config(self, files: dict[str, str]) -> None:
+        dist = self.root / "etc" / "asterisk.dist"
+        if not dist.exists():
+            shutil.copytree(self.etc, dist)
+        shutil.rmtree(self.etc)
+        self.etc.mkdir(mode=0o755)
+        base = {
+            "asterisk.conf": ASTERISK_CONF,
+            "logger.conf": LOGGER_CONF,
+            "modules.conf": "[modules]\nautoload = no\n" + "".join(f"load = {m}\n" for m in MODULES),
+            "rtp.conf": "[general]\nrtpstart=20000\nrtpend=20999\n",
+            # modules and the core read these; empty is their documented default
+            **{name: "[general]\n" for name in ("cdr.conf", "cel.conf", "features.conf",
+                                                "udptl.conf", "pjproject.conf", "ccss.conf")},
+            "acl.conf": "",
+            "indications.conf": "[general]\ncountry=de\n\n[de]\ndescription=Germany\nringcadence=1000,4000\n"
+                                "dial=425\nbusy=425/480,0/480\nring=425/1000,0/4000\ncongestion=425/240,0/240\n",
+        }
+        for name, text in {**base, **files}.items():
+            (self.etc / name).write_text(text)
+            (self.etc / name).chmod(0o644)
+
+    def update_config(self, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (self.etc / name).write_text(text)
+
+    # ------------------------------------------------------------ run
+    def _mount(self) -> None:
+        for sub in ("proc", "dev"):
+            target = self.root / sub
+            if subprocess.run(["mountpoint", "-q", str(target)]).returncode != 0:
+                subprocess.run(["mount", "--bind", f"/{sub}", str(target)], check=True)
+                self._mounted.append(target)
+
+    def _umount(self) -> None:
+        while self._mounted:
+            subprocess.run(["umount", "-l", str(self._mounted.pop())], check=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "var" / "log" / "asterisk" / "messages.log"
+
+    def add_moh_class_dir(self, path: str) -> None:
+        """A hold-music directory with one second of silence (8 kHz WAV):
+        Asterisk skips a files-mode class whose directory is empty."""
+        d = self.root / path.lstrip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(d / "silence.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(b"\x00\x00" * 8000)
+
+    def start(self, files: dict[str, str], dirs: Sequence[str] = ()) -> None:
+        self.write_config(files)
+        for d in ("var/run/asterisk", "var/log/asterisk", "var/spool/asterisk", "var/lib/asterisk", *dirs):
+            (self.root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        if self.log_path.exists():
+            self.log_path.unlink()
+        self._mount()
+        self.proc = subprocess.Popen(["chroot", str(self.root), "asterisk", "-f", "-C", "/etc/asterisk/asterisk.conf"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self._umount()
+                raise Unavailable(f"asterisk exited with {self.proc.returncode}: {err.strip()[-300:]}")
+            r = subprocess.run(["chroot", str(self.root), "asterisk", "-rx", "core waitfullybooted"],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode == 0 and "fully booted" in r.stdout:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise Unavailable("asterisk did not boot within 60 s")
+
+    def cli(self, command: str) -> str:
+        r = subprocess.run(["chroot", str(self.root), "asterisk", "-rx", command],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def errors(self) -> list[str]:
+        return [ln for ln in self.log().splitlines() if " ERROR[" in ln]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            subprocess.run(["chroot", str(self.root), "asterisk", "-rx", "core stop now"],
+                           capture_output=True, timeout=30)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._umount()

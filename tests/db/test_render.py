@@ -1,0 +1,193 @@
+"""Rendering (F-10): golden files, determinism, atomic writes, escaping."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dustel.errors import DustelError
+from dustel.render import service, writer
+from tests.conftest import Cli
+from tests.render_fixture import GOLDEN_SETTINGS, load_fixture
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+ENGINES = ["freeswitch", "asterisk"]
+
+
+@pytest.fixture
+def provider(conn: psycopg.Connection, tmp_path: Path) -> dict[str, str]:
+    return load_fixture(conn, tmp_path)
+
+
+def _render(conn: psycopg.Connection) -> dict[str, dict[str, str]]:
+    with conn.transaction():
+        return service.render_files(conn, GOLDEN_SETTINGS, ENGINES)
+
+
+def test_golden_files(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    rendered = _render(conn)
+    if os.environ.get("DUSTEL_UPDATE_GOLDEN"):
+        for engine, files in rendered.items():
+            writer.write(GOLDEN / engine, files)
+    for engine, files in rendered.items():
+        expected = {str(p.relative_to(GOLDEN / engine)): p.read_text()
+                    for p in (GOLDEN / engine).rglob("*") if p.is_file() and p.name != writer.MANIFEST}
+        assert sorted(files) == sorted(expected), engine
+        for rel, text in files.items():
+            assert text == expected[rel], f"{engine}/{rel} differs from the golden file " \
+                                          "(DUSTEL_UPDATE_GOLDEN=1 to accept a deliberate change)"
+
+
+def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    fs, ast = (r := _render(conn))["freeswitch"], r["asterisk"]
+    # all three plans' tenants, a block, a queue, a fax box, hold music, TLS/SRTP and T.38 accounts
+    assert {f"directory/demo-{p}.sip.dustel.de.xml" for p in ("starter", "complete", "business")} <= set(fs)
+    assert "^(?:\\+|00)?4921198765(\\d)$" in fs["dialplan/public.xml"]
+    assert "exten => _+4921198765X,1," in ast["extensions.conf"]
+    assert '<queue name="t3-support@demo-business.sip.dustel.de">' in fs["autoload_configs/callcenter.conf.xml"]
+    assert "[t3-support]\nstrategy=leastrecent\nmusicclass=t3-jazz" in ast["queues.conf"]
+    assert "dustel_target_kind=fax" in fs["dialplan/public.xml"]
+    assert '<directory name="t3-jazz/16000"' in fs["autoload_configs/local_stream.conf.xml"]
+    assert "media_encryption=sdes" in ast["pjsip.conf"] and "t38_udptl=yes" in ast["pjsip.conf"]
+    assert 'name="rtp_secure_media" value="mandatory' in fs["directory/demo-starter.sip.dustel.de.xml"]
+    assert 'name="t38_passthru" value="true"' in fs["directory/demo-business.sip.dustel.de.xml"]
+    assert '<list name="acct-000387100006" default="deny">' in fs["autoload_configs/acl.conf.xml"]
+    assert "permit=192.0.2.0/24" in ast["pjsip.conf"]
+    # emergency before everything else in every tenant context, with the PSAP of the account's area
+    for t in ("t1", "t2", "t3"):
+        ctx = fs[f"dialplan/{t}.xml"]
+        assert ctx.index('name="emergency"') < ctx.index('name="outbound"')
+    assert "set_var=DUSTEL_PSAP_PREFIX=03011" in ast["pjsip.conf"]       # the Berlin account
+    assert "**1,1,Goto(t3,+4921198765,1)" in ast["extensions.conf"]
+
+
+def test_every_freeswitch_file_is_xml(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    for rel, text in _render(conn)["freeswitch"].items():
+        ET.fromstring(text.encode())  # raises on malformed XML
+
+
+def test_output_is_deterministic(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    assert _render(conn) == _render(conn)
+
+
+def test_write_atomic_only_changed_and_removed(conn: psycopg.Connection, provider: dict[str, str],
+                                               tmp_path: Path) -> None:
+    files = _render(conn)["freeswitch"]
+    out = tmp_path / "fs"
+    first = writer.write(out, files)
+    assert sorted(first.changed) == sorted(files) and not first.unchanged
+    mtimes = {rel: (out / rel).stat().st_mtime_ns for rel in files}
+    second = writer.write(out, files)
+    assert second.changed == [] and len(second.unchanged) == len(files)
+    assert {rel: (out / rel).stat().st_mtime_ns for rel in files} == mtimes
+    # one tenant's change touches that tenant's files only
+    with conn.transaction():
+        conn.execute("UPDATE sip_accounts SET display_name = 'Neu' WHERE username = '000387100001'")
+    third = writer.write(out, _render(conn)["freeswitch"])
+    assert third.changed == ["directory/demo-starter.sip.dustel.de.xml"]
+    # a deleted tenant's files disappear, nothing else is removed
+    (out / "unrelated.txt").write_text("keep me")
+    with conn.transaction():
+        conn.execute("DELETE FROM numbers WHERE tenant_id = 1")
+        conn.execute("DELETE FROM tenants WHERE id = 1")
+    fourth = writer.write(out, _render(conn)["freeswitch"])
+    assert fourth.removed == ["dialplan/t1.xml", "directory/demo-starter.sip.dustel.de.xml"]
+    assert (out / "unrelated.txt").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_failed_render_keeps_last_good_output(conn: psycopg.Connection, provider: dict[str, str],
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "etc"
+    service.apply(_render(conn), out, write=True)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with conn.transaction():   # a value the identifier filter refuses, smuggled past the input checks
+        conn.execute("ALTER TABLE speed_dials DROP CONSTRAINT speed_dials_target_check")
+        conn.execute("INSERT INTO speed_dials VALUES (3, '9', '1,Hangup()')")
+    with pytest.raises(DustelError, match="not safe"):
+        service.apply(_render(conn), out, write=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_cli_render_diff_check(run: Cli, tmp_path: Path) -> None:
+    run.ok("demo")
+    out = tmp_path / "etc"
+    r = run("render", "--out", str(out), "--check")
+    assert r.exit_code == 1                                    # nothing there yet
+    data = json.loads(run.ok("render", "--out", str(out), "--json").stdout)
+    assert {d["engine"] for d in data} == {"freeswitch", "asterisk"}
+    assert "reloadxml" in data[0]["reload"] and "pbx_config.so" in data[1]["reload"]
+    assert run.ok("render", "--out", str(out), "--check").exit_code == 0
+    assert run.ok("render", "--out", str(out), "--diff").stdout == ""
+    run.ok("account", "set", "000387100001", "--name", "Anna Küche")
+    d = run.ok("render", "--out", str(out), "--diff").stdout
+    assert "-              <variable name=\"effective_caller_id_name\" value=\"Anna Festnetz\"/>" in d
+    assert '+callerid="Anna Küche" <+492115550101>' in d
+    assert run("render", "--out", str(out), "--check").exit_code == 1     # --diff wrote nothing
+    r = run.ok("render", "--out", str(out), "--reload")
+    assert "reload asterisk: res_pjsip.so" in r.stdout and "reload freeswitch: reloadxml" in r.stdout
+    assert "pbx_config.so" not in r.stdout                                  # only what changed
+
+
+# ---------------------------------------------------------------- injection
+
+INJECTION = ["<evil/>", "&amp;&", '"quoted"', "]]><x>", "${system(rm -rf /)}", "$${global}",
+             "$(echo pwned)", "line\nbreak", "semi;colon", "[section]", "nul\x00byte", "x" * 3000,
+             "Müller ☎ 日本", "a,b|c", "'apos'", "<!-- -->", "\r\nexten => _X.,1,System(id)"]
+
+
+def _xml_shape(text: str) -> tuple[int, int]:
+    root = ET.fromstring(text.encode())
+    elements = list(root.iter())
+    return len(elements), sum(len(e.attrib) for e in elements)
+
+
+def _ast_shape(text: str) -> list[tuple[str, str]]:
+    shape, section = [], ""
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith(";"):
+            continue
+        m = re.match(r"^\[([^\]]+)\]", s)
+        if m:
+            section = m.group(1)
+            shape.append((section, "[]"))
+        else:
+            shape.append((section, re.split(r"\s*=>?\s*", s, maxsplit=1)[0]))
+    return shape
+
+
+@pytest.mark.parametrize("payload", INJECTION)
+def test_injection_cannot_change_structure(conn: psycopg.Connection, provider: dict[str, str],
+                                           payload: str) -> None:
+    clean = _render(conn)
+    with conn.transaction():
+        # every free-text field that reaches a rendered file, set behind the input checks
+        conn.execute("UPDATE sip_accounts SET display_name = %s", (payload.replace("\x00", "")[:64],))
+        conn.execute("UPDATE tenants SET name = %s", (payload.replace("\x00", "")[:100],))
+        conn.execute("UPDATE agents SET name = %s || id", (payload.replace("\x00", "")[:60],))
+    dirty = _render(conn)
+    for rel, text in dirty["freeswitch"].items():
+        assert _xml_shape(text) == _xml_shape(clean["freeswitch"][rel]), rel
+        assert "${system" not in text and "$(echo" not in text
+    for rel, text in dirty["asterisk"].items():
+        assert _ast_shape(text) == _ast_shape(clean["asterisk"][rel]), rel
+
+
+@pytest.mark.parametrize("table,column", [
+    ("queues", "name"), ("faxboxes", "name"), ("ring_groups", "name"), ("moh_classes", "name"),
+    ("queues", "moh_class"), ("sip_accounts", "caller_id"), ("speed_dials", "target"),
+    ("tenants", "sip_domain"), ("numbers", "e164")])
+@pytest.mark.parametrize("payload", ["x]\n[evil", "a;b", "${x}", "<a/>", "a,b"])
+def test_identifier_fields_refuse_injection_at_input(conn: psycopg.Connection, provider: dict[str, str],
+                                                     table: str, column: str, payload: str) -> None:
+    with pytest.raises(psycopg.Error) as exc:
+        with conn.transaction():
+            conn.execute(f"UPDATE {table} SET {column} = %s", (payload,))
+    # a CHECK constraint, or a trigger rule that fires first
+    assert isinstance(exc.value, psycopg.errors.CheckViolation) or exc.value.sqlstate == "DU001"
