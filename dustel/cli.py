@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from .commands import (account_cmd, db_cmd, demo_cmd, feature_cmd, number_cmd, render_cmd, target_cmd,
-                       tenant_cmd)
+from .commands import account_cmd, db_cmd, demo_cmd, feature_cmd, number_cmd, render_cmd, target_cmd, tenant_cmd
 from .commands.common import Env
 from .errors import DustelError
 

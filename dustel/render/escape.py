@@ -19,6 +19,7 @@ import unicodedata
 from ..errors import DustelError
 
 _AST_ID = re.compile(r"[A-Za-z0-9_.@+:/=-]{1,128}")
+_PLAIN = re.compile(r"[\w .@+-]{0,64}")       # nothing to neutralise (fast path)
 _AST_DROP = set("\r\n;[](),|$\"'\\<>{}`&")
 _FS_DROP = set("${}")
 
@@ -27,8 +28,31 @@ class UnsafeValue(DustelError):
     pass
 
 
+def _ranges() -> str:
+    out, start = [], None
+    for i in range(0x10000):
+        is_c = unicodedata.category(chr(i))[0] == "C"
+        if is_c and start is None:
+            start = i
+        elif not is_c and start is not None:
+            out.append(f"\\u{start:04x}-\\u{i - 1:04x}")
+            start = None
+    if start is not None:
+        out.append(f"\\u{start:04x}-\\uffff")
+    return "".join(out)
+
+
+# Unicode category C (control, format, surrogate, private use, unassigned) in the BMP
+_CONTROL = re.compile(f"[{_ranges()}]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+_AST_TABLE = str.maketrans({c: " " for c in _AST_DROP})
+_FS_TABLE = str.maketrans({c: " " for c in _FS_DROP})
+
+
 def _printable(s: str) -> str:
-    return "".join(ch for ch in s if unicodedata.category(ch)[0] != "C")
+    if _ASTRAL.search(s):
+        return "".join(ch for ch in s if unicodedata.category(ch)[0] != "C")
+    return _CONTROL.sub("", s)
 
 
 def ast(value: object, mode: str = "id") -> str:
@@ -38,14 +62,19 @@ def ast(value: object, mode: str = "id") -> str:
             raise UnsafeValue("render", f"value {s[:40]!r} is not safe as an Asterisk identifier")
         return s
     if mode == "text":
-        out = "".join(" " if ch in _AST_DROP else ch for ch in _printable(s))
+        if _PLAIN.fullmatch(s):
+            return " ".join(s.split())
+        out = _printable(s).translate(_AST_TABLE)
         return " ".join(out.split())[:64]
     raise ValueError(mode)
 
 
 def fs_text(value: object) -> str:
     """Free text for a FreeSWITCH XML value (autoescape handles < & " ')."""
-    s = "".join(" " if ch in _FS_DROP else ch for ch in _printable(str(value)))
+    s = str(value)
+    if _PLAIN.fullmatch(s):
+        return " ".join(s.split())
+    s = _printable(s).translate(_FS_TABLE)
     return " ".join(s.split())[:64]
 
 

@@ -15,6 +15,7 @@ import time
 import wave
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = Path(os.environ.get("DUSTEL_ASTERISK_CHROOT", "/var/cache/dustel/asterisk-sid"))
@@ -66,6 +67,7 @@ class Asterisk:
         self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
         self._mounted: list[Path] = []
+        self._stderr: BinaryIO | None = None
 
     # ------------------------------------------------------------ setup
     @classmethod
@@ -145,12 +147,14 @@ class Asterisk:
         if self.log_path.exists():
             self.log_path.unlink()
         self._mount()
+        self._stderr = open(self.root / "var/log/asterisk/stderr.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(["chroot", str(self.root), "asterisk", "-f", "-C", "/etc/asterisk/asterisk.conf"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self._stderr.close()
+                err = (self.root / "var/log/asterisk/stderr.log").read_text(errors="replace")
                 self._umount()
                 raise Unavailable(f"asterisk exited with {self.proc.returncode}: {err.strip()[-300:]}")
             r = subprocess.run(["chroot", str(self.root), "asterisk", "-rx", "core waitfullybooted"],
@@ -181,4 +185,7 @@ class Asterisk:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         self._umount()

@@ -67,7 +67,9 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
 
 
 def test_every_freeswitch_file_is_xml(conn: psycopg.Connection, provider: dict[str, str]) -> None:
-    for rel, text in _render(conn)["freeswitch"].items():
+    files = _render(conn)["freeswitch"]
+    assert len(files) == 13
+    for text in files.values():
         ET.fromstring(text.encode())  # raises on malformed XML
 
 
