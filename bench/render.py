@@ -71,7 +71,8 @@ def main() -> None:
         child(sys.argv[2], sys.argv[3])
         return
     sizes = [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000]
-    print(f"{'accounts':>9} {'engine':<11} {'seconds':>8} {'s/1k acc':>9} {'MB out':>7} {'files':>6} {'peak RSS MB':>12}")
+    print(f"{'accounts':>9} {'engine':<11} {'seconds':>8} {'s/1k acc':>9} {'MB out':>7} {'files':>6}"
+          f" {'peak RSS MB':>12}")
     for n in sizes:
         url = fresh_database(f"dustel_bench_render_{n}")
         populate(url, n)
