@@ -4,6 +4,7 @@ import click
 
 from ..provisioning import demo as demo_data
 from ..provisioning import migrate as mig
+from ..render import service
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -18,6 +19,11 @@ def demo(env: Env, as_json: bool) -> None:
     with env.tx() as conn:
         loaded = demo_data.load(conn, creds)
         summ = demo_data.summary(conn)
+        rendered = service.render_files(conn, env.settings, ["freeswitch", "asterisk"])
+    out = env.settings.state_dir / "etc"
+    results = service.apply(rendered, out, write=True)
+    summ["rendered"] = {r.engine: {"out": str(r.out), "files": len(rendered[r.engine]),
+                                   "changed": len(r.plan.changed)} for r in results}
     summ.update(migrations_applied=applied, loaded_now=loaded, credentials_file=str(creds),
                 database="DATABASE_URL" if env.settings.database_url else str(env.settings.state_dir / "pg"))
     emit(summ, as_json, lambda d: _human(d, env))
@@ -33,9 +39,14 @@ def _human(d: dict, env: Env) -> None:
     click.echo("")
     click.echo(f"queues {d['queues']}, agents {d['agents']}, forwardings/group calls {d['diversions']}")
     click.echo(f"SIP passwords (demo only): {d['credentials_file']} (mode 0600)")
+    for engine, r in d["rendered"].items():
+        click.echo(f"{engine} config: {r['files']} files in {r['out']} ({r['changed']} changed now)")
     sd = env.settings.state_dir
     click.echo("")
     click.echo("next, try:")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} tenant show 3")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} number list --tenant 3")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} account add 1   # a 6th on starter is refused")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} forward show 000387100003")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} render --diff   # after a change: what would be written")
+    click.echo(f"  less {sd}/etc/asterisk/pjsip.conf {sd}/etc/freeswitch/dialplan/public.xml")

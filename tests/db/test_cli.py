@@ -211,3 +211,6 @@ def test_demo_twice_changes_nothing(run: Cli, tmp_path: Any) -> None:
     summary = json.loads(run.ok("demo", "--json").stdout)
     assert {p["plan"]: p["tenants"] for p in summary["plans"]} == {"business_flex": 1, "complete": 1, "starter": 1}
     assert summary["queues"] == 1 and summary["agents"] == 3
+    assert summary["rendered"]["asterisk"] == {"out": str(tmp_path / "state" / "etc" / "asterisk"),
+                                               "files": 5, "changed": 0}
+    assert (tmp_path / "state" / "etc" / "freeswitch" / "dialplan" / "public.xml").exists()
