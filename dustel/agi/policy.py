@@ -1,0 +1,211 @@
+"""The call-time decision (F-04): a pure function from a call request and a
+snapshot of the caller's / callee's settings to a decision.  No I/O; the
+FastAGI and outbound-ESL shells load the snapshot, call ``decide`` and apply
+the result.  Both engines obey this one function."""
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..billing import rating
+
+EMERGENCY = frozenset({"110", "112"})
+# What a phone may put in front of 110/112: trunk prefix, international
+# prefix, country code.
+_EMERGENCY_PREFIXES = ("0049", "+49", "00", "0")
+ANONYMOUS = frozenset({"", "anonymous", "unknown", "restricted", "private", "unavailable"})
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    direction: str             # "out" (from an account) or "in" (to a number of the tenant)
+    tenant_id: int
+    account: str               # calling account (out) / called account (in)
+    caller: str                # the caller's number as signalled ('' or 'anonymous' when withheld)
+    callee: str                # dialed digits (out) / called E.164 (in)
+    source_ip: str | None = None
+    engine: str = "asterisk"
+    node: str = ""
+    call_id: str = ""
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The settings the rules read, loaded by the shell in one transaction."""
+    tenant_id: int
+    account: str
+    area_code: str                       # of the account's location: local dialing, emergency
+    psap_prefix: str
+    max_call_seconds: int
+    lines_in: int = 2
+    lines_out: int = 2
+    active_in: int = 0
+    active_out: int = 0
+    allowed_nets: tuple[str, ...] = ()
+    caller_id: str = ""                  # the account's configured number ('' none)
+    clip_no_screening: bool = False
+    zones: frozenset[str] = frozenset()
+    blacklist: tuple[str, ...] = ()
+    whitelist: tuple[str, ...] = ()
+    available_cents: int | None = None   # None: no money limit (postpaid without cap)
+    increment: int = 1
+    flats: Mapping[str, int] = field(default_factory=dict)          # zone -> flat channels
+    flats_in_use: Mapping[str, int] = field(default_factory=dict)   # zone -> calls using them
+    free_seconds: int = 0                # start credit (DE fixed) left
+    callee_account: str | None = None    # out: the callee is this account of the tenant
+
+
+@dataclass(frozen=True)
+class Tariff:
+    zones: Mapping[str, str]      # E.164 digits prefix (no '+') -> zone; '' default
+    rates: Mapping[str, int]      # prefix -> cents per minute
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: bool
+    reason: str                    # machine-readable reason code
+    sip_code: int = 200
+    q850: int = 16
+    route: str = ""                # emergency | internal | external | inbound
+    destination: str = ""          # E.164, PSAP route, or SIP username
+    caller_id: str = ""
+    max_seconds: int = 0           # 0: no limit (emergency)
+    zone: str = ""
+    cents_per_minute: int = 0
+    increment: int = 1
+    flat_zone: str | None = None   # a flat channel this call occupies
+    free_seconds: int = 0          # start credit this call may use
+    reserve_cents: int = 0         # money to hold until the call settles
+
+
+def refuse(reason: str, sip_code: int, q850: int, **kw: object) -> Decision:
+    return Decision(admit=False, reason=reason, sip_code=sip_code, q850=q850, **kw)  # type: ignore[arg-type]
+
+
+def emergency_number(dialed: str) -> str | None:
+    """110 or 112 if that is what was dialed, with any prefix a phone may add."""
+    d = dialed.strip().rstrip("#")
+    if d in EMERGENCY:
+        return d
+    for p in _EMERGENCY_PREFIXES:
+        if d.startswith(p) and d[len(p):] in EMERGENCY:
+            return d[len(p):]
+    return None
+
+
+def normalize(dialed: str, area_code: str) -> str | None:
+    """Dialed digits to E.164: +…, 00… international, 0… national, else a
+    local number in the caller's area.  None when it is no number."""
+    d = dialed.strip()
+    if d.startswith("+"):
+        digits = d[1:]
+    elif d.startswith("00"):
+        digits = d[2:]
+    elif d.startswith("0"):
+        digits = "49" + d[1:]
+    else:
+        digits = "49" + area_code + d if area_code else ""
+    if not digits.isascii() or not digits.isdigit() or not 7 <= len(digits) <= 15 or digits[0] == "0":
+        return None
+    return "+" + digits
+
+
+def is_anonymous(caller: str) -> bool:
+    return caller.strip().lower() in ANONYMOUS
+
+
+def matches(pattern: str, caller: str) -> bool:
+    if pattern == "anonymous":
+        return is_anonymous(caller)
+    if is_anonymous(caller):
+        return False
+    if pattern.endswith("*"):
+        return caller.startswith(pattern[:-1])
+    return caller == pattern
+
+
+def _ip_allowed(source_ip: str | None, nets: tuple[str, ...]) -> bool:
+    if not nets:
+        return True
+    if not source_ip:
+        return False
+    try:
+        ip = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n) for n in nets)
+
+
+def presented_caller_id(req: CallRequest, snap: Snapshot) -> str:
+    """The tenant's own number, or the signalled one with CLIP no screening."""
+    if snap.clip_no_screening and req.caller.startswith("+") and req.caller[1:].isdigit():
+        return req.caller
+    return snap.caller_id
+
+
+def decide(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
+    return _outbound(req, snap, tariff) if req.direction == "out" else _inbound(req, snap)
+
+
+def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
+    caller_id = presented_caller_id(req, snap)
+    # 1. Emergency: always, before and regardless of every other rule.
+    em = emergency_number(req.callee)
+    if em is not None:
+        return Decision(admit=True, reason="emergency", route="emergency", destination=snap.psap_prefix + em,
+                        caller_id=caller_id, max_seconds=0)
+    # 2. IP restriction.
+    if not _ip_allowed(req.source_ip, snap.allowed_nets):
+        return refuse("ip_not_allowed", 403, 21)
+    # 3. Internal calls: no trunk line, no money.
+    if snap.callee_account is not None:
+        return Decision(admit=True, reason="internal", route="internal", destination=snap.callee_account,
+                        caller_id=caller_id, max_seconds=snap.max_call_seconds)
+    # 4. Lines out, live.
+    if snap.active_out >= snap.lines_out:
+        return refuse("line_limit", 503, 34)
+    # 5. Number and zone.
+    e164 = normalize(req.callee, snap.area_code)
+    if e164 is None:
+        return refuse("invalid_number", 484, 28)
+    digits = e164[1:]
+    zkey = rating.longest_match(tariff.zones, digits)
+    zone = tariff.zones[zkey] if zkey is not None else "world"
+    if zone not in snap.zones:
+        return refuse("zone_blocked", 403, 21, zone=zone)
+    rkey = rating.longest_match(tariff.rates, digits)
+    if rkey is None:
+        return refuse("no_rate", 403, 21, zone=zone)
+    rate = tariff.rates[rkey]
+    # 6. Money and time.
+    common = {"route": "external", "destination": e164, "caller_id": caller_id, "zone": zone,
+              "increment": snap.increment}
+    if snap.flats.get(zone, 0) > snap.flats_in_use.get(zone, 0):
+        return Decision(admit=True, reason="flat", max_seconds=snap.max_call_seconds, cents_per_minute=0,
+                        flat_zone=zone, **common)  # type: ignore[arg-type]
+    if rate == 0 or snap.available_cents is None:
+        return Decision(admit=True, reason="ok", max_seconds=snap.max_call_seconds, cents_per_minute=rate,
+                        **common)  # type: ignore[arg-type]
+    free = min(snap.free_seconds, snap.max_call_seconds) if zone == "de_fixed" else 0
+    paid = rating.affordable_seconds(snap.available_cents, rate, snap.increment)
+    max_seconds = min(snap.max_call_seconds, free + paid)
+    if max_seconds <= 0:
+        return refuse("insufficient_credit", 402, 21, zone=zone, cents_per_minute=rate)
+    reserve = rating.cost_cents(max_seconds - free, rate, snap.increment)
+    return Decision(admit=True, reason="ok", max_seconds=max_seconds, cents_per_minute=rate, free_seconds=free,
+                    reserve_cents=reserve, **common)  # type: ignore[arg-type]
+
+
+def _inbound(req: CallRequest, snap: Snapshot) -> Decision:
+    if any(matches(p, req.caller) for p in snap.blacklist):
+        return refuse("blacklisted", 603, 21)
+    if snap.whitelist and not any(matches(p, req.caller) for p in snap.whitelist):
+        return refuse("anonymous_rejected" if is_anonymous(req.caller) else "not_whitelisted", 603, 21)
+    if snap.active_in >= snap.lines_in:
+        return refuse("line_limit", 486, 17)
+    return Decision(admit=True, reason="ok", route="inbound", destination=snap.account,
+                    caller_id=req.caller, max_seconds=snap.max_call_seconds)

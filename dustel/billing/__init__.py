@@ -1,0 +1,1 @@
+"""Money: rating (pure) and the prepaid / credit-limit ledger (PostgreSQL)."""
