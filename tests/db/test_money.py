@@ -1,0 +1,168 @@
+"""Admission with reservation, settlement, expiry, top-ups: real PostgreSQL,
+real concurrency."""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from dustel.agi.policy import CallRequest
+from dustel.billing import calls
+from dustel.provisioning import features
+from tests.factories import account, tenant
+
+RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('4915', 9), ('', 30)"
+_ids = itertools.count(1)
+
+
+def req(t: dict[str, Any], user: str, callee: str = "01701234567", **kw: Any) -> CallRequest:
+    return CallRequest(direction=kw.pop("direction", "out"), tenant_id=t["id"], account=user,
+                       caller=kw.pop("caller", user), callee=callee, node="ast1", call_id=kw.pop("call_id", f"c{next(_ids)}"), **kw)
+
+
+@pytest.fixture
+def tariff(conn: psycopg.Connection) -> Any:
+    conn.execute(RATES)
+    return calls.run_sync(conn, calls.load_tariff())
+
+
+def money(conn: psycopg.Connection, tid: int) -> dict[str, Any]:
+    return conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (tid,)).fetchone()
+
+
+def test_prepaid_reserve_settle_and_replay(conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    assert calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
+    assert not calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))       # same reference: no-op
+    r = req(t, u)
+    d = calls.run_sync(conn, calls.admit(r, tariff))
+    assert d.admit and d.max_seconds == 666 and d.reserve_cents == 100
+    assert money(conn, t["id"])["reserved_cents"] == 100
+    # a retried admit of the same call reserves nothing more
+    assert calls.run_sync(conn, calls.admit(r, tariff)).reason == "retry"
+    assert money(conn, t["id"])["reserved_cents"] == 100
+    # nothing left for a second call
+    assert calls.run_sync(conn, calls.admit(req(t, u), tariff)).reason == "insufficient_credit"
+    s = calls.run_sync(conn, calls.settle("ast1", r.call_id, 61))
+    assert (s.status, s.charged_cents) == ("settled", 10)                     # 61 s at 9 ct/min
+    m = money(conn, t["id"])
+    assert (m["balance_cents"], m["reserved_cents"]) == (90, 0)
+    for _ in range(2):                                                           # replayed hangups
+        assert calls.run_sync(conn, calls.settle("ast1", r.call_id, 61)).status == "already"
+    assert money(conn, t["id"])["balance_cents"] == 90
+    assert conn.execute("SELECT count(*) AS n FROM ledger WHERE kind = 'charge'").fetchone()["n"] == 1
+    assert calls.run_sync(conn, calls.settle("ast1", "never-seen", 5)).status == "unknown"
+
+
+def test_start_credit_then_money(conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    assert money(conn, t["id"])["free_seconds"] == 1800
+    d = calls.run_sync(conn, calls.admit(req(t, u, "030123456"), tariff))
+    assert d.admit and d.free_seconds == 1800 and d.reserve_cents == 0
+    calls.run_sync(conn, calls.settle("ast1", conn.execute("SELECT call_id FROM calls").fetchone()["call_id"], 100))
+    m = money(conn, t["id"])
+    assert (m["free_seconds"], m["reserved_free"], m["balance_cents"]) == (1700, 0, 0)
+
+
+def test_emergency_with_empty_balance_and_no_lines(conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"], allowed_nets=["10.0.0.0/8"])
+    features.set_limits(conn, t["id"], account=u, max_call_seconds=600)
+    for _ in range(2):    # both lines busy (free minutes to DE fixed, from the allowed network)
+        assert calls.run_sync(conn, calls.admit(req(t, u, "030123456", source_ip="10.0.0.1"), tariff)).admit
+    assert calls.run_sync(conn, calls.admit(req(t, u, "030123456", source_ip="10.0.0.1"), tariff)).reason \
+        == "line_limit"
+    features.set_zones(conn, u, preset="none", allow=[])
+    assert money(conn, t["id"])["balance_cents"] == 0
+    d = calls.run_sync(conn, calls.admit(req(t, u, "112", source_ip="203.0.113.1"), tariff))
+    assert d.admit and d.route == "emergency" and d.destination == "021111112"
+
+
+def test_line_limits_are_live(conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="business_flex")
+    a, b = account(conn, t["id"]), account(conn, t["id"])
+    r1, r2, r3 = (req(t, a, "030123456") for _ in range(3))
+    assert calls.run_sync(conn, calls.admit(r1, tariff)).admit
+    assert calls.run_sync(conn, calls.admit(r2, tariff)).admit
+    assert calls.run_sync(conn, calls.admit(r3, tariff)).reason == "line_limit"
+    # internal calls need no line
+    assert calls.run_sync(conn, calls.admit(req(t, a, b), tariff)).route == "internal"
+    calls.run_sync(conn, calls.settle("ast1", r1.call_id, 10))
+    assert calls.run_sync(conn, calls.admit(req(t, a, "030123456"), tariff)).admit
+    # inbound lines are counted apart
+    assert calls.run_sync(conn, calls.admit(req(t, a, "+492111", direction="in", caller="+4930111"), tariff)).admit
+
+
+def test_unanswered_reservations_expire(conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    calls.run_sync(conn, calls.topup(t["id"], 500, "paypal:9"))
+    r = req(t, u)
+    calls.run_sync(conn, calls.admit(r, tariff))
+    assert calls.run_sync(conn, calls.expire()) == 0                      # not yet
+    conn.execute("UPDATE calls SET expires_at = now() - interval '1 second'")
+    assert calls.run_sync(conn, calls.expire()) == 1
+    m = money(conn, t["id"])
+    assert (m["reserved_cents"], m["balance_cents"]) == (0, 500)
+    # a late hangup still bills, without releasing twice
+    s = calls.run_sync(conn, calls.settle("ast1", r.call_id, 60))
+    assert s.charged_cents == 9
+    m = money(conn, t["id"])
+    assert (m["reserved_cents"], m["balance_cents"]) == (0, 491)
+
+
+def _race(db_url: str, tenant_id: int, user: str, tariff: Any, n: int, workers: int) -> list[Any]:
+    def work(chunk: range) -> list[Any]:
+        out = []
+        with psycopg.connect(db_url, row_factory=dict_row) as c:
+            for i in chunk:
+                r = CallRequest(direction="out", tenant_id=tenant_id, account=user, caller=user,
+                                callee="01701234567", node="race", call_id=f"r{i}")
+                out.append((r.call_id, calls.run_sync(c, calls.admit(r, tariff))))
+        return out
+
+    chunks = [range(i, n, workers) for i in range(workers)]
+    with cf.ThreadPoolExecutor(workers) as ex:
+        return [x for part in ex.map(work, chunks) for x in part]
+
+
+def test_race_credit_limit_never_overdrawn(db_url: str, conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="business_flex", options={"extra_line": 2000})
+    u = account(conn, t["id"])
+    features.set_limits(conn, t["id"], credit_limit_cents=500, max_call_seconds=60)
+    results = _race(db_url, t["id"], u, tariff, 1000, 8)
+    admitted = [cid for cid, d in results if d.admit]
+    assert len(results) == 1000, results[0]
+    assert results[0][1].reserve_cents == 9, (results[0], money(conn, t["id"]))
+    # 55 calls of 60 s (9 ct each); the last 5 ct buy one call of 33 s; then nothing is left
+    shapes = collections.Counter((d.reserve_cents, d.max_seconds) for _, d in results if d.admit)
+    assert shapes == {(9, 60): 55, (5, 33): 1}                                 # 9 ct reserved per 60 s call
+    assert {d.reason for _, d in results if not d.admit} == {"insufficient_credit"}
+    m = money(conn, t["id"])
+    assert m["reserved_cents"] == 500
+    # settle everything at its limit, each hangup delivered twice
+    for cid, d in results * 2:
+        if d.admit:
+            calls.run_sync(conn, calls.settle("race", cid, d.max_seconds))
+    m = money(conn, t["id"])
+    assert m["reserved_cents"] == 0 and m["balance_cents"] == -500
+    charges = conn.execute("SELECT count(*) AS n, -sum(amount_cents) AS s FROM ledger WHERE kind = 'charge'").fetchone()
+    assert (charges["n"], charges["s"]) == (56, 500)
+
+
+def test_race_prepaid_lines_and_balance(db_url: str, conn: psycopg.Connection, tariff: Any) -> None:
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    calls.run_sync(conn, calls.topup(t["id"], 1000, "sepa:1"))
+    features.set_limits(conn, t["id"], max_call_seconds=600)          # 90 ct reserved per call
+    results = _race(db_url, t["id"], u, tariff, 1000, 8)
+    assert sum(d.admit for _, d in results) == 2                      # two lines, whatever the race
+    assert {d.reason for _, d in results if not d.admit} == {"line_limit"}
+    assert money(conn, t["id"])["reserved_cents"] == 180
