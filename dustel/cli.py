@@ -10,7 +10,17 @@ from typing import Any
 
 import click
 
-from .commands import account_cmd, db_cmd, demo_cmd, feature_cmd, number_cmd, render_cmd, target_cmd, tenant_cmd
+from .commands import (
+    account_cmd,
+    billing_cmd,
+    db_cmd,
+    demo_cmd,
+    feature_cmd,
+    number_cmd,
+    render_cmd,
+    target_cmd,
+    tenant_cmd,
+)
 from .commands.common import Env
 from .errors import DustelError
 
@@ -58,6 +68,7 @@ for command in (
     feature_cmd.forward, feature_cmd.group, feature_cmd.limits, feature_cmd.zones,
     feature_cmd.blacklist, feature_cmd.whitelist, feature_cmd.speeddial,
     target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent,
+    billing_cmd.rates, billing_cmd.credit, billing_cmd.agi,
     render_cmd.render, demo_cmd.demo,
 ):
     cli.add_command(command)
@@ -65,3 +76,7 @@ for command in (
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -40,6 +40,7 @@ class Settings:
     ami_secret: str = "dustel-ami"
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
+    agi_node: str = "asterisk"    # the node name calls are recorded under (node, call id)
     esl_outbound_host: str = "127.0.0.1"
     esl_outbound_port: int = 8084
     sip_domain_suffix: str = "sip.dustel.de"
@@ -65,6 +66,7 @@ _ENV = {
     "ami_secret": "DUSTEL_AMI_SECRET",
     "agi_host": "DUSTEL_AGI_HOST",
     "agi_port": "DUSTEL_AGI_PORT",
+    "agi_node": "DUSTEL_AGI_NODE",
     "esl_outbound_host": "DUSTEL_ESL_OUTBOUND_HOST",
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",

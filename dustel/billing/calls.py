@@ -40,10 +40,11 @@ SELECT t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
        dustel_option_qty(t.id, 'flat_de_fixed') AS flat_de_fixed,
        dustel_option_qty(t.id, 'flat_de_mobile') AS flat_de_mobile,
        dustel_option_qty(t.id, 'clip_no_screening') > 0 AS clip_ns,
-       a.username, a.allowed_nets::text[] AS allowed_nets, coalesce(a.caller_id, '') AS caller_id,
+       coalesce(a.username, '') AS username, coalesce(a.allowed_nets::text[], '{}') AS allowed_nets,
+       coalesce(a.caller_id, '') AS caller_id,
        coalesce(a.location_area_code, '') AS area_code, dustel_psap_prefix(a.location_area_code) AS psap_prefix,
        coalesce(a.max_call_seconds, t.max_call_seconds) AS max_call_seconds,
-       (SELECT zones FROM zone_presets WHERE code = a.zone_preset) || a.extra_zones AS zones,
+       coalesce((SELECT zones FROM zone_presets WHERE code = a.zone_preset) || a.extra_zones, '{}') AS zones,
        (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'black')
            AS blacklist,
        (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'white')
@@ -61,7 +62,7 @@ SELECT t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
            AS month_charges,
        (SELECT username FROM sip_accounts b WHERE b.tenant_id = t.id AND b.username = %(callee)s) AS callee_account
   FROM tenants t JOIN plans p ON p.code = t.plan
-  JOIN sip_accounts a ON a.tenant_id = t.id AND a.username = %(account)s
+  LEFT JOIN sip_accounts a ON a.tenant_id = t.id AND a.username = %(account)s
  WHERE t.id = %(t)s
 """
 
@@ -104,7 +105,7 @@ def snapshot_from(row: dict[str, Any], money: dict[str, Any]) -> Snapshot:
         flats={"de_fixed": row["flat_de_fixed"], "de_mobile": row["flat_de_mobile"]},
         flats_in_use={"de_fixed": row["flat_de_fixed_used"], "de_mobile": row["flat_de_mobile_used"]},
         free_seconds=money["free_seconds"] - money["reserved_free"],
-        callee_account=row["callee_account"] if row["callee_account"] != row["username"] else None)
+        callee_account=row["callee_account"] if row["callee_account"] not in (None, row["username"]) else None)
 
 
 def _from_call(c: dict[str, Any]) -> Decision:
@@ -128,8 +129,8 @@ def admit(req: CallRequest, tariff: Tariff) -> Flow:
     if existing:
         return _from_call(existing[0])
     rows = (yield Q(_SNAPSHOT, {"t": req.tenant_id, "account": req.account, "callee": req.callee}))
-    if not rows:
-        raise UnknownAccount(f"account {req.account} of tenant {req.tenant_id}")
+    if not rows or (req.account and rows[0]["username"] != req.account):
+        raise UnknownAccount(f"account {req.account!r} of tenant {req.tenant_id}")
     snap = snapshot_from(rows[0], money[0])
     d = decide(req, snap, tariff)
     if d.admit:

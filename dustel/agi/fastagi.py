@@ -1,0 +1,213 @@
+"""FastAGI front end (Asterisk): thin shell around the decision core.
+
+One handler per route, named after it, registered in ROUTES.  A handler
+reads what Asterisk sent (agi_* headers and arguments: no extra round
+trips), runs the admit/settle flow on the database, and answers with SET
+VARIABLE; the rendered dialplan does the Dial / Hangup.  Any failure is
+logged and the call refused with cause 41 (temporary failure) — except
+emergency calls, which never come here.
+
+panoramisk's ``Application.handler`` loops forever on a client that closes
+before the blank line and decodes with strict UTF-8; ``DustelAGI.handler``
+reads the request with limits and a timeout instead and decodes only whole
+frames.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from panoramisk.fast_agi import Application, Request
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from ..billing import calls
+from . import variables as V
+from .policy import CallRequest, Decision
+
+log = logging.getLogger("dustel.agi")
+
+MAX_REQUEST_BYTES = 16384
+REQUEST_TIMEOUT = 5.0
+
+
+def parse_request(raw: bytes) -> dict[str, str]:
+    """AGI request headers from the whole frame (bytes up to the blank line)."""
+    text = raw.decode("utf-8", errors="replace")
+    headers: dict[str, str] = {}
+    for line in text.split("\n"):
+        key, sep, value = line.rstrip("\r").partition(": ")
+        if sep and key.startswith("agi_"):
+            headers[key] = value
+    return headers
+
+
+def agi_quote(value: str) -> str:
+    """A SET VARIABLE argument: quoted; a line break could start a second command."""
+    if "\n" in value or "\r" in value or "\x00" in value:
+        raise ValueError("line break in an AGI value")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Context:
+    """What handlers share: the pool, the tariff cache, the node name."""
+
+    def __init__(self, pool: AsyncConnectionPool, node: str) -> None:
+        self.pool = pool
+        self.node = node
+        self.tariffs = calls.TariffCache()
+
+    async def run(self, flow: calls.Flow) -> Any:
+        async with self.pool.connection() as conn:
+            return await calls.run_async(conn, flow)
+
+    async def tariff(self) -> Any:
+        if self.tariffs.stale():
+            self.tariffs.set(await self.run(calls.load_tariff()))
+        return self.tariffs.tariff
+
+
+async def _set(request: Request, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        await request.send_command(f"SET VARIABLE {name} {agi_quote(value)}")
+
+
+def dial_string(d: Decision) -> str:
+    if d.route in ("internal", "inbound"):
+        return f"PJSIP/{d.destination}"
+    return f"PJSIP/{d.destination}@carrier"
+
+
+async def _apply(request: Request, d: Decision) -> None:
+    if d.admit:
+        await _set(request, {V.ACTION: "admit", V.DIAL: dial_string(d), V.MAX_SECONDS: str(d.max_seconds),
+                             V.CALLER_ID: d.caller_id, V.REASON: d.reason})
+    else:
+        await _set(request, {V.ACTION: "refuse", V.CAUSE: str(d.q850), V.REASON: d.reason})
+
+
+def _arg(h: dict[str, str], n: int) -> str:
+    return h.get(f"agi_arg_{n}", "").strip()
+
+
+def _caller(h: dict[str, str]) -> str:
+    cid = h.get("agi_callerid", "")
+    return "" if cid in ("unknown", "") else cid
+
+
+async def outbound(request: Request, ctx: Context) -> None:
+    """agi://…/outbound,<tenant>,<account>,<remote addr>"""
+    h = request.headers
+    remote = _arg(h, 3)
+    source_ip = remote.rsplit(":", 1)[0].strip("[]") if remote else None
+    req = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account=_arg(h, 2), caller=_caller(h),
+                      callee=h.get("agi_extension", ""), source_ip=source_ip, engine="asterisk", node=ctx.node,
+                      call_id=h.get("agi_uniqueid", ""))
+    d = await ctx.run(calls.admit(req, await ctx.tariff()))
+    log.info("outbound call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", req.call_id,
+             req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
+    await _apply(request, d)
+
+
+async def inbound(request: Request, ctx: Context) -> None:
+    """agi://…/inbound,<tenant>,<target kind>,<target>"""
+    h = request.headers
+    kind, target = _arg(h, 2), _arg(h, 3)
+    req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
+                      caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=ctx.node,
+                      call_id=h.get("agi_uniqueid", ""))
+    d = await ctx.run(calls.admit(req, await ctx.tariff()))
+    log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s", req.call_id, req.tenant_id,
+             kind, target, req.caller, d.admit, d.reason)
+    await _apply(request, d)
+
+
+async def hangup(request: Request, ctx: Context) -> None:
+    """agi://…/hangup,<answered seconds>: settle the call."""
+    h = request.headers
+    raw = _arg(h, 1)
+    billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
+    s = await ctx.run(calls.settle(ctx.node, h.get("agi_uniqueid", ""), billsec))
+    log.info("hangup call=%s billsec=%s status=%s charged=%s", h.get("agi_uniqueid"), billsec, s.status,
+             s.charged_cents)
+
+
+Handler = Callable[[Request, Context], Awaitable[None]]
+ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup}
+REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND}
+
+
+class DustelAGI(Application):
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.ctx = ctx
+        for path, handler in ROUTES.items():
+            self.add_route(path, self._bind(path, handler))
+
+    def _bind(self, path: str, handler: Handler) -> Callable[[Request], Awaitable[None]]:
+        async def route(request: Request) -> None:
+            try:
+                await handler(request, self.ctx)
+            except (ValueError, KeyError, calls.UnknownAccount, psycopg.Error) as exc:
+                log.warning("route=%s refused: %s: %s", path, type(exc).__name__, exc)
+                if path in REFUSE_ON_ERROR:
+                    await _set(request, {V.ACTION: "refuse", V.CAUSE: "41", V.REASON: "internal_error"})
+        route.__name__ = handler.__name__
+        return route
+
+    async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\n\n"), REQUEST_TIMEOUT)
+            except asyncio.LimitOverrunError:
+                log.warning("agi request over %s bytes dropped", MAX_REQUEST_BYTES)
+                return
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                log.warning("agi request incomplete, dropped")
+                return
+            headers = parse_request(raw)
+            script = headers.get("agi_network_script", "").split("?")[0]
+            route = self._route.get(script)
+            if route is None:
+                log.warning("agi request for unknown route %r", script)
+                return
+            try:
+                await route(Request(app=self, headers=headers, reader=reader, writer=writer))
+            except (ConnectionError, asyncio.IncompleteReadError):
+                log.warning("agi connection lost during route=%s", script)
+        finally:
+            writer.close()
+
+
+async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Event | None = None,
+                min_conn: int = 2, max_conn: int = 8) -> None:
+    """Run the FastAGI server until cancelled; expire stale reservations every minute."""
+    loop = asyncio.get_running_loop()
+    async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False,
+                                   kwargs={"row_factory": dict_row}) as pool:
+        ctx = Context(pool, node)
+        app = DustelAGI(ctx, loop)
+        server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
+        log.info("fastagi listening on %s:%s node=%s", host, port, node)
+        if ready is not None:
+            ready.set()
+
+        async def expire_loop() -> None:
+            while True:
+                await asyncio.sleep(60)
+                try:
+                    n = await ctx.run(calls.expire())
+                    if n:
+                        log.info("expired %s stale reservations", n)
+                except psycopg.Error as exc:
+                    log.warning("expire failed: %s", exc)
+
+        task = asyncio.create_task(expire_loop())
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            task.cancel()

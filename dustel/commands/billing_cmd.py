@@ -1,0 +1,137 @@
+"""rates import/list, credit topup/show, agi serve."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from ..billing import calls
+from ..errors import DustelError
+from ..provisioning import tenants
+from ..provisioning import validate as v
+from .common import INT, Env, emit, euro, json_option, pass_env, table
+
+rates = click.Group("rates", help="Per-minute prices by destination prefix (longest match), integer cents.")
+
+
+def read_rates(path: Path) -> list[tuple[str, int, str]]:
+    """CSV with a header: prefix,cents_per_minute[,description]; prefix in
+    E.164 digits without '+' ('' is the default rate)."""
+    out: dict[str, tuple[str, int, str]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"prefix", "cents_per_minute"} <= set(reader.fieldnames):
+                raise DustelError("rates", "CSV needs a header with prefix,cents_per_minute[,description]")
+            for n, row in enumerate(reader, start=2):
+                prefix = (row["prefix"] or "").strip().lstrip("+")
+                price = (row["cents_per_minute"] or "").strip()
+                if not (prefix == "" or (prefix.isascii() and prefix.isdigit() and len(prefix) <= 15)):
+                    raise DustelError(f"rates line {n}", "prefix must be up to 15 digits")
+                if not (price.isascii() and price.isdigit() and int(price) <= 100000):
+                    raise DustelError(f"rates line {n}", "cents_per_minute must be a whole number of cents")
+                if prefix in out:
+                    raise DustelError(f"rates line {n}", f"prefix {prefix!r} listed twice")
+                desc = v.text("description", row.get("description") or "-", max_len=100)
+                out[prefix] = (prefix, int(price), desc)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DustelError("rates", f"cannot read {path}: {exc}") from None
+    if not out:
+        raise DustelError("rates", "no rates in the file")
+    return sorted(out.values())
+
+
+@rates.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Drop prefixes the file does not list.")
+@json_option
+@pass_env
+def rates_import(env: Env, as_json: bool, csv_file: Path, replace: bool) -> None:
+    """Load rates from CSV (prefix,cents_per_minute,description) in one transaction."""
+    rows = read_rates(csv_file)
+    with env.tx() as conn:
+        if replace:
+            conn.execute("DELETE FROM rates")
+        with conn.cursor() as cur:
+            cur.executemany("""INSERT INTO rates (prefix, cents_per_minute, description) VALUES (%s, %s, %s)
+                               ON CONFLICT (prefix) DO UPDATE SET cents_per_minute = EXCLUDED.cents_per_minute,
+                                                                  description = EXCLUDED.description""", rows)
+        total = conn.execute("SELECT count(*) AS n FROM rates").fetchone()["n"]
+    emit({"imported": len(rows), "total": total}, as_json,
+         lambda d: click.echo(f"{d['imported']} rates imported, {d['total']} in the table"))
+
+
+@rates.command("list")
+@json_option
+@pass_env
+def rates_list(env: Env, as_json: bool) -> None:
+    """List rates."""
+    with env.tx() as conn:
+        rows = conn.execute("SELECT prefix, cents_per_minute, description FROM rates ORDER BY prefix").fetchall()
+    emit(rows, as_json, lambda r: table(r, ["prefix", "cents_per_minute", "description"]))
+
+
+credit = click.Group("credit", help="Prepaid credit and the money state of a tenant.")
+
+
+@credit.command("topup")
+@click.argument("tenant_id", type=INT)
+@click.argument("amount")
+@click.option("--ref", required=True, help="Payment reference (bank transfer id …); a repeated ref is a no-op.")
+@json_option
+@pass_env
+def credit_topup(env: Env, as_json: bool, tenant_id: int, amount: str, ref: str) -> None:
+    """Add AMOUNT EUR of prepaid credit."""
+    cents = v.money_cents("amount", amount)
+    if cents == 0:
+        raise DustelError("amount", "must be more than 0")
+    ref = v.text("ref", ref, max_len=100)
+    with env.tx() as conn:
+        te = tenants.get(conn, tenant_id)
+        if te["plan"] != "starter":
+            raise DustelError("tenant", "only prepaid (starter) tenants are topped up")
+        done = calls.run_sync(conn, calls.topup(tenant_id, cents, f"topup:{ref}"))
+        m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    emit({"applied": done, **m}, as_json, lambda d: click.echo(
+        ("topped up" if d["applied"] else "already applied (same --ref)")
+        + f"; balance {euro(d['balance_cents'])} EUR"))
+
+
+@credit.command("show")
+@click.argument("tenant_id", type=INT)
+@json_option
+@pass_env
+def credit_show(env: Env, as_json: bool, tenant_id: int) -> None:
+    """Balance, reserved money, start credit left, active calls."""
+    with env.tx() as conn:
+        tenants.get(conn, tenant_id)
+        m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (tenant_id,)).fetchone()
+        m["active_calls"] = conn.execute("SELECT count(*) AS n FROM calls WHERE tenant_id = %s AND state = 'active'",
+                                         (tenant_id,)).fetchone()["n"]
+    emit(m, as_json, lambda d: click.echo(
+        f"balance {euro(d['balance_cents'])} EUR, reserved {euro(d['reserved_cents'])} EUR, "
+        f"start credit {d['free_seconds'] - d['reserved_free']} s, active calls {d['active_calls']}"))
+
+
+agi = click.Group("agi", help="The call-time policy server for Asterisk (FastAGI).")
+
+
+@agi.command("serve")
+@click.option("--host", help="Listen address (default from settings: agi_host).")
+@click.option("--port", type=INT, help="Listen port (default from settings: agi_port).")
+@pass_env
+def agi_serve(env: Env, host: str | None, port: int | None) -> None:
+    """Run the FastAGI server in the foreground, logging to stdout."""
+    from ..agi import fastagi
+
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    s = env.settings
+    try:
+        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node))
+    except KeyboardInterrupt:
+        pass

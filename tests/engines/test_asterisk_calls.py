@@ -1,0 +1,157 @@
+"""Calls through the rendered dialplan of a real Asterisk 22, decided by
+``dustel agi serve`` (FastAGI) on real PostgreSQL; sipp is the phone and
+the carrier (F-04)."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dustel.billing import calls
+from dustel.render import service
+from dustel.testing.asterisk import Asterisk
+from tests.engines.conftest import free_port
+from tests.factories import PASSWORD, account, tenant
+from tests.render_fixture import GOLDEN_SETTINGS
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+NODE = "ast-test"
+
+
+@dataclass
+class Stack:
+    conn: psycopg.Connection
+    asterisk: Asterisk
+    sipp: str
+    tmp: Path
+    sip_port: int
+    carrier_log: Path
+    agi_log: Path
+    tenant_id: int
+    user: str
+
+    def call(self, dialed: str, scenario: str, timeout: int = 30) -> subprocess.CompletedProcess[str]:
+        log = self.tmp / f"uac-{dialed}-{time.monotonic_ns()}.log"
+        r = subprocess.run(
+            [self.sipp, "-sf", str(DATA / scenario), f"127.0.0.1:{self.sip_port}", "-s", dialed,
+             "-set", "user", self.user, "-au", self.user, "-ap", PASSWORD, "-i", "127.0.0.1",
+             "-p", str(free_port()), "-mp", str(free_port()), "-m", "1", "-timeout", f"{timeout}s",
+             "-timeout_error", "-trace_msg", "-message_file", str(log), "-nostdin"],
+            capture_output=True, text=True, timeout=timeout + 15, cwd=self.tmp)
+        r.stdout = log.read_text(errors="replace") if log.exists() else ""
+        return r
+
+    def call_row(self, callee_like: str) -> dict[str, Any]:
+        for _ in range(50):   # the hangup AGI runs right after the call ends
+            row = self.conn.execute("SELECT * FROM calls WHERE destination LIKE %s ORDER BY started_at DESC LIMIT 1",
+                                    (callee_like,)).fetchone()
+            if row and row["state"] == "settled":
+                return row
+            time.sleep(0.1)
+        raise AssertionError(f"no settled call to {callee_like}: {row}")
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    for _ in range(100):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+@pytest.fixture
+def stack(conn: psycopg.Connection, db_url: str, tmp_path: Path, asterisk: Asterisk, sipp: str) -> Iterator[Stack]:
+    conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 60), ('49900', 199)")
+    t = tenant(conn, plan="starter", area="0211")
+    user = account(conn, t["id"])
+    sip_port, agi_port, carrier_port = free_port(), free_port(), free_port()
+    settings = replace(GOLDEN_SETTINGS, sip_port=sip_port, ami_port=free_port(), agi_port=agi_port,
+                       carrier_host=f"127.0.0.1:{carrier_port}")
+    with conn.transaction():
+        files = service.render_files(conn, settings, ["asterisk"])["asterisk"]
+    agi_log = tmp_path / "agi.log"
+    env = {**os.environ, "DATABASE_URL": db_url, "DUSTEL_AGI_NODE": NODE}
+    with agi_log.open("wb") as out:
+        agi = subprocess.Popen([sys.executable, "-m", "dustel.cli", "agi", "serve", "--host", "127.0.0.1",
+                                "--port", str(agi_port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    carrier_log = tmp_path / "carrier.log"
+    carrier = subprocess.Popen([sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(carrier_port),
+                                "-mp", str(free_port()), "-trace_msg", "-message_file", str(carrier_log),
+                                "-nostdin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        _wait_port(agi_port, agi, "dustel agi serve")
+        asterisk.add_moh_class_dir(f"{settings.moh_dir}/default/8000")
+        asterisk.start(files, dirs=[settings.fax_spool_dir])
+        yield Stack(conn, asterisk, sipp, tmp_path, sip_port, carrier_log, agi_log, t["id"], user)
+    finally:
+        for p in (agi, carrier):
+            p.terminate()
+            p.wait(timeout=10)
+
+
+def test_call_is_cut_when_the_money_runs_out(stack: Stack) -> None:
+    calls.run_sync(stack.conn, calls.topup(stack.tenant_id, 3, "test:3ct"))   # 3 ct at 60 ct/min: 3 s
+    r = stack.call("01701234567", "call_until_bye.xml")
+    assert r.returncode == 0, r.stdout[-1500:]
+    row = stack.call_row("+49170%")
+    assert row["max_seconds"] == 3 and row["reserved_cents"] == 3
+    assert abs(row["billsec"] - 3) <= 1, row
+    assert row["charged_cents"] == row["billsec"]                             # 1 ct per second here
+    m = stack.conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (stack.tenant_id,)).fetchone()
+    assert m["reserved_cents"] == 0 and m["balance_cents"] == 3 - row["charged_cents"] >= 0
+    assert "INVITE sip:+491701234567@" in stack.carrier_log.read_text(errors="replace")
+
+
+def test_time_limit_cuts_a_call(stack: Stack) -> None:
+    stack.conn.execute("UPDATE sip_accounts SET max_call_seconds = 2")
+    r = stack.call("0211123456", "call_until_bye.xml")                     # start credit: free minutes
+    assert r.returncode == 0, r.stdout[-1500:]
+    row = stack.call_row("+49211123456")
+    assert row["max_seconds"] == 2 and abs(row["billsec"] - 2) <= 1 and row["charged_cents"] == 0
+
+
+@pytest.mark.parametrize("dialed,reason,status", [
+    ("0900123456", "zone_blocked", "403"),            # premium not released
+    ("01701234567", "insufficient_credit", "403"),    # empty prepaid balance
+])
+def test_refused_calls_get_a_cause(stack: Stack, dialed: str, reason: str, status: str) -> None:
+    r = stack.call(dialed, "call_hangup.xml")
+    assert r.returncode != 0
+    finals = re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)
+    assert finals and finals[-1] == status, r.stdout[-1500:]
+    assert re.search(rf"outbound call=\S+ tenant={stack.tenant_id} .* admit=False reason={reason}",
+                     stack.agi_log.read_text())
+    assert "INVITE sip:" not in (stack.carrier_log.read_text(errors="replace") if stack.carrier_log.exists()
+                                 else "")
+
+
+def test_wrong_ip_refused(stack: Stack) -> None:
+    # changed after the render: Asterisk's rendered ACL does not know it, the live policy does
+    stack.conn.execute("UPDATE sip_accounts SET allowed_nets = '{192.0.2.0/24}'")
+    r = stack.call("0211123456", "call_hangup.xml")
+    assert r.returncode != 0
+    assert re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)[-1] == "403"
+    assert "admit=False reason=ip_not_allowed" in stack.agi_log.read_text()
+
+
+def test_emergency_passes_with_empty_balance(stack: Stack) -> None:
+    stack.conn.execute("UPDATE sip_accounts SET zone_preset = 'none'")
+    r = stack.call("112", "call_hangup.xml")
+    assert r.returncode == 0, r.stdout[-1500:]
+    # routed to the PSAP of Düsseldorf (the account's area) without asking the policy
+    assert "INVITE sip:021111112@" in stack.carrier_log.read_text(errors="replace")
+    assert "callee=112" not in stack.agi_log.read_text()
