@@ -22,7 +22,8 @@ _ids = itertools.count(1)
 
 def req(t: dict[str, Any], user: str, callee: str = "01701234567", **kw: Any) -> CallRequest:
     return CallRequest(direction=kw.pop("direction", "out"), tenant_id=t["id"], account=user,
-                       caller=kw.pop("caller", user), callee=callee, node="ast1", call_id=kw.pop("call_id", f"c{next(_ids)}"), **kw)
+                       caller=kw.pop("caller", user), callee=callee, node="ast1",
+                       call_id=kw.pop("call_id", f"c{next(_ids)}"), **kw)
 
 
 @pytest.fixture
@@ -138,9 +139,7 @@ def test_race_credit_limit_never_overdrawn(db_url: str, conn: psycopg.Connection
     u = account(conn, t["id"])
     features.set_limits(conn, t["id"], credit_limit_cents=500, max_call_seconds=60)
     results = _race(db_url, t["id"], u, tariff, 1000, 8)
-    admitted = [cid for cid, d in results if d.admit]
-    assert len(results) == 1000, results[0]
-    assert results[0][1].reserve_cents == 9, (results[0], money(conn, t["id"]))
+    assert len(results) == 1000
     # 55 calls of 60 s (9 ct each); the last 5 ct buy one call of 33 s; then nothing is left
     shapes = collections.Counter((d.reserve_cents, d.max_seconds) for _, d in results if d.admit)
     assert shapes == {(9, 60): 55, (5, 33): 1}                                 # 9 ct reserved per 60 s call
