@@ -36,11 +36,6 @@ def porting_next(state: str, event: str) -> str:
             + (f" (allowed: {', '.join(allowed)})" if allowed else " (it is closed)")) from None
 
 
-def block_members(e164: str, block_size: int) -> list[str]:
-    width = 1 if block_size <= 10 else 2 if block_size <= 100 else 3
-    return [f"{e164}{i:0{width}d}" for i in range(block_size)]
-
-
 def find(conn: psycopg.Connection, e164: str, *, whole: bool = True) -> dict[str, Any]:
     """The row for e164.  With ``whole``, a member of a block is refused:
     blocks are never split."""

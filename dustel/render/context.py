@@ -112,6 +112,7 @@ def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None =
 
     for r in conn.execute(
             """SELECT n.tenant_id, n.e164, n.block_size, n.central_ddi, n.target_kind,
+                      dustel_ddi_digits(n.block_size) AS ddi_digits,
                       coalesce(a.username, q.name, f.name, g.name) AS target
                  FROM numbers n
                  LEFT JOIN sip_accounts a ON a.id = n.account_id
@@ -121,7 +122,7 @@ def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None =
                 WHERE n.status IN ('active', 'porting_out') AND n.target_kind IS NOT NULL
                   AND (%(t)s::bigint IS NULL OR n.tenant_id = %(t)s)
                 ORDER BY n.e164""", only):
-        ddi = 0 if r["block_size"] is None else (1 if r["block_size"] <= 10 else 2 if r["block_size"] <= 100 else 3)
+        ddi = r["ddi_digits"]   # the block-width rule lives in SQL (dustel_ddi_digits)
         tenants[r["tenant_id"]].numbers.append({
             "e164": r["e164"], "block_size": r["block_size"], "ddi_digits": ddi,
             "central_ddi": r["central_ddi"], "kind": r["target_kind"], "target": r["target"],

@@ -11,7 +11,7 @@ import jinja2
 
 from ..agi import variables as V
 from . import escape
-from .context import Provider, Tenant
+from .context import Provider, Tenant, queue_name
 
 FS_STRATEGIES = {"ring_all": "ring-all", "longest_idle": "longest-idle-agent", "round_robin": "round-robin",
                  "fewest_calls": "agent-with-fewest-calls", "random": "random"}
@@ -36,7 +36,6 @@ def _render(engine: str, template: str, **ctx: Any) -> str:
 
 
 def _engine_target(t: Tenant, n: dict[str, Any]) -> str:
-    from .context import queue_name
     return queue_name(t.id, n["target"]) if n["kind"] == "queue" else n["target"]
 
 
