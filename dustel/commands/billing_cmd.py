@@ -1,9 +1,10 @@
-"""rates import/list, credit topup/show, agi serve."""
+"""rates import/list, credit topup/show, agi serve, esl serve."""
 from __future__ import annotations
 
 import asyncio
 import csv
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -135,3 +136,20 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
         asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node))
     except KeyboardInterrupt:
         pass
+
+
+esl = click.Group("esl", help="The call-time policy server for FreeSWITCH (outbound Event Socket).")
+
+
+@esl.command("serve")
+@click.option("--host", help="Listen address (default from settings: esl_outbound_host).")
+@click.option("--port", type=INT, help="Listen port (default from settings: esl_outbound_port; 0 picks one).")
+@pass_env
+def esl_serve(env: Env, host: str | None, port: int | None) -> None:
+    """Run the outbound Event Socket server in the foreground (a gevent
+    process of its own: this command execs it), logging to stderr."""
+    s = env.settings
+    argv = [sys.executable, "-m", "dustel.agi.esl_main", "--dsn", env.url, "--host", host or s.esl_outbound_host,
+            "--port", str(s.esl_outbound_port if port is None else port)]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)

@@ -43,7 +43,7 @@ def _numbers(p: Provider) -> list[dict[str, Any]]:
     out = []
     for t in p.tenants:
         for n in t.numbers:
-            out.append({**n, "tenant_id": t.id, "engine_target": _engine_target(t, n),
+            out.append({**n, "tenant_id": t.id, "domain": t.domain, "engine_target": _engine_target(t, n),
                         "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"]})
     return sorted(out, key=lambda n: n["e164"])
 

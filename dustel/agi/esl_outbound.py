@@ -1,0 +1,274 @@
+"""Outbound Event Socket server (FreeSWITCH): greenswitch in a gevent process.
+
+Run it as ``dustel esl serve``, which execs ``python -m dustel.agi.esl_main``:
+that module patches with gevent before anything else is imported (psycopg
+picks its gevent-friendly wait function at import), in a process of its
+own — asyncio and panoramisk never load here.
+
+The rendered FreeSWITCH dialplan hands every call to ``socket 127.0.0.1:8084
+async full``.  For each connection greenswitch sends ``connect`` and gets the
+channel data; ``CallControl.run`` then subscribes to the call's events
+(``myevents``), asks FreeSWITCH to ``linger`` so the hangup events still
+arrive, admits the call through the same decision and money flows as the
+FastAGI server (``billing.calls``, run synchronously; psycopg cooperates with
+gevent once patched), executes the applications ``agi.freeswitch.actions``
+lists, and settles the call from ``CHANNEL_HANGUP_COMPLETE``'s billsec.
+
+greenswitch's own reader (``ESLEvent``) URL-decodes a whole event before
+splitting it into lines, so an encoded line break in a caller name would
+forge a header; ``DustelSession`` keeps greenswitch's session (commands,
+handlers, expected events) but reads frames with ``controller.protocol``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.socket
+import psycopg
+from greenswitch.esl import OutboundESLServer, OutboundSession, OutboundSessionHasGoneAway
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from ..billing import calls
+from ..controller import protocol as P
+from . import freeswitch as fs
+from . import variables as V
+from .policy import Decision
+
+log = logging.getLogger("dustel.esl")
+
+
+class _Event:
+    """What greenswitch's handlers expect of an event: ``headers`` and ``data``."""
+
+    def __init__(self, headers: dict[str, str], data: Any = None) -> None:
+        self.headers = headers
+        self.data = data
+
+
+class DustelSession(OutboundSession):
+    """greenswitch's outbound session with dustel's frame reader."""
+
+    def receive_events(self) -> None:
+        reader = P.FrameReader()
+        while self._run:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._gone("socket closed")
+                break
+            for frame in reader.feed(data):
+                try:
+                    self._dispatch(frame)
+                except P.MalformedFrame as exc:
+                    log.warning("skipped a malformed frame: %s", exc)
+
+    def _gone(self, why: str) -> None:
+        self.connected = False
+        self._run = False
+        log.debug("outbound session ended: %s", why)
+        for pending in self._commands_sent:
+            pending.set_exception(OutboundSessionHasGoneAway())
+        self._commands_sent.clear()
+        self._esl_event_queue.put(_Event({"Content-Type": "text/disconnect-notice",
+                                          "Content-Disposition": "disconnect"}))
+
+    def _dispatch(self, frame: P.Frame) -> None:
+        if frame.error:
+            raise P.MalformedFrame(frame.error)
+        ct = frame.content_type
+        if ct in ("command/reply", "api/response"):
+            if not self._commands_sent:
+                raise P.MalformedFrame(f"{ct} without a command waiting for it")
+            ev = _Event(frame.headers, frame.reply_text if ct == "command/reply" else frame.body.decode("utf-8",
+                                                                                                           "replace"))
+            self._commands_sent.pop(0).set(ev)
+        elif ct == "text/disconnect-notice":
+            if frame.headers.get("Content-Disposition") == "linger":
+                self._lingering = True
+            else:
+                self.connected = False
+            self._esl_event_queue.put(_Event(frame.headers))
+        elif ct in P.EVENT_TYPES:
+            ev = P.parse_event(frame)
+            self._esl_event_queue.put(_Event(ev.headers, ev.body))
+        else:
+            raise P.MalformedFrame(f"unexpected Content-Type {ct!r}")
+
+    def send(self, data: str) -> Any:   # greenswitch builds sendmsg itself; refuse a line break in a value
+        if "\n\n" in data or "\r" in data:
+            raise ValueError("command: a value must not contain a line break")
+        return super().send(data)
+
+
+class Runtime:
+    """Process-wide: the database pool and the tariff cache."""
+
+    pool: ConnectionPool | None = None
+    tariffs = calls.TariffCache()
+
+    @classmethod
+    def run(cls, flow: calls.Flow) -> Any:
+        assert cls.pool is not None
+        with cls.pool.connection() as conn:
+            return calls.run_sync(conn, flow)
+
+    @classmethod
+    def tariff(cls) -> Any:
+        if cls.tariffs.stale():
+            cls.tariffs.set(cls.run(calls.load_tariff()))
+        return cls.tariffs.tariff
+
+
+INTERNAL_ERROR = Decision(admit=False, reason="internal_error", sip_code=503, q850=41)
+
+
+class CallControl:
+    """One call on the outbound socket: decide, execute, settle."""
+
+    def __init__(self, session: DustelSession) -> None:
+        self.session = session
+        self.hangup_complete: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        self.bridge_done: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        self.hung_up = gevent.event.Event()
+        session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
+        session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup_complete)
+        session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
+        session.register_handle("DISCONNECT", self._on_disconnect)
+
+    def _on_hangup_complete(self, event: _Event) -> None:
+        self.hung_up.set()
+        self.hangup_complete.set(event.headers)
+        self.bridge_done.set(None)
+
+    def _on_execute_complete(self, event: _Event) -> None:
+        if event.headers.get("Application") in ("bridge", "callcenter"):
+            self.bridge_done.set(event.headers)
+
+    def _on_disconnect(self, event: _Event) -> None:
+        if event.headers.get("Content-Disposition") != "linger":
+            self.hangup_complete.set(None)
+            self.bridge_done.set(None)
+
+    def decide(self, data: dict[str, str]) -> Decision:
+        route = fs.route_of(data)
+        if route == V.ROUTE_AGENT:
+            return Decision(admit=False, reason="star_code_unavailable", sip_code=404, q850=1)
+        req = fs.request_from(data)
+        d: Decision = Runtime.run(calls.admit(req, Runtime.tariff()))
+        log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
+                 req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
+        return d
+
+    def run(self) -> None:
+        s = self.session
+        data: dict[str, str] = s.session_data or {}
+        d = INTERNAL_ERROR
+        try:
+            s.myevents()
+            s.linger()
+            try:
+                d = self.decide(data)
+                plan = fs.actions(d, data)
+            except (ValueError, calls.UnknownAccount, psycopg.Error) as exc:
+                log.warning("call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
+                d, plan = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})
+            for app, arg in plan:
+                s.call_command(app, arg or None)
+            if not d.admit:
+                return
+            done = self.bridge_done.get()
+            if done is not None and not self.hung_up.is_set():
+                # the far end never answered (busy, no answer): end the call with its cause
+                cause = done.get("variable_originate_disposition", "")
+                s.call_command("hangup", cause if cause in fs.CAUSES.values() else "NORMAL_CLEARING")
+            self.settle(data, self.hangup_complete.get())
+        except OutboundSessionHasGoneAway:
+            # lingering after a hangup, or the socket closed: the hangup event may still be on its way
+            self.hangup_complete.wait(5)
+            if d.admit:
+                self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
+
+    def settle(self, data: dict[str, str], hangup: dict[str, str] | None) -> None:
+        call_id = data.get("Unique-ID", "")
+        if hangup is None:
+            log.warning("call=%s: no hangup event; the reservation expires", call_id)
+            return
+        raw = hangup.get("variable_billsec", "0")
+        billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
+        try:
+            st = Runtime.run(calls.settle(fs.node_of(data), call_id, billsec))
+        except psycopg.Error as exc:
+            log.warning("call=%s settle failed (reservation expires): %s", call_id, exc)
+            return
+        log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", call_id, billsec,
+                 hangup.get("Hangup-Cause"), st.status, st.charged_cents)
+
+
+class DustelESLServer(OutboundESLServer):
+    """greenswitch's server, accepting at once (its ``listen`` polls every
+    100 ms) and creating ``DustelSession``s; port 0 picks a free port."""
+
+    def listen(self, ready: gevent.event.Event | None = None) -> None:
+        self.server = gevent.socket.socket()
+        self.server.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+        self.server.bind((self.bind_address, self.bind_port[0]))
+        self.bound_port = self.server.getsockname()[1]
+        self.server.listen(128)
+        self._running = True
+        log.info("outbound event socket listening on %s:%s", self.bind_address, self.bound_port)
+        if ready is not None:
+            ready.set()
+        while self._running:
+            sock, address = self.server.accept()
+            gevent.spawn(self._serve, DustelSession(address, sock))
+
+    def _serve(self, session: DustelSession) -> None:
+        try:
+            self._accept_call(session)
+        except OutboundSessionHasGoneAway:
+            log.info("FreeSWITCH hung up before connect")
+        except Exception:    # a bad connection must never stop the server
+            log.exception("outbound connection failed")
+            session.sock.close()
+
+
+def serve(dsn: str, host: str, port: int, max_connections: int = 1000) -> None:
+    Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"row_factory": dict_row}, open=True)
+    server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
+                             max_connections=max_connections)
+    expire = gevent.spawn(_expire_loop)
+    try:
+        server.listen()
+    finally:
+        expire.kill()
+        Runtime.pool.close()
+
+
+def _expire_loop() -> None:
+    while True:
+        gevent.sleep(60)
+        try:
+            n = Runtime.run(calls.expire())
+            if n:
+                log.info("expired %s stale reservations", n)
+        except psycopg.Error as exc:
+            log.warning("expire failed: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(prog="dustel esl serve")
+    ap.add_argument("--dsn", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8084)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    serve(args.dsn, args.host, args.port)
+

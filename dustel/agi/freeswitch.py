@@ -1,0 +1,113 @@
+"""The FreeSWITCH side of the call-time decision, pure: what the outbound
+Event Socket server reads from the channel data and which applications it
+executes for a decision.  No gevent here (the shell is ``esl_outbound``),
+so unit tests and the Asterisk side can import it.
+
+The rendered FreeSWITCH dialplan hands every call to ``socket … async
+full`` after setting ``dustel_tenant`` (and, inbound, ``dustel_target_kind``
+/ ``dustel_target``; star codes ``dustel_star``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..controller.protocol import header_value, token
+from . import variables as V
+from .policy import CallRequest, Decision
+
+# Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
+CAUSES = {
+    1: "UNALLOCATED_NUMBER", 16: "NORMAL_CLEARING", 17: "USER_BUSY", 18: "NO_USER_RESPONSE",
+    19: "NO_ANSWER", 21: "CALL_REJECTED", 27: "DESTINATION_OUT_OF_ORDER", 28: "INVALID_NUMBER_FORMAT",
+    31: "NORMAL_UNSPECIFIED", 34: "NORMAL_CIRCUIT_CONGESTION", 38: "NETWORK_OUT_OF_ORDER",
+    41: "NORMAL_TEMPORARY_FAILURE", 42: "SWITCH_CONGESTION", 57: "BEARERCAPABILITY_NOTAUTH",
+    102: "RECOVERY_ON_TIMER_EXPIRE",
+}
+
+Action = tuple[str, str]     # (application, argument)
+
+
+def cause_name(q850: int) -> str:
+    return CAUSES.get(q850, "NORMAL_UNSPECIFIED")
+
+
+def route_of(data: Mapping[str, str]) -> str:
+    """Which handler a socket connection belongs to."""
+    if data.get("variable_dustel_star"):
+        return V.ROUTE_AGENT
+    if data.get("variable_dustel_target_kind"):
+        return V.ROUTE_INBOUND
+    return V.ROUTE_OUTBOUND
+
+
+def node_of(data: Mapping[str, str]) -> str:
+    """The engine node a call belongs to: FreeSWITCH's switch name (the
+    controller keys its CDRs the same way)."""
+    return data.get("FreeSWITCH-Switchname") or data.get("FreeSWITCH-Hostname") or "freeswitch"
+
+
+def _caller(data: Mapping[str, str]) -> str:
+    num = data.get("Caller-Caller-ID-Number", "")
+    if data.get("Caller-Privacy-Hide-Number") == "true" or data.get("variable_privacy") in ("yes", "number"):
+        return "anonymous"
+    return num
+
+
+def _tenant(data: Mapping[str, str]) -> int:
+    raw = data.get("variable_dustel_tenant", "")
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"dustel_tenant: must be a tenant id (got {raw[:20]!r})")
+    return int(raw)
+
+
+def request_from(data: Mapping[str, str]) -> CallRequest:
+    """The call request of an outbound-socket connection's channel data."""
+    route = route_of(data)
+    common = dict(tenant_id=_tenant(data), caller=_caller(data), engine="freeswitch", node=node_of(data),
+                  call_id=data.get("Unique-ID", ""))
+    if not common["call_id"]:
+        raise ValueError("Unique-ID: missing from the channel data")
+    if route == V.ROUTE_INBOUND:
+        kind, target = data.get("variable_dustel_target_kind", ""), data.get("variable_dustel_target", "")
+        return CallRequest(direction="in", account=target if kind == "account" else "",
+                           callee=data.get("Caller-Destination-Number", ""), **common)  # type: ignore[arg-type]
+    # the authenticated SIP user (sofia sets user_name on digest auth)
+    account = data.get("variable_user_name") or data.get("variable_sip_auth_username") or ""
+    return CallRequest(direction="out", account=account, callee=data.get("Caller-Destination-Number", ""),
+                       source_ip=data.get("variable_sip_network_ip") or None, **common)  # type: ignore[arg-type]
+
+
+def bridge_target(d: Decision, data: Mapping[str, str]) -> str:
+    if d.route in ("internal", "inbound"):
+        domain = data.get("variable_dustel_domain") or data.get("variable_domain_name", "")
+        return f"user/{token(d.destination, 'destination')}@{token(domain, 'domain')}"
+    # external and emergency leave through the carrier gateway
+    return f"sofia/gateway/carrier/{token(d.destination, 'destination')}"
+
+
+def actions(d: Decision, data: Mapping[str, str]) -> list[Action]:
+    """The applications to execute, in order, for a decision.
+
+    Admitted: record the decision, present the caller ID, arm the time limit
+    for when the call is answered (``execute_on_answer`` of ``sched_hangup``,
+    so ringing does not count), then bridge.  Refused: record why and hang up
+    with the Q.850 cause.  Every value is a token or a line-break-free header
+    value (``protocol.token`` / ``header_value``)."""
+    out: list[Action] = [("set", f"{V.ACTION.lower()}={'admit' if d.admit else 'refuse'}"),
+                         ("set", f"{V.REASON.lower()}={token(d.reason, 'reason')}")]
+    if not d.admit:
+        out.append(("hangup", cause_name(d.q850)))
+        return out
+    kind = data.get("variable_dustel_target_kind", "account")
+    if d.caller_id:
+        out.append(("set", f"effective_caller_id_number={token(d.caller_id, 'caller id')}"))
+    if d.max_seconds:
+        out.append(("set", f"execute_on_answer=sched_hangup +{int(d.max_seconds)} ALLOTTED_TIMEOUT"))
+    if d.route == "inbound" and kind == "queue":
+        out.append(("answer", ""))
+        queue = token(data.get("variable_dustel_target", ""), "queue")
+        out.append(("callcenter", f"{queue}@{token(data.get('variable_dustel_domain', ''), 'domain')}"))
+        return out
+    out.append(("set", "hangup_after_bridge=true"))
+    out.append(("bridge", header_value(bridge_target(d, data), "bridge")))
+    return out

@@ -1,0 +1,245 @@
+"""The FreeSWITCH path of the call-time policy: ``dustel esl serve`` (the real
+gevent process, greenswitch) against the Event Socket emulator opening
+outbound connections the way FreeSWITCH does, on a real database."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from dustel.billing import calls
+from dustel.controller import protocol as P
+from dustel.provisioning import numbers
+from tests.esl_emulator import OutboundCall, Replayer, load, wait_for
+from tests.factories import account, tenant
+
+RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
+
+
+class Server:
+    def __init__(self, db_url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--dsn", db_url, "--port", "0"],
+                                     stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        self._port = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self._port.wait(30):
+            self.proc.kill()
+            raise AssertionError("esl server did not start: " + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                self._port.set()
+
+    def logged(self, pattern: str) -> list[str]:
+        return [line for line in list(self.log) if re.search(pattern, line)]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[Server]:
+    s = Server(db_url)
+    yield s
+    s.stop()
+    assert s.proc.returncode is not None
+
+
+@pytest.fixture
+def prepaid(conn: psycopg.Connection) -> dict[str, Any]:
+    conn.execute(RATES)
+    t = tenant(conn, plan="starter")
+    with conn.transaction():
+        numbers.add(conn, t["id"], "+492111234567")
+    user = account(conn, t["id"], allowed_nets=["192.0.2.0/24"], caller_id="+492111234567")
+    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
+    return {"tenant": t, "user": user}
+
+
+def outbound(server: Server, p: dict[str, Any], dest: str, **kw: Any) -> OutboundCall:
+    variables = {"dustel_tenant": str(p["tenant"]["id"]), "dustel_domain": p["tenant"]["sip_domain"],
+                 "user_name": p["user"], "sip_network_ip": kw.pop("ip", "192.0.2.10"),
+                 "domain_name": p["tenant"]["sip_domain"]}
+    variables.update(kw.pop("variables", {}))
+    call = OutboundCall(server.port, dest, variables, **kw)
+    call.start()
+    return call.wait()
+
+
+def money(conn: psycopg.Connection, tid: int) -> dict[str, Any]:
+    return conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (tid,)).fetchone()
+
+
+def call_row(conn: psycopg.Connection, call_id: str) -> dict[str, Any]:
+    return conn.execute("SELECT * FROM calls WHERE node = 'vm' AND call_id = %s", (call_id,)).fetchone()
+
+
+def test_admitted_call_is_limited_bridged_and_settled(server: Server, conn: psycopg.Connection,
+                                                      prepaid: dict[str, Any]) -> None:
+    c = outbound(server, prepaid, "01701234567", callee=("answer", 2000))
+    assert c.commands[:3] == ["connect", "myevents", "linger"]
+    assert c.executed == [
+        ("set", "dustel_action=admit"), ("set", "dustel_reason=ok"),
+        ("set", "effective_caller_id_number=+492111234567"),
+        ("set", "execute_on_answer=sched_hangup +666 ALLOTTED_TIMEOUT"),
+        ("set", "hangup_after_bridge=true"),
+        ("bridge", "sofia/gateway/carrier/+491701234567"),
+        ("sched_hangup", "+666 ALLOTTED_TIMEOUT"),      # fired by FreeSWITCH on answer
+    ]
+    assert (c.hangup_cause, c.billsec) == ("ALLOTTED_TIMEOUT", 666)
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert (row["billsec"], row["charged_cents"]) == (666, 100)      # 666 s at 9 ct/min, per second
+    m = money(conn, prepaid["tenant"]["id"])
+    assert (m["balance_cents"], m["reserved_cents"]) == (0, 0)
+    assert c.closed_by_client and c.commands[-1] == "exit"
+
+
+def test_refusals_hang_up_with_the_cause(server: Server, conn: psycopg.Connection, prepaid: dict[str, Any]) -> None:
+    wrong_ip = outbound(server, prepaid, "01701234567", ip="198.51.100.7")
+    assert wrong_ip.executed == [("set", "dustel_action=refuse"), ("set", "dustel_reason=ip_not_allowed"),
+                                 ("hangup", "CALL_REJECTED")]
+    blocked = outbound(server, prepaid, "00861012345678")              # world zone: not in the preset
+    assert blocked.executed[-1] == ("hangup", "CALL_REJECTED") and ("set", "dustel_reason=zone_blocked") in \
+        blocked.executed
+    assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 0
+    assert money(conn, prepaid["tenant"]["id"])["reserved_cents"] == 0
+    assert server.logged("reason=ip_not_allowed") and server.logged("reason=zone_blocked")
+
+
+def test_emergency_passes_with_empty_balance(server: Server, conn: psycopg.Connection,
+                                             prepaid: dict[str, Any]) -> None:
+    conn.execute("UPDATE tenant_money SET balance_cents = 0")
+    c = outbound(server, prepaid, "112", ip="203.0.113.9", callee=("answer", 5))   # wrong IP too
+    assert ("set", "dustel_reason=emergency") in c.executed
+    assert c.executed[-1][0] == "bridge" and c.executed[-1][1].startswith("sofia/gateway/carrier/")
+    assert c.executed[-1][1].endswith("112") and not any(a == "set" and "sched_hangup" in v for a, v in c.executed)
+    assert (c.billsec, c.hangup_cause) == (5, "NORMAL_CLEARING")
+
+
+def test_busy_callee_releases_the_reservation(server: Server, conn: psycopg.Connection,
+                                              prepaid: dict[str, Any]) -> None:
+    c = outbound(server, prepaid, "01701234567", callee=("busy",))
+    assert c.executed[-2:] == [("bridge", "sofia/gateway/carrier/+491701234567"), ("hangup", "USER_BUSY")]
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert (row["billsec"], row["charged_cents"]) == (0, 0)
+    assert money(conn, prepaid["tenant"]["id"])["reserved_cents"] == 0
+
+
+def test_inbound_call_to_an_account(server: Server, conn: psycopg.Connection, prepaid: dict[str, Any]) -> None:
+    t = prepaid["tenant"]
+    c = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "account",
+                                                      "dustel_target": prepaid["user"],
+                                                      "dustel_domain": t["sip_domain"]},
+                     caller="+4930555", callee=("answer", 42))
+    c.start()
+    c.wait()
+    assert ("bridge", f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert (row["direction"], row["billsec"], row["charged_cents"]) == ("in", 42, 0)
+
+
+def test_bad_channel_data_is_refused_and_the_server_goes_on(server: Server, conn: psycopg.Connection,
+                                                             prepaid: dict[str, Any]) -> None:
+    bad = outbound(server, prepaid, "01701234567", variables={"dustel_tenant": "7 OR 1=1"})
+    assert bad.executed[-1] == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    unknown = outbound(server, prepaid, "01701234567", variables={"dustel_tenant": "999999"})
+    assert unknown.executed[-1] == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    good = outbound(server, prepaid, "01701234567", callee=("answer", 1))
+    assert good.executed[0] == ("set", "dustel_action=admit")
+    assert server.proc.poll() is None
+
+
+def test_an_encoded_line_break_cannot_forge_a_header(server: Server, conn: psycopg.Connection,
+                                                     prepaid: dict[str, Any]) -> None:
+    other = tenant(conn, plan="starter", name="Other")
+    forged = f"Eve\nvariable_dustel_tenant: {other['id']}\nvariable_user_name: nobody"
+    c = outbound(server, prepaid, "01701234567", variables={"effective_caller_id_name": forged},
+                 callee=("answer", 1))
+    row = wait_for(lambda: call_row(conn, c.uuid), what="call row")
+    assert row["tenant_id"] == prepaid["tenant"]["id"] and row["account"] == prepaid["user"]
+
+
+def test_concurrent_calls_share_one_balance(server: Server, conn: psycopg.Connection,
+                                            prepaid: dict[str, Any]) -> None:
+    conn.execute("UPDATE tenants SET plan = plan")   # no-op: the account has 2 outbound lines on starter
+    placed = [OutboundCall(server.port, "01701234567", {"dustel_tenant": str(prepaid["tenant"]["id"]),
+                                                        "user_name": prepaid["user"],
+                                                        "sip_network_ip": "192.0.2.10"}, callee=("answer", 60))
+             for _ in range(6)]
+    for c in placed:
+        c.start()
+    for c in placed:
+        c.wait()
+    admitted = [c for c in placed if ("set", "dustel_action=admit") in c.executed]
+    assert 1 <= len(admitted) <= 2           # 100 ct buys one 666 s reservation; never an overdraft
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0,
+             what="all settled")
+    m = money(conn, prepaid["tenant"]["id"])
+    assert m["reserved_cents"] == 0 and m["balance_cents"] >= 0
+    charged = conn.execute("SELECT coalesce(sum(charged_cents), 0) AS c FROM calls").fetchone()["c"]
+    assert m["balance_cents"] == 100 - charged
+
+
+# ------------------------------------------------------- transcript replay
+
+def test_session_reads_real_freeswitch_bytes() -> None:
+    """greenswitch's session with dustel's reader, driven by the exact
+    commands of transcript 05 against a replay of what FreeSWITCH sent."""
+    import gevent
+    import gevent.socket
+
+    from dustel.agi.esl_outbound import DustelSession
+
+    sent = [data for d, data in load("05-outbound-socket") if d == "client->fs"]
+    assert sent[3] == P.sendmsg("set", "dustel_decision=admit", lock=True)
+    assert sent[4] == P.sendmsg("answer")
+    assert sent[5] == P.sendmsg("sched_hangup", "+2 ALLOTTED_TIMEOUT")
+    assert sent[6] == P.sendmsg("playback", "tone_stream://%(1000,0,440);loops=10")
+
+    srv = gevent.socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    rep = Replayer("05-outbound-socket")
+    rep.connect(srv.getsockname()[1])
+    sock, addr = srv.accept()
+    srv.close()
+    session = DustelSession(addr, sock)
+    names: list[str] = []
+    session.register_handle("*", lambda ev: names.append(ev.headers.get("Event-Name", "")))
+    session.register_handle("CHANNEL_HANGUP", lambda ev: names.append(ev.headers.get("Event-Name", "")))
+    session.connect()
+    data = session.session_data
+    assert data["Unique-ID"] == "bf06fdf9-a569-4a85-8df0-6ea0a163cdc2"
+    assert data["variable_current_application_data"] == "127.0.0.1:8084 async full"
+    assert data["Reply-Text"] == "+OK\n" and data["Socket-Mode"] == "async"
+    assert data["Event-Date-GMT"] == "Tue, 24 Nov 2026 14:29:39 GMT"
+    session.myevents()
+    session.linger()
+    for raw in sent[3:7]:
+        assert session.send(raw.decode()[:-2]).data == "+OK"
+    while "CHANNEL_HANGUP_COMPLETE" not in names:
+        gevent.sleep(0.01)
+    session.stop()
+    rep.done.wait(5)
+    assert rep.mismatch == []
+    assert names == ["CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_EXECUTE", "CHANNEL_ANSWER",
+                     "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_EXECUTE",
+                     "CHANNEL_HANGUP", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_UNPARK", "CHANNEL_EXECUTE_COMPLETE",
+                     "CHANNEL_STATE", "CHANNEL_STATE", "CHANNEL_HANGUP_COMPLETE"]
+    assert session._lingering

@@ -1,0 +1,169 @@
+"""The Event Socket protocol module over the bytes real FreeSWITCH sent."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dustel.controller import protocol as P
+from tests.esl_emulator import TRANSCRIPTS, load
+
+NAMES = sorted(p.stem for p in TRANSCRIPTS.glob("*.jsonl"))
+
+
+def stream(name: str) -> bytes:
+    return b"".join(data for d, data in load(name) if d == "fs->client")
+
+
+def frames(data: bytes, cuts: list[int]) -> list[P.Frame]:
+    r = P.FrameReader()
+    out, last = [], 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        out += r.feed(data[last:c])
+        last = c
+    return out
+
+
+def test_transcripts_are_present() -> None:
+    assert len(NAMES) >= 7, f"no transcripts in {TRANSCRIPTS}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recorded_chunking_and_whole_stream_agree(name: str) -> None:
+    r = P.FrameReader()
+    recorded = [f for d, data in load(name) if d == "fs->client" for f in r.feed(data)]
+    whole = P.FrameReader().feed(stream(name))
+    assert [(f.headers, f.body) for f in recorded] == [(f.headers, f.body) for f in whole]
+    assert all(f.error is None for f in whole)
+    assert not r._buf, "bytes left over after the last frame"
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_chunking_gives_the_same_frames(data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(NAMES))
+    s = stream(name)
+    cuts = data.draw(st.lists(st.integers(0, len(s)), max_size=40))
+    expect = [(f.headers, f.body) for f in P.FrameReader().feed(s)]
+    assert [(f.headers, f.body) for f in frames(s, cuts)] == expect
+
+
+def test_every_recorded_event_parses_and_fast_equals_slow() -> None:
+    n = 0
+    for name in NAMES:
+        for f in P.FrameReader().feed(stream(name)):
+            if f.content_type in P.EVENT_TYPES:
+                ev = P.parse_event(f)
+                assert ev.name and ev.get("Event-Name")
+                n += 1
+                if f.content_type == "text/event-plain":
+                    head = f.body.split(b"\n\n", 1)[0]
+                    assert P.parse_headers_slow(head) == ev.headers
+    assert n > 100
+
+
+def test_values_are_decoded_one_by_one() -> None:
+    ev = [e for e in (P.parse_event(f) for f in P.FrameReader().feed(stream("03-call-events-plain"))
+                      if f.content_type == "text/event-plain") if e.name == "CHANNEL_CREATE"][0]
+    assert ev.get("FreeSWITCH-IPv6") == "fd00::2"
+    assert ev.var("dustel_tenant") == "42"
+    assert ev.get("Event-Date-GMT").endswith("GMT") and " " in ev.get("Event-Date-GMT")
+
+
+def test_json_and_plain_events_carry_the_same_call() -> None:
+    def seen(name: str) -> list[tuple[str, str]]:
+        events = [P.parse_event(f) for f in P.FrameReader().feed(stream(name)) if f.content_type in P.EVENT_TYPES]
+        return [(e.name, e.var("dustel_tenant")) for e in events]
+    plain, js = seen("03-call-events-plain"), seen("03-call-events-json")
+    assert sorted(n for n, _ in plain) == sorted(n for n, _ in js)    # two recordings: order may differ
+    assert ("CHANNEL_ANSWER", "42") in plain and ("CHANNEL_ANSWER", "42") in js
+
+
+header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,30}", fullmatch=True)
+values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.dictionaries(header_names, values, max_size=20), body=st.text(max_size=30))
+def test_encode_then_parse_is_identity(headers: dict[str, str], body: str) -> None:
+    headers = {"Event-Name": "CUSTOM", **{k: v.replace("\x00", "") for k, v in headers.items()
+                                          if k != "Content-Length"}}
+    raw = P.encode_plain(headers, body)
+    ev = P.parse_plain(raw)
+    expect = dict(headers)
+    if body:
+        expect["Content-Length"] = str(len(body.encode()))
+    assert ev.headers == expect and ev.body == body
+    assert P.parse_headers_slow(raw.split(b"\n\n", 1)[0]) == expect
+
+
+def test_an_encoded_line_break_stays_inside_its_value() -> None:
+    forged = "Eve\nvariable_dustel_tenant: 7\n\nContent-Length: 1"
+    raw = P.encode_plain({"Event-Name": "CHANNEL_CREATE", "Caller-Caller-ID-Name": forged,
+                          "variable_dustel_tenant": "42"})
+    ev = P.parse_plain(raw)
+    assert ev.var("dustel_tenant") == "42" and ev.get("Caller-Caller-ID-Name") == forged
+    assert len(ev.headers) == 3
+
+
+def test_a_multibyte_character_split_across_reads() -> None:
+    body = P.encode_plain({"Event-Name": "CUSTOM"}, body="Grüße aus Düsseldorf")
+    frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+    cut = frame.index("ü".encode()) + 1       # between the two bytes of ü
+    out = frames(frame, [cut])
+    assert P.parse_event(out[0]).body == "Grüße aus Düsseldorf"
+
+
+def test_malformed_frames_are_reported_and_skipped() -> None:
+    good = P.encode_plain({"Event-Name": "HEARTBEAT"})
+    ok = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(good) + good
+    bad_len = b"Content-Length: 12x\nContent-Type: text/event-plain\n\n"
+    raw = b"Event-Name: X\nBad: \xff\xfe\n\n"
+    bad_utf8 = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(raw) + raw
+    bad_pct = P.encode_plain({"Event-Name": "X"}).replace(b"X", b"%FF%FE")
+    bad_pct_frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(bad_pct) + bad_pct
+    unknown = b"Content-Length: 5\nContent-Type: text/event-xml\n\n<a/>\n"
+    r = P.FrameReader()
+    out = r.feed(ok + bad_len + ok + bad_utf8 + bad_pct_frame + unknown + ok)
+    events, errors = [], []
+    for f in out:
+        try:
+            events.append(P.parse_event(f).name)
+        except P.MalformedFrame as exc:
+            errors.append(str(exc))
+    assert events == ["HEARTBEAT", "HEARTBEAT", "HEARTBEAT"]
+    assert any("Content-Length" in e for e in errors)
+    assert any("UTF-8" in e for e in errors)
+    assert any("event-xml" in e for e in errors)
+    assert len(errors) == 4
+
+
+def test_header_block_without_colon_is_an_error_not_a_crash() -> None:
+    out = P.FrameReader().feed(b"garbage line\n\nContent-Type: command/reply\nReply-Text: +OK\n\n")
+    assert out[0].error and out[1].reply_text == "+OK"
+
+
+@pytest.mark.parametrize("value", ["a b", "a\nb", "x&y", "it's", "a,b", "{x}", "${var}", "", "a\rb", "a\x00"])
+def test_tokens_refuse_what_could_add_an_argument_or_a_command(value: str) -> None:
+    with pytest.raises(ValueError, match="agent"):
+        P.token(value, "agent")
+
+
+def test_commands_cannot_carry_a_second_command() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        P.sendmsg("playback", "x\n\napi hupall")
+    with pytest.raises(ValueError):
+        P.sendmsg("playback\nexecute-app-name: hangup")
+    with pytest.raises(ValueError):
+        P.command("api status\n\napi hupall")
+    assert P.sendmsg("set", "a=b c", uuid="abc-1") == \
+        b"sendmsg abc-1\ncall-command: execute\nexecute-app-name: set\nexecute-app-arg: a=b c\n\n"
+    assert P.api("uuid_kill", P.token("abc-1")) == b"api uuid_kill abc-1\n\n"
+    assert P.bgapi("status", job_uuid="j-1") == b"bgapi status\nJob-UUID: j-1\n\n"
+
+
+def test_client_commands_of_the_transcripts_are_what_the_builders_make() -> None:
+    sent = {data for name in NAMES for d, data in load(name) if d == "client->fs"}
+    assert P.command("myevents") in sent and P.command("linger") in sent and P.command("exit") in sent
+    assert P.api("status") in sent
+    assert P.sendmsg("answer") in sent
