@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,20 +46,59 @@ def parse_request(raw: bytes) -> dict[str, str]:
     return headers
 
 
-def agi_quote(value: str) -> str:
-    """A SET VARIABLE argument: quoted; a line break could start a second command."""
-    if "\n" in value or "\r" in value or "\x00" in value:
-        raise ValueError("line break in an AGI value")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class Context:
-    """What handlers share: the pool, the tariff cache, the node name."""
+    """What handlers share: the pool, the tariff cache, the node name, and
+    the admission batcher."""
 
-    def __init__(self, pool: AsyncConnectionPool, node: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 4, max_batch: int = 64) -> None:
         self.pool = pool
         self.node = node
         self.tariffs = calls.TariffCache()
+        self.max_batch = max_batch
+        self._pending: list[tuple[CallRequest, asyncio.Future[Decision]]] = []
+        self._wake = asyncio.Event()
+        self._workers = [asyncio.create_task(self._admitter()) for _ in range(workers)]
+
+    async def admit(self, req: CallRequest) -> Decision:
+        """Admit through the batcher: a few workers each take whatever requests
+        are waiting (up to ``max_batch``) and decide them in one transaction
+        (``calls.admit_many``).  An idle server decides each request alone at
+        once; under load, requests that arrive while the workers are busy
+        share the next transaction instead of queueing for a connection."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._pending.append((req, fut))
+        self._wake.set()
+        return await fut
+
+    async def _admitter(self) -> None:
+        while True:
+            await self._wake.wait()
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            if not self._pending:
+                self._wake.clear()
+            if batch:
+                await self._decide(batch)
+
+    async def _decide(self, batch: list[tuple[CallRequest, asyncio.Future[Decision]]]) -> None:
+        try:
+            results = await self.run(calls.admit_many([r for r, _ in batch], await self.tariff()))
+        except psycopg.Error as exc:
+            if len(batch) > 1:       # one bad request must not refuse its neighbours: decide each alone
+                for one in batch:
+                    await self._decide([one])
+                return
+            results = [exc]
+        for (_, fut), res in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def close(self) -> None:
+        for t in self._workers:
+            t.cancel()
 
     async def run(self, flow: calls.Flow) -> Any:
         async with self.pool.connection() as conn:
@@ -70,9 +110,25 @@ class Context:
         return self.tariffs.tariff
 
 
-async def _set(request: Request, values: dict[str, str]) -> None:
+_MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=-]*")
+
+
+def mset_command(values: dict[str, str]) -> str:
+    """All decision variables in one AGI command (``EXEC MSet``): one round
+    trip instead of one per variable.  MSet splits on commas and honours
+    quotes and backslashes, so values are restricted to a safe alphabet —
+    every value here is a number, a reason code or a dial string built from
+    validated usernames and E.164 numbers; anything else is refused."""
+    parts = []
     for name, value in values.items():
-        await request.send_command(f"SET VARIABLE {name} {agi_quote(value)}")
+        if not _MSET_VALUE.fullmatch(value):
+            raise ValueError(f"{name}: unsafe characters in {value[:40]!r}")
+        parts.append(f"{name}={value}")
+    return f'EXEC MSet "{",".join(parts)}"'
+
+
+async def _set(request: Request, values: dict[str, str]) -> None:
+    await request.send_command(mset_command(values))
 
 
 def dial_string(d: Decision) -> str:
@@ -106,7 +162,7 @@ async def outbound(request: Request, ctx: Context) -> None:
     req = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account=_arg(h, 2), caller=_caller(h),
                       callee=h.get("agi_extension", ""), source_ip=source_ip, engine="asterisk", node=ctx.node,
                       call_id=h.get("agi_uniqueid", ""))
-    d = await ctx.run(calls.admit(req, await ctx.tariff()))
+    d = await ctx.admit(req)
     log.info("outbound call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", req.call_id,
              req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
     await _apply(request, d)
@@ -119,7 +175,7 @@ async def inbound(request: Request, ctx: Context) -> None:
     req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
                       caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=ctx.node,
                       call_id=h.get("agi_uniqueid", ""))
-    d = await ctx.run(calls.admit(req, await ctx.tariff()))
+    d = await ctx.admit(req)
     log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s", req.call_id, req.tenant_id,
              kind, target, req.caller, d.admit, d.reason)
     await _apply(request, d)
@@ -211,3 +267,4 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
                 await server.serve_forever()
         finally:
             task.cancel()
+            ctx.close()

@@ -28,18 +28,23 @@ class Q:
     params: dict[str, Any]
 
 
-Flow = Generator[Q, Rows, Any]
+# A flow yields one query (and gets its rows) or a list of queries run in
+# order (and gets a list of row lists).  (psycopg's pipeline mode would send
+# a list in one round trip, but measured slower here: bench/policy.py.)
+Flow = Generator[Any, Any, Any]
 
 _LOCK = "SELECT * FROM tenant_money WHERE tenant_id = %(t)s FOR UPDATE"
+# a batch locks its tenants in id order, so batches never deadlock each other
+_LOCK_MANY = "SELECT * FROM tenant_money WHERE tenant_id = ANY(%(ts)s) ORDER BY tenant_id FOR UPDATE"
 
-_SNAPSHOT = """
-SELECT t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
-       p.lines_in + dustel_option_qty(t.id, 'extra_line') AS lines_in,
-       p.lines_out + dustel_option_qty(t.id, 'extra_line') AS lines_out,
-       CASE WHEN dustel_option_qty(t.id, 'per_minute_billing') > 0 THEN 60 ELSE 1 END AS increment,
-       dustel_option_qty(t.id, 'flat_de_fixed') AS flat_de_fixed,
-       dustel_option_qty(t.id, 'flat_de_mobile') AS flat_de_mobile,
-       dustel_option_qty(t.id, 'clip_no_screening') > 0 AS clip_ns,
+# One row per request of a batch (r.i: its position): the settings the
+# rules read, the tenant's active calls (counted by ``usage``), and the row
+# of an earlier admit of the same call (a retry).
+_SNAPSHOT_MANY = """
+SELECT r.i, t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
+       p.lines_in + o.extra_line AS lines_in, p.lines_out + o.extra_line AS lines_out,
+       CASE WHEN o.per_minute_billing > 0 THEN 60 ELSE 1 END AS increment,
+       o.flat_de_fixed, o.flat_de_mobile, o.clip_no_screening > 0 AS clip_ns,
        coalesce(a.username, '') AS username, coalesce(a.allowed_nets::text[], '{}') AS allowed_nets,
        coalesce(a.caller_id, '') AS caller_id,
        coalesce(a.location_area_code, '') AS area_code, dustel_psap_prefix(a.location_area_code) AS psap_prefix,
@@ -49,41 +54,75 @@ SELECT t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
            AS blacklist,
        (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'white')
            AS whitelist,
-       (SELECT count(*) FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active' AND c.direction = 'in')
-           AS active_in,
-       (SELECT count(*) FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active' AND c.direction = 'out'
-           AND c.route <> 'internal') AS active_out,
-       (SELECT count(*) FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active'
-           AND c.flat_zone = 'de_fixed') AS flat_de_fixed_used,
-       (SELECT count(*) FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active'
-           AND c.flat_zone = 'de_mobile') AS flat_de_mobile_used,
+       (SELECT coalesce(array_agg(c.direction || ':' || c.route || ':' || coalesce(c.flat_zone, '')), '{}')
+          FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active') AS active,
        (SELECT coalesce(-sum(amount_cents), 0)::bigint FROM ledger l WHERE l.tenant_id = t.id AND l.kind = 'charge'
            AND l.created_at >= date_trunc('month', now() AT TIME ZONE t.timezone) AT TIME ZONE t.timezone)
            AS month_charges,
-       (SELECT username FROM sip_accounts b WHERE b.tenant_id = t.id AND b.username = %(callee)s) AS callee_account
-  FROM tenants t JOIN plans p ON p.code = t.plan
-  LEFT JOIN sip_accounts a ON a.tenant_id = t.id AND a.username = %(account)s
- WHERE t.id = %(t)s
+       (SELECT username FROM sip_accounts b WHERE b.tenant_id = t.id AND b.username = r.callee) AS callee_account,
+       (SELECT to_jsonb(c) FROM calls c WHERE c.node = r.node AND c.call_id = r.call) AS existing
+  FROM unnest(%(t)s::bigint[], %(account)s::text[], %(callee)s::text[], %(node)s::text[], %(call)s::text[])
+       WITH ORDINALITY AS r(t, account, callee, node, call, i)
+  JOIN tenants t ON t.id = r.t
+  JOIN plans p ON p.code = t.plan
+  CROSS JOIN LATERAL (
+       SELECT coalesce(sum(qty) FILTER (WHERE option = 'extra_line'), 0) AS extra_line,
+              coalesce(sum(qty) FILTER (WHERE option = 'per_minute_billing'), 0) AS per_minute_billing,
+              coalesce(sum(qty) FILTER (WHERE option = 'flat_de_fixed'), 0) AS flat_de_fixed,
+              coalesce(sum(qty) FILTER (WHERE option = 'flat_de_mobile'), 0) AS flat_de_mobile,
+              coalesce(sum(qty) FILTER (WHERE option = 'clip_no_screening'), 0) AS clip_no_screening
+         FROM dustel_options(t.id)) o
+  LEFT JOIN sip_accounts a ON a.tenant_id = t.id AND a.username = r.account
 """
 
 _EXISTING = "SELECT * FROM calls WHERE node = %(node)s AND call_id = %(call)s"
 
-_INSERT = """
-INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination, zone, flat_zone,
-                   cents_per_minute, increment, max_seconds, reserved_cents, reserved_free, expires_at)
-VALUES (%(node)s, %(call)s, %(t)s, %(account)s, %(dir)s, %(route)s, %(dest)s, %(zone)s, %(flat)s,
-        %(rate)s, %(inc)s, %(max)s, %(cents)s, %(free)s, now() + make_interval(secs => %(ttl)s))
-"""
-
-_RESERVE = """
-UPDATE tenant_money SET reserved_cents = reserved_cents + %(cents)s, reserved_free = reserved_free + %(free)s
- WHERE tenant_id = %(t)s
+# the admitted calls of a batch and their reservations: one statement
+_INSERT_RESERVE_MANY = """
+WITH c AS (
+    INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination, zone, flat_zone,
+                       cents_per_minute, increment, max_seconds, reserved_cents, reserved_free, expires_at)
+    SELECT node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free,
+           now() + make_interval(secs => ttl)
+      FROM unnest(%(node)s::text[], %(call)s::text[], %(t)s::bigint[], %(account)s::text[], %(dir)s::text[],
+                  %(route)s::text[], %(dest)s::text[], %(zone)s::text[], %(flat)s::text[], %(rate)s::int[],
+                  %(inc)s::int[], %(max)s::int[], %(cents)s::bigint[], %(free)s::int[], %(ttl)s::int[])
+           AS r(node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free, ttl)
+    RETURNING tenant_id, reserved_cents, reserved_free),
+s AS (SELECT tenant_id, sum(reserved_cents) AS c, sum(reserved_free) AS f FROM c GROUP BY tenant_id)
+UPDATE tenant_money m SET reserved_cents = m.reserved_cents + s.c, reserved_free = m.reserved_free + s.f
+  FROM s WHERE m.tenant_id = s.tenant_id
 """
 
 # Reservations of calls whose hangup never came are released after their
 # maximum duration plus this grace; emergency calls (no limit) after 12 h.
 GRACE_SECONDS = 3600
 EMERGENCY_TTL = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a tenant's active calls occupy: lines in and out, flat channels."""
+    lines_in: int
+    lines_out: int
+    flats: dict[str, int]
+
+
+def usage(active: list[str]) -> Usage:
+    """The one definition of what counts: every inbound call takes an inbound
+    line; an outbound call takes an outbound line unless it stays inside the
+    tenant (internal); a flat-rate call holds a channel of its zone."""
+    lines_in = lines_out = 0
+    flats: dict[str, int] = {}
+    for a in active:
+        direction, route, flat = a.split(":")
+        if direction == "in":
+            lines_in += 1
+        elif route != "internal":
+            lines_out += 1
+        if flat:
+            flats[flat] = flats.get(flat, 0) + 1
+    return Usage(lines_in, lines_out, flats)
 
 
 def snapshot_from(row: dict[str, Any], money: dict[str, Any]) -> Snapshot:
@@ -95,15 +134,16 @@ def snapshot_from(row: dict[str, Any], money: dict[str, Any]) -> Snapshot:
                      - int(money["reserved_cents"]))
     else:
         available = None
+    u = usage(row["active"])
     return Snapshot(
         tenant_id=row["tenant_id"], account=row["username"], area_code=row["area_code"],
         psap_prefix=row["psap_prefix"], max_call_seconds=row["max_call_seconds"], lines_in=row["lines_in"],
-        lines_out=row["lines_out"], active_in=row["active_in"], active_out=row["active_out"],
+        lines_out=row["lines_out"], active_in=u.lines_in, active_out=u.lines_out,
         allowed_nets=tuple(row["allowed_nets"]), caller_id=row["caller_id"], clip_no_screening=row["clip_ns"],
         zones=frozenset(row["zones"]), blacklist=tuple(row["blacklist"]), whitelist=tuple(row["whitelist"]),
         available_cents=available, increment=row["increment"],
         flats={"de_fixed": row["flat_de_fixed"], "de_mobile": row["flat_de_mobile"]},
-        flats_in_use={"de_fixed": row["flat_de_fixed_used"], "de_mobile": row["flat_de_mobile_used"]},
+        flats_in_use={"de_fixed": u.flats.get("de_fixed", 0), "de_mobile": u.flats.get("de_mobile", 0)},
         free_seconds=money["free_seconds"] - money["reserved_free"],
         callee_account=row["callee_account"] if row["callee_account"] not in (None, row["username"]) else None)
 
@@ -122,26 +162,64 @@ class UnknownAccount(Exception):
 
 def admit(req: CallRequest, tariff: Tariff) -> Flow:
     """Decide and, when admitted, reserve: one transaction (the driver's)."""
-    money = (yield Q(_LOCK, {"t": req.tenant_id}))
-    if not money:
-        raise UnknownAccount(f"tenant {req.tenant_id}")
-    existing = (yield Q(_EXISTING, {"node": req.node, "call": req.call_id}))
-    if existing:
-        return _from_call(existing[0])
-    rows = (yield Q(_SNAPSHOT, {"t": req.tenant_id, "account": req.account, "callee": req.callee}))
-    if not rows or (req.account and rows[0]["username"] != req.account):
-        raise UnknownAccount(f"account {req.account!r} of tenant {req.tenant_id}")
-    snap = snapshot_from(rows[0], money[0])
-    d = decide(req, snap, tariff)
-    if d.admit:
+    (result,) = yield from admit_many([req], tariff)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
+    """Decide a batch of calls and reserve for the admitted ones, in one
+    transaction: lock the tenants' money rows (in id order), read every
+    snapshot in one query, decide each call in order — a call sees the
+    calls admitted before it in the batch as if they were already stored —
+    and store the admitted calls and reservations in one statement.
+    Returns a Decision, or an UnknownAccount for a request naming no
+    account of its tenant, per request."""
+    cols = {"t": [r.tenant_id for r in reqs], "account": [r.account for r in reqs],
+            "callee": [r.callee for r in reqs], "node": [r.node for r in reqs], "call": [r.call_id for r in reqs]}
+    money_rows, rows = (yield [Q(_LOCK_MANY, {"ts": sorted(set(cols["t"]))}), Q(_SNAPSHOT_MANY, cols)])
+    money = {m["tenant_id"]: dict(m) for m in money_rows}
+    by_i = {row["i"]: row for row in rows}
+    active: dict[int, list[str]] = {}
+    seen: dict[tuple[str, str], Decision] = {}
+    results: list[Decision | Exception] = []
+    store: dict[str, list[Any]] = {k: [] for k in ("node", "call", "t", "account", "dir", "route", "dest", "zone",
+                                                   "flat", "rate", "inc", "max", "cents", "free", "ttl")}
+    for i, req in enumerate(reqs, 1):
+        row = by_i.get(i)
+        key = (req.node, req.call_id)
+        if row is not None and row["existing"]:
+            results.append(_from_call(row["existing"]))
+            continue
+        if key in seen:
+            results.append(seen[key])
+            continue
+        if row is None or req.tenant_id not in money or (req.account and row["username"] != req.account):
+            results.append(UnknownAccount(f"account {req.account!r} of tenant {req.tenant_id}"))
+            continue
+        row = {**row, "active": active.setdefault(req.tenant_id, list(row["active"]))}
+        d = decide(req, snapshot_from(row, money[req.tenant_id]), tariff)
+        results.append(d)
+        if not d.admit:
+            continue
+        seen[key] = _from_call({"route": d.route, "destination": d.destination, "max_seconds": d.max_seconds,
+                                "zone": d.zone, "cents_per_minute": d.cents_per_minute, "increment": d.increment,
+                                "flat_zone": d.flat_zone, "reserved_free": d.free_seconds,
+                                "reserved_cents": d.reserve_cents})
+        active[req.tenant_id].append(f"{req.direction}:{d.route}:{d.flat_zone or ''}")
+        m = money[req.tenant_id]
+        m["reserved_cents"] = int(m["reserved_cents"]) + d.reserve_cents
+        m["reserved_free"] = int(m["reserved_free"]) + d.free_seconds
         ttl = EMERGENCY_TTL if d.route == "emergency" else d.max_seconds + GRACE_SECONDS
-        yield Q(_INSERT, {"node": req.node, "call": req.call_id, "t": req.tenant_id, "account": req.account,
-                          "dir": req.direction, "route": d.route, "dest": d.destination, "zone": d.zone,
-                          "flat": d.flat_zone, "rate": d.cents_per_minute, "inc": d.increment,
-                          "max": d.max_seconds, "cents": d.reserve_cents, "free": d.free_seconds, "ttl": ttl})
-        if d.reserve_cents or d.free_seconds:
-            yield Q(_RESERVE, {"t": req.tenant_id, "cents": d.reserve_cents, "free": d.free_seconds})
-    return d
+        for k, v in (("node", req.node), ("call", req.call_id), ("t", req.tenant_id), ("account", req.account),
+                     ("dir", req.direction), ("route", d.route), ("dest", d.destination), ("zone", d.zone),
+                     ("flat", d.flat_zone), ("rate", d.cents_per_minute), ("inc", d.increment),
+                     ("max", d.max_seconds), ("cents", d.reserve_cents), ("free", d.free_seconds), ("ttl", ttl)):
+            store[k].append(v)
+    if store["call"]:
+        yield Q(_INSERT_RESERVE_MANY, store)
+    return results
 
 
 @dataclass(frozen=True)
@@ -168,26 +246,28 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
     if not found:
         return Settlement("unknown")
     tid = found[0]["tenant_id"]
-    yield Q(_LOCK, {"t": tid})
-    call = (yield Q(_EXISTING + " FOR UPDATE", {"node": node, "call": call_id}))[0]
+    _, locked = (yield [Q(_LOCK, {"t": tid}), Q(_EXISTING + " FOR UPDATE", {"node": node, "call": call_id})])
+    call = locked[0]
     if call["state"] == "settled":
         return Settlement("already", call["charged_cents"], call["billsec"])
     billsec = max(0, billsec)
     cents, free = charge_for(call, billsec)
     held = call["state"] == "active"   # an expired call's reservation was released already
-    yield Q("""UPDATE calls SET state = 'settled', billsec = %(b)s, charged_cents = %(c)s, settled_at = now()
-                WHERE node = %(node)s AND call_id = %(call)s""",
-            {"b": billsec, "c": cents, "node": node, "call": call_id})
-    yield Q("""UPDATE tenant_money SET balance_cents = balance_cents - %(c)s,
-                      reserved_cents = reserved_cents - %(rc)s, reserved_free = reserved_free - %(rf)s,
-                      free_seconds = free_seconds - %(f)s
-                WHERE tenant_id = %(t)s""",
-            {"c": cents, "rc": call["reserved_cents"] if held else 0,
-             "rf": call["reserved_free"] if held else 0, "f": free, "t": tid})
+    writes = [
+        Q("""UPDATE calls SET state = 'settled', billsec = %(b)s, charged_cents = %(c)s, settled_at = now()
+              WHERE node = %(node)s AND call_id = %(call)s""",
+          {"b": billsec, "c": cents, "node": node, "call": call_id}),
+        Q("""UPDATE tenant_money SET balance_cents = balance_cents - %(c)s,
+                    reserved_cents = reserved_cents - %(rc)s, reserved_free = reserved_free - %(rf)s,
+                    free_seconds = free_seconds - %(f)s
+              WHERE tenant_id = %(t)s""",
+          {"c": cents, "rc": call["reserved_cents"] if held else 0,
+           "rf": call["reserved_free"] if held else 0, "f": free, "t": tid})]
     if cents:
-        yield Q("""INSERT INTO ledger (tenant_id, amount_cents, kind, ref)
-                   VALUES (%(t)s, %(a)s, 'charge', %(ref)s)""",
-                {"t": tid, "a": -cents, "ref": f"call:{node}:{call_id}"})
+        writes.append(Q("""INSERT INTO ledger (tenant_id, amount_cents, kind, ref)
+                           VALUES (%(t)s, %(a)s, 'charge', %(ref)s)""",
+                        {"t": tid, "a": -cents, "ref": f"call:{node}:{call_id}"}))
+    yield writes
     return Settlement("settled", cents, billsec)
 
 
@@ -249,8 +329,11 @@ def run_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:
         try:
             q = next(flow)
             while True:
-                cur = conn.execute(q.sql, q.params)
-                q = flow.send([] if cur.description is None else cur.fetchall())
+                rows = []
+                for x in (q if isinstance(q, list) else [q]):
+                    cur = conn.execute(x.sql, x.params)
+                    rows.append(cur.fetchall() if cur.description is not None else [])
+                q = flow.send(rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value
 
@@ -260,7 +343,10 @@ async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
         try:
             q = next(flow)
             while True:
-                cur = await conn.execute(q.sql, q.params)
-                q = flow.send([] if cur.description is None else await cur.fetchall())
+                rows = []
+                for x in (q if isinstance(q, list) else [q]):
+                    cur = await conn.execute(x.sql, x.params)
+                    rows.append(await cur.fetchall() if cur.description is not None else [])
+                q = flow.send(rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value

@@ -1,0 +1,291 @@
+"""Call-time policy benchmark (F-04): the FastAGI server (``dustel agi
+serve``, its own process) driven on loopback by clients that speak AGI the
+way Asterisk does — connect, send the ``agi_*`` block, answer every command
+with ``200 result=1``, until the server closes.
+
+    .venv/bin/python bench/policy.py [--seconds 4]
+
+Prints, side by side in one run:
+
+- paced (open-loop) runs at 100, 500 and 1 000 decisions/s: achieved
+  decisions/s, p50 / p99 / max latency of the decision (admit + money
+  reservation, one transaction), and of the hangup request that settles each
+  call one second later (so every call is admitted and settled, as in
+  production: the server sees about twice the decision rate);
+- closed-loop throughput at concurrency 10 of dustel's decision, next to
+  bare panoramisk with a trivial handler (one ``SET VARIABLE``) — the peer;
+- reserve+settle pairs/s under contention: 10 clients placing and hanging up
+  calls of one single prepaid tenant (every pair locks the same balance row).
+
+Targets (DESIGN.md): p99 under 2 ms at 1 000 decisions/s; dustel's
+closed-loop figure at least half of bare panoramisk's.
+
+The benchmark database gets 2 000 prepaid tenants with one account each
+(bulk COPY, triggers off) and its ``starter`` plan's line limits raised so
+that no call is refused for lines: every measured decision reserves money.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._db import fresh_database  # noqa: E402
+
+TENANTS = 2000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def populate(url: str) -> None:
+    with psycopg.connect(url) as c:
+        c.execute("UPDATE plans SET lines_in = 100000, lines_out = 100000 WHERE code = 'starter'")
+        c.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)")
+        c.execute("SET session_replication_role = replica")
+        with c.cursor().copy("COPY tenants (id, name, customer_type, plan, sip_domain, number_quota)"
+                             " FROM STDIN") as cp:
+            for t in range(1, TENANTS + 1):
+                cp.write_row((t, f"Bench {t}", "private", "starter", f"t{t}.sip.dustel.de", 10))
+        with c.cursor().copy("COPY tenant_money (tenant_id, balance_cents) FROM STDIN") as cp:
+            for t in range(1, TENANTS + 1):
+                cp.write_row((t, 10_000_000))
+        with c.cursor().copy("COPY sip_accounts (tenant_id, username, ha1, location_area_code) FROM STDIN") as cp:
+            for t in range(1, TENANTS + 1):
+                user = f"000387{t:06d}"
+                cp.write_row((t, user, hashlib.md5(f"{user}:t{t}.sip.dustel.de:pw".encode()).hexdigest(), "211"))
+        c.execute("SELECT setval('tenants_id_seq', %s)", (TENANTS,))
+        c.commit()
+        c.execute("ANALYZE")
+
+
+# ------------------------------------------------------------------ client
+
+_UID = iter(range(10**9))
+
+
+def agi_block(route: str, args: list[str], uniqueid: str, callee: str = "01701234567") -> bytes:
+    lines = [
+        "agi_network: yes", f"agi_network_script: {route}", f"agi_request: agi://127.0.0.1/{route}",
+        "agi_channel: PJSIP/u1-00000001", "agi_language: de", "agi_type: PJSIP", f"agi_uniqueid: {uniqueid}",
+        "agi_version: 22.10.1", "agi_callerid: u1", "agi_calleridname: Bench", "agi_callingpres: 0",
+        "agi_callingani2: 0", "agi_callington: 0", "agi_callingtns: 0", "agi_dnid: " + callee,
+        "agi_rdnis: unknown", "agi_context: dustel-outbound", "agi_extension: " + callee, "agi_priority: 1",
+        "agi_enhanced: 0.0", "agi_accountcode: ", "agi_threadid: 140000000000000",
+    ]
+    lines += [f"agi_arg_{i}: {a}" for i, a in enumerate(args, 1)]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def agi_request(port: int, block: bytes) -> tuple[float, list[bytes]]:
+    """One FastAGI session as Asterisk runs it; (seconds, commands received)."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(block)
+    commands = []
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        commands.append(line)
+        writer.write(b"200 result=1\n")
+    writer.close()
+    return time.perf_counter() - t0, commands
+
+
+def admit_args(tenant: int) -> list[str]:
+    return [str(tenant), f"000387{tenant:06d}", "192.0.2.10:5060"]
+
+
+async def one_call(port: int, tenant: int, hold: float, lat: list[float], settle_lat: list[float],
+                   refused: list[int]) -> None:
+    uid = f"bench-{os.getpid()}-{next(_UID)}"
+    secs, cmds = await agi_request(port, agi_block("outbound", admit_args(tenant), uid))
+    lat.append(secs)
+    if not any(b"admit" in c for c in cmds):
+        refused.append(1)
+        return
+    await asyncio.sleep(hold)
+    secs, _ = await agi_request(port, agi_block("hangup", ["1"], uid))
+    settle_lat.append(secs)
+
+
+async def paced(port: int, rate: int, seconds: float) -> dict[str, float]:
+    lat: list[float] = []
+    settle_lat: list[float] = []
+    refused: list[int] = []
+    n = int(rate * seconds)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one_call(port, 1 + i % TENANTS, 1.0, lat, settle_lat, refused)))
+    sent_for = loop.time() - start
+    await asyncio.gather(*tasks)
+    return {"offered": rate, "achieved": n / max(sent_for, 1e-9), "n": n, "refused": len(refused),
+            **pct("decision", lat), **pct("settle", settle_lat)}
+
+
+def pct(name: str, xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    if not xs:
+        return {}
+    return {f"{name}_p50_ms": 1000 * xs[len(xs) // 2], f"{name}_p99_ms": 1000 * xs[int(len(xs) * 0.99) - 1],
+            f"{name}_max_ms": 1000 * xs[-1]}
+
+
+async def closed_loop(port: int, concurrency: int, seconds: float, route: str, settle: bool) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        i = 0
+        while time.perf_counter() < stop:
+            tenant = 1 + (w * 997 + i) % TENANTS
+            i += 1
+            uid = f"cl-{os.getpid()}-{next(_UID)}"
+            await agi_request(port, agi_block(route, admit_args(tenant), uid))
+            done += 1
+            if settle:
+                await agi_request(port, agi_block("hangup", ["1"], uid))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+async def contention(port: int, clients: int, seconds: float) -> tuple[float, int]:
+    pairs = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal pairs
+        while time.perf_counter() < stop:
+            uid = f"ct-{os.getpid()}-{next(_UID)}"
+            _, cmds = await agi_request(port, agi_block("outbound", admit_args(1), uid))
+            if any(b"admit" in c for c in cmds):
+                await agi_request(port, agi_block("hangup", ["7"], uid))
+                pairs += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return pairs / (time.perf_counter() - t0), pairs
+
+
+# ------------------------------------------------------------------ servers
+
+def peer_server(port: int) -> None:
+    """Bare panoramisk: its own Application and handler, a trivial route."""
+    from panoramisk.fast_agi import Application
+
+    async def trivial(request) -> None:  # type: ignore[no-untyped-def]
+        await request.send_command('SET VARIABLE DUSTEL_ACTION "admit"')
+
+    async def main() -> None:
+        app = Application(loop=asyncio.get_running_loop())
+        app.add_route("outbound", trivial)
+        server = await asyncio.start_server(app.handler, "127.0.0.1", port)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def start(cmd: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    for line in p.stdout:
+        if ready in line:
+            break
+    else:
+        raise SystemExit("server did not start")
+    # keep draining so the server never blocks on a full pipe
+    import threading
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return p
+
+
+def db_floor(url: str, n: int = 300) -> tuple[float, float]:
+    """What one round trip and one durable write transaction cost on this
+    machine: the floor under every reservation (ms, median)."""
+    with psycopg.connect(url, autocommit=True) as c:
+        rt, tx = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.execute("SELECT 1").fetchall()
+            rt.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with c.transaction():
+                c.execute("UPDATE tenant_money SET reserved_cents = reserved_cents WHERE tenant_id = 1")
+            tx.append(time.perf_counter() - t0)
+    return 1000 * sorted(rt)[n // 2], 1000 * sorted(tx)[n // 2]
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--peer":
+        peer_server(int(sys.argv[2]))
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4.0)
+    args = ap.parse_args()
+    url = fresh_database("dustel_bench_policy")
+    populate(url)
+    port, peer_port = free_port(), free_port()
+    env = {**os.environ, "DATABASE_URL": url, "DUSTEL_AGI_PORT": str(port)}
+    dustel = start([str(ROOT / ".venv/bin/dustel"), "agi", "serve"], env, "fastagi listening")
+    peer = start([sys.executable, __file__, "--peer", str(peer_port)], env, "ready")
+    try:
+        asyncio.run(asyncio.sleep(0.5))
+        print(f"FastAGI policy benchmark: {TENANTS} prepaid tenants, {args.seconds:.0f} s per step, "
+              f"{os.cpu_count()} cores (server, clients and PostgreSQL share them)\n")
+        rt, tx = db_floor(url)
+        print(f"database floor: one round trip {rt:.2f} ms, one durable one-row write transaction {tx:.2f} ms\n")
+        print("paced (open loop): every call admitted (decision = admit + reservation), "
+              "settled by its hangup request 1 s later")
+        print(f"{'offered/s':>10} {'achieved/s':>11} {'calls':>6} {'refused':>8} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'max ms':>7} | {'settle p50':>10} {'p99 ms':>7}")
+        for rate in (100, 500, 1000):
+            r = asyncio.run(paced(port, rate, args.seconds))
+            print(f"{r['offered']:>10} {r['achieved']:>11.0f} {r['n']:>6} {r['refused']:>8} "
+                  f"{r['decision_p50_ms']:>7.2f} {r['decision_p99_ms']:>7.2f} {r['decision_max_ms']:>7.1f} | "
+                  f"{r.get('settle_p50_ms', 0):>10.2f} {r.get('settle_p99_ms', 0):>7.2f}")
+        ours = asyncio.run(closed_loop(port, 10, args.seconds, "outbound", settle=False))
+        theirs = asyncio.run(closed_loop(peer_port, 10, args.seconds, "outbound", settle=False))
+        print("\nclosed loop, concurrency 10, requests/s:")
+        print(f"  dustel decision + reservation   {ours:8.0f}")
+        print(f"  bare panoramisk, trivial handler {theirs:7.0f}   (dustel = {ours / theirs:.0%} of the peer)")
+        rate, pairs = asyncio.run(contention(port, 10, args.seconds))
+        print(f"\nreserve+settle under contention (10 clients, one tenant's balance): {rate:.0f} pairs/s "
+              f"({pairs} pairs)")
+        with psycopg.connect(url) as c:
+            m = c.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = 1").fetchone()
+            left = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()[0]
+        print(f"  tenant 1 afterwards: balance {m[0]} ct, reserved {m[1]} ct; calls still active: {left}")
+    finally:
+        for p in (dustel, peer):
+            p.terminate()
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    main()
