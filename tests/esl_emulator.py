@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dustel.controller import protocol as P
 
@@ -69,7 +70,13 @@ class Replayer:
     connect to the client's server, as FreeSWITCH does)."""
 
     def __init__(self, name: str) -> None:
-        self.steps = load(name)
+        self.sessions: list[list[tuple[str, bytes]]] = [[]]
+        for step in load(name):           # an empty fs->client chunk closes a session
+            self.sessions[-1].append(step)
+            if step == ("fs->client", b""):
+                self.sessions.append([])
+        self.sessions = [s for s in self.sessions if s]
+        self.steps = self.sessions[0]
         self.mismatch: list[tuple[bytes, bytes]] = []
         self.done = threading.Event()
 
@@ -81,9 +88,12 @@ class Replayer:
         return srv.getsockname()[1]
 
     def _accept(self, srv: socket.socket) -> None:
-        conn, _ = srv.accept()
+        for steps in self.sessions:
+            conn, _ = srv.accept()
+            self.steps = steps
+            self.done.clear()
+            self._play(conn)
         srv.close()
-        self._play(conn)
 
     def connect(self, port: int) -> threading.Thread:
         sock = socket.create_connection(("127.0.0.1", port))
@@ -329,3 +339,278 @@ def wait_for(pred, timeout: float = 20.0, what: str = "condition"):  # type: ign
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# ------------------------------------------------------------- inbound live
+
+NOTICE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
+DISCONNECT = b"Content-Type: text/disconnect-notice\nContent-Length: %d\n\n" % len(NOTICE) + NOTICE
+
+
+def _inbound_templates() -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for f in fs_frames("03-call-events-plain"):
+        if f.content_type == "text/event-plain":
+            ev = P.parse_event(f)
+            out.setdefault(ev.name, ev.headers)
+    return out
+
+
+_IN_EVENTS = _inbound_templates()
+
+
+def reply(text: str) -> bytes:
+    return f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode()
+
+
+def api_response(body: str) -> bytes:
+    data = body.encode()
+    return b"Content-Type: api/response\nContent-Length: %d\n\n" % len(data) + data
+
+
+def event_frame(headers: dict[str, str], body: str = "") -> bytes:
+    data = P.encode_plain(headers, body)
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(data) + data
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.authed = False
+        self.events: set[str] = set()
+        self.lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            self.sock.sendall(data)
+
+    def wants(self, name: str, subclass: str = "") -> bool:
+        return self.authed and ("ALL" in self.events or name in self.events or (subclass in self.events))
+
+
+class FreeSwitchEmulator:
+    """FreeSWITCH's inbound Event Socket on loopback: ``auth``, ``api``,
+    ``bgapi`` (+ BACKGROUND_JOB), ``event plain …`` subscriptions, events
+    framed as real FreeSWITCH frames them, ``exit`` and disconnect notices.
+    It keeps channels and registrations so ``show … as json`` and
+    ``uuid_*`` answer from its state; ``stop()``/``start()`` is an engine
+    restart on the same port (``keep_channels`` decides whether the calls
+    survive it, as they do when only the socket dropped)."""
+
+    def __init__(self, password: str = "ClueCon", switchname: str = "vm") -> None:
+        self.password = password
+        self.switchname = switchname
+        self.port = 0
+        self.channels: dict[str, dict[str, Any]] = {}
+        self.registrations: list[dict[str, str]] = []
+        self.commands: list[str] = []
+        self.clients: list[_Client] = []
+        self.api_results: dict[str, str] = {}     # command prefix -> canned body (e.g. callcenter_config)
+        self._srv: socket.socket | None = None
+        self._seq = itertools.count(1000)
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> int:
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(16)
+        self.port = srv.getsockname()[1]
+        self._srv = srv
+        threading.Thread(target=self._accept, args=(srv,), daemon=True).start()
+        return self.port
+
+    def stop(self, keep_channels: bool = False) -> None:
+        if self._srv is not None:
+            try:
+                self._srv.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._srv.close()
+            self._srv = None
+        for c in list(self.clients):
+            try:
+                c.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.sock.close()
+        self.clients.clear()
+        if not keep_channels:
+            self.channels.clear()
+            self.registrations.clear()
+
+    def subscribed(self) -> int:
+        return sum(1 for c in self.clients if c.authed and c.events)
+
+    def _accept(self, srv: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = srv.accept()
+            except OSError:
+                return
+            c = _Client(sock)
+            self.clients.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: _Client) -> None:
+        buf = bytearray()
+        try:
+            c.send(b"Content-Type: auth/request\n\n")
+            while True:
+                raw = read_command(c.sock, buf)
+                if raw is None:
+                    return
+                line, headers = parse_command(raw)
+                self.commands.append(line)
+                if not self._handle(c, line, headers):
+                    return
+        except OSError:
+            return
+        finally:
+            c.sock.close()
+            if c in self.clients:
+                self.clients.remove(c)
+
+    def _handle(self, c: _Client, line: str, headers: dict[str, str]) -> bool:
+        cmd, _, arg = line.partition(" ")
+        if not c.authed:
+            if cmd == "auth" and arg == self.password:
+                c.authed = True
+                c.send(reply("+OK accepted"))
+                return True
+            c.send(reply("-ERR invalid") + DISCONNECT)
+            return False
+        if cmd == "event":
+            fmt, _, names = arg.partition(" ")
+            c.events.update(names.split())
+            c.send(reply(f"+OK event listener enabled {fmt}"))
+        elif cmd == "api":
+            c.send(api_response(self.api(arg)))
+        elif cmd == "bgapi":
+            job = headers.get("job-uuid") or new_uuid()
+            c.send(reply(f"+OK Job-UUID: {job}")[:-1] + f"Job-UUID: {job}\n\n".encode())
+            result = self.api(arg)
+            self.emit({"Event-Name": "BACKGROUND_JOB", "Job-UUID": job, "Job-Command": arg.partition(" ")[0],
+                       "Job-Command-Arg": arg.partition(" ")[2]}, body=result)
+        elif cmd == "exit":
+            c.send(reply("+OK bye") + DISCONNECT)
+            return False
+        else:
+            c.send(reply("-ERR command not found"))
+        return True
+
+    # ------------------------------------------------------------------ api
+    def api(self, arg: str) -> str:
+        for prefix, body in self.api_results.items():
+            if arg.startswith(prefix):
+                return body
+        words = arg.split()
+        if arg == "show channels as json":
+            rows = [ch["row"] for ch in self.channels.values()]
+            return json.dumps({"row_count": len(rows), "rows": rows} if rows else {"row_count": 0}) + "\n"
+        if arg == "show registrations as json":
+            rows = self.registrations
+            return json.dumps({"row_count": len(rows), "rows": rows} if rows else {"row_count": 0}) + "\n"
+        if words[:1] == ["uuid_getvar"] and len(words) == 3:
+            ch = self.channels.get(words[1])
+            return "-ERR No such channel!\n" if ch is None else ch["vars"].get(words[2], "_undef_")
+        if words[:1] == ["uuid_kill"] and len(words) >= 2:
+            if words[1] not in self.channels:
+                return "-ERR No such channel!\n"
+            self.hangup(words[1], cause=words[2] if len(words) > 2 else "NORMAL_CLEARING")
+            return "+OK\n"
+        if words[:1] == ["uuid_transfer"]:
+            return "+OK\n" if len(words) >= 3 and words[1] in self.channels else "-ERR No such channel!\n"
+        if arg == "reloadxml":
+            return "+OK [Success]\n"
+        if arg.startswith("sofia profile") and arg.endswith("rescan"):
+            return "Reload XML [Success]\n+OK scan complete\n"
+        if words[:1] == ["callcenter_config"]:
+            return "+OK\n"
+        if arg == "status":
+            return "UP 0 years, 0 days\nFreeSWITCH (Version 1.10 emulator) is ready\n"
+        return f"-ERR {words[0] if words else ''} Command not found!\n"
+
+    # --------------------------------------------------------------- events
+    def send_raw(self, data: bytes) -> None:
+        for c in list(self.clients):
+            if c.authed and c.events:
+                try:
+                    c.send(data)
+                except OSError:
+                    pass
+
+    def emit(self, headers: dict[str, str], body: str = "") -> None:
+        name = headers["Event-Name"]
+        base = dict(_IN_EVENTS.get(name, _IN_EVENTS["CHANNEL_STATE"])) if name.startswith("CHANNEL") else \
+            {k: v for k, v in _IN_EVENTS["CHANNEL_STATE"].items() if not k.startswith(("Channel-", "Caller-",
+                                                                                        "variable_", "Unique-ID",
+                                                                                        "Call-", "Answer-",
+                                                                                        "Presence-"))}
+        if not name.startswith("CHANNEL"):
+            base = {k: v for k, v in base.items() if k.startswith(("Core-UUID", "FreeSWITCH-", "Event-"))}
+        base = {k: v for k, v in base.items() if not k.startswith("variable_dustel")}
+        base.update({"FreeSWITCH-Switchname": self.switchname, "Event-Sequence": str(next(self._seq))})
+        base.update(headers)
+        frame = event_frame(base, body)
+        subclass = headers.get("Event-Subclass", "")
+        for c in list(self.clients):
+            if c.wants(name, subclass):
+                try:
+                    c.send(frame)
+                except OSError:
+                    pass
+
+    def _channel_headers(self, uuid: str) -> dict[str, str]:
+        ch = self.channels[uuid]
+        h = {"Unique-ID": uuid, "Caller-Unique-ID": uuid, "Channel-Call-UUID": uuid,
+             "Call-Direction": ch["direction"], "Caller-Direction": ch["direction"],
+             "Caller-Caller-ID-Number": ch["caller"], "Caller-Destination-Number": ch["callee"],
+             "Channel-Name": ch["row"]["name"], "Caller-Channel-Created-Time": str(ch["created_us"]),
+             "Caller-Channel-Answered-Time": str(ch["answered_us"])}
+        h.update({f"variable_{k}": v for k, v in ch["vars"].items()})
+        return h
+
+    def call(self, caller: str, callee: str, variables: dict[str, str], direction: str = "inbound",
+             uuid: str | None = None, t0: float | None = None) -> str:
+        uuid = uuid or new_uuid()
+        created = int((t0 if t0 is not None else time.time()) * 1e6)
+        self.channels[uuid] = {"direction": direction, "caller": caller, "callee": callee, "vars": dict(variables),
+                               "created_us": created, "answered_us": 0,
+                               "row": {"uuid": uuid, "direction": direction, "created_epoch": str(created // 10**6),
+                                       "name": f"sofia/internal/{caller}", "state": "CS_EXECUTE",
+                                       "cid_num": caller, "dest": callee, "callstate": "RINGING"}}
+        self.emit({"Event-Name": "CHANNEL_CREATE", **self._channel_headers(uuid)})
+        return uuid
+
+    def answer(self, uuid: str, at: float | None = None) -> None:
+        ch = self.channels[uuid]
+        ch["answered_us"] = int((at if at is not None else time.time()) * 1e6)
+        ch["row"]["callstate"] = "ACTIVE"
+        self.emit({"Event-Name": "CHANNEL_ANSWER", **self._channel_headers(uuid)})
+
+    def hangup(self, uuid: str, cause: str = "NORMAL_CLEARING", at: float | None = None) -> dict[str, str]:
+        h = self._channel_headers(uuid)
+        ch = self.channels.pop(uuid)
+        end = int((at if at is not None else time.time()) * 1e6)
+        billsec = (end - ch["answered_us"]) // 10**6 if ch["answered_us"] else 0
+        h.update({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Hangup-Cause": cause,
+                  "Caller-Channel-Hangup-Time": str(end), "variable_billsec": str(billsec),
+                  "variable_duration": str((end - ch["created_us"]) // 10**6)})
+        self.emit(h)
+        return h
+
+    def register(self, user: str, realm: str, ip: str = "192.0.2.20", expires_in: int = 300) -> None:
+        contact = f"sip:{user}@{ip}:5060"
+        self.registrations.append({"reg_user": user, "realm": realm, "url": contact,
+                                   "expires": str(int(time.time()) + expires_in), "network_ip": ip,
+                                   "network_port": "5060", "agent": "emulated phone"})
+        self.emit({"Event-Name": "CUSTOM", "Event-Subclass": "sofia::register", "profile-name": "internal",
+                   "from-user": user, "from-host": realm, "username": user, "realm": realm, "contact": contact,
+                   "expires": str(expires_in), "network-ip": ip, "network-port": "5060",
+                   "user-agent": "emulated phone"})
+
+    def unregister(self, user: str) -> None:
+        self.registrations = [r for r in self.registrations if r["reg_user"] != user]
+        self.emit({"Event-Name": "CUSTOM", "Event-Subclass": "sofia::unregister", "profile-name": "internal",
+                   "from-user": user, "username": user, "contact": ""})

@@ -14,10 +14,9 @@ FastAGI server (``billing.calls``, run synchronously; psycopg cooperates with
 gevent once patched), executes the applications ``agi.freeswitch.actions``
 lists, and settles the call from ``CHANNEL_HANGUP_COMPLETE``'s billsec.
 
-greenswitch's own reader (``ESLEvent``) URL-decodes a whole event before
-splitting it into lines, so an encoded line break in a caller name would
-forge a header; ``DustelSession`` keeps greenswitch's session (commands,
-handlers, expected events) but reads frames with ``controller.protocol``.
+Sessions are greenswitch's, reading frames with ``controller.protocol``
+(``controller.esl_reader``: greenswitch's own reader would let an encoded
+line break in a caller name forge a header).
 """
 from __future__ import annotations
 
@@ -28,82 +27,17 @@ import gevent
 import gevent.event
 import gevent.socket
 import psycopg
-from greenswitch.esl import OutboundESLServer, OutboundSession, OutboundSessionHasGoneAway
+from greenswitch.esl import OutboundESLServer, OutboundSessionHasGoneAway
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ..billing import calls
-from ..controller import protocol as P
+from ..controller.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
 from . import variables as V
 from .policy import Decision
 
 log = logging.getLogger("dustel.esl")
-
-
-class _Event:
-    """What greenswitch's handlers expect of an event: ``headers`` and ``data``."""
-
-    def __init__(self, headers: dict[str, str], data: Any = None) -> None:
-        self.headers = headers
-        self.data = data
-
-
-class DustelSession(OutboundSession):
-    """greenswitch's outbound session with dustel's frame reader."""
-
-    def receive_events(self) -> None:
-        reader = P.FrameReader()
-        while self._run:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                self._gone("socket closed")
-                break
-            for frame in reader.feed(data):
-                try:
-                    self._dispatch(frame)
-                except P.MalformedFrame as exc:
-                    log.warning("skipped a malformed frame: %s", exc)
-
-    def _gone(self, why: str) -> None:
-        self.connected = False
-        self._run = False
-        log.debug("outbound session ended: %s", why)
-        for pending in self._commands_sent:
-            pending.set_exception(OutboundSessionHasGoneAway())
-        self._commands_sent.clear()
-        self._esl_event_queue.put(_Event({"Content-Type": "text/disconnect-notice",
-                                          "Content-Disposition": "disconnect"}))
-
-    def _dispatch(self, frame: P.Frame) -> None:
-        if frame.error:
-            raise P.MalformedFrame(frame.error)
-        ct = frame.content_type
-        if ct in ("command/reply", "api/response"):
-            if not self._commands_sent:
-                raise P.MalformedFrame(f"{ct} without a command waiting for it")
-            ev = _Event(frame.headers, frame.reply_text if ct == "command/reply" else frame.body.decode("utf-8",
-                                                                                                           "replace"))
-            self._commands_sent.pop(0).set(ev)
-        elif ct == "text/disconnect-notice":
-            if frame.headers.get("Content-Disposition") == "linger":
-                self._lingering = True
-            else:
-                self.connected = False
-            self._esl_event_queue.put(_Event(frame.headers))
-        elif ct in P.EVENT_TYPES:
-            ev = P.parse_event(frame)
-            self._esl_event_queue.put(_Event(ev.headers, ev.body))
-        else:
-            raise P.MalformedFrame(f"unexpected Content-Type {ct!r}")
-
-    def send(self, data: str) -> Any:   # greenswitch builds sendmsg itself; refuse a line break in a value
-        if "\n\n" in data or "\r" in data:
-            raise ValueError("command: a value must not contain a line break")
-        return super().send(data)
 
 
 class Runtime:
@@ -141,16 +75,16 @@ class CallControl:
         session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
         session.register_handle("DISCONNECT", self._on_disconnect)
 
-    def _on_hangup_complete(self, event: _Event) -> None:
+    def _on_hangup_complete(self, event: ESLMessage) -> None:
         self.hung_up.set()
         self.hangup_complete.set(event.headers)
         self.bridge_done.set(None)
 
-    def _on_execute_complete(self, event: _Event) -> None:
+    def _on_execute_complete(self, event: ESLMessage) -> None:
         if event.headers.get("Application") in ("bridge", "callcenter"):
             self.bridge_done.set(event.headers)
 
-    def _on_disconnect(self, event: _Event) -> None:
+    def _on_disconnect(self, event: ESLMessage) -> None:
         if event.headers.get("Content-Disposition") != "linger":
             self.hangup_complete.set(None)
             self.bridge_done.set(None)

@@ -204,7 +204,7 @@ def test_session_reads_real_freeswitch_bytes() -> None:
     import gevent
     import gevent.socket
 
-    from dustel.agi.esl_outbound import DustelSession
+    from dustel.controller.esl_reader import DustelSession
 
     sent = [data for d, data in load("05-outbound-socket") if d == "client->fs"]
     assert sent[3] == P.sendmsg("set", "dustel_decision=admit", lock=True)

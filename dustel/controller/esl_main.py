@@ -1,0 +1,28 @@
+"""Entry point of the controller's FreeSWITCH process: gevent patches first.
+
+    DUSTEL_CONTROLLER_NODES='[["fs1", "127.0.0.1", 8021, "ClueCon"]]' \
+    DUSTEL_CONTROLLER_DSN=postgresql://… python -m dustel.controller.esl_main
+
+Node secrets and the DSN come through the environment, never argv (which
+every user can read in ps).
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from dustel.controller import esl_node  # noqa: E402
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    nodes = [(str(n), str(h), int(p), str(pw)) for n, h, p, pw in json.loads(os.environ["DUSTEL_CONTROLLER_NODES"])]
+    esl_node.run(nodes, os.environ["DUSTEL_CONTROLLER_DSN"])
+
+
+if __name__ == "__main__":
+    main()

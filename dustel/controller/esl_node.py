@@ -1,0 +1,129 @@
+"""The controller's FreeSWITCH side (gevent process; start it through
+``dustel controller run`` or ``python -m dustel.controller.esl_main``).
+
+Per node: connect to the inbound Event Socket, authenticate, subscribe to
+channel, registration and queue events, rebuild the live state from the
+engine's own lists while events queue up, then apply every event in its own
+transaction.  When the engine goes away: reconnect with exponential backoff
+(0.2 s doubling to 10 s) and rebuild again.  A malformed event, or one the
+database refuses, is logged and skipped."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import psycopg
+from greenswitch.esl import NotConnectedError, OutboundSessionHasGoneAway
+
+from ..billing.calls import Q
+from . import protocol as P
+from . import state
+from .esl_reader import DustelInbound, ESLMessage
+
+log = logging.getLogger("dustel.controller.esl")
+
+SUBSCRIBE = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP_COMPLETE HEARTBEAT "
+             "CUSTOM sofia::register sofia::unregister sofia::expire callcenter::info")
+
+# other parts of the controller (queue statistics) hook in here: name -> handler(node, event) -> ops
+EXTRA_HANDLERS: dict[str, Callable[[str, P.Event], list[Q]]] = {}
+
+
+class ESLNode:
+    def __init__(self, name: str, host: str, port: int, password: str, dsn: str) -> None:
+        self.name, self.host, self.port, self.password, self.dsn = name, host, port, password, dsn
+        self.conn: psycopg.Connection[Any] | None = None
+        self.connected = gevent.event.Event()
+        self.stats = {"events": 0, "skipped": 0, "connects": 0}
+
+    # ---------------------------------------------------------------- database
+    def apply(self, ops: list[Q]) -> bool:
+        if not ops:
+            return True
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.dsn)
+            with self.conn.transaction():
+                for q in ops:
+                    self.conn.execute(q.sql, q.params)
+            return True
+        except psycopg.Error as exc:
+            log.warning("node=%s: database refused an event's changes (%s); skipped", self.name, exc)
+            self.stats["skipped"] += 1
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+            return False
+
+    def on_event(self, msg: ESLMessage) -> None:
+        ev = msg.data
+        if not isinstance(ev, P.Event):
+            return
+        self.stats["events"] += 1
+        try:
+            ops = state.on_fs_event(self.name, ev)
+            handler = EXTRA_HANDLERS.get(ev.name)
+            if handler is not None:
+                ops += handler(self.name, ev)
+        except (ValueError, KeyError) as exc:
+            log.warning("node=%s: bad %s event skipped: %s", self.name, ev.name, exc)
+            self.stats["skipped"] += 1
+            return
+        self.apply(ops)
+
+    # ------------------------------------------------------------- connection
+    def run_forever(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                self.session()
+                backoff = 0.2
+            except (OSError, NotConnectedError, OutboundSessionHasGoneAway, ValueError) as exc:
+                log.warning("node=%s %s:%s: %s", self.name, self.host, self.port, exc or type(exc).__name__)
+            self.connected.clear()
+            gevent.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def session(self) -> None:
+        esl = DustelInbound(self.host, self.port, self.password, timeout=5)
+        esl.connect()
+        self.stats["connects"] += 1
+        try:
+            esl._process_esl_event_queue = False      # events wait until the state is rebuilt
+            esl.register_handle("*", self.on_event)
+            for name in ("CHANNEL_HANGUP_COMPLETE", "HEARTBEAT"):
+                esl.register_handle(name, self.on_event)
+            reply = esl.send("event plain " + SUBSCRIBE)
+            if not reply.data.startswith("+OK"):
+                raise ValueError(f"subscription refused: {reply.data}")
+            self.rebuild(esl)
+            esl._process_esl_event_queue = True
+            self.connected.set()
+            log.info("node=%s connected to %s:%s; live state rebuilt", self.name, self.host, self.port)
+            while esl.connected:
+                gevent.sleep(0.1)
+        finally:
+            try:
+                esl.stop()
+            except (OSError, NotConnectedError, OutboundSessionHasGoneAway):
+                pass
+
+    def rebuild(self, esl: DustelInbound) -> None:
+        channels = esl.send("api show channels as json").data
+        registrations = esl.send("api show registrations as json").data
+        tenants: dict[str, int | None] = {}
+        for row in state.fs_rows(channels):
+            uuid = row.get("uuid", "")
+            try:
+                raw = esl.send("api uuid_getvar " + P.token(uuid, "uuid") + " dustel_tenant").data.strip()
+            except ValueError:
+                continue
+            tenants[uuid] = int(raw) if raw.isdigit() and len(raw) < 19 else None
+        self.apply(state.fs_rebuild(self.name, channels, registrations, tenants))
+
+
+def run(nodes: list[tuple[str, str, int, str]], dsn: str) -> None:
+    workers = [gevent.spawn(ESLNode(n, h, p, pw, dsn).run_forever) for n, h, p, pw in nodes]
+    gevent.joinall(workers)

@@ -1,0 +1,104 @@
+"""greenswitch sessions with dustel's frame reader (gevent processes only).
+
+greenswitch's ``ESLEvent`` URL-decodes a whole event before splitting it
+into lines, so an encoded line break in any value (a caller name, a SIP
+header copied into a variable) would forge a header.  ``DustelReader``
+replaces greenswitch's reading loop with ``protocol.FrameReader`` and keeps
+everything else of greenswitch: commands and their replies, handlers,
+expected events, linger and disconnect handling."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from greenswitch.esl import InboundESL, OutboundSession, OutboundSessionHasGoneAway
+
+from . import protocol as P
+
+log = logging.getLogger("dustel.esl")
+
+
+class ESLMessage:
+    """What greenswitch's handlers expect of an event: ``headers`` and ``data``."""
+
+    def __init__(self, headers: dict[str, str], data: Any = None) -> None:
+        self.headers = headers
+        self.data = data
+
+
+class DustelReader:
+    sock: Any
+    _run: bool
+    connected: bool
+    _commands_sent: list[Any]
+    _esl_event_queue: Any
+    _auth_request_event: Any
+    _lingering: bool
+    malformed = 0
+
+    def receive_events(self) -> None:
+        reader = P.FrameReader()
+        while self._run:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self._gone("socket closed")
+                break
+            for frame in reader.feed(data):
+                try:
+                    self._dispatch(frame)
+                except P.MalformedFrame as exc:
+                    self.malformed += 1
+                    log.warning("skipped a malformed frame: %s", exc)
+
+    def _gone(self, why: str) -> None:
+        self.connected = False
+        self._run = False
+        log.info("event socket closed: %s", why)
+        for pending in self._commands_sent:
+            pending.set_exception(OutboundSessionHasGoneAway(why))
+        self._commands_sent.clear()
+        self._auth_request_event.set()
+        self._esl_event_queue.put(ESLMessage({"Content-Type": "text/disconnect-notice",
+                                              "Content-Disposition": "disconnect"}))
+
+    def _dispatch(self, frame: P.Frame) -> None:
+        if frame.error:
+            raise P.MalformedFrame(frame.error)
+        ct = frame.content_type
+        if ct == "auth/request":
+            self._auth_request_event.set()
+        elif ct in ("command/reply", "api/response"):
+            if not self._commands_sent:
+                raise P.MalformedFrame(f"{ct} without a command waiting for it")
+            data = frame.reply_text if ct == "command/reply" else frame.body.decode("utf-8", "replace")
+            self._commands_sent.pop(0).set(ESLMessage(frame.headers, data))
+        elif ct == "text/disconnect-notice":
+            if frame.headers.get("Content-Disposition") == "linger":
+                self._lingering = True
+            else:
+                self.connected = False
+            self._esl_event_queue.put(ESLMessage(frame.headers))
+        elif ct == "text/rude-rejection":
+            self.connected = False
+            self._auth_request_event.set()
+        elif ct in P.EVENT_TYPES:
+            ev = P.parse_event(frame)
+            self._esl_event_queue.put(ESLMessage(ev.headers, ev))
+        else:
+            raise P.MalformedFrame(f"unexpected Content-Type {ct!r}")
+
+    def send(self, data: str) -> Any:
+        if "\n\n" in data or "\r" in data:
+            raise ValueError("command: a value must not contain a line break")
+        return super().send(data)  # type: ignore[misc]
+
+
+class DustelSession(DustelReader, OutboundSession):
+    """An outbound-socket call (FreeSWITCH connected to us)."""
+
+
+class DustelInbound(DustelReader, InboundESL):
+    """A connection to FreeSWITCH's event socket (we connected to it)."""

@@ -1,0 +1,219 @@
+"""Live state and CDRs from engine events, pure: an event in, the SQL to
+apply out (``Q``s, run in one transaction by the shell).  Both engines
+reduce to the same few operations — channel seen, channel answered, leg
+ended (one CDR), device registered / gone — so the tables mean the same
+whichever engine a tenant is on.
+
+Every operation is idempotent by (node, call id): a replayed event, or an
+event arriving after its leg's CDR was written, changes nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..billing.calls import Q
+from .protocol import Event
+
+
+@dataclass(frozen=True)
+class Leg:
+    """What is known about a channel at one event."""
+    node: str
+    call_id: str
+    engine: str
+    tenant: int | None = None
+    account: str = ""
+    direction: str = "leg"        # in | out (a tenant's call) | leg (other legs)
+    caller: str = ""
+    callee: str = ""
+    channel: str = ""
+    created: dt.datetime | None = None
+    answered: dt.datetime | None = None
+
+
+_UPSERT = """
+INSERT INTO live_channels (node, call_id, engine, tenant_id, account, direction, caller, callee, channel,
+                           created_at, answered_at)
+SELECT %(node)s, %(call)s, %(engine)s, (SELECT id FROM tenants WHERE id = %(tenant)s), %(account)s, %(dir)s,
+       %(caller)s, %(callee)s, %(channel)s, coalesce(%(created)s, now()), %(answered)s
+ WHERE NOT EXISTS (SELECT 1 FROM cdrs WHERE node = %(node)s AND call_id = %(call)s)
+ON CONFLICT (node, call_id) DO UPDATE SET
+    tenant_id = coalesce(EXCLUDED.tenant_id, live_channels.tenant_id),
+    account = CASE WHEN EXCLUDED.account <> '' THEN EXCLUDED.account ELSE live_channels.account END,
+    direction = CASE WHEN EXCLUDED.direction <> 'leg' THEN EXCLUDED.direction ELSE live_channels.direction END,
+    callee = CASE WHEN EXCLUDED.callee <> '' THEN EXCLUDED.callee ELSE live_channels.callee END,
+    answered_at = coalesce(live_channels.answered_at, EXCLUDED.answered_at)
+"""
+
+_CDR = """
+INSERT INTO cdrs (node, call_id, engine, tenant_id, account, direction, caller, callee, started_at, answered_at,
+                  ended_at, billsec, hangup_cause)
+SELECT %(node)s, %(call)s, %(engine)s,
+       coalesce((SELECT id FROM tenants WHERE id = %(tenant)s), l.tenant_id),
+       coalesce(nullif(%(account)s, ''), l.account, ''),
+       CASE WHEN %(dir)s <> 'leg' THEN %(dir)s ELSE coalesce(l.direction, 'leg') END,
+       %(caller)s, coalesce(nullif(%(callee)s, ''), l.callee, ''),
+       coalesce(%(created)s, l.created_at, %(ended)s), coalesce(%(answered)s, l.answered_at),
+       %(ended)s, %(billsec)s, %(cause)s
+  FROM (SELECT 1) one LEFT JOIN live_channels l ON l.node = %(node)s AND l.call_id = %(call)s
+ON CONFLICT (node, call_id) DO UPDATE SET   -- the real record replaces a placeholder written at a reconnect
+    answered_at = EXCLUDED.answered_at, ended_at = EXCLUDED.ended_at, billsec = EXCLUDED.billsec,
+    hangup_cause = EXCLUDED.hangup_cause
+ WHERE cdrs.hangup_cause = 'LOST_WHILE_DISCONNECTED'
+"""
+
+_GONE = "DELETE FROM live_channels WHERE node = %(node)s AND call_id = %(call)s"
+
+_REGISTER = """
+INSERT INTO registrations (node, username, contact, tenant_id, source, user_agent, expires_at)
+SELECT %(node)s, %(user)s, %(contact)s, a.tenant_id, %(source)s, %(agent)s, %(expires)s
+  FROM sip_accounts a WHERE a.username = %(user)s
+ON CONFLICT (node, username, contact) DO UPDATE SET
+    source = EXCLUDED.source, user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at,
+    registered_at = now()
+"""
+
+_UNREGISTER = "DELETE FROM registrations WHERE node = %(node)s AND username = %(user)s AND contact LIKE %(contact)s"
+
+
+def _params(leg: Leg) -> dict[str, object]:
+    return {"node": leg.node, "call": leg.call_id, "engine": leg.engine, "tenant": leg.tenant,
+            "account": leg.account, "dir": leg.direction, "caller": leg.caller, "callee": leg.callee,
+            "channel": leg.channel, "created": leg.created, "answered": leg.answered}
+
+
+def seen(leg: Leg) -> list[Q]:
+    return [Q(_UPSERT, _params(leg))]
+
+
+def ended(leg: Leg, ended_at: dt.datetime, billsec: int, cause: str) -> list[Q]:
+    """One CDR for the leg (never a second), and the leg leaves the live state."""
+    p = {**_params(leg), "ended": ended_at, "billsec": max(0, billsec), "cause": cause}
+    return [Q(_CDR, p), Q(_GONE, p)]
+
+
+def registered(node: str, user: str, contact: str, source: str, agent: str,
+               expires: dt.datetime | None) -> list[Q]:
+    return [Q(_REGISTER, {"node": node, "user": user, "contact": contact, "source": source, "agent": agent,
+                          "expires": expires})]
+
+
+def unregistered(node: str, user: str, contact: str = "") -> list[Q]:
+    like = contact.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") if contact else "%"
+    return [Q(_UNREGISTER, {"node": node, "user": user, "contact": like})]
+
+
+# ------------------------------------------------------------------ FreeSWITCH
+
+def _usec(value: str) -> dt.datetime | None:
+    if not value.isdigit() or value == "0":
+        return None
+    return dt.datetime.fromtimestamp(int(value) / 1e6, dt.UTC)
+
+
+def _tenant(raw: str) -> int | None:
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
+
+
+def fs_leg(node: str, ev: Event) -> Leg:
+    """A FreeSWITCH channel event's leg.  The dialplan marks a tenant's
+    calls: ``dustel_target_kind`` on calls to a number (in), the
+    authenticated ``user_name`` on calls from a phone (out)."""
+    if ev.var("dustel_target_kind"):
+        direction, account = "in", ev.var("dustel_target") if ev.var("dustel_target_kind") == "account" else ""
+    elif ev.var("user_name") and ev.get("Call-Direction") == "inbound":
+        direction, account = "out", ev.var("user_name")
+    else:
+        direction, account = "leg", ""
+    return Leg(node=node, call_id=ev.get("Unique-ID"), engine="freeswitch", tenant=_tenant(ev.var("dustel_tenant")),
+               account=account, direction=direction, caller=ev.get("Caller-Caller-ID-Number"),
+               callee=ev.get("Caller-Destination-Number"), channel=ev.get("Channel-Name"),
+               created=_usec(ev.get("Caller-Channel-Created-Time")),
+               answered=_usec(ev.get("Caller-Channel-Answered-Time")))
+
+
+CHANNEL_EVENTS = ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HANGUP_COMPLETE")
+REGISTRATION_EVENTS = ("sofia::register", "sofia::unregister", "sofia::expire")
+
+
+def on_fs_event(node: str, ev: Event) -> list[Q]:
+    name = ev.name
+    if name in ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE"):
+        leg = fs_leg(node, ev)
+        return seen(leg) if leg.call_id else []
+    if name == "CHANNEL_HANGUP_COMPLETE":
+        leg = fs_leg(node, ev)
+        if not leg.call_id:
+            return []
+        end = _usec(ev.get("Caller-Channel-Hangup-Time")) or _usec(ev.get("Event-Date-Timestamp")) or \
+            dt.datetime.now(dt.UTC)
+        raw = ev.var("billsec", "0")
+        return ended(leg, end, int(raw) if raw.isdigit() else 0, ev.get("Hangup-Cause"))
+    if name == "sofia::register":
+        expires = ev.get("expires")
+        return registered(node, ev.get("username") or ev.get("from-user"), ev.get("contact"),
+                          f"{ev.get('network-ip')}:{ev.get('network-port')}", ev.get("user-agent"),
+                          dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(expires)) if expires.isdigit()
+                          else None)
+    if name in ("sofia::unregister", "sofia::expire"):
+        return unregistered(node, ev.get("username") or ev.get("from-user"), ev.get("contact"))
+    return []
+
+
+def fs_rows(api_json: str) -> list[dict[str, str]]:
+    """Rows of ``show channels|registrations as json`` (no ``rows`` key when
+    there are none)."""
+    data = json.loads(api_json or "{}")
+    rows = data.get("rows") or []
+    return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows if isinstance(r, dict)]
+
+
+_LOST = """
+WITH lost AS (DELETE FROM live_channels WHERE node = %(node)s AND NOT (call_id = ANY(%(alive)s)) RETURNING *)
+INSERT INTO cdrs (node, call_id, engine, tenant_id, account, direction, caller, callee, started_at, answered_at,
+                  ended_at, billsec, hangup_cause)
+SELECT node, call_id, engine, tenant_id, account, direction, caller, callee, created_at, answered_at, now(),
+       CASE WHEN answered_at IS NULL THEN 0 ELSE extract(epoch FROM now() - answered_at)::int END,
+       'LOST_WHILE_DISCONNECTED'
+  FROM lost
+ON CONFLICT (node, call_id) DO NOTHING
+"""
+
+
+def rebuild(node: str, engine: str, legs: list[Leg], regs: list[tuple[str, str, str, str, dt.datetime | None]]) \
+        -> list[Q]:
+    """After a (re)connect: the engine's own list is the truth.  Legs we
+    hold that the engine no longer has ended while we were away: each gets
+    its CDR (cause LOST_WHILE_DISCONNECTED, unless its real CDR is there
+    already) and leaves; legs the engine has are (re)stored; the node's
+    registrations are replaced by the engine's."""
+    ops = [Q(_LOST, {"node": node, "alive": [leg.call_id for leg in legs]})]
+    for leg in legs:
+        ops += seen(leg)
+    ops.append(Q("DELETE FROM registrations WHERE node = %(node)s", {"node": node}))
+    for user, contact, source, agent, expires in regs:
+        ops += registered(node, user, contact, source, agent, expires)
+    return ops
+
+
+def fs_rebuild(node: str, channels_json: str, registrations_json: str,
+               tenants: Mapping[str, int | None]) -> list[Q]:
+    """``show channels as json`` / ``show registrations as json`` (+ each
+    unknown channel's ``dustel_tenant``, fetched by the shell)."""
+    legs = []
+    for r in fs_rows(channels_json):
+        created = dt.datetime.fromtimestamp(int(r["created_epoch"]), dt.UTC) \
+            if r.get("created_epoch", "").isdigit() else None
+        uuid = r.get("uuid", "")
+        legs.append(Leg(node=node, call_id=uuid, engine="freeswitch", tenant=tenants.get(uuid),
+                        caller=r.get("cid_num", ""), callee=r.get("dest", ""), channel=r.get("name", ""),
+                        created=created, answered=created if r.get("callstate") == "ACTIVE" else None))
+    regs = []
+    for r in fs_rows(registrations_json):
+        exp = r.get("expires", "")
+        regs.append((r.get("reg_user", ""), r.get("url", ""), f"{r.get('network_ip', '')}:{r.get('network_port', '')}",
+                     r.get("agent", ""), dt.datetime.fromtimestamp(int(exp), dt.UTC) if exp.isdigit() else None))
+    return rebuild(node, "freeswitch", [leg for leg in legs if leg.call_id], regs)

@@ -1,0 +1,255 @@
+"""The controller's FreeSWITCH side — the real gevent process — against the
+Event Socket emulator, on a real database: live state, one CDR per leg,
+registrations, reconnect and rebuild, malformed events."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.esl_emulator import DISCONNECT, FreeSwitchEmulator, Replayer, event_frame, load, wait_for
+from tests.factories import account, tenant
+
+
+class Controller:
+    def __init__(self, db_url: str, port: int) -> None:
+        env = {**os.environ, "DUSTEL_CONTROLLER_NODES": json.dumps([["fs1", "127.0.0.1", port, "ClueCon"]]),
+               "DUSTEL_CONTROLLER_DSN": db_url}
+        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.esl_main"], env=env,
+                                     stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def fs() -> Iterator[FreeSwitchEmulator]:
+    emu = FreeSwitchEmulator()
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def controller(db_url: str, fs: FreeSwitchEmulator) -> Iterator[Controller]:
+    c = Controller(db_url, fs.port)
+    wait_for(lambda: fs.subscribed() == 1, what="controller subscribed")
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def org(conn: psycopg.Connection) -> dict[str, Any]:
+    t = tenant(conn)
+    return {"t": t, "u": account(conn, t["id"]), "v": account(conn, t["id"])}
+
+
+def cdrs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM cdrs ORDER BY started_at, call_id").fetchall()
+
+
+def live(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM live_channels ORDER BY created_at").fetchall()
+
+
+def out_vars(org: dict[str, Any], user: str | None = None) -> dict[str, str]:
+    return {"dustel_tenant": str(org["t"]["id"]), "user_name": user or org["u"]}
+
+
+def test_a_call_gives_live_state_then_exactly_one_cdr(fs: FreeSwitchEmulator, controller: Controller,
+                                                      conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    t0 = time.time() - 100
+    uuid = fs.call(org["u"], "01701234567", out_vars(org), t0=t0)
+    row = wait_for(lambda: live(conn), what="live channel")[0]
+    assert (row["tenant_id"], row["direction"], row["account"], row["callee"]) == \
+        (org["t"]["id"], "out", org["u"], "01701234567")
+    fs.answer(uuid, at=t0 + 10)
+    wait_for(lambda: live(conn)[0]["answered_at"] is not None, what="answer")
+    per_tenant = conn.execute("SELECT * FROM live_calls_per_tenant").fetchall()
+    assert [(r["tenant_id"], r["direction"], r["calls"]) for r in per_tenant] == [(org["t"]["id"], "out", 1)]
+    hup = fs.hangup(uuid, at=t0 + 75)
+    c = wait_for(lambda: cdrs(conn), what="cdr")[0]
+    assert (c["node"], c["call_id"], c["engine"], c["tenant_id"], c["account"], c["direction"]) == \
+        ("fs1", uuid, "freeswitch", org["t"]["id"], org["u"], "out")
+    assert (c["billsec"], c["hangup_cause"], c["caller"], c["callee"]) == (65, "NORMAL_CLEARING", org["u"],
+                                                                          "01701234567")
+    assert abs(c["started_at"].timestamp() - t0) < 0.01 and abs(c["ended_at"].timestamp() - (t0 + 75)) < 0.01
+    assert live(conn) == []
+    # the same hangup replayed, and a late answer for the dead leg: nothing changes
+    fs.emit(hup)
+    fs.emit({"Event-Name": "CHANNEL_ANSWER", "Unique-ID": uuid, "Caller-Channel-Answered-Time": "1"})
+    marker = fs.call("x", "y", {})
+    wait_for(lambda: any(r["call_id"] == marker for r in live(conn)), what="later event applied")
+    assert len(cdrs(conn)) == 1 and [r["call_id"] for r in live(conn)] == [marker]
+
+
+def test_registrations_follow_the_engine(fs: FreeSwitchEmulator, controller: Controller, conn: psycopg.Connection,
+                                         org: dict[str, Any]) -> None:
+    fs.register(org["u"], org["t"]["sip_domain"])
+    fs.register(org["v"], org["t"]["sip_domain"], ip="192.0.2.21")
+    wait_for(lambda: len(conn.execute("SELECT * FROM online_accounts").fetchall()) == 2, what="registrations")
+    r = conn.execute("SELECT * FROM registrations WHERE username = %s", (org["u"],)).fetchone()
+    assert r["tenant_id"] == org["t"]["id"] and r["source"] == "192.0.2.20:5060" and r["contact"].startswith("sip:")
+    fs.unregister(org["v"])
+    wait_for(lambda: [x["username"] for x in conn.execute("SELECT * FROM online_accounts").fetchall()] == [org["u"]],
+             what="unregistration")
+
+
+def test_engine_restart_mid_traffic_rebuilds_without_lost_or_doubled_cdrs(
+        fs: FreeSwitchEmulator, controller: Controller, conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    calls = [fs.call(org["u"], f"0211{i}", out_vars(org)) for i in range(4)]
+    for u in calls:
+        fs.answer(u)
+    wait_for(lambda: len(live(conn)) == 4, what="4 live calls")
+    fs.hangup(calls[0])
+    wait_for(lambda: len(cdrs(conn)) == 1, what="first cdr")
+
+    # the socket drops, calls go on; one ends and one starts while nobody listens
+    fs.stop(keep_channels=True)
+    ended_unseen = calls[1]
+    fs.channels.pop(ended_unseen)
+    started_unseen = fs.call(org["v"], "02119", out_vars(org, org["v"]))
+    fs.register(org["u"], org["t"]["sip_domain"])
+    fs.start()
+    wait_for(lambda: fs.subscribed() == 1, what="reconnect")
+    wait_for(lambda: {r["call_id"] for r in live(conn)} == {calls[2], calls[3], started_unseen}, what="rebuild")
+    lost = wait_for(lambda: [c for c in cdrs(conn) if c["call_id"] == ended_unseen], what="lost cdr")[0]
+    assert lost["hangup_cause"] == "LOST_WHILE_DISCONNECTED" and lost["tenant_id"] == org["t"]["id"]
+    row = [r for r in live(conn) if r["call_id"] == started_unseen][0]
+    assert row["tenant_id"] == org["t"]["id"]                  # fetched with uuid_getvar
+    assert conn.execute("SELECT count(*) AS n FROM registrations").fetchone()["n"] == 1
+
+    # the engine itself restarts: its calls are gone
+    fs.stop()
+    fs.start()
+    wait_for(lambda: fs.subscribed() == 1, what="reconnect after restart")
+    wait_for(lambda: live(conn) == [], what="all closed")
+    fs.hangup(fs.call(org["u"], "0211", out_vars(org)))
+    wait_for(lambda: len(cdrs(conn)) == 6, what="six cdrs")
+    all_cdrs = cdrs(conn)
+    assert len({c["call_id"] for c in all_cdrs}) == 6
+    assert sorted(c["hangup_cause"] for c in all_cdrs) == ["LOST_WHILE_DISCONNECTED"] * 4 + ["NORMAL_CLEARING"] * 2
+    assert fs.commands.count("event plain " + fs.commands[1].split(" ", 2)[2]) == 3   # one subscription each time
+
+
+def test_malformed_events_are_skipped(fs: FreeSwitchEmulator, controller: Controller, conn: psycopg.Connection,
+                                      org: dict[str, Any]) -> None:
+    good = fs.call(org["u"], "0211", out_vars(org))
+    wait_for(lambda: live(conn), what="first call")
+    fs.send_raw(b"Content-Length: 12x\nContent-Type: text/event-plain\n\n")                 # bad length
+    fs.send_raw(event_frame({"Event-Name": "CHANNEL_CREATE", "Unique-ID": "u-bad"}).replace(b"u-bad", b"%FF%FE"))
+    fs.send_raw(b"Content-Length: 4\nContent-Type: text/event-xml\n\n<a/>")                  # unknown type
+    fs.send_raw(event_frame({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": good,
+                             "variable_dustel_tenant": "99999999999999999999", "variable_billsec": "x"}))
+    second = fs.call(org["u"], "0212", out_vars(org))
+    wait_for(lambda: {r["call_id"] for r in live(conn)} == {second}, what="later events applied")
+    assert [c["billsec"] for c in cdrs(conn)] == [0]
+    assert controller.proc.poll() is None
+    assert any("malformed" in line for line in controller.log)
+
+
+# ----------------------------------------------- byte-faithful emulator
+
+def converse(port: int, commands: list[bytes]) -> bytes:
+    """Send each command after reading everything the emulator sent before it
+    (until it pauses for 0.2 s or closes)."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(0.2)
+        for cmd in [None, *commands]:
+            if cmd is not None:
+                s.sendall(cmd)
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    return out
+                out += chunk
+    return out
+
+
+def test_emulator_answers_byte_for_byte_like_the_recordings(fs: FreeSwitchEmulator) -> None:
+    steps = load("01-inbound-auth-ok-and-bad")
+    first_session = b"".join(d for direction, d in steps[:7] if direction == "fs->client")
+    assert converse(fs.port, [b"auth ClueCon\n\n", b"exit\n\n"]) == first_session
+    bad = b"".join(d for direction, d in steps[7:] if direction == "fs->client")
+    assert converse(fs.port, [b"auth wrong-password\n\n"]) == bad
+    rec = load("02-api-commands")
+    for cmd in (b"api show channels as json\n\n", b"api reloadxml\n\n", b"api sofia profile internal rescan\n\n",
+                b"api no_such_command\n\n", b"api uuid_kill 00000000-0000-0000-0000-000000000000\n\n",
+                b"bgapi status\nJob-UUID: 7f4db78a-17d7-11ee-9ad6-000000000001\n\n",
+                b"event plain BACKGROUND_JOB\n\n"):
+        i = rec.index(("client->fs", cmd))
+        expected = rec[i + 1][1]
+        got = converse(fs.port, [b"auth ClueCon\n\n", cmd])
+        assert got.startswith(b"Content-Type: auth/request\n\nContent-Type: command/reply\nReply-Text: +OK accepted"
+                              b"\n\n")
+        assert got.split(b"+OK accepted\n\n", 1)[1].startswith(expected), cmd
+    assert DISCONNECT in first_session
+
+
+def test_dustel_reader_reads_the_recorded_api_session() -> None:
+    """The controller's greenswitch session (dustel reader) against a replay of
+    real FreeSWITCH: every api reply, bgapi Job-UUID and the BACKGROUND_JOB."""
+    import gevent
+
+    from dustel.controller.esl_reader import DustelInbound
+    rep = Replayer("02-api-commands")
+    port = rep.serve()
+    esl = DustelInbound("127.0.0.1", port, "ClueCon")
+    esl.connect()
+    jobs: list[Any] = []
+    esl.register_handle("BACKGROUND_JOB", jobs.append)
+    sent = [d.decode()[:-2] for direction, d in load("02-api-commands")[1:] if direction == "client->fs"]
+    replies = {}
+    for cmd in sent[1:-1]:
+        replies[cmd] = esl.send(cmd).data
+    while not jobs:
+        gevent.sleep(0.01)
+    esl.stop()
+    rep.done.wait(5)
+    assert rep.mismatch == []
+    assert replies["api show channels as json"] == '{"row_count": 0}\n'
+    assert replies["api no_such_command"].startswith("-ERR no_such_command")
+    assert replies["api global_getvar domain"] == "127.0.0.1"
+    assert replies["bgapi status\nJob-UUID: 7f4db78a-17d7-11ee-9ad6-000000000001"] == \
+        "+OK Job-UUID: 7f4db78a-17d7-11ee-9ad6-000000000001"
+    assert jobs[0].data.name == "BACKGROUND_JOB" and jobs[0].data.body.startswith("-ERR")
+
+
+def test_wrong_password_is_refused_cleanly() -> None:
+    from greenswitch.esl import NotConnectedError
+
+    from dustel.controller.esl_reader import DustelInbound
+    rep = Replayer("01-inbound-auth-ok-and-bad")
+    port = rep.serve()
+    ok = DustelInbound("127.0.0.1", port, "ClueCon")
+    ok.connect()
+    ok.stop()
+    bad = DustelInbound("127.0.0.1", port, "wrong-password")
+    with pytest.raises((ValueError, NotConnectedError)):
+        bad.connect()
+    bad.sock.close()
+    rep.done.wait(5)
+    assert rep.mismatch == []
