@@ -86,7 +86,8 @@ class DustelReader:
             self._auth_request_event.set()
         elif ct in P.EVENT_TYPES:
             ev = P.parse_event(frame)
-            self._esl_event_queue.put(ESLMessage(ev.headers, ev))
+            # greenswitch's handlers only call headers.get(): the event's lazy lookups serve that
+            self._esl_event_queue.put(ESLMessage(ev, ev))  # type: ignore[arg-type]
         else:
             raise P.MalformedFrame(f"unexpected Content-Type {ct!r}")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from binascii import a2b_qp
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 MAX_HEADER_BYTES = 256 * 1024
@@ -52,23 +52,76 @@ class Frame:
         return self.reply_text.startswith("+OK")
 
 
-@dataclass(slots=True)
 class Event:
-    headers: dict[str, str]
-    body: str = ""
-    format: str = "plain"
-    raw_length: int = field(default=0, repr=False)
+    """An event.  A plain event keeps its raw header block and decodes a
+    header only when asked (``get``/``var``): the controller reads a dozen
+    of an event's ~80 headers.  A lookup is anchored at a line start and
+    ends at the line break, on the raw bytes where FreeSWITCH has encoded
+    every line break inside values, so it finds exactly what the full parse
+    (``headers``) finds.  ``headers`` builds the whole dict once."""
+
+    __slots__ = ("_raw", "_headers", "body", "format", "raw_length")
+
+    def __init__(self, headers: dict[str, str] | None = None, body: str = "", format: str = "plain",
+                 raw_length: int = 0, raw: bytes | None = None) -> None:
+        self._headers = headers
+        self._raw = raw
+        self.body = body
+        self.format = format
+        self.raw_length = raw_length
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            assert self._raw is not None
+            self._headers = _fast_headers(self._raw) or parse_headers_slow(self._raw)
+        return self._headers
+
+    def get(self, key: str, default: str = "") -> str:
+        if self._headers is not None:
+            return self._headers.get(key, default)
+        raw = self._raw
+        assert raw is not None
+        k = key.encode()
+        i = raw.rfind(b"\n" + k + b": ")       # the last one, as in the dict
+        if i >= 0:
+            start = i + len(k) + 3
+        elif raw.startswith(k + b": "):
+            start = len(k) + 2
+        else:
+            return default
+        end = raw.find(b"\n", start)
+        return _decode_raw(raw[start:end] if end >= 0 else raw[start:])
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key, "\x00")
+        if value == "\x00":
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, "\x00") != "\x00"
 
     @property
     def name(self) -> str:
-        n = self.headers.get("Event-Name", "")
-        return self.headers.get("Event-Subclass", n) if n == "CUSTOM" else n
-
-    def get(self, key: str, default: str = "") -> str:
-        return self.headers.get(key, default)
+        n = self.get("Event-Name")
+        return self.get("Event-Subclass", n) if n == "CUSTOM" else n
 
     def var(self, name: str, default: str = "") -> str:
-        return self.headers.get("variable_" + name, default)
+        return self.get("variable_" + name, default)
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {len(self.headers)} headers)"
+
+
+def _decode_raw(value: bytes) -> str:
+    """One raw header value: percent-decoded, strict UTF-8."""
+    try:
+        if b"%" in value:
+            value = a2b_qp(value.replace(b"=", b"=3D").replace(b"%", b"="))
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedFrame(f"bad value encoding: {exc}") from None
 
 
 def parse_headers(block: str) -> dict[str, str]:
@@ -216,28 +269,28 @@ def _fast_headers(head: bytes) -> dict[str, str] | None:
 
 
 def parse_plain(body: bytes) -> Event:
-    """A ``text/event-plain`` body: header lines (each value decoded), then an
+    """A ``text/event-plain`` body: header lines (decoded when read), then an
     optional ``Content-Length`` body of the event itself."""
     end = body.find(b"\n\n")
     if end < 0:
         head, rest = body.rstrip(b"\n"), b""
     else:
         head, rest = body[:end], body[end + 2:]
-    headers = _fast_headers(head)
-    if headers is None:
-        headers = parse_headers_slow(head)
-    if "Event-Name" not in headers:
+    ev = Event(raw=head, raw_length=len(body))
+    if not head.isascii():     # FreeSWITCH encodes every non-ASCII byte: check such a block whole, now
+        ev.headers             # noqa: B018  (raises MalformedFrame)
+    if not ev.get("Event-Name"):
         raise MalformedFrame("event without Event-Name")
-    event_body = ""
-    n = headers.get("Content-Length")
-    if n is not None and rest:
-        if not (n.isascii() and n.isdigit()):
-            raise MalformedFrame(f"bad event Content-Length {n[:20]!r}")
-        try:
-            event_body = rest[:int(n)].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedFrame(f"event body is not UTF-8: {exc}") from None
-    return Event(headers, event_body, "plain", len(body))
+    if rest:
+        n = ev.get("Content-Length")
+        if n:
+            if not (n.isascii() and n.isdigit()):
+                raise MalformedFrame(f"bad event Content-Length {n[:20]!r}")
+            try:
+                ev.body = rest[:int(n)].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedFrame(f"event body is not UTF-8: {exc}") from None
+    return ev
 
 
 def parse_json(body: bytes) -> Event:

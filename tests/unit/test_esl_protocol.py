@@ -59,6 +59,9 @@ def test_every_recorded_event_parses_and_fast_equals_slow() -> None:
                 if f.content_type == "text/event-plain":
                     head = f.body.split(b"\n\n", 1)[0]
                     assert P.parse_headers_slow(head) == ev.headers
+                    lazy = P.parse_event(f)          # lookups without building the dict
+                    assert all(lazy.get(k) == v for k, v in ev.headers.items())
+                    assert lazy.get("No-Such-Header", "-") == "-"
     assert n > 100
 
 
@@ -93,6 +96,7 @@ def test_encode_then_parse_is_identity(headers: dict[str, str], body: str) -> No
     expect = dict(headers)
     if body:
         expect["Content-Length"] = str(len(body.encode()))
+    assert all(ev.get(k) == v for k, v in expect.items())     # lazy lookups first
     assert ev.headers == expect and ev.body == body
     assert P.parse_headers_slow(raw.split(b"\n\n", 1)[0]) == expect
 
