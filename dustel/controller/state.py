@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -57,7 +58,11 @@ SELECT %(node)s, %(call)s, %(engine)s,
        CASE WHEN %(dir)s <> 'leg' THEN %(dir)s ELSE coalesce(l.direction, 'leg') END,
        %(caller)s, coalesce(nullif(%(callee)s, ''), l.callee, ''),
        coalesce(%(created)s, l.created_at, %(ended)s), coalesce(%(answered)s, l.answered_at),
-       %(ended)s, %(billsec)s, %(cause)s
+       %(ended)s,
+       coalesce(%(billsec)s, CASE WHEN coalesce(%(answered)s, l.answered_at) IS NULL THEN 0
+                                  ELSE greatest(0, floor(extract(epoch FROM %(ended)s
+                                                     - coalesce(%(answered)s, l.answered_at))))::int END),
+       %(cause)s
   FROM (SELECT 1) one LEFT JOIN live_channels l ON l.node = %(node)s AND l.call_id = %(call)s
 ON CONFLICT (node, call_id) DO UPDATE SET   -- the real record replaces a placeholder written at a reconnect
     answered_at = EXCLUDED.answered_at, ended_at = EXCLUDED.ended_at, billsec = EXCLUDED.billsec,
@@ -89,9 +94,10 @@ def seen(leg: Leg) -> list[Q]:
     return [Q(_UPSERT, _params(leg))]
 
 
-def ended(leg: Leg, ended_at: dt.datetime, billsec: int, cause: str) -> list[Q]:
-    """One CDR for the leg (never a second), and the leg leaves the live state."""
-    p = {**_params(leg), "ended": ended_at, "billsec": max(0, billsec), "cause": cause}
+def ended(leg: Leg, ended_at: dt.datetime, billsec: int | None, cause: str) -> list[Q]:
+    """One CDR for the leg (never a second), and the leg leaves the live state.
+    ``billsec`` None: from the answer time the live state holds."""
+    p = {**_params(leg), "ended": ended_at, "billsec": None if billsec is None else max(0, billsec), "cause": cause}
     return [Q(_CDR, p), Q(_GONE, p)]
 
 
@@ -217,3 +223,101 @@ def fs_rebuild(node: str, channels_json: str, registrations_json: str,
         regs.append((r.get("reg_user", ""), r.get("url", ""), f"{r.get('network_ip', '')}:{r.get('network_port', '')}",
                      r.get("agent", ""), dt.datetime.fromtimestamp(int(exp), dt.UTC) if exp.isdigit() else None))
     return rebuild(node, "freeswitch", [leg for leg in legs if leg.call_id], regs)
+
+
+# -------------------------------------------------------------------- Asterisk
+
+_TENANT_CONTEXT = re.compile(r"t(\d{1,18})")
+
+
+def _ami_time(msg: Mapping[str, str]) -> dt.datetime:
+    ts = msg.get("Timestamp", "")
+    try:
+        return dt.datetime.fromtimestamp(float(ts), dt.UTC)
+    except ValueError:
+        return dt.datetime.now(dt.UTC)
+
+
+def ami_leg(node: str, msg: Mapping[str, str]) -> Leg:
+    """An Asterisk channel event's leg.  A phone's call starts in its
+    tenant's context ``t<id>`` (out; the account is the PJSIP endpoint); a
+    call to a number enters ``dustel-public`` (in); the dialplan sets the
+    channel's account code to the tenant, which other legs inherit.  A
+    channel ``Dial`` creates shares its caller's ``Linkedid``: it is a leg,
+    whatever its endpoint's context is."""
+    ctx = msg.get("Context", "")
+    channel = msg.get("Channel", "")
+    m = _TENANT_CONTEXT.fullmatch(ctx)
+    tenant = int(m.group(1)) if m else _tenant(msg.get("AccountCode", ""))
+    # a channel Dial created carries its caller's Linkedid: a leg, whatever its context
+    dialed = msg.get("Linkedid", msg.get("Uniqueid", "")) != msg.get("Uniqueid", "")
+    if dialed:
+        direction, account = "leg", ""
+    elif m:
+        direction = "out"
+        account = channel.split("/", 1)[-1].rsplit("-", 1)[0] if channel.startswith("PJSIP/") else ""
+    elif ctx in ("dustel-public", "dustel-inbound") or ctx.startswith("dustel-target"):
+        direction, account = "in", ""
+    else:
+        direction, account = "leg", ""
+    return Leg(node=node, call_id=msg.get("Uniqueid", ""), engine="asterisk", tenant=tenant, account=account,
+               direction=direction, caller=msg.get("CallerIDNum", "").replace("<unknown>", ""),
+               callee=msg.get("Exten", msg.get("Extension", "")), channel=channel)
+
+
+def on_ami_event(node: str, msg: Mapping[str, str]) -> list[Q]:
+    from ..agi.freeswitch import CAUSES
+    name = msg.get("Event", "")
+    if name in ("Newchannel", "NewAccountCode", "Newstate"):
+        leg = ami_leg(node, msg)
+        if not leg.call_id:
+            return []
+        at = _ami_time(msg)
+        if name == "Newchannel":
+            leg = Leg(**{**leg.__dict__, "created": at})
+        elif name == "Newstate":
+            if msg.get("ChannelState") != "6":       # 6: Up
+                return []
+            leg = Leg(**{**leg.__dict__, "answered": at})
+        else:
+            leg = Leg(**{**leg.__dict__, "direction": "leg", "callee": "", "account": ""})
+        return seen(leg)
+    if name == "Hangup":
+        leg = ami_leg(node, msg)
+        if not leg.call_id:
+            return []
+        cause = msg.get("Cause", "")
+        return ended(Leg(**{**leg.__dict__, "direction": "leg", "callee": "", "account": ""}), _ami_time(msg),
+                     None, CAUSES.get(int(cause), cause) if cause.isdigit() else cause)
+    if name == "ContactStatus":
+        status = msg.get("ContactStatus", "")
+        user = msg.get("EndpointName") or msg.get("AOR", "")
+        if status and status != "Removed":     # Created, Updated, Reachable, Unqualified, Unreachable …: present
+            return registered(node, user, msg.get("URI", ""), msg.get("ViaAddress", ""), msg.get("UserAgent", ""),
+                              _reg_expire(msg.get("RegExpire", "")))
+        if status == "Removed":
+            return unregistered(node, user, msg.get("URI", ""))
+        return []
+    return []
+
+
+def _reg_expire(raw: str) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(int(raw), dt.UTC) if raw.isdigit() and raw != "0" else None
+
+
+def ami_rebuild(node: str, channels: list[Mapping[str, str]], contacts: list[Mapping[str, str]]) -> list[Q]:
+    """``CoreShowChannels`` / ``PJSIPShowContacts`` event lists."""
+    now = dt.datetime.now(dt.UTC)
+    legs = []
+    for c in channels:
+        leg = ami_leg(node, c)
+        h, _, rest = c.get("Duration", "").partition(":")
+        mnt, _, sec = rest.partition(":")
+        age = int(h) * 3600 + int(mnt) * 60 + int(sec) if (h + mnt + sec).isdigit() else 0
+        created = now - dt.timedelta(seconds=age)
+        legs.append(Leg(**{**leg.__dict__, "created": created,
+                           "answered": created if c.get("ChannelState") == "6" else None}))
+    regs = [(c.get("Endpoint") or c.get("Aor", ""), c.get("Uri", ""), c.get("ViaAddr", ""), c.get("UserAgent", ""),
+             _reg_expire(c.get("RegExpire", c.get("ExpirationTime", "")))) for c in contacts
+            if c.get("Endpoint") or c.get("Aor")]
+    return rebuild(node, "asterisk", [leg for leg in legs if leg.call_id], regs)

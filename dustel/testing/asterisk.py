@@ -9,6 +9,7 @@ plus the files under test), bind-mounts /proc and /dev and runs
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import time
@@ -121,6 +122,19 @@ class Asterisk:
                 subprocess.run(["mount", "--bind", f"/{sub}", str(target)], check=True)
                 self._mounted.append(target)
 
+    def _stop_stray(self) -> None:
+        """An Asterisk left running in this chroot by an interrupted run would
+        answer our CLI and hold the ports: stop it first."""
+        root = str(self.root.resolve())
+        for pid in Path("/proc").iterdir():
+            if not pid.name.isdigit():
+                continue
+            try:
+                if Path(pid, "root").resolve() == Path(root) and Path(pid, "comm").read_text().strip() == "asterisk":
+                    os.kill(int(pid.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+
     def _umount(self) -> None:
         while self._mounted:
             subprocess.run(["umount", "-l", str(self._mounted.pop())], check=False)
@@ -140,10 +154,17 @@ class Asterisk:
             w.setframerate(8000)
             w.writeframes(b"\x00\x00" * 8000)
 
-    def start(self, files: dict[str, str], dirs: Sequence[str] = ()) -> None:
+    def start(self, files: dict[str, str], dirs: Sequence[str] = (), fresh: bool = True) -> None:
+        """Start Asterisk on ``files``.  ``fresh``: forget what an earlier run
+        stored (astdb: registered contacts survive a restart, as in
+        production — ``fresh=False`` is such a restart)."""
         self.write_config(files)
         for d in ("var/run/asterisk", "var/log/asterisk", "var/spool/asterisk", "var/lib/asterisk", *dirs):
             (self.root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        self._stop_stray()
+        if fresh:
+            for f in (self.root / "var/lib/asterisk").glob("astdb.sqlite3*"):
+                f.unlink()
         if self.log_path.exists():
             self.log_path.unlink()
         self._mount()

@@ -3,6 +3,7 @@
 the carrier (F-04)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ from dustel.render import service
 from dustel.testing.asterisk import Asterisk
 from tests.engines.conftest import free_port
 from tests.factories import PASSWORD, account, tenant
+from tests.esl_emulator import wait_for
 from tests.render_fixture import GOLDEN_SETTINGS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -39,6 +41,9 @@ class Stack:
     agi_log: Path
     tenant_id: int
     user: str
+    files: dict[str, str]
+    settings: Any
+    dirs: list[str]
 
     def call(self, dialed: str, scenario: str, timeout: int = 30) -> subprocess.CompletedProcess[str]:
         log = self.tmp / f"uac-{dialed}-{time.monotonic_ns()}.log"
@@ -96,7 +101,8 @@ def stack(conn: psycopg.Connection, db_url: str, tmp_path: Path, asterisk: Aster
         _wait_port(agi_port, agi, "dustel agi serve")
         asterisk.add_moh_class_dir(f"{settings.moh_dir}/default/8000")
         asterisk.start(files, dirs=[settings.fax_spool_dir])
-        yield Stack(conn, asterisk, sipp, tmp_path, sip_port, carrier_log, agi_log, t["id"], user)
+        yield Stack(conn, asterisk, sipp, tmp_path, sip_port, carrier_log, agi_log, t["id"], user, files, settings,
+                    [settings.fax_spool_dir])
     finally:
         for p in (agi, carrier):
             p.terminate()
@@ -155,3 +161,83 @@ def test_emergency_passes_with_empty_balance(stack: Stack) -> None:
     # routed to the PSAP of Düsseldorf (the account's area) without asking the policy
     assert "INVITE sip:021111112@" in stack.carrier_log.read_text(errors="replace")
     assert "callee=112" not in stack.agi_log.read_text()
+
+
+# ------------------------------------------------------------ controller (AMI)
+
+class AMIController:
+    def __init__(self, stack: Stack, db_url: str) -> None:
+        s = stack.settings
+        env = {**os.environ, "DUSTEL_CONTROLLER_DSN": db_url,
+               "DUSTEL_CONTROLLER_NODES": json.dumps([[NODE, "127.0.0.1", s.ami_port, s.ami_username,
+                                                        s.ami_secret]])}
+        self.log_path = stack.tmp / "controller.log"
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.ami_main"], env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rebuilt(self, times: int = 1) -> None:
+        wait_for(lambda: self.log().count("live state rebuilt") >= times, 40, f"rebuild #{times}: {self.log()}")
+
+
+@pytest.fixture
+def controller(stack: Stack, db_url: str) -> Iterator[AMIController]:
+    c = AMIController(stack, db_url)
+    yield c
+    c.proc.terminate()
+    c.proc.wait(10)
+
+
+def register(stack: Stack) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
+         "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1",
+         "-p", str(free_port()), "-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"],
+        capture_output=True, text=True, timeout=30, cwd=stack.tmp)
+
+
+def cdrs(stack: Stack) -> list[dict[str, Any]]:
+    return stack.conn.execute("SELECT * FROM cdrs WHERE node = %s ORDER BY started_at", (NODE,)).fetchall()
+
+
+def test_controller_follows_registrations_and_writes_one_cdr_per_leg(stack: Stack, controller: AMIController) -> None:
+    controller.rebuilt()
+    r = register(stack)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
+    reg = wait_for(lambda: stack.conn.execute("SELECT * FROM registrations WHERE node = %s", (NODE,)).fetchone(),
+                   20, "registration in the live state")
+    assert reg["username"] == stack.user and reg["tenant_id"] == stack.tenant_id
+    stack.conn.execute("UPDATE sip_accounts SET max_call_seconds = 2")
+    r = stack.call("0211123456", "call_until_bye.xml")
+    assert r.returncode == 0, r.stdout[-1500:]
+    wait_for(lambda: len(cdrs(stack)) == 2, 20, "two CDRs (caller leg, carrier leg)")
+    a, b = sorted(cdrs(stack), key=lambda c: c["direction"] != "out")
+    assert (a["direction"], a["tenant_id"], a["account"], a["callee"]) == ("out", stack.tenant_id, stack.user,
+                                                                           "0211123456")
+    assert abs(a["billsec"] - 2) <= 1 and a["answered_at"] is not None
+    assert b["direction"] == "leg" and b["tenant_id"] == stack.tenant_id      # the account code is inherited
+    assert {a["hangup_cause"], b["hangup_cause"]} <= {"NORMAL_CLEARING", "RECOVERY_ON_TIMER_EXPIRE", "16", "19"}
+    assert stack.conn.execute("SELECT count(*) AS n FROM live_channels").fetchone()["n"] == 0
+
+
+def test_controller_survives_an_asterisk_restart(stack: Stack, controller: AMIController) -> None:
+    controller.rebuilt()
+    assert register(stack).returncode == 0
+    wait_for(lambda: stack.conn.execute("SELECT count(*) AS n FROM online_accounts").fetchone()["n"] == 1, 20,
+             f"registration: {stack.conn.execute('SELECT * FROM registrations').fetchall()} {controller.log()}")
+    before = stack.conn.execute("SELECT username, contact FROM registrations").fetchall()
+    stack.conn.execute("UPDATE registrations SET user_agent = 'stale'")
+    stack.asterisk.stop()
+    stack.asterisk.start(stack.files, dirs=stack.dirs, fresh=False)
+    controller.rebuilt(2)
+    # the contact survived the restart in Asterisk's astdb; the rebuild took it from the engine again
+    after = stack.conn.execute("SELECT username, contact, user_agent FROM registrations").fetchall()
+    assert [(r["username"], r["contact"]) for r in after] == [(r["username"], r["contact"]) for r in before]
+    assert all(r["user_agent"] != "stale" for r in after)
+    stack.conn.execute("UPDATE sip_accounts SET max_call_seconds = 1")
+    assert stack.call("0211123456", "call_until_bye.xml").returncode == 0
+    wait_for(lambda: len(cdrs(stack)) == 2, 20, "CDRs after the restart")
+    assert controller.proc.poll() is None

@@ -1,0 +1,92 @@
+"""The controller's Asterisk side (asyncio process, panoramisk).
+
+Per node: panoramisk's Manager logs in and reconnects by itself; on every
+login dustel rebuilds the live state from the engine (``CoreShowChannels``,
+``PJSIPShowContacts``) and then applies the events queued meanwhile, in
+order, one transaction each.  The reconnect delay doubles from 1 s to 10 s
+while the node stays away.  An event the database refuses is logged and
+skipped."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from panoramisk import Manager
+
+from ..billing.calls import Q
+from . import state
+
+log = logging.getLogger("dustel.controller.ami")
+
+REBUILD = object()
+
+
+class AMINode:
+    def __init__(self, name: str, host: str, port: int, username: str, secret: str, dsn: str) -> None:
+        self.name, self.dsn = name, dsn
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+        self.logins = 0
+        self.manager = Manager(host=host, port=port, username=username, secret=secret, events="call,system,agent",
+                               ping_delay=5, ping_interval=5, reconnect_timeout=1,
+                               on_login=self._on_login, on_disconnect=self._on_disconnect,
+                               log=logging.getLogger("dustel.controller.panoramisk"))
+        self.manager.register_event("*", self._on_event)
+
+    def _on_login(self, manager: Manager) -> None:
+        self.logins += 1
+        manager.reconnect_timeout = 1
+        log.info("node=%s logged in", self.name)
+        self.queue.put_nowait(REBUILD)
+
+    def _on_disconnect(self, manager: Manager, exc: Exception | None) -> None:
+        manager.reconnect_timeout = min(manager.reconnect_timeout * 2, 10)
+        log.warning("node=%s connection lost (%s); retrying in %s s", self.name, exc, manager.reconnect_timeout)
+
+    def _on_event(self, manager: Manager, event: Mapping[str, Any]) -> None:
+        self.queue.put_nowait({str(k): str(v) for k, v in dict(event).items()})
+
+    async def apply(self, ops: list[Q]) -> None:
+        if not ops:
+            return
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn)
+            async with self.conn.transaction():
+                for q in ops:
+                    await self.conn.execute(q.sql, q.params)
+        except psycopg.Error as exc:
+            log.warning("node=%s: database refused an event's changes (%s); skipped", self.name, exc)
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+
+    async def rebuild(self) -> None:
+        channels = await self._list({"Action": "CoreShowChannels"}, "CoreShowChannel")
+        contacts = await self._list({"Action": "PJSIPShowContacts"}, "ContactList")
+        await self.apply(state.ami_rebuild(self.name, channels, contacts))
+        log.info("node=%s live state rebuilt: %s channels, %s contacts", self.name, len(channels), len(contacts))
+
+    async def _list(self, action: dict[str, str], item: str) -> list[dict[str, str]]:
+        # panoramisk detects the event list itself; "No Contacts found" is a single Error response
+        res = await asyncio.wait_for(self.manager.send_action(action), 10)
+        msgs = res if isinstance(res, list) else [res]
+        return [{str(k): str(v) for k, v in dict(m).items()} for m in msgs if m.get("Event") == item]
+
+    async def run(self) -> None:
+        self.manager.connect()
+        while True:
+            item = await self.queue.get()
+            try:
+                if item is REBUILD:
+                    await self.rebuild()
+                else:
+                    await self.apply(state.on_ami_event(self.name, item))
+            except (ValueError, KeyError, TimeoutError, ConnectionError) as exc:
+                log.warning("node=%s: event skipped: %s: %s", self.name, type(exc).__name__, exc)
+
+
+async def run(nodes: list[tuple[str, str, int, str, str]], dsn: str) -> None:
+    await asyncio.gather(*(AMINode(n, h, p, u, s, dsn).run() for n, h, p, u, s in nodes))
