@@ -9,8 +9,8 @@ plus the files under test), bind-mounts /proc and /dev and runs
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import time
 import wave

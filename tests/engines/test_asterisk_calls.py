@@ -22,8 +22,8 @@ from dustel.billing import calls
 from dustel.render import service
 from dustel.testing.asterisk import Asterisk
 from tests.engines.conftest import free_port
-from tests.factories import PASSWORD, account, tenant
 from tests.esl_emulator import wait_for
+from tests.factories import PASSWORD, account, tenant
 from tests.render_fixture import GOLDEN_SETTINGS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
