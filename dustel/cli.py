@@ -13,6 +13,7 @@ import click
 from .commands import (
     account_cmd,
     billing_cmd,
+    controller_cmd,
     db_cmd,
     demo_cmd,
     feature_cmd,
@@ -69,6 +70,7 @@ for command in (
     feature_cmd.blacklist, feature_cmd.whitelist, feature_cmd.speeddial,
     target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent,
     billing_cmd.rates, billing_cmd.credit, billing_cmd.agi, billing_cmd.esl,
+    controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo,
 ):
     cli.add_command(command)

@@ -1,0 +1,126 @@
+"""Commands to the engines, for the CLI and for other parts (render
+--reload, the queue service): built purely (every value from data is a
+``protocol.token`` or refused), sent by two small one-shot clients — a
+blocking Event Socket client (no gevent needed for one command) and
+panoramisk for AMI.
+
+Features that live in the database (forwarding, groups, limits, lists)
+need no command at all: the call-time policy reads them for every call.
+Queue membership goes to the engines through ``dustel.queue`` (issue 6)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import protocol as P
+
+FS_CAUSES = frozenset({"NORMAL_CLEARING", "CALL_REJECTED", "USER_BUSY", "NO_ANSWER", "ALLOTTED_TIMEOUT",
+                       "MANAGER_REQUEST", "NORMAL_TEMPORARY_FAILURE", "RECOVERY_ON_TIMER_EXPIRE"})
+
+
+# ------------------------------------------------------------------ FreeSWITCH
+
+def fs_kill(uuid: str, cause: str = "MANAGER_REQUEST") -> bytes:
+    if cause not in FS_CAUSES:
+        raise ValueError(f"cause: must be one of {', '.join(sorted(FS_CAUSES))}")
+    return P.api("uuid_kill", P.token(uuid, "call id"), cause)
+
+
+def fs_transfer(uuid: str, destination: str, context: str) -> bytes:
+    return P.api("uuid_transfer", P.token(uuid, "call id"), P.token(destination, "destination"), "XML",
+                 P.token(context, "context"))
+
+
+def fs_reload() -> list[bytes]:
+    """After a render: the XML, the SIP profiles (new / removed users,
+    gateways), the call-centre queues."""
+    return [P.api("reloadxml"), P.api("sofia", "profile", "internal", "rescan"),
+            P.api("sofia", "profile", "external", "rescan")]
+
+
+@dataclass
+class ESLClient:
+    """A blocking, one-shot inbound Event Socket client."""
+    host: str
+    port: int
+    password: str
+    timeout: float = 10.0
+
+    def run(self, commands: Iterable[bytes]) -> list[P.Frame]:
+        replies: list[P.Frame] = []
+        reader = P.FrameReader()
+        pending: list[P.Frame] = []
+
+        def next_frame(sock: socket.socket) -> P.Frame:
+            while not pending:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("FreeSWITCH closed the event socket")
+                pending.extend(f for f in reader.feed(data) if f.content_type in ("auth/request", "command/reply",
+                                                                                  "api/response",
+                                                                                  "text/disconnect-notice"))
+            return pending.pop(0)
+
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+            if next_frame(sock).content_type != "auth/request":
+                raise ConnectionError("no auth/request greeting")
+            sock.sendall(P.command("auth " + P.header_value(self.password, "password")))
+            if not next_frame(sock).ok:
+                raise PermissionError("event socket password refused")
+            for cmd in commands:
+                sock.sendall(cmd)
+                replies.append(next_frame(sock))
+            sock.sendall(P.command("exit"))
+        return replies
+
+
+# -------------------------------------------------------------------- Asterisk
+
+def ami(action: str, **fields: object) -> dict[str, str]:
+    """An AMI action: ``Key: value`` lines, so no value may carry a line break
+    (it would add a header, or a second action after a blank line)."""
+    out = {"Action": P.token(action, "action")}
+    for key, value in fields.items():
+        v = str(value)
+        if any(c in v for c in "\r\n\x00"):
+            raise ValueError(f"{key}: must not contain a line break")
+        out[P.token(key, "field")] = v
+    return out
+
+
+def ast_hangup(channel: str, cause: int = 16) -> dict[str, str]:
+    return ami("Hangup", Channel=P.token(channel, "channel"), Cause=int(cause))
+
+
+def ast_redirect(channel: str, destination: str, context: str) -> dict[str, str]:
+    return ami("Redirect", Channel=P.token(channel, "channel"), Exten=P.token(destination, "destination"),
+               Context=P.token(context, "context"), Priority=1)
+
+
+def ast_reload() -> list[dict[str, str]]:
+    return [ami("Command", Command="module reload res_pjsip.so"), ami("Command", Command="dialplan reload"),
+            ami("Command", Command="module reload app_queue.so"),
+            ami("Command", Command="module reload res_musiconhold.so")]
+
+
+async def _ami_run(host: str, port: int, username: str, secret: str, actions: list[dict[str, str]]) -> list[Any]:
+    from panoramisk import Manager
+    m = Manager(host=host, port=port, username=username, secret=secret, events="off", ping_delay=3600)
+    await asyncio.wait_for(m.connect(), 10)
+    try:
+        for _ in range(100):
+            if m.authenticated:
+                break
+            await asyncio.sleep(0.05)
+        if not m.authenticated:
+            raise PermissionError("AMI login refused")
+        return [await asyncio.wait_for(m.send_action(a), 10) for a in actions]
+    finally:
+        m.close()
+
+
+def ami_run(host: str, port: int, username: str, secret: str, actions: list[dict[str, str]]) -> list[Any]:
+    return asyncio.run(_ami_run(host, port, username, secret, actions))
