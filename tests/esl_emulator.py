@@ -164,6 +164,7 @@ class OutboundCall:
     switchname: str = "vm"
     executed: list[tuple[str, str]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    dtmf: list[str] = field(default_factory=list)          # what the caller keys in at each prompt
     hangup_cause: str = ""
     billsec: int = 0
     answered: bool = False
@@ -255,6 +256,9 @@ class OutboundCall:
                     continue
                 self._send(self._reply("+OK"))
                 self._execute(headers.get("execute-app-name", ""), headers.get("execute-app-arg", ""))
+            elif cmd.startswith("api "):
+                body = b"+OK\n"
+                self._send(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
             elif cmd == "exit":
                 self.closed_by_client = True
                 self._send(self._reply("+OK bye"))
@@ -285,6 +289,9 @@ class OutboundCall:
         elif app in ("bridge", "callcenter"):
             self._bridge(app_h)
             return
+        elif app == "play_and_get_digits":
+            var = arg.split()[7]
+            self.variables[var] = self.dtmf.pop(0) if self.dtmf else ""
         self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **{"variable_current_application": app})
 
     def _answer(self) -> None:

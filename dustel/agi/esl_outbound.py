@@ -21,6 +21,7 @@ line break in a caller name forge a header).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -33,6 +34,7 @@ from psycopg_pool import ConnectionPool
 
 from ..billing import calls
 from ..controller.esl_reader import DustelSession, ESLMessage
+from ..queue import agents, codes, service
 from . import freeswitch as fs
 from . import variables as V
 from .policy import Decision
@@ -59,6 +61,11 @@ class Runtime:
         return cls.tariffs.tariff
 
 
+TONE_OK = "tone_stream://%(150,100,880);loops=2"
+TONE_ERROR = "tone_stream://%(400,200,425);loops=3"
+# min max tries timeout terminators prompt error-prompt variable regexp digit-timeout
+PROMPT = "1 8 1 6000 # tone_stream://%(100,0,880) silence_stream://250 dustel_digits \\d+ 3000"
+
 INTERNAL_ERROR = Decision(admit=False, reason="internal_error", sip_code=503, q850=41)
 
 
@@ -81,6 +88,7 @@ class CallControl:
         self.bridge_done.set(None)
 
     def _on_execute_complete(self, event: ESLMessage) -> None:
+        self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
         if event.headers.get("Application") in ("bridge", "callcenter"):
             self.bridge_done.set(event.headers)
 
@@ -91,8 +99,6 @@ class CallControl:
 
     def decide(self, data: dict[str, str]) -> Decision:
         route = fs.route_of(data)
-        if route == V.ROUTE_AGENT:
-            return Decision(admit=False, reason="star_code_unavailable", sip_code=404, q850=1)
         req = fs.request_from(data)
         d: Decision = Runtime.run(calls.admit(req, Runtime.tariff()))
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
@@ -106,6 +112,9 @@ class CallControl:
         try:
             s.myevents()
             s.linger()
+            if fs.route_of(data) == V.ROUTE_AGENT:
+                self.star(data)
+                return
             try:
                 d = self.decide(data)
                 plan = fs.actions(d, data)
@@ -127,6 +136,42 @@ class CallControl:
             self.hangup_complete.wait(5)
             if d.admit:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
+
+    def star(self, data: dict[str, str]) -> None:
+        """The agent star codes (*51–*54): store, apply to mod_callcenter with
+        ``callcenter_config`` over this socket, confirm with a tone, hang up.
+        A missing queue or PIN is prompted once each."""
+        s = self.session
+        dialed = "*" + data.get("variable_dustel_star", "") + data.get("variable_dustel_star_args", "")
+        account = data.get("variable_user_name", "")
+        try:
+            tenant = fs.request_from(data).tenant_id
+            req = codes.parse(dialed)
+        except ValueError as exc:
+            log.info("agent call=%s refused: %s", data.get("Unique-ID"), exc)
+            self._tone(False)
+            return
+        s.call_command("answer")
+        out = Runtime.run(agents.star(tenant, account, "", req))
+        for _ in range(2):
+            if out.reason not in ("need_queue", "need_pin"):
+                break
+            ev = s.call_command("play_and_get_digits", PROMPT, block=True, response_timeout=30)
+            entered = ev.headers.get("variable_dustel_digits", "") if ev is not None else ""
+            if not (entered.isascii() and entered.isdigit()):
+                break
+            req = replace(req, queue=entered) if out.reason == "need_queue" else replace(req, pin=entered)
+            out = Runtime.run(agents.star(tenant, account, "", req))
+        for change in out.changes:
+            for cmd in service.fs_commands(change):
+                s.send(cmd.decode()[:-2])
+        log.info("agent tenant=%s account=%s action=%s queue=%s ok=%s reason=%s agent=%s", tenant, account,
+                 req.action, req.queue, out.ok, out.reason, out.agent_id)
+        self._tone(out.ok)
+
+    def _tone(self, ok: bool) -> None:
+        self.session.call_command("playback", TONE_OK if ok else TONE_ERROR)
+        self.session.call_command("hangup", "NORMAL_CLEARING")
 
     def settle(self, data: dict[str, str], hangup: dict[str, str] | None) -> None:
         call_id = data.get("Unique-ID", "")

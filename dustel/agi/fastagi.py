@@ -18,6 +18,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..billing import calls
+from ..queue import agents, codes, service
 from . import variables as V
 from .policy import CallRequest, Decision
 
@@ -191,8 +193,57 @@ async def hangup(request: Request, ctx: Context) -> None:
              s.charged_cents)
 
 
+TONE_OK = "!880/150,!0/100,!880/150"           # confirmation: two short high beeps
+TONE_ERROR = "!425/400,!0/200,!425/400,!0/200,!425/400"   # refusal: three long low tones
+PROMPT_TIMEOUT_MS = 6000
+
+
+async def _digits(request: Request) -> str | None:
+    """Prompt (a beep) and read up to 8 digits ending with #; None on timeout/hangup."""
+    res = await request.send_command(f"GET DATA beep {PROMPT_TIMEOUT_MS} {codes.MAX_DIGITS}")
+    value = res.get("result", ("", ""))[0] if isinstance(res, dict) and "error" not in res else ""
+    return value if value.isascii() and value.isdigit() else None
+
+
+async def _tone(request: Request, ok: bool) -> None:
+    await request.send_command(f'EXEC Playtones "{TONE_OK if ok else TONE_ERROR}"')
+    await request.send_command("EXEC Wait 1")
+
+
+async def agent(request: Request, ctx: Context) -> None:
+    """agi://…/agent,<tenant>,<account>: the agent star codes (*51–*54).
+    Missing queue or PIN is prompted (one try each); every change is
+    stored first, then applied with app_queue applications, then confirmed
+    with a tone; a refusal plays the error tone and changes nothing."""
+    h = request.headers
+    tenant, account, dialed = int(_arg(h, 1)), _arg(h, 2), h.get("agi_extension", "")
+    try:
+        req = codes.parse(dialed)
+    except ValueError as exc:
+        log.info("agent tenant=%s account=%s refused: %s", tenant, account, exc)
+        await _tone(request, False)
+        return
+    await request.send_command("ANSWER")
+    out = await ctx.run(agents.star(tenant, account, "", req))
+    for _ in range(2):
+        if out.reason not in ("need_queue", "need_pin"):
+            break
+        entered = await _digits(request)
+        if entered is None:
+            break
+        req = replace(req, queue=entered) if out.reason == "need_queue" else replace(req, pin=entered)
+        out = await ctx.run(agents.star(tenant, account, "", req))
+    for change in out.changes:
+        for app, arg in service.ast_apps(change):
+            await request.send_command(f'EXEC {app} "{arg}"')
+    log.info("agent tenant=%s account=%s action=%s queue=%s ok=%s reason=%s agent=%s", tenant, account,
+             req.action, req.queue, out.ok, out.reason, out.agent_id)
+    await _tone(request, out.ok)
+
+
 Handler = Callable[[Request, Context], Awaitable[None]]
-ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup}
+ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
+                              V.ROUTE_AGENT: agent}
 REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND}
 
 

@@ -1,0 +1,159 @@
+"""Agent sessions: the star codes' effect, as a sans-IO flow (``billing.calls``
+drivers: sync for the FreeSWITCH socket, async for FastAGI).
+
+The database is the truth: a login, logout or pause is stored (with its
+queue event) in the same transaction that decides it; the engine commands
+the shell then sends are derived from the returned ``Change``s, and the same
+changes are re-applied to an engine after it restarts (``service.reapply``).
+
+PINs: a wrong PIN is counted on the agent; after ``MAX_FAILURES`` in a row
+the agent is locked for ``LOCK_MINUTES`` — even the right PIN is refused
+then.  The right PIN resets the count."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..billing.calls import Flow, Q
+from ..provisioning.targets import check_pin
+from .codes import StarRequest
+
+MAX_FAILURES = 5
+LOCK_MINUTES = 15
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str                   # login | logout | pause | unpause
+    tenant_id: int
+    queue: str                # engine-wide queue name t<tenant>-<queue>
+    domain: str
+    agent_id: int
+    contact_user: str | None  # the agent's phone (SIP username) …
+    contact_e164: str | None  # … or external number
+    level: int = 1
+    position: int = 1
+    last: bool = False        # logout: the agent's last queue
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    reason: str               # done | need_queue | need_pin | wrong_pin | locked | unknown_queue | not_an_agent
+    changes: tuple[Change, ...] = ()   #  | not_a_member | not_logged_in
+    agent_id: int | None = None
+
+
+_AGENT = """
+SELECT g.id, g.tenant_id, g.pin_hash, g.failed_pins, g.locked_until > now() AS locked, s.username AS contact_user,
+       g.contact_e164, t.sip_domain
+  FROM agents g JOIN tenants t ON t.id = g.tenant_id
+  LEFT JOIN sip_accounts s ON s.id = g.contact_account_id
+ WHERE g.tenant_id = %(t)s AND ((%(account)s <> '' AND s.username = %(account)s)
+                                OR (%(caller)s <> '' AND g.contact_e164 = %(caller)s))
+ ORDER BY g.id LIMIT 1
+   FOR UPDATE OF g
+"""
+
+_LOGINS = """
+SELECT l.queue_id, q.name, m.level, m.position, l.paused_since IS NOT NULL AS paused
+  FROM agent_logins l JOIN queues q ON q.id = l.queue_id
+  LEFT JOIN queue_members m ON m.queue_id = l.queue_id AND m.agent_id = l.agent_id
+ WHERE l.agent_id = %(a)s AND (%(code)s::text IS NULL OR q.code = %(code)s)
+ ORDER BY q.name
+"""
+
+_EVENT = "INSERT INTO queue_events (tenant_id, queue_id, at, kind, agent_id) VALUES (%(t)s, %(q)s, now(), %(k)s, %(a)s)"
+
+
+def star(tenant_id: int, account: str, caller: str, req: StarRequest) -> Flow:
+    """What the star code ``req`` dialed from ``account`` (a tenant's phone)
+    or from ``caller`` (an external number) does."""
+    rows = (yield Q(_AGENT, {"t": tenant_id, "account": account or "", "caller": caller or ""}))
+    if not rows:
+        return Outcome(False, "not_an_agent")
+    g = rows[0]
+
+    def change(op: str, queue: str, level: int = 1, position: int = 1, last: bool = False) -> Change:
+        return Change(op, tenant_id, f"t{tenant_id}-{queue}", g["sip_domain"], g["id"], g["contact_user"],
+                      g["contact_e164"], level or 1, position or 1, last)
+
+    if req.action == "login":
+        if req.queue is None:
+            return Outcome(False, "need_queue", agent_id=g["id"])
+        qs = (yield Q("""SELECT q.id, q.name, m.level, m.position FROM queues q
+                          LEFT JOIN queue_members m ON m.queue_id = q.id AND m.agent_id = %(a)s
+                         WHERE q.tenant_id = %(t)s AND q.code = %(code)s""",
+                      {"t": tenant_id, "code": req.queue, "a": g["id"]}))
+        if not qs:
+            return Outcome(False, "unknown_queue", agent_id=g["id"])
+        q = qs[0]
+        if q["level"] is None:
+            return Outcome(False, "not_a_member", agent_id=g["id"])
+        if req.pin is None:
+            return Outcome(False, "need_pin", agent_id=g["id"])
+        if g["locked"]:
+            return Outcome(False, "locked", agent_id=g["id"])
+        if not check_pin(req.pin, g["pin_hash"]):
+            failed = g["failed_pins"] + 1
+            lock = failed >= MAX_FAILURES          # the count starts again once the lock is over
+            yield Q("""UPDATE agents SET failed_pins = %(f)s,
+                              locked_until = CASE WHEN %(lock)s THEN now() + make_interval(mins => %(mins)s)
+                                                  ELSE locked_until END
+                        WHERE id = %(a)s""", {"f": 0 if lock else failed, "lock": lock, "mins": LOCK_MINUTES,
+                                              "a": g["id"]})
+            return Outcome(False, "locked" if lock else "wrong_pin", agent_id=g["id"])
+        yield Q("UPDATE agents SET failed_pins = 0, locked_until = NULL WHERE id = %(a)s", {"a": g["id"]})
+        new = (yield Q("""INSERT INTO agent_logins (queue_id, agent_id, tenant_id, contact)
+                          VALUES (%(q)s, %(a)s, %(t)s, %(c)s) ON CONFLICT DO NOTHING RETURNING queue_id""",
+                       {"q": q["id"], "a": g["id"], "t": tenant_id,
+                        "c": g["contact_user"] or g["contact_e164"] or ""}))
+        if new:
+            yield Q(_EVENT, {"t": tenant_id, "q": q["id"], "k": "login", "a": g["id"]})
+        return Outcome(True, "done", (change("login", q["name"], q["level"], q["position"]),), g["id"])
+
+    logins = (yield Q(_LOGINS, {"a": g["id"], "code": req.queue}))
+    if not logins:
+        return Outcome(False, "not_logged_in", agent_id=g["id"])
+    changes = []
+    if req.action == "logout":
+        remaining = (yield Q("SELECT count(*) AS n FROM agent_logins WHERE agent_id = %(a)s", {"a": g["id"]}))
+        left = remaining[0]["n"] - len(logins)
+        for i, lg in enumerate(logins):
+            yield Q("DELETE FROM agent_logins WHERE queue_id = %(q)s AND agent_id = %(a)s",
+                    {"q": lg["queue_id"], "a": g["id"]})
+            if lg["paused"]:
+                yield Q(_EVENT, {"t": tenant_id, "q": lg["queue_id"], "k": "unpause", "a": g["id"]})
+            yield Q(_EVENT, {"t": tenant_id, "q": lg["queue_id"], "k": "logout", "a": g["id"]})
+            changes.append(change("logout", lg["name"], lg["level"], lg["position"],
+                                  last=left == 0 and i == len(logins) - 1))
+    else:
+        pause = req.action == "pause"
+        for lg in logins:
+            if lg["paused"] == pause:
+                continue
+            yield Q("""UPDATE agent_logins SET paused_since = CASE WHEN %(p)s THEN now() END
+                        WHERE queue_id = %(q)s AND agent_id = %(a)s""", {"p": pause, "q": lg["queue_id"],
+                                                                          "a": g["id"]})
+            yield Q(_EVENT, {"t": tenant_id, "q": lg["queue_id"], "k": req.action, "a": g["id"]})
+            changes.append(change(req.action, lg["name"], lg["level"], lg["position"]))
+    return Outcome(True, "done", tuple(changes), g["id"])
+
+
+def current() -> Flow:
+    """Every login as a ``Change`` (plus a pause where paused): what an engine
+    must be told again after it restarted."""
+    rows = (yield Q("""SELECT l.tenant_id, q.name, t.sip_domain, l.agent_id, s.username AS contact_user,
+                              g.contact_e164, m.level, m.position, l.paused_since IS NOT NULL AS paused
+                         FROM agent_logins l JOIN queues q ON q.id = l.queue_id JOIN tenants t ON t.id = l.tenant_id
+                         JOIN agents g ON g.id = l.agent_id LEFT JOIN sip_accounts s ON s.id = g.contact_account_id
+                         LEFT JOIN queue_members m ON m.queue_id = l.queue_id AND m.agent_id = l.agent_id
+                        ORDER BY l.tenant_id, q.name, l.agent_id""", {}))
+    out = []
+    for r in rows:
+        base = dict(tenant_id=r["tenant_id"], queue=f"t{r['tenant_id']}-{r['name']}", domain=r["sip_domain"],
+                    agent_id=r["agent_id"], contact_user=r["contact_user"], contact_e164=r["contact_e164"],
+                    level=r["level"] or 1, position=r["position"] or 1)
+        out.append(Change("login", **base))
+        if r["paused"]:
+            out.append(Change("pause", **base))
+    return out

@@ -1,0 +1,33 @@
+"""Star codes, pure: what a dialed string asks for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..agi import variables as V
+
+ACTIONS = {V.STAR_LOGIN: "login", V.STAR_LOGOUT: "logout", V.STAR_PAUSE: "pause", V.STAR_UNPAUSE: "unpause"}
+MAX_DIGITS = 8
+
+
+@dataclass(frozen=True)
+class StarRequest:
+    action: str                 # login | logout | pause | unpause
+    queue: str | None = None    # queue code
+    pin: str | None = None
+
+
+def parse(dialed: str, codes: dict[str, str] | None = None) -> StarRequest:
+    """``*51``, ``*51*<queue>``, ``*51*<queue>*<pin>`` (and ``*52``–``*54``,
+    optionally with a queue).  Refuses anything else with a ValueError."""
+    table = codes or ACTIONS
+    for prefix, action in table.items():
+        if dialed == prefix or dialed.startswith(prefix + "*"):
+            rest = dialed[len(prefix) + 1:] if len(dialed) > len(prefix) else ""
+            parts = rest.split("*") if rest else []
+            if len(parts) > 2 or any(not (p.isascii() and p.isdigit()) or len(p) > MAX_DIGITS for p in parts):
+                raise ValueError(f"star code: {dialed[:20]!r} is not {prefix}[*queue[*pin]] with up to "
+                                 f"{MAX_DIGITS} digits each")
+            if parts[1:] and action != "login":
+                raise ValueError(f"star code: {prefix} takes no PIN")
+            return StarRequest(action, parts[0] if parts else None, parts[1] if len(parts) > 1 else None)
+    raise ValueError(f"star code: {dialed[:20]!r} is not an agent code")

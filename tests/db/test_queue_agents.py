@@ -1,0 +1,173 @@
+"""DUSqueue agents: star codes on FreeSWITCH (the real outbound-socket
+process against the emulator: the exact callcenter_config commands) and on
+the FastAGI server (the app_queue applications), PIN lockout, bad input."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from dustel.agi import fastagi
+from dustel.provisioning import targets
+from dustel.queue import agents, codes
+from tests.db.test_esl_outbound import Server
+from tests.db.test_fastagi import free_port
+from tests.esl_emulator import OutboundCall
+from tests.factories import account, tenant
+
+
+@pytest.fixture
+def org(conn: psycopg.Connection) -> dict[str, Any]:
+    t = tenant(conn, options={"acd": 1})
+    u, other = account(conn, t["id"]), account(conn, t["id"])
+    with conn.transaction():
+        q = targets.queue_add(conn, t["id"], "support", "1")
+        targets.queue_add(conn, t["id"], "sales", "2")
+        g = targets.agent_add(conn, t["id"], "Erika", "1234", account=u, queues=["support", "sales"])
+    return {"t": t, "u": u, "other": other, "q": q, "g": g, "d": t["sip_domain"]}
+
+
+@pytest.fixture
+def server(db_url: str) -> Iterator[Server]:
+    s = Server(db_url)
+    yield s
+    s.stop()
+
+
+def star(server: Server, org: dict[str, Any], dialed: str, user: str | None = None,
+         dtmf: list[str] | None = None) -> OutboundCall:
+    assert dialed.startswith("*5")
+    c = OutboundCall(server.port, dialed, {"dustel_tenant": str(org["t"]["id"]), "user_name": user or org["u"],
+                                           "dustel_star": dialed[1:3], "dustel_star_args": dialed[3:]},
+                     dtmf=list(dtmf or []))
+    c.start()
+    return c.wait()
+
+
+def api(c: OutboundCall) -> list[str]:
+    return [x for x in c.commands if x.startswith("api ")]
+
+
+def logins(conn: psycopg.Connection) -> list[tuple[str, bool]]:
+    return [(r["name"], r["paused"]) for r in conn.execute(
+        """SELECT q.name, l.paused_since IS NOT NULL AS paused FROM agent_logins l JOIN queues q ON q.id = l.queue_id
+            ORDER BY q.name""").fetchall()]
+
+
+def events(conn: psycopg.Connection) -> list[str]:
+    return [r["kind"] for r in conn.execute("SELECT kind FROM queue_events ORDER BY id").fetchall()]
+
+
+def test_login_pause_logout_send_the_exact_callcenter_commands(server: Server, conn: psycopg.Connection,
+                                                               org: dict[str, Any]) -> None:
+    a, d, tid = f"agent-{org['g']['id']}@{org['d']}", org["d"], org["t"]["id"]
+    c = star(server, org, "*51*1*1234")
+    assert api(c) == [f"api callcenter_config tier add t{tid}-support@{d} {a} 1 1",
+                      f"api callcenter_config agent set status {a} Available"]
+    assert c.executed[0] == ("answer", "") and c.executed[-2][1].startswith("tone_stream://%(150")
+    assert logins(conn) == [("support", False)]
+    c = star(server, org, "*51", dtmf=["2", "1234"])              # prompted for queue, then PIN
+    assert api(c)[0] == f"api callcenter_config tier add t{tid}-sales@{d} {a} 1 1"
+    assert [x[0] for x in c.executed].count("play_and_get_digits") == 2
+    assert logins(conn) == [("sales", False), ("support", False)]
+    assert api(star(server, org, "*53")) == [f"api callcenter_config agent set status {a} 'On Break'"] * 2
+    assert logins(conn) == [("sales", True), ("support", True)]
+    assert api(star(server, org, "*54")) == [f"api callcenter_config agent set status {a} Available"] * 2
+    assert api(star(server, org, "*52*1")) == [f"api callcenter_config tier del t{tid}-support@{d} {a}"]
+    assert api(star(server, org, "*52")) == [f"api callcenter_config tier del t{tid}-sales@{d} {a}",
+                                             f"api callcenter_config agent set status {a} 'Logged Out'"]
+    assert logins(conn) == []
+    assert events(conn) == ["login", "login", "pause", "pause", "unpause", "unpause", "logout", "logout"]
+
+
+@pytest.mark.parametrize("dialed,user_key,dtmf", [
+    ("*51*9*1234", "u", []),                 # unknown queue
+    ("*51*1*123456789", "u", []),            # overlong PIN
+    ("*51*1*1234", "other", []),             # not an agent
+    ("*51", "u", ["12x"]),                   # prompt answered with non-digits
+    ("*52", "u", []),                        # not logged in
+])
+def test_bad_input_is_refused_and_changes_nothing(server: Server, conn: psycopg.Connection, org: dict[str, Any],
+                                                  dialed: str, user_key: str, dtmf: list[str]) -> None:
+    c = star(server, org, dialed, user=org[user_key], dtmf=dtmf)
+    assert api(c) == []
+    assert ("playback", "tone_stream://%(400,200,425);loops=3") in c.executed
+    assert logins(conn) == [] and events(conn) == []
+
+
+def test_wrong_pins_lock_the_agent(server: Server, conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    for i in range(agents.MAX_FAILURES - 1):
+        star(server, org, "*51*1*9999")
+        assert conn.execute("SELECT failed_pins FROM agents").fetchone()["failed_pins"] == i + 1
+    star(server, org, "*51*1*9999")
+    g = conn.execute("SELECT failed_pins, locked_until > now() AS locked FROM agents").fetchone()
+    assert g["locked"] and g["failed_pins"] == 0
+    c = star(server, org, "*51*1*1234")                     # the right PIN while locked
+    assert api(c) == [] and logins(conn) == []
+    assert any("reason=locked" in line for line in server.log)
+    conn.execute("UPDATE agents SET locked_until = now() - interval '1 second'")
+    assert len(api(star(server, org, "*51*1*1234"))) == 2
+
+
+def test_another_tenants_queue_is_unknown(conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    from dustel.billing.calls import run_sync
+    other = tenant(conn, name="Other", options={"acd": 1})
+    with conn.transaction():
+        targets.queue_add(conn, other["id"], "secret", "7")
+    out = run_sync(conn, agents.star(org["t"]["id"], org["u"], "", codes.parse("*51*7*1234")))
+    assert (out.ok, out.reason) == (False, "unknown_queue")
+
+
+@pytest.mark.parametrize("dialed", ["*51*1*2*3", "*51*a", "*52*1*1234", "*5", "*55", "*51**1234"])
+def test_star_code_parsing_refuses(dialed: str) -> None:
+    with pytest.raises(ValueError, match="star code"):
+        codes.parse(dialed)
+
+
+# ----------------------------------------------------------- FastAGI (Asterisk)
+
+async def agi_session(port: int, block: bytes, answers: list[str]) -> list[str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(block)
+    seen = []
+    while line := await reader.readline():
+        cmd = line.decode().strip()
+        seen.append(cmd)
+        writer.write(f"200 result={answers.pop(0) if cmd.startswith('GET DATA') and answers else '0'}\n".encode())
+    writer.close()
+    return seen
+
+
+def test_fastagi_agent_route_runs_app_queue_applications(db_url: str, conn: psycopg.Connection,
+                                                         org: dict[str, Any]) -> None:
+    port = free_port()
+    tid, u, gid = org["t"]["id"], org["u"], org["g"]["id"]
+
+    def block(exten: str) -> bytes:
+        return (f"agi_network_script: agent\nagi_uniqueid: s1\nagi_extension: {exten}\n"
+                f"agi_arg_1: {tid}\nagi_arg_2: {u}\n\n").encode()
+
+    async def main() -> tuple[list[str], list[str], list[str]]:
+        ready = asyncio.Event()
+        task = asyncio.create_task(fastagi.serve(db_url, "127.0.0.1", port, "ast1", ready=ready))
+        await asyncio.wait_for(ready.wait(), 20)
+        try:
+            a = await agi_session(port, block("*51*1*1234"), [])
+            b = await agi_session(port, block("*51"), ["2", "1234"])
+            c = await agi_session(port, block("*53"), [])
+            return a, b, c
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    a, b, c = asyncio.run(main())
+    assert a == ["ANSWER", f'EXEC AddQueueMember "t{tid}-support,PJSIP/{u},0,,agent-{gid}"',
+                 f'EXEC Playtones "{fastagi.TONE_OK}"', "EXEC Wait 1"]
+    assert b[:3] == ["ANSWER", "GET DATA beep 6000 8", "GET DATA beep 6000 8"]
+    assert b[3] == f'EXEC AddQueueMember "t{tid}-sales,PJSIP/{u},0,,agent-{gid}"'
+    assert c[1:3] == [f'EXEC PauseQueueMember "t{tid}-sales,PJSIP/{u}"',
+                      f'EXEC PauseQueueMember "t{tid}-support,PJSIP/{u}"']
+    assert logins(conn) == [("sales", True), ("support", True)]
