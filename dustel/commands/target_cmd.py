@@ -2,9 +2,15 @@
 behaviour itself lives in dustel.queue)."""
 from __future__ import annotations
 
+import datetime as dt
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
 import click
 
-from ..provisioning import targets
+from ..errors import DustelError
+from ..provisioning import targets, tenants
 from .common import INT, Env, emit, json_option, pass_env, table
 
 faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
@@ -109,3 +115,43 @@ def agent_add(env: Env, as_json: bool, tenant_id: int, name: str, pin: str, acco
         row = targets.agent_add(conn, tenant_id, name, pin, account=account, external=external,
                                 queues=list(queues))
     emit(row, as_json, lambda d: click.echo(f"agent {d['id']} {d['name']} added"))
+
+
+def _when(name: str, value: str, tz: str) -> dt.datetime:
+    """An ISO date or date-time; without an offset it is the tenant's local time."""
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise DustelError(name, "must be an ISO date or date-time (2026-11-01 or 2026-11-01T08:00)") from None
+    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+
+
+@queue.command("stats")
+@click.option("--tenant", "tenant_id", type=INT, required=True, help="The queue's tenant.")
+@click.option("--queue", "queue_name", required=True, help="Queue name.")
+@click.option("--from", "start", required=True, help="Start (ISO; the tenant's time zone unless an offset is given).")
+@click.option("--to", "end", required=True, help="End, exclusive (same format).")
+@click.option("--by", type=click.Choice(["hour", "day", "agent"]), default="day", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file (atomically) instead of stdout.")
+@pass_env
+def queue_stats(env: Env, tenant_id: int, queue_name: str, start: str, end: str, by: str, fmt: str,
+                out: str | None) -> None:
+    """Supervisor statistics of one queue: offered, answered, abandoned, timed
+    out, closed, waits, talk time, service level — per hour or day in the
+    tenant's time zone, or per agent (calls, talk, logged-in and paused time)."""
+    from ..queue import stats
+
+    with env.tx() as conn:
+        t = tenants.get(conn, tenant_id)
+        tz = t["timezone"]
+        _, rows = stats.report(conn, tenant_id, queue_name, _when("from", start, tz), _when("to", end, tz), by)
+    text = stats.to_csv(rows) if fmt == "csv" else stats.to_json(rows) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    path = Path(out)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    click.echo(f"wrote {len(rows)} rows to {path}", err=True)

@@ -17,6 +17,7 @@ import psycopg
 from panoramisk import Manager
 
 from ..billing.calls import Q
+from ..queue import agents, service, stats
 from . import state
 
 log = logging.getLogger("dustel.controller.ami")
@@ -67,7 +68,22 @@ class AMINode:
         channels = await self._list({"Action": "CoreShowChannels"}, "CoreShowChannel")
         contacts = await self._list({"Action": "PJSIPShowContacts"}, "ContactList")
         await self.apply(state.ami_rebuild(self.name, channels, contacts))
+        await self.reapply_queues()
         log.info("node=%s live state rebuilt: %s channels, %s contacts", self.name, len(channels), len(contacts))
+
+    async def reapply_queues(self) -> None:
+        """The database is the truth: tell a (restarted) Asterisk who is logged in."""
+        from ..billing.calls import run_async
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn)
+            changes = await run_async(self.conn, agents.current())
+        except psycopg.Error as exc:
+            log.warning("node=%s: could not read agent logins: %s", self.name, exc)
+            return
+        for change in changes:
+            for action in service.ast_actions(change):
+                await asyncio.wait_for(self.manager.send_action(action), 10)
 
     async def _list(self, action: dict[str, str], item: str) -> list[dict[str, str]]:
         # panoramisk detects the event list itself; "No Contacts found" is a single Error response
@@ -83,7 +99,7 @@ class AMINode:
                 if item is REBUILD:
                     await self.rebuild()
                 else:
-                    await self.apply(state.on_ami_event(self.name, item))
+                    await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item))
             except (ValueError, KeyError, TimeoutError, ConnectionError) as exc:
                 log.warning("node=%s: event skipped: %s: %s", self.name, type(exc).__name__, exc)
 

@@ -19,6 +19,7 @@ import psycopg
 from greenswitch.esl import NotConnectedError, OutboundSessionHasGoneAway
 
 from ..billing.calls import Q
+from ..queue import agents, service, stats
 from . import protocol as P
 from . import state
 from .esl_reader import DustelInbound, ESLMessage
@@ -28,8 +29,8 @@ log = logging.getLogger("dustel.controller.esl")
 SUBSCRIBE = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP_COMPLETE HEARTBEAT "
              "CUSTOM sofia::register sofia::unregister sofia::expire callcenter::info")
 
-# other parts of the controller (queue statistics) hook in here: name -> handler(node, event) -> ops
-EXTRA_HANDLERS: dict[str, Callable[[str, P.Event], list[Q]]] = {}
+# other parts hook in here: event name -> handler(node, event) -> ops
+EXTRA_HANDLERS: dict[str, Callable[[str, P.Event], list[Q]]] = {"callcenter::info": stats.from_fs}
 
 
 class ESLNode:
@@ -122,6 +123,22 @@ class ESLNode:
                 continue
             tenants[uuid] = int(raw) if raw.isdigit() and len(raw) < 19 else None
         self.apply(state.fs_rebuild(self.name, channels, registrations, tenants))
+        self.reapply_queues(esl)
+
+    def reapply_queues(self, esl: DustelInbound) -> None:
+        """The database is the truth: tell a (restarted) engine who is logged in."""
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.dsn)
+        try:
+            with self.conn.transaction():
+                from ..billing.calls import run_sync
+                changes = run_sync(self.conn, agents.current())
+        except psycopg.Error as exc:
+            log.warning("node=%s: could not read agent logins: %s", self.name, exc)
+            return
+        for change in changes:
+            for cmd in service.fs_commands(change):
+                esl.send(cmd.decode()[:-2])
 
 
 def run(nodes: list[tuple[str, str, int, str]], dsn: str) -> None:

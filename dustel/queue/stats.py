@@ -1,0 +1,237 @@
+"""Queue statistics: engine queue events normalised into ``queue_events``
+(raw, one row per happening, idempotent by ``source_ref``), aggregated per
+hour / day / agent in the tenant's time zone, exported as CSV or JSON.
+
+Definitions (per queue, per bucket; a call counts in the bucket of the
+event that concerns it):
+
+- offered: callers that entered the queue;
+- answered / abandoned (caller hung up waiting) / timed_out (max wait
+  reached) / closed (queue closed or full, sent elsewhere);
+- wait: of answered calls — sum, average, max; abandon_wait_avg: how long
+  abandoning callers waited;
+- talk: of completed calls (agent and caller talked);
+- service_level: answered within the queue's N seconds / offered, in %;
+- per agent: calls_taken, talk, logged-in and paused time (sessions from
+  the star codes, cut to the range; a session still open counts until the
+  range's end or now, whichever is earlier).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from ..billing.calls import Q
+from ..controller.protocol import Event
+
+_INSERT = """
+INSERT INTO queue_events (tenant_id, queue_id, at, kind, call_id, agent_id, wait_ms, talk_ms, source_ref)
+SELECT q.tenant_id, q.id, %(at)s, %(kind)s, %(call)s,
+       (SELECT g.id FROM agents g WHERE g.tenant_id = q.tenant_id AND g.id = %(agent)s), %(wait)s, %(talk)s, %(ref)s
+  FROM queues q WHERE q.tenant_id = %(t)s AND q.name = %(q)s
+ON CONFLICT (source_ref) DO NOTHING
+"""
+
+
+def _queue(engine_name: str) -> tuple[int, str] | None:
+    """t<tenant>-<queue>[@domain] -> (tenant, queue name)."""
+    name = engine_name.split("@", 1)[0]
+    head, sep, queue = name.partition("-")
+    if not sep or not head.startswith("t") or not head[1:].isdigit() or not queue:
+        return None
+    return int(head[1:]), queue
+
+
+def _agent(name: str) -> int | None:
+    n = name.split("@", 1)[0]
+    return int(n[6:]) if n.startswith("agent-") and n[6:].isdigit() else None
+
+
+def _row(node: str, queue: str, kind: str, at: dt.datetime, call: str, agent: int | None = None,
+         wait_ms: int | None = None, talk_ms: int | None = None) -> list[Q]:
+    tq = _queue(queue)
+    if tq is None:
+        return []
+    return [Q(_INSERT, {"t": tq[0], "q": tq[1], "at": at, "kind": kind, "call": call, "agent": agent,
+                        "wait": None if wait_ms is None else max(0, wait_ms),
+                        "talk": None if talk_ms is None else max(0, talk_ms),
+                        "ref": f"{node}:{call}:{kind}:{agent or ''}"})]
+
+
+def _epoch(v: str) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(int(v), dt.UTC) if v.isdigit() and v != "0" else None
+
+
+def from_fs(node: str, ev: Event) -> list[Q]:
+    """mod_callcenter's ``callcenter::info`` events (epoch seconds)."""
+    action, queue = ev.get("CC-Action"), ev.get("CC-Queue")
+    call = ev.get("CC-Member-Session-UUID") or ev.get("CC-Member-UUID")
+    now = dt.datetime.fromtimestamp(int(ev.get("Event-Date-Timestamp", "0") or 0) / 1e6, dt.UTC)
+    joined = _epoch(ev.get("CC-Member-Joined-Time"))
+    if action == "member-queue-start":
+        return _row(node, queue, "offered", now, call)
+    if action == "bridge-agent-start":
+        answered = _epoch(ev.get("CC-Agent-Answered-Time")) or now
+        wait = int((answered - joined).total_seconds() * 1000) if joined else None
+        return _row(node, queue, "answered", answered, call, _agent(ev.get("CC-Agent")), wait_ms=wait)
+    if action == "bridge-agent-end":
+        answered, ended = _epoch(ev.get("CC-Agent-Answered-Time")), _epoch(ev.get("CC-Bridge-Terminated-Time"))
+        talk = int((ended - answered).total_seconds() * 1000) if answered and ended else None
+        return _row(node, queue, "completed", ended or now, call, _agent(ev.get("CC-Agent")), talk_ms=talk)
+    if action == "member-queue-end" and ev.get("CC-Cause") == "Cancel":
+        left = _epoch(ev.get("CC-Member-Leaving-Time")) or now
+        wait = int((left - joined).total_seconds() * 1000) if joined else None
+        reason = ev.get("CC-Cancel-Reason")
+        kind = {"BREAK_OUT": "abandoned", "TIMEOUT": "timeout", "NO_AGENT_TIMEOUT": "timeout"}.get(reason, "closed")
+        return _row(node, queue, kind, left, call, wait_ms=wait)
+    return []
+
+
+def from_ami(node: str, msg: Mapping[str, str]) -> list[Q]:
+    """app_queue's AMI events (HoldTime / TalkTime in seconds)."""
+    name, queue, call = msg.get("Event", ""), msg.get("Queue", ""), msg.get("Uniqueid", "")
+    try:
+        at = dt.datetime.fromtimestamp(float(msg.get("Timestamp", "")), dt.UTC)
+    except ValueError:
+        at = dt.datetime.now(dt.UTC)
+
+    def secs(key: str) -> int | None:
+        v = msg.get(key, "")
+        return int(v) * 1000 if v.isdigit() else None
+    if name == "QueueCallerJoin":
+        return _row(node, queue, "offered", at, call)
+    if name == "AgentConnect":
+        return _row(node, queue, "answered", at, call, _agent(msg.get("MemberName", "")), wait_ms=secs("HoldTime"))
+    if name == "AgentComplete":
+        return _row(node, queue, "completed", at, call, _agent(msg.get("MemberName", "")),
+                    talk_ms=secs("TalkTime"))
+    if name == "QueueCallerAbandon":
+        return _row(node, queue, "abandoned", at, call, wait_ms=secs("HoldTime"))
+    return []
+
+
+# ------------------------------------------------------------------ reports
+
+_BUCKETS = """
+WITH q AS (SELECT q.id, q.service_level_seconds AS sl, t.timezone
+             FROM queues q JOIN tenants t ON t.id = q.tenant_id
+            WHERE q.tenant_id = %(t)s AND q.name = %(q)s)
+SELECT date_trunc(%(unit)s, e.at AT TIME ZONE q.timezone) AS bucket,
+       count(*) FILTER (WHERE kind = 'offered') AS offered,
+       count(*) FILTER (WHERE kind = 'answered') AS answered,
+       count(*) FILTER (WHERE kind = 'abandoned') AS abandoned,
+       count(*) FILTER (WHERE kind = 'timeout') AS timed_out,
+       count(*) FILTER (WHERE kind = 'closed') AS closed,
+       count(*) FILTER (WHERE kind = 'answered' AND wait_ms <= q.sl * 1000) AS answered_in_sl,
+       coalesce(sum(wait_ms) FILTER (WHERE kind = 'answered'), 0)::bigint AS wait_ms,
+       coalesce(max(wait_ms) FILTER (WHERE kind = 'answered'), 0)::bigint AS wait_max_ms,
+       coalesce(sum(wait_ms) FILTER (WHERE kind = 'abandoned'), 0)::bigint AS abandon_wait_ms,
+       count(*) FILTER (WHERE kind = 'completed') AS completed,
+       coalesce(sum(talk_ms) FILTER (WHERE kind = 'completed'), 0)::bigint AS talk_ms
+  FROM queue_events e JOIN q ON e.queue_id = q.id
+ WHERE e.at >= %(from)s AND e.at < %(to)s AND e.kind NOT IN ('login', 'logout', 'pause', 'unpause')
+ GROUP BY 1 ORDER BY 1
+"""
+
+_AGENTS = """
+WITH q AS (SELECT q.id FROM queues q WHERE q.tenant_id = %(t)s AND q.name = %(q)s),
+calls AS (
+    SELECT e.agent_id, count(*) FILTER (WHERE kind = 'answered') AS calls_taken,
+           coalesce(sum(talk_ms) FILTER (WHERE kind = 'completed'), 0)::bigint AS talk_ms,
+           coalesce(sum(wait_ms) FILTER (WHERE kind = 'answered'), 0)::bigint AS wait_ms
+      FROM queue_events e JOIN q ON e.queue_id = q.id
+     WHERE e.at >= %(from)s AND e.at < %(to)s AND e.kind IN ('answered', 'completed') AND e.agent_id IS NOT NULL
+     GROUP BY e.agent_id),
+marks AS (
+    SELECT e.agent_id, e.kind, e.at,
+           lead(e.at) OVER w AS next_at, lead(e.kind) OVER w AS next_kind,
+           CASE WHEN e.kind IN ('login', 'logout') THEN 'session' ELSE 'pause' END AS track
+      FROM queue_events e JOIN q ON e.queue_id = q.id
+     WHERE e.at < %(to)s AND e.kind IN ('login', 'logout', 'pause', 'unpause')
+    WINDOW w AS (PARTITION BY e.agent_id, CASE WHEN e.kind IN ('login', 'logout') THEN 0 ELSE 1 END
+                 ORDER BY e.at, e.id)),
+spans AS (
+    SELECT agent_id, track,
+           greatest(at, %(from)s) AS s,
+           least(CASE WHEN next_kind IN ('logout', 'unpause') THEN next_at ELSE least(%(to)s, now()) END,
+                 %(to)s) AS e
+      FROM marks WHERE kind IN ('login', 'pause')),
+times AS (
+    SELECT agent_id,
+           coalesce(sum(extract(epoch FROM e - s) * 1000) FILTER (WHERE track = 'session' AND e > s), 0)::bigint
+               AS logged_in_ms,
+           coalesce(sum(extract(epoch FROM e - s) * 1000) FILTER (WHERE track = 'pause' AND e > s), 0)::bigint
+               AS paused_ms
+      FROM spans GROUP BY agent_id)
+SELECT g.id AS agent_id, g.name AS agent, coalesce(c.calls_taken, 0) AS calls_taken,
+       coalesce(c.talk_ms, 0) AS talk_ms, coalesce(c.wait_ms, 0) AS wait_ms,
+       coalesce(ti.logged_in_ms, 0) AS logged_in_ms, coalesce(ti.paused_ms, 0) AS paused_ms
+  FROM agents g
+  LEFT JOIN calls c ON c.agent_id = g.id
+  LEFT JOIN times ti ON ti.agent_id = g.id
+ WHERE g.tenant_id = %(t)s AND (c.agent_id IS NOT NULL OR ti.agent_id IS NOT NULL)
+ ORDER BY g.name, g.id
+"""
+
+
+def _sec(ms: int) -> Decimal:
+    return (Decimal(int(ms)) / 1000).quantize(Decimal("0.001"))
+
+
+def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.datetime, end: dt.datetime,
+           by: str) -> tuple[str, list[dict[str, Any]]]:
+    """(time zone, rows) of one queue over [start, end)."""
+    from ..errors import DustelError
+    meta = conn.execute("""SELECT t.timezone FROM queues q JOIN tenants t ON t.id = q.tenant_id
+                            WHERE q.tenant_id = %s AND q.name = %s""", (tenant_id, queue)).fetchone()
+    if meta is None:
+        raise DustelError("queue", f"tenant {tenant_id} has no queue {queue!r}")
+    tz = meta["timezone"] if isinstance(meta, dict) else meta[0]
+    if end <= start:
+        raise DustelError("to", "must be after --from")
+    params = {"t": tenant_id, "q": queue, "from": start, "to": end}
+    if by == "agent":
+        rows = conn.execute(_AGENTS, params).fetchall()
+        return tz, [{"agent": r["agent"], "agent_id": r["agent_id"], "calls_taken": r["calls_taken"],
+                     "talk_s": _sec(r["talk_ms"]), "avg_wait_s": _sec(r["wait_ms"] // r["calls_taken"])
+                     if r["calls_taken"] else _sec(0), "logged_in_s": _sec(r["logged_in_ms"]),
+                     "paused_s": _sec(r["paused_ms"])} for r in rows]
+    if by not in ("hour", "day"):
+        raise DustelError("by", "must be hour, day or agent")
+    zone = ZoneInfo(tz)
+    out = []
+    for r in conn.execute(_BUCKETS, {**params, "unit": by}).fetchall():
+        answered, offered = r["answered"], r["offered"]
+        out.append({
+            "start": r["bucket"].replace(tzinfo=zone).isoformat(), "offered": offered, "answered": answered,
+            "abandoned": r["abandoned"], "timed_out": r["timed_out"], "closed": r["closed"],
+            "wait_sum_s": _sec(r["wait_ms"]), "wait_avg_s": _sec(r["wait_ms"] // answered) if answered else _sec(0),
+            "wait_max_s": _sec(r["wait_max_ms"]),
+            "abandon_wait_avg_s": _sec(r["abandon_wait_ms"] // r["abandoned"]) if r["abandoned"] else _sec(0),
+            "talk_s": _sec(r["talk_ms"]), "answered_in_sl": r["answered_in_sl"],
+            "service_level_pct": (Decimal(100 * r["answered_in_sl"]) / offered).quantize(Decimal("0.1"))
+            if offered else Decimal("0.0"),
+        })
+    return tz, out
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\r\n")
+        w.writeheader()
+        w.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps([{k: float(v) if isinstance(v, Decimal) else v for k, v in r.items()} for r in rows],
+                      ensure_ascii=False)
