@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from dustel.billing import calls
+from dustel.provisioning import numbers, targets
 from dustel.render import service
 from dustel.testing.asterisk import Asterisk
 from tests.engines.conftest import free_port
@@ -45,12 +46,14 @@ class Stack:
     settings: Any
     dirs: list[str]
 
-    def call(self, dialed: str, scenario: str, timeout: int = 30) -> subprocess.CompletedProcess[str]:
+    def call(self, dialed: str, scenario: str, timeout: int = 30, user: str | None = None,
+             port: int | None = None) -> subprocess.CompletedProcess[str]:
+        user = user or self.user
         log = self.tmp / f"uac-{dialed}-{time.monotonic_ns()}.log"
         r = subprocess.run(
             [self.sipp, "-sf", str(DATA / scenario), f"127.0.0.1:{self.sip_port}", "-s", dialed,
-             "-set", "user", self.user, "-au", self.user, "-ap", PASSWORD, "-i", "127.0.0.1",
-             "-p", str(free_port()), "-mp", str(free_port()), "-m", "1", "-timeout", f"{timeout}s",
+             "-set", "user", user, "-au", user, "-ap", PASSWORD, "-i", "127.0.0.1",
+             "-p", str(port or free_port()), "-mp", str(free_port()), "-m", "1", "-timeout", f"{timeout}s",
              "-timeout_error", "-trace_msg", "-message_file", str(log), "-nostdin"],
             capture_output=True, text=True, timeout=timeout + 15, cwd=self.tmp)
         r.stdout = log.read_text(errors="replace") if log.exists() else ""
@@ -241,3 +244,65 @@ def test_controller_survives_an_asterisk_restart(stack: Stack, controller: AMICo
     assert stack.call("0211123456", "call_until_bye.xml").returncode == 0
     wait_for(lambda: len(cdrs(stack)) == 2, 20, "CDRs after the restart")
     assert controller.proc.poll() is None
+
+
+# --------------------------------------------------------------- DUSqueue
+
+def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> None:
+    conn = stack.conn
+    t = tenant(conn, options={"acd": 1})
+    tid = t["id"]
+    agent_user = account(conn, tid)
+    with conn.transaction():
+        targets.queue_add(conn, tid, "support", "1")
+        targets.agent_add(conn, tid, "Erika", "1234", account=agent_user, queues=["support"])
+        numbers.add(conn, tid, "+492111230000")
+        numbers.assign(conn, "+492111230000", "queue", "support")
+    conn.execute("UPDATE tenants SET max_call_seconds = 3 WHERE id = %s", (tid,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.stop()
+    stack.asterisk.start(files, dirs=stack.dirs)
+    queue = f"t{tid}-support"
+
+    def members() -> str:
+        return stack.asterisk.cli(f"queue show {queue}")
+
+    assert "No Members" in members()
+    r = stack.call("*51*1*1234", "call_until_bye.xml", user=agent_user)
+    assert r.returncode == 0, r.stdout[-1500:]
+    assert f"PJSIP/{agent_user}" in members() and "paused" not in members()
+    assert stack.call("*53", "call_until_bye.xml", user=agent_user).returncode == 0
+    assert "paused" in members()
+    assert stack.call("*54", "call_until_bye.xml", user=agent_user).returncode == 0
+    assert "paused" not in members()
+    wrong = stack.call("*51*1*9999", "call_until_bye.xml", user=agent_user)
+    assert wrong.returncode == 0 and "reason=wrong_pin" in stack.agi_log.read_text()
+
+    # the agent's phone registers on a port where a sipp UAS then answers the queue's call
+    phone_port = free_port()
+    reg = subprocess.run(
+        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", agent_user,
+         "-au", agent_user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(phone_port), "-m", "1",
+         "-timeout", "15s", "-timeout_error", "-nostdin"], capture_output=True, text=True, timeout=30, cwd=stack.tmp)
+    assert reg.returncode == 0, reg.stdout[-800:]
+    phone_log = stack.tmp / "agent-phone.log"
+    phone = subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1",
+                              "-p", str(phone_port), "-mp", str(free_port()), "-trace_msg", "-message_file", str(phone_log), "-nostdin"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
+    try:
+        wait_for(lambda: "Avail" in stack.asterisk.cli("pjsip show contacts"), 15, "agent phone reachable")
+        caller = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
+        assert caller.returncode == 0, caller.stdout[-2000:]
+        # the queue rang the agent's phone, which answered
+        assert re.search(r"INVITE sip:\S+ SIP/2.0", phone_log.read_text(errors="replace"))
+    finally:
+        phone.terminate()
+        phone.wait(10)
+    assert re.search(rf"inbound call=\S+ tenant={tid} target=queue:{queue} .* admit=True", stack.agi_log.read_text())
+
+    assert stack.call("*52", "call_until_bye.xml", user=agent_user).returncode == 0
+    assert "No Members" in members()
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events WHERE tenant_id = %s ORDER BY id",
+                                             (tid,)).fetchall()]
+    assert kinds == ["login", "pause", "unpause", "logout"]
