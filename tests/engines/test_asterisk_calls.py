@@ -288,7 +288,8 @@ def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> Non
     assert reg.returncode == 0, reg.stdout[-800:]
     phone_log = stack.tmp / "agent-phone.log"
     phone = subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1",
-                              "-p", str(phone_port), "-mp", str(free_port()), "-trace_msg", "-message_file", str(phone_log), "-nostdin"],
+                              "-p", str(phone_port), "-mp", str(free_port()), "-trace_msg",
+                              "-message_file", str(phone_log), "-nostdin"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
     try:
         wait_for(lambda: "Avail" in stack.asterisk.cli("pjsip show contacts"), 15, "agent phone reachable")
