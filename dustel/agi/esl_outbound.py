@@ -20,6 +20,7 @@ line break in a caller name forge a header).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import replace
 from typing import Any
@@ -34,7 +35,7 @@ from psycopg_pool import ConnectionPool
 
 from ..billing import calls
 from ..controller.esl_reader import DustelSession, ESLMessage
-from ..queue import agents, codes, service
+from ..queue import agents, codes, hours, service
 from . import freeswitch as fs
 from . import variables as V
 from .policy import Decision
@@ -117,7 +118,12 @@ class CallControl:
                 return
             try:
                 d = self.decide(data)
-                plan = fs.actions(d, data)
+                qs = None
+                if d.admit and data.get("variable_dustel_target_kind") == "queue":
+                    tenant = fs.request_from(data).tenant_id
+                    qs = Runtime.run(hours.state(tenant, hours.queue_of(data.get("variable_dustel_target", ""),
+                                                                       tenant), dt.datetime.now(dt.UTC)))
+                plan = fs.actions(d, data, qs)
             except (ValueError, calls.UnknownAccount, psycopg.Error) as exc:
                 log.warning("call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
                 d, plan = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})

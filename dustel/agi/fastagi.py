@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from ..billing import calls
-from ..queue import agents, codes, service
+from ..queue import agents, codes, hours, service
 from . import variables as V
 from .policy import CallRequest, Decision
 
@@ -139,10 +139,10 @@ def dial_string(d: Decision) -> str:
     return f"PJSIP/{d.destination}@carrier"
 
 
-async def _apply(request: Request, d: Decision) -> None:
+async def _apply(request: Request, d: Decision, extra: dict[str, str] | None = None) -> None:
     if d.admit:
         await _set(request, {V.ACTION: "admit", V.DIAL: dial_string(d), V.MAX_SECONDS: str(d.max_seconds),
-                             V.CALLER_ID: d.caller_id, V.REASON: d.reason})
+                             V.CALLER_ID: d.caller_id, V.REASON: d.reason, **(extra or {})})
     else:
         await _set(request, {V.ACTION: "refuse", V.CAUSE: str(d.q850), V.REASON: d.reason})
 
@@ -178,9 +178,21 @@ async def inbound(request: Request, ctx: Context) -> None:
                       caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=ctx.node,
                       call_id=h.get("agi_uniqueid", ""))
     d = await ctx.admit(req)
-    log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s", req.call_id, req.tenant_id,
-             kind, target, req.caller, d.admit, d.reason)
-    await _apply(request, d)
+    extra: dict[str, str] = {}
+    if d.admit and kind == "queue":
+        qs = await ctx.run(hours.state(req.tenant_id, hours.queue_of(target, req.tenant_id), req.now))
+        extra = {V.QUEUE_OPEN: "1" if qs.open else "0", V.CLOSED_ANNOUNCE: qs.closed_announce,
+                 V.CLOSED_DIAL: closed_dial(qs.closed_target)}
+    log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s%s", req.call_id, req.tenant_id,
+             kind, target, req.caller, d.admit, d.reason,
+             f" queue_open={extra[V.QUEUE_OPEN]}" if extra else "")
+    await _apply(request, d, extra)
+
+
+def closed_dial(target: str) -> str:
+    if not target:
+        return ""
+    return f"PJSIP/{target}@carrier" if target.startswith("+") else f"PJSIP/{target}"
 
 
 async def hangup(request: Request, ctx: Context) -> None:

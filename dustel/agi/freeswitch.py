@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..controller.protocol import header_value, token
+from ..queue.hours import QueueState
 from . import variables as V
 from .policy import CallRequest, Decision
 
@@ -85,7 +86,7 @@ def bridge_target(d: Decision, data: Mapping[str, str]) -> str:
     return f"sofia/gateway/carrier/{token(d.destination, 'destination')}"
 
 
-def actions(d: Decision, data: Mapping[str, str]) -> list[Action]:
+def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None) -> list[Action]:
     """The applications to execute, in order, for a decision.
 
     Admitted: record the decision, present the caller ID, arm the time limit
@@ -103,6 +104,18 @@ def actions(d: Decision, data: Mapping[str, str]) -> list[Action]:
         out.append(("set", f"effective_caller_id_number={token(d.caller_id, 'caller id')}"))
     if d.max_seconds:
         out.append(("set", f"execute_on_answer=sched_hangup +{int(d.max_seconds)} ALLOTTED_TIMEOUT"))
+    if d.route == "inbound" and kind == "queue" and queue is not None and not queue.open:
+        out.append(("answer", ""))
+        if queue.closed_announce:
+            out.append(("playback", token(queue.closed_announce, "announcement")))
+        if queue.closed_target.startswith("+"):
+            out.append(("bridge", f"sofia/gateway/carrier/{token(queue.closed_target, 'closed target')}"))
+        elif queue.closed_target:
+            domain = token(data.get("variable_dustel_domain", ""), "domain")
+            out.append(("bridge", f"user/{token(queue.closed_target, 'closed target')}@{domain}"))
+        else:
+            out.append(("hangup", "NORMAL_CLEARING"))
+        return out
     if d.route == "inbound" and kind == "queue":
         out.append(("answer", ""))
         queue = token(data.get("variable_dustel_target", ""), "queue")

@@ -13,6 +13,9 @@ DIAL = "DUSTEL_DIAL"                # policy result: dial string
 MAX_SECONDS = "DUSTEL_MAX_SECONDS"  # policy result: absolute time limit
 CAUSE = "DUSTEL_CAUSE"              # policy result: hangup cause when refused
 REASON = "DUSTEL_REASON"            # policy result: reason code (logged, announced)
+QUEUE_OPEN = "DUSTEL_QUEUE_OPEN"    # inbound to a queue: 1 open, 0 closed (opening hours)
+CLOSED_ANNOUNCE = "DUSTEL_CLOSED_ANNOUNCE"  # closed queue: sound to play
+CLOSED_DIAL = "DUSTEL_CLOSED_DIAL"  # closed queue: where to send the caller ('' hang up)
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.

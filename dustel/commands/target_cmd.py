@@ -117,6 +117,26 @@ def agent_add(env: Env, as_json: bool, tenant_id: int, name: str, pin: str, acco
     emit(row, as_json, lambda d: click.echo(f"agent {d['id']} {d['name']} added"))
 
 
+@queue.command("hours")
+@click.argument("tenant_id", type=INT)
+@click.argument("name")
+@click.option("--open", "rules", multiple=True, help='When the queue is open, e.g. "mon-fri 08:00-18:00" '
+              '(repeatable; "hol 10:00-12:00" for holidays; none: always open).')
+@click.option("--region", help="German state for public holidays (NW, BY, …).")
+@click.option("--closed-announce", help="Sound a closed queue plays (e.g. dustel/closed).")
+@click.option("--closed-target", help="Where a closed queue sends the caller: +49… or a SIP account.")
+@json_option
+@pass_env
+def queue_hours(env: Env, as_json: bool, tenant_id: int, name: str, rules: tuple[str, ...], region: str | None,
+                closed_announce: str | None, closed_target: str | None) -> None:
+    """Set a queue's opening hours and what happens when it is closed."""
+    with env.tx() as conn:
+        row = targets.queue_hours(conn, tenant_id, name, list(rules), region=region,
+                                  closed_announce=closed_announce, closed_target=closed_target)
+    emit(row, as_json, lambda d: click.echo(f"queue {d['name']}: "
+                                            + ("always open" if not d["opening_hours"] else "opening hours set")))
+
+
 def _when(name: str, value: str, tz: str) -> dt.datetime:
     """An ISO date or date-time; without an offset it is the tenant's local time."""
     try:

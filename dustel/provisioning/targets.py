@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ..errors import DustelError, NotFound
 from . import tenants
 from . import validate as v
 
+_SOUND = re.compile(r"[a-z0-9][a-z0-9_-]*(?:/[a-z0-9][a-z0-9_-]*)*")
 STRATEGIES = ("ring_all", "longest_idle", "round_robin", "fewest_calls", "random")
 
 
@@ -73,6 +76,33 @@ def queue_add(conn: psycopg.Connection, tenant_id: int, name: str, code: str, *,
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
         (tenant_id, v.slug("name", name), v.digits("code", code, max_len=6), strategy,
          max_wait, max_callers, wrapup, v.slug("moh_class", moh_class))).fetchone()
+
+
+def queue_hours(conn: psycopg.Connection, tenant_id: int, name: str, rules: list[str], *,
+                region: str | None = None, closed_announce: str | None = None,
+                closed_target: str | None = None) -> dict[str, Any]:
+    """Opening hours (no rules: always open), the announcement a closed queue
+    plays and where it then sends the caller (a number or one of the
+    tenant's SIP accounts; none: hang up)."""
+    from . import schedule
+    hours = schedule.build(rules, region=region) if rules else None
+    if closed_announce and (len(closed_announce) > 80 or not _SOUND.fullmatch(closed_announce)):
+        raise DustelError("closed_announce", "must be a sound name: parts of a-z, 0-9, '_', '-' separated by '/', "
+                                             "like dustel/closed")
+    if closed_target:
+        if closed_target.startswith("+"):
+            closed_target = v.e164("closed_target", closed_target)
+        elif conn.execute("SELECT 1 FROM sip_accounts WHERE tenant_id = %s AND username = %s",
+                          (tenant_id, closed_target)).fetchone() is None:
+            raise DustelError("closed_target", "must be an E.164 number (+49…) or a SIP account of the tenant")
+    row = conn.execute(
+        """UPDATE queues SET opening_hours = %s, closed_announce = %s, closed_target = %s
+            WHERE tenant_id = %s AND name = %s RETURNING *""",
+        (Jsonb(hours) if hours else None, closed_announce or None, closed_target or None, tenant_id,
+         v.slug("queue", name))).fetchone()
+    if row is None:
+        raise NotFound("queue", f"tenant {tenant_id} has no queue {name!r}")
+    return row
 
 
 def agent_add(conn: psycopg.Connection, tenant_id: int, name: str, pin: str, *,

@@ -29,7 +29,7 @@ MODULES = [
     "res_pjsip_sdp_rtp.so", "res_pjsip_nat.so", "res_pjsip_acl.so", "res_pjsip_t38.so",
     "res_pjsip_dtmf_info.so", "res_pjsip_pubsub.so", "res_pjsip_outbound_authenticator_digest.so",
     "chan_pjsip.so", "res_musiconhold.so", "res_speech.so", "res_agi.so", "res_fax.so", "res_fax_spandsp.so",
-    "pbx_config.so", "app_dial.so", "app_queue.so", "app_playback.so", "app_echo.so", "app_stack.so",
+    "pbx_config.so", "app_dial.so", "app_exec.so", "app_queue.so", "app_playback.so", "app_echo.so", "app_stack.so",
     "func_timeout.so", "func_callerid.so", "func_logic.so", "func_strings.so", "func_channel.so",
     "codec_ulaw.so", "codec_alaw.so", "codec_g722.so", "format_wav.so", "format_pcm.so", "format_gsm.so",
     "format_sln.so", "bridge_simple.so", "bridge_native_rtp.so", "bridge_softmix.so", "bridge_holding.so",

@@ -171,3 +171,41 @@ def test_fastagi_agent_route_runs_app_queue_applications(db_url: str, conn: psyc
     assert c[1:3] == [f'EXEC PauseQueueMember "t{tid}-sales,PJSIP/{u}"',
                       f'EXEC PauseQueueMember "t{tid}-support,PJSIP/{u}"']
     assert logins(conn) == [("sales", True), ("support", True)]
+
+
+# ------------------------------------------------------------- opening hours
+
+def test_queue_hours_cli_and_bad_input(run: Any, conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    tid = str(org["t"]["id"])
+    run.ok("queue", "hours", tid, "support", "--open", "mon-fri 08:00-18:00", "--region", "NW",
+           "--closed-announce", "dustel/closed", "--closed-target", "+4921155501")
+    q = conn.execute("SELECT * FROM queues WHERE name = 'support'").fetchone()
+    assert q["opening_hours"]["rules"] and q["closed_target"] == "+4921155501"
+    for args, field in ((("--open", "someday 25:00-26:00"), "when"), (("--closed-target", "nobody"),
+                                                                     "closed_target"),
+                        (("--closed-announce", "../../etc/passwd"), "closed_announce")):
+        r = run("queue", "hours", tid, "support", *args)
+        assert r.exit_code != 0 and r.stderr.startswith(f"error: {field}:"), (args, r.stderr)
+    assert conn.execute("SELECT closed_target FROM queues WHERE name = 'support'").fetchone()["closed_target"] == \
+        "+4921155501"
+
+
+def test_closed_queue_on_freeswitch_announces_and_forwards(server: Server, conn: psycopg.Connection,
+                                                           org: dict[str, Any]) -> None:
+    t = org["t"]
+    with conn.transaction():
+        targets.queue_hours(conn, t["id"], "support", ["hol 00:00-00:01"], closed_announce="dustel/closed",
+                            closed_target="+4921155501")
+    variables = {"dustel_tenant": str(t["id"]), "dustel_target_kind": "queue", "dustel_target": f"t{t['id']}-support",
+                 "dustel_domain": t["sip_domain"]}
+    c = OutboundCall(server.port, "+492111230000", dict(variables), caller="+4930555", callee=("answer", 5))
+    c.start()
+    c.wait()
+    tail = [a for a in c.executed if a[0] in ("answer", "playback", "bridge", "callcenter")]
+    assert tail == [("answer", ""), ("playback", "dustel/closed"), ("bridge", "sofia/gateway/carrier/+4921155501")]
+    with conn.transaction():
+        targets.queue_hours(conn, t["id"], "support", [])          # always open again
+    c = OutboundCall(server.port, "+492111230000", dict(variables), caller="+4930555", callee=("answer", 5))
+    c.start()
+    c.wait()
+    assert ("callcenter", f"t{t['id']}-support@{t['sip_domain']}") in c.executed

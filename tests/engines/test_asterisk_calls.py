@@ -307,3 +307,27 @@ def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> Non
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events WHERE tenant_id = %s ORDER BY id",
                                              (tid,)).fetchall()]
     assert kinds == ["login", "pause", "unpause", "logout"]
+
+
+def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack) -> None:
+    conn = stack.conn
+    t = tenant(conn, options={"acd": 1})
+    tid = t["id"]
+    with conn.transaction():
+        targets.queue_add(conn, tid, "support", "1")
+        numbers.add(conn, tid, "+492111230000")
+        numbers.assign(conn, "+492111230000", "queue", "support")
+        # open only on public holidays around midnight: closed now
+        targets.queue_hours(conn, tid, "support", ["hol 00:00-00:01"], closed_announce="dustel/silence",
+                            closed_target="+4921155501")
+    conn.execute("UPDATE tenants SET max_call_seconds = 3 WHERE id = %s", (tid,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.add_moh_class_dir("/usr/share/asterisk/sounds/dustel")      # dustel/silence.wav
+    stack.asterisk.stop()
+    stack.asterisk.start(files, dirs=stack.dirs)
+    r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
+    assert r.returncode == 0, r.stdout[-1500:]
+    assert "queue_open=0" in stack.agi_log.read_text()
+    assert "Playing 'dustel/silence" in stack.asterisk.log()
+    assert "INVITE sip:+4921155501@" in stack.carrier_log.read_text(errors="replace")

@@ -1,0 +1,34 @@
+"""Opening hours of a queue: open or closed now, and where a closed queue
+sends its callers.  The rules and holidays are the ones of time-controlled
+forwarding (``provisioning.schedule``): "when active" means "open"."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ..billing.calls import Flow, Q
+from ..provisioning import schedule
+
+
+@dataclass(frozen=True)
+class QueueState:
+    open: bool
+    closed_announce: str = ""     # sound to play when closed ('' none)
+    closed_target: str = ""       # E.164 number or SIP username ('' hang up after the announcement)
+
+
+def state(tenant_id: int, queue: str, now: dt.datetime) -> Flow:
+    rows = (yield Q("""SELECT q.opening_hours, q.closed_announce, q.closed_target, t.timezone
+                         FROM queues q JOIN tenants t ON t.id = q.tenant_id
+                        WHERE q.tenant_id = %(t)s AND q.name = %(q)s""", {"t": tenant_id, "q": queue}))
+    if not rows:
+        return QueueState(True)
+    r = rows[0]
+    is_open = r["opening_hours"] is None or schedule.active(r["opening_hours"], now, r["timezone"])
+    return QueueState(is_open, r["closed_announce"] or "", r["closed_target"] or "")
+
+
+def queue_of(engine_name: str, tenant_id: int) -> str:
+    """t<tenant>-<queue> -> <queue>."""
+    prefix = f"t{tenant_id}-"
+    return engine_name[len(prefix):] if engine_name.startswith(prefix) else engine_name
