@@ -33,6 +33,9 @@ lint: venv
 
 bench: venv
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/esl_events.py
+	$(BIN)/python bench/queue_stats.py
+	$(BIN)/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) $(STATE)
