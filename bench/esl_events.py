@@ -34,7 +34,7 @@ from greenswitch.esl import ESLEvent  # noqa: E402
 from dustel.controller import protocol as P  # noqa: E402
 from dustel.controller import state  # noqa: E402
 
-TRANSCRIPT = Path(__file__).resolve().parents[2] / "shared" / "esl-transcripts" / "03-call-events-plain.jsonl"
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "tests" / "data" / "esl-transcripts" / "03-call-events-plain.jsonl"
 
 
 def recorded_bodies() -> list[bytes]:

@@ -26,7 +26,11 @@ from typing import Any
 
 from dustel.controller import protocol as P
 
-TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "esl-transcripts"
+# The recordings of real FreeSWITCH (../shared/esl-transcripts), kept in the
+# repository so a fresh clone tests against them; test_esl_protocol checks
+# the copy still equals the shared one where that exists.
+TRANSCRIPTS = Path(__file__).resolve().parent / "data" / "esl-transcripts"
+SHARED_TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "esl-transcripts"
 
 
 def load(name: str) -> list[tuple[str, bytes]]:

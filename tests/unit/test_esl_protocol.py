@@ -28,6 +28,16 @@ def test_transcripts_are_present() -> None:
     assert len(NAMES) >= 7, f"no transcripts in {TRANSCRIPTS}"
 
 
+def test_repository_copy_equals_the_shared_recordings() -> None:
+    from tests.esl_emulator import SHARED_TRANSCRIPTS
+    if not SHARED_TRANSCRIPTS.is_dir():
+        print(f"no {SHARED_TRANSCRIPTS} next to this checkout: the repository copy is the reference")
+        return
+    shared = {p.name: p.read_bytes() for p in SHARED_TRANSCRIPTS.glob("*.jsonl")}
+    mine = {p.name: p.read_bytes() for p in TRANSCRIPTS.glob("*.jsonl")}
+    assert mine == shared, "tests/data/esl-transcripts differs from ../shared/esl-transcripts: copy them again"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_recorded_chunking_and_whole_stream_agree(name: str) -> None:
     r = P.FrameReader()
