@@ -114,7 +114,11 @@ class CallControl:
             s.myevents()
             s.linger()
             if fs.route_of(data) == V.ROUTE_AGENT:
-                self.star(data)
+                try:
+                    self.star(data)
+                except psycopg.Error as exc:
+                    log.warning("agent call=%s failed: %s", data.get("Unique-ID"), exc)
+                    self._tone(False)
                 return
             try:
                 d = self.decide(data)
