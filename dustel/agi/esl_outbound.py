@@ -121,6 +121,11 @@ class CallControl:
                     self._tone(False)
                 return
             try:
+                if data.get("variable_dustel_target_kind") == "queue":
+                    req = fs.request_from(data)
+                    if Runtime.run(agents.is_external_agent(req.tenant_id, req.caller)):
+                        self.hotline(data, req.tenant_id, req.caller)
+                        return
                 d = self.decide(data)
                 qs = None
                 if d.admit and data.get("variable_dustel_target_kind") == "queue":
@@ -166,9 +171,8 @@ class CallControl:
         for _ in range(2):
             if out.reason not in ("need_queue", "need_pin"):
                 break
-            ev = s.call_command("play_and_get_digits", PROMPT, block=True, response_timeout=30)
-            entered = ev.headers.get("variable_dustel_digits", "") if ev is not None else ""
-            if not (entered.isascii() and entered.isdigit()):
+            entered = self._digits()
+            if entered is None:
                 break
             req = replace(req, queue=entered) if out.reason == "need_queue" else replace(req, pin=entered)
             out = Runtime.run(agents.star(tenant, account, "", req))
@@ -177,6 +181,27 @@ class CallControl:
                 s.send(cmd.decode()[:-2])
         log.info("agent tenant=%s account=%s action=%s queue=%s ok=%s reason=%s agent=%s", tenant, account,
                  req.action, req.queue, out.ok, out.reason, out.agent_id)
+        self._tone(out.ok)
+
+    def _digits(self) -> str | None:
+        ev = self.session.call_command("play_and_get_digits", PROMPT, block=True, response_timeout=30)
+        entered = ev.headers.get("variable_dustel_digits", "") if ev is not None else ""
+        return entered if entered.isascii() and entered.isdigit() else None
+
+    def hotline(self, data: dict[str, str], tenant: int, caller: str) -> None:
+        """An agent's external number called its queue's hotline: PIN prompt,
+        then login (or logout when logged in), a tone, hang up."""
+        self.session.call_command("answer")
+        pin = self._digits()
+        out = agents.Outcome(False, "no_pin")
+        queue = hours.queue_of(data.get("variable_dustel_target", ""), tenant)
+        if pin is not None:
+            out = Runtime.run(agents.hotline(tenant, queue, caller, pin))
+            for change in out.changes:
+                for cmd in service.fs_commands(change):
+                    self.session.send(cmd.decode()[:-2])
+        log.info("agent hotline tenant=%s queue=%s caller=%s ok=%s reason=%s changes=%s", tenant, queue, caller,
+                 out.ok, out.reason, ",".join(c.op for c in out.changes))
         self._tone(out.ok)
 
     def _tone(self, ok: bool) -> None:

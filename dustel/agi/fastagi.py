@@ -177,6 +177,9 @@ async def inbound(request: Request, ctx: Context) -> None:
     req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
                       caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=ctx.node,
                       call_id=h.get("agi_uniqueid", ""))
+    if kind == "queue" and await ctx.run(agents.is_external_agent(req.tenant_id, req.caller)):
+        await agent_hotline(request, ctx, req.tenant_id, hours.queue_of(target, req.tenant_id), req.caller)
+        return
     d = await ctx.admit(req)
     extra: dict[str, str] = {}
     if d.admit and kind == "queue":
@@ -251,6 +254,23 @@ async def agent(request: Request, ctx: Context) -> None:
     log.info("agent tenant=%s account=%s action=%s queue=%s ok=%s reason=%s agent=%s", tenant, account,
              req.action, req.queue, out.ok, out.reason, out.agent_id)
     await _tone(request, out.ok)
+
+
+async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str, caller: str) -> None:
+    """An agent's external number called its queue's hotline: PIN prompt,
+    then login (or logout when logged in), a tone, and the call ends."""
+    await request.send_command("ANSWER")
+    pin = await _digits(request)
+    out = agents.Outcome(False, "no_pin")
+    if pin is not None:
+        out = await ctx.run(agents.hotline(tenant, queue, caller, pin))
+        for change in out.changes:
+            for app, arg in service.ast_apps(change):
+                await request.send_command(f'EXEC {app} "{arg}"')
+    log.info("agent hotline tenant=%s queue=%s caller=%s ok=%s reason=%s changes=%s", tenant, queue, caller,
+             out.ok, out.reason, ",".join(c.op for c in out.changes))
+    await _tone(request, out.ok)
+    await _set(request, {V.ACTION: "agent", V.CAUSE: "16", V.REASON: out.reason})
 
 
 Handler = Callable[[Request, Context], Awaitable[None]]

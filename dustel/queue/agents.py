@@ -157,3 +157,27 @@ def current() -> Flow:
         if r["paused"]:
             out.append(Change("pause", **base))
     return out
+
+
+def is_external_agent(tenant_id: int, caller: str) -> Flow:
+    """Is this caller the external number of one of the tenant's agents?"""
+    if not caller.startswith("+"):
+        return False
+    rows = (yield Q("SELECT 1 FROM agents WHERE tenant_id = %(t)s AND contact_e164 = %(c)s LIMIT 1",
+                    {"t": tenant_id, "c": caller}))
+    return bool(rows)
+
+
+def hotline(tenant_id: int, queue: str, caller: str, pin: str) -> Flow:
+    """An agent working from an external number calls the queue's hotline:
+    with the right PIN it logs in — or, when already logged in, out."""
+    rows = (yield Q("""SELECT q.code, EXISTS (SELECT 1 FROM agent_logins l JOIN agents g ON g.id = l.agent_id
+                                               WHERE l.queue_id = q.id AND g.contact_e164 = %(c)s) AS logged_in
+                         FROM queues q WHERE q.tenant_id = %(t)s AND q.name = %(q)s""",
+                    {"t": tenant_id, "q": queue, "c": caller}))
+    if not rows:
+        return Outcome(False, "unknown_queue")
+    login = yield from star(tenant_id, "", caller, StarRequest("login", rows[0]["code"], pin))
+    if not login.ok or not rows[0]["logged_in"]:
+        return login
+    return (yield from star(tenant_id, "", caller, StarRequest("logout", rows[0]["code"])))

@@ -209,3 +209,65 @@ def test_closed_queue_on_freeswitch_announces_and_forwards(server: Server, conn:
     c.start()
     c.wait()
     assert ("callcenter", f"t{t['id']}-support@{t['sip_domain']}") in c.executed
+
+
+# ------------------------------------------------- external agents (hotline)
+
+@pytest.fixture
+def external(conn: psycopg.Connection, org: dict[str, Any]) -> dict[str, Any]:
+    with conn.transaction():
+        g = targets.agent_add(conn, org["t"]["id"], "Max", "4321", external="+4917012345", queues=["support"])
+    return {**org, "x": g}
+
+
+def hotline_call(server: Server, org: dict[str, Any], caller: str, dtmf: list[str]) -> OutboundCall:
+    t = org["t"]
+    c = OutboundCall(server.port, "+492111230000", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "queue",
+                                                    "dustel_target": f"t{t['id']}-support",
+                                                    "dustel_domain": t["sip_domain"]},
+                     caller=caller, dtmf=dtmf, callee=("answer", 3))
+    c.start()
+    return c.wait()
+
+
+def test_external_agent_logs_in_and_out_through_the_hotline_on_freeswitch(
+        server: Server, conn: psycopg.Connection, external: dict[str, Any]) -> None:
+    a = f"agent-{external['x']['id']}@{external['d']}"
+    q = f"t{external['t']['id']}-support@{external['d']}"
+    wrong = hotline_call(server, external, "+4917012345", ["1111"])
+    assert api(wrong) == [] and logins(conn) == []
+    c = hotline_call(server, external, "+4917012345", ["4321"])
+    assert api(c) == [f"api callcenter_config tier add {q} {a} 1 1",
+                      f"api callcenter_config agent set status {a} Available"]
+    assert ("callcenter", q) not in c.executed                    # the agent is not queued as a caller
+    c = hotline_call(server, external, "+4917012345", ["4321"])
+    assert api(c) == [f"api callcenter_config tier del {q} {a}",
+                      f"api callcenter_config agent set status {a} 'Logged Out'"]
+    # any other caller is queued as usual
+    caller = hotline_call(server, external, "+4930999", [])
+    assert ("callcenter", q) in caller.executed
+    assert events(conn) == ["login", "logout"]
+
+
+def test_external_agent_hotline_on_fastagi(db_url: str, conn: psycopg.Connection, external: dict[str, Any]) -> None:
+    port = free_port()
+    tid, gid = external["t"]["id"], external["x"]["id"]
+    block = (f"agi_network_script: inbound\nagi_uniqueid: h1\nagi_callerid: +4917012345\n"
+             f"agi_extension: +492111230000\nagi_arg_1: {tid}\nagi_arg_2: queue\n"
+             f"agi_arg_3: t{tid}-support\n\n").encode()
+
+    async def main() -> list[str]:
+        ready = asyncio.Event()
+        task = asyncio.create_task(fastagi.serve(db_url, "127.0.0.1", port, "ast1", ready=ready))
+        await asyncio.wait_for(ready.wait(), 20)
+        try:
+            return await agi_session(port, block, ["4321"])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    seen = asyncio.run(main())
+    assert seen[:3] == ["ANSWER", "GET DATA beep 6000 8",
+                        f'EXEC AddQueueMember "t{tid}-support,Local/+4917012345@dustel-agent-out,0,,agent-{gid}"']
+    assert seen[-1] == 'EXEC MSet "DUSTEL_ACTION=agent,DUSTEL_CAUSE=16,DUSTEL_REASON=done"'
+    assert logins(conn) == [("support", False)]
