@@ -98,7 +98,7 @@ def main() -> None:
                 rows_n = size = 0
                 for q in range(1, QUEUES + 1):
                     _, rows = stats.report(c, 1, f"q{q}", START, END, by)
-                    text = stats.to_csv(rows) if fmt == "csv" else stats.to_json(rows)
+                    text = stats.to_csv(rows, by) if fmt == "csv" else stats.to_json(rows)
                     rows_n += len(rows)
                     size += len(text)
                 secs = time.perf_counter() - t

@@ -50,3 +50,6 @@ def _human(d: dict, env: Env) -> None:
     click.echo(f"  .venv/bin/dustel --state-dir {sd} forward show 000387100003")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} render --diff   # after a change: what would be written")
     click.echo(f"  less {sd}/etc/asterisk/pjsip.conf {sd}/etc/freeswitch/dialplan/public.xml")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} agi serve   # call-time policy, Asterisk (esl serve: FreeSWITCH)")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} queue stats --tenant 3 --queue support --from 2026-11-01 "
+               "--to 2026-12-01 --by day")

@@ -166,7 +166,7 @@ def queue_stats(env: Env, tenant_id: int, queue_name: str, start: str, end: str,
         t = tenants.get(conn, tenant_id)
         tz = t["timezone"]
         _, rows = stats.report(conn, tenant_id, queue_name, _when("from", start, tz), _when("to", end, tz), by)
-    text = stats.to_csv(rows) if fmt == "csv" else stats.to_json(rows) + "\n"
+    text = stats.to_csv(rows, by) if fmt == "csv" else stats.to_json(rows) + "\n"
     if out is None:
         click.echo(text, nl=False)
         return

@@ -223,12 +223,19 @@ def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.
     return tz, out
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+COLUMNS = {
+    "time": ["start", "offered", "answered", "abandoned", "timed_out", "closed", "wait_sum_s", "wait_avg_s",
+             "wait_max_s", "abandon_wait_avg_s", "talk_s", "answered_in_sl", "service_level_pct"],
+    "agent": ["agent", "agent_id", "calls_taken", "talk_s", "avg_wait_s", "logged_in_s", "paused_s"],
+}
+
+
+def to_csv(rows: list[dict[str, Any]], by: str = "day") -> str:
+    """A header row (also when there is nothing to report), then one row each."""
     buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\r\n")
-        w.writeheader()
-        w.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    w = csv.DictWriter(buf, fieldnames=COLUMNS["agent" if by == "agent" else "time"], lineterminator="\r\n")
+    w.writeheader()
+    w.writerows({k: str(v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 

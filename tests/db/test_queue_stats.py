@@ -128,8 +128,7 @@ def test_exported_totals_equal_the_raw_events(run: Cli, conn: psycopg.Connection
     a = two["a"]
     out = run.ok("queue", "stats", "--tenant", str(a["t"]["id"]), "--queue", "support", "--from", "2026-11-23",
                  "--to", "2026-11-24", "--by", unit, "--format", "csv").output
-    lines = out.split("\r\n")
-    assert lines[0].startswith("start,offered,answered,abandoned,timed_out,closed,")
+    assert out.splitlines()[0].startswith("start,offered,answered,abandoned,timed_out,closed,")
     rows = list(csv.DictReader(io.StringIO(out)))
     expect = recompute(raw(conn, a["q"]["id"]), DAY, DAY + dt.timedelta(days=1), unit, 20)
     assert [r["start"] for r in rows] == sorted(expect)
@@ -165,7 +164,9 @@ def test_agent_times_reconcile(run: Cli, conn: psycopg.Connection, two: dict[str
     target = tmp_path / "agents.csv"
     run.ok("queue", "stats", "--tenant", str(a["t"]["id"]), "--queue", "support", "--from", "2026-11-23T00:00",
            "--to", "2026-11-24T00:00", "--by", "agent", "--out", str(target))
-    rows = {r["agent_id"]: r for r in csv.DictReader(io.StringIO(target.read_text()))}
+    raw_bytes = target.read_bytes()
+    assert raw_bytes.count(b"\r\n") == len(raw_bytes.splitlines()) == 1 + len(two["a"]["agents"])   # CRLF rows
+    rows = {r["agent_id"]: r for r in csv.DictReader(io.StringIO(raw_bytes.decode()))}
     start, end = DAY, DAY + dt.timedelta(days=1)
     events = raw(conn, a["q"]["id"])
     assert set(rows) == {str(g["id"]) for g in a["agents"]}
@@ -191,6 +192,13 @@ def test_agent_times_reconcile(run: Cli, conn: psycopg.Connection, two: dict[str
         assert abs(ms(r["logged_in_s"]) - spans("login", "logout")) <= 1
         assert abs(ms(r["paused_s"]) - spans("pause", "unpause")) <= 1
         assert ms(r["logged_in_s"]) > ms(r["paused_s"]) > 0
+
+
+def test_an_empty_range_still_has_its_header(run: Cli, two: dict[str, Any]) -> None:
+    for by, first in (("day", "start,offered,"), ("agent", "agent,agent_id,calls_taken,")):
+        out = run.ok("queue", "stats", "--tenant", str(two["a"]["t"]["id"]), "--queue", "support", "--from",
+                     "2020-01-01", "--to", "2020-01-02", "--by", by).output
+        assert out.startswith(first) and len(out.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args,field", [
