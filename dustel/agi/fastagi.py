@@ -84,11 +84,13 @@ class Context:
     async def _decide(self, batch: list[tuple[CallRequest, asyncio.Future[Decision]]]) -> None:
         try:
             results = await self.run(calls.admit_many([r for r, _ in batch], await self.tariff()))
-        except psycopg.Error as exc:
+        except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
             if len(batch) > 1:       # one bad request must not refuse its neighbours: decide each alone
                 for one in batch:
                     await self._decide([one])
                 return
+            if not isinstance(exc, psycopg.Error | ValueError):
+                log.exception("admission failed")
             results = [exc]
         for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():
