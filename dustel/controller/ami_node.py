@@ -102,6 +102,8 @@ class AMINode:
                     await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item))
             except (ValueError, KeyError, TimeoutError, ConnectionError) as exc:
                 log.warning("node=%s: event skipped: %s: %s", self.name, type(exc).__name__, exc)
+            except Exception:     # noqa: BLE001 — one bad event must not stop the node
+                log.exception("node=%s: event skipped", self.name)
 
 
 async def run(nodes: list[tuple[str, str, int, str, str]], dsn: str) -> None:
