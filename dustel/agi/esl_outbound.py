@@ -253,7 +253,8 @@ class DustelESLServer(OutboundESLServer):
 
 
 def serve(dsn: str, host: str, port: int, max_connections: int = 1000) -> None:
-    Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"row_factory": dict_row}, open=True)
+    Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"row_factory": dict_row, **calls.POOL_KWARGS},
+                                 open=True)
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
                              max_connections=max_connections)
     expire = gevent.spawn(_expire_loop)

@@ -328,7 +328,7 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
     async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False,
-                                   kwargs={"row_factory": dict_row}) as pool:
+                                   kwargs={"row_factory": dict_row, **calls.POOL_KWARGS}) as pool:
         ctx = Context(pool, node)
         app = DustelAGI(ctx, loop)
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)

@@ -21,6 +21,13 @@ from . import rating
 
 Rows = list[dict[str, Any]]
 
+# Connection settings of the policy servers' pools.  The flows run the same
+# few statements on every call; PostgreSQL's default would plan the
+# snapshot again for every execution (a custom plan: 1 ms of the 1.5 ms the
+# statement took here); a generic plan is planned once per connection and
+# is the right plan for any tenant.
+POOL_KWARGS: dict[str, Any] = {"options": "-c plan_cache_mode=force_generic_plan"}
+
 
 @dataclass(frozen=True)
 class Q:
@@ -241,13 +248,16 @@ def charge_for(call: dict[str, Any], billsec: int) -> tuple[int, int]:
 
 def settle(node: str, call_id: str, billsec: int) -> Flow:
     """Charge what the call used and release the rest; a replay changes nothing."""
-    found = (yield Q("SELECT tenant_id FROM calls WHERE node = %(node)s AND call_id = %(call)s",
-                     {"node": node, "call": call_id}))
-    if not found:
+    # the tenant's money row first (as every money move), found through the call
+    money, locked = (yield [Q("""SELECT * FROM tenant_money
+                                  WHERE tenant_id = (SELECT tenant_id FROM calls
+                                                      WHERE node = %(node)s AND call_id = %(call)s)
+                                    FOR UPDATE""", {"node": node, "call": call_id}),
+                            Q(_EXISTING + " FOR UPDATE", {"node": node, "call": call_id})])
+    if not locked or not money:
         return Settlement("unknown")
-    tid = found[0]["tenant_id"]
-    _, locked = (yield [Q(_LOCK, {"t": tid}), Q(_EXISTING + " FOR UPDATE", {"node": node, "call": call_id})])
     call = locked[0]
+    tid = call["tenant_id"]
     if call["state"] == "settled":
         return Settlement("already", call["charged_cents"], call["billsec"])
     billsec = max(0, billsec)
