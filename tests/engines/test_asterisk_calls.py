@@ -254,7 +254,7 @@ def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> Non
     tid = t["id"]
     agent_user = account(conn, tid)
     with conn.transaction():
-        targets.queue_add(conn, tid, "support", "1")
+        targets.queue_add(conn, tid, "support", "1", wrapup=0)
         targets.agent_add(conn, tid, "Erika", "1234", account=agent_user, queues=["support"])
         numbers.add(conn, tid, "+492111230000")
         numbers.assign(conn, "+492111230000", "queue", "support")
@@ -293,20 +293,32 @@ def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> Non
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
     try:
         wait_for(lambda: "Avail" in stack.asterisk.cli("pjsip show contacts"), 15, "agent phone reachable")
-        caller = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
-        assert caller.returncode == 0, caller.stdout[-2000:]
-        # the queue rang the agent's phone, which answered
-        assert re.search(r"INVITE sip:\S+ SIP/2.0", phone_log.read_text(errors="replace"))
+        def offered() -> int:      # calls the queue offered to the agent's phone
+            return len(re.findall(r"INVITE sip:\S+ SIP/2.0", phone_log.read_text(errors="replace")))
+
+        def hotline_call() -> None:
+            caller = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
+            assert caller.returncode == 0, caller.stdout[-2000:]      # answered by the queue, cut after 3 s
+
+        hotline_call()
+        assert offered() == 1                                 # the queue rang the agent's phone, which answered
+        assert stack.call("*53", "call_until_bye.xml", user=agent_user).returncode == 0
+        hotline_call()
+        assert offered() == 1                                 # paused: the next caller is not offered
+        assert stack.call("*54", "call_until_bye.xml", user=agent_user).returncode == 0
+        hotline_call()
+        assert offered() == 2                                 # unpaused: offered again
+        assert stack.call("*52", "call_until_bye.xml", user=agent_user).returncode == 0
+        assert "No Members" in members()
+        hotline_call()
+        assert offered() == 2                                 # logged out: not offered
     finally:
         phone.terminate()
         phone.wait(10)
     assert re.search(rf"inbound call=\S+ tenant={tid} target=queue:{queue} .* admit=True", stack.agi_log.read_text())
-
-    assert stack.call("*52", "call_until_bye.xml", user=agent_user).returncode == 0
-    assert "No Members" in members()
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events WHERE tenant_id = %s ORDER BY id",
                                              (tid,)).fetchall()]
-    assert kinds == ["login", "pause", "unpause", "logout"]
+    assert kinds == ["login", "pause", "unpause", "pause", "unpause", "logout"]
 
 
 def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack) -> None:
