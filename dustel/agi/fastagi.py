@@ -52,7 +52,7 @@ class Context:
     """What handlers share: the pool, the tariff cache, the node name, and
     the admission batcher."""
 
-    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 4, max_batch: int = 64) -> None:
+    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 2, max_batch: int = 64) -> None:
         self.pool = pool
         self.node = node
         self.tariffs = calls.TariffCache()
