@@ -62,7 +62,7 @@ class Context:
         self._workers = [asyncio.create_task(self._admitter()) for _ in range(workers)]
 
     async def admit(self, req: CallRequest) -> Decision:
-        """Admit through the batcher: a few workers each take whatever requests
+        """Admit through the batcher: two workers each take whatever requests
         are waiting (up to ``max_batch``) and decide them in one transaction
         (``calls.admit_many``).  An idle server decides each request alone at
         once; under load, requests that arrive while the workers are busy
