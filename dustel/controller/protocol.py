@@ -316,12 +316,6 @@ def parse_event(frame: Frame) -> Event:
     raise MalformedFrame(f"not an event: Content-Type {ct!r}")
 
 
-def channel_data(frame: Frame) -> Event:
-    """The outbound socket's answer to ``connect``: the channel's headers are
-    the frame's own (``command/reply`` with ``Socket-Mode``)."""
-    return Event(dict(frame.headers), "", "plain")
-
-
 # ------------------------------------------------------------------ commands
 
 _TOKEN = re.compile(r"[A-Za-z0-9_.@+:*#/=\-]+")
