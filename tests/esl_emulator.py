@@ -174,9 +174,16 @@ class OutboundCall:
     answered: bool = False
     error: str = ""
     closed_by_client: bool = False
+    responded: int = 0
+    talk: int = 0
+
+    queue: tuple = ("answered", 12)                          # what mod_callcenter does: answered | timeout
+    hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
 
     def start(self) -> threading.Thread:
         self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.bridged = threading.Event()
         t = threading.Thread(target=self._run, daemon=True)
         t.start()
         return t
@@ -233,7 +240,8 @@ class OutboundCall:
             self._done.set()
 
     def _send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        with self._lock:
+            self._sock.sendall(data)
 
     def _serve(self) -> None:
         buf = bytearray()
@@ -255,7 +263,9 @@ class OutboundCall:
             elif cmd == "linger":
                 self._send(self._reply("+OK will linger"))
             elif cmd == "sendmsg":
-                if self.hangup_cause:
+                with self._lock:
+                    gone = bool(self.hangup_cause)
+                if gone:
                     self._send(self._reply("-ERR Channel hungup"))   # what FS says after hangup
                     continue
                 self._send(self._reply("+OK"))
@@ -288,10 +298,24 @@ class OutboundCall:
         elif app == "answer":
             self._answer()
         elif app == "hangup":
+            if self.bridged.is_set():       # cut during a queue call's bridge (what the old server did)
+                self.billsec = 0
             self._hangup(arg or "NORMAL_CLEARING", app_h)
             return
-        elif app in ("bridge", "callcenter"):
+        elif app == "respond":
+            # ASSUMPTION (no recording refuses with respond): mod_sofia's RESPOND
+            # handler with a code > 399 on an unanswered channel stores the code
+            # and hangs the channel up with sofia_glue_sip_cause_to_freeswitch(code)
+            # (mod_sofia.c, SWITCH_MESSAGE_INDICATE_RESPOND); the events are those
+            # of a hangup.  The code is kept in ``responded`` for the tests.
+            self.responded = int(arg.split()[0])
+            self._hangup(SIP_TO_CAUSE.get(self.responded, "NORMAL_UNSPECIFIED"), app_h)
+            return
+        elif app == "bridge":
             self._bridge(app_h)
+            return
+        elif app == "callcenter":
+            self._callcenter(app_h)
             return
         elif app == "play_and_get_digits":
             var = arg.split()[7]
@@ -326,17 +350,69 @@ class OutboundCall:
             self._emit("CHANNEL_UNBRIDGE")
             self._hangup("NORMAL_CLEARING", app_h)
 
-    def _hangup(self, cause: str, app_h: dict[str, str]) -> None:
-        self.hangup_cause = cause
+    def _callcenter(self, app_h: dict[str, str]) -> None:
+        """mod_callcenter as recording 06 shows it: when an agent answers, the
+        ``callcenter`` application COMPLETES (``cc_cause=answered``) and the
+        socket application with it; mod_callcenter then bridges the caller to
+        the agent (``uuid_bridge``, CHANNEL_BRIDGE) and the call goes on —
+        here until ``hangup_caller()`` (``hold``) or at once — while the
+        client's commands are still read (a ``hangup`` now cuts the call)."""
+        if self.queue[0] != "answered":
+            # ASSUMPTION (no recording of a timed-out member): mod_callcenter
+            # sets cc_cause=cancel and cc_cancel_reason on the member channel
+            # (mod_callcenter.c, cc_member_cancel_reason2str) and the
+            # application completes with the caller still up.
+            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_cc_cause="cancel",
+                       variable_cc_cancel_reason=self.queue[0].upper(), variable_current_application="callcenter")
+            return
+        agent = new_uuid()
+        bridge = {"Other-Leg-Unique-ID": agent, "variable_cc_side": "member", "variable_cc_agent_uuid": agent,
+                  "variable_uuid_bridge": agent, "variable_bridge_uuid": agent, "variable_cc_cause": "answered",
+                  "variable_bridge_channel": "sofia/internal/agent@127.0.0.1"}
+        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **bridge, **{"Application-Response": "_none_"})
+        self._emit("CHANNEL_UNPARK", **bridge)
+        self._emit("CHANNEL_EXECUTE_COMPLETE", Application="socket", **{"Application-Data": "127.0.0.1 async full"},
+                   **bridge)
+        for state in ("CS_HIBERNATE", "CS_RESET", "CS_SOFT_EXECUTE"):
+            self._emit("CHANNEL_STATE", **{"Channel-State": state}, **bridge)
+        self._emit("CHANNEL_EXECUTE", Application="uuid_bridge", **{"Application-Data": agent}, **bridge)
+        self._emit("CHANNEL_BRIDGE", **bridge)
+        self.talk = int(self.queue[1])
+        self.bridged.set()
+        if not self.hold:
+            self.hangup_caller()
+
+    def hangup_caller(self) -> None:
+        """The queue caller hangs up after talking to the agent (recording 06:
+        CHANNEL_HANGUP, linger notice, CHANNEL_UNBRIDGE, states, HANGUP_COMPLETE)."""
+        with self._lock:
+            if not self.hangup_cause:
+                self.billsec = self.talk
+        self._hangup("NORMAL_CLEARING", {}, unbridge=True)
+
+    def _hangup(self, cause: str, app_h: dict[str, str], unbridge: bool = False) -> None:
+        with self._lock:
+            if self.hangup_cause:          # the caller and the client hung up at once: one hangup
+                return
+            self.hangup_cause = cause
         self._emit("CHANNEL_HANGUP")
         self._send(b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: " + self.uuid.encode()
                    + b"\nContent-Disposition: linger\nChannel-Name: loopback/7777-b\nLinger-Time: -1\n"
                    b"Content-Length: 0\n\n")
-        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h)
+        if unbridge:
+            self._emit("CHANNEL_UNBRIDGE")
+        if app_h:
+            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h)
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_HANGUP"})
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_REPORTING"})
         self._emit("CHANNEL_HANGUP_COMPLETE", variable_billsec=str(self.billsec),
                    variable_duration=str(self.billsec), **{"Hangup-Cause": cause})
+
+
+# ASSUMPTION (the recordings hold no refusal by respond): the hangup cause
+# sofia_glue_sip_cause_to_freeswitch() gives the codes of policy.REFUSALS.
+SIP_TO_CAUSE = {402: "CALL_REJECTED", 403: "CALL_REJECTED", 433: "CALL_REJECTED", 484: "INVALID_NUMBER_FORMAT",
+                486: "USER_BUSY", 503: "NORMAL_TEMPORARY_FAILURE", 603: "CALL_REJECTED"}
 
 
 def wait_for(pred, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]

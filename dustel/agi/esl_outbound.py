@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +39,7 @@ from ..controller.esl_reader import DustelSession, ESLMessage
 from ..queue import agents, codes, hours, service
 from . import freeswitch as fs
 from . import variables as V
-from .policy import Decision
+from .policy import INTERNAL_ERROR, Decision
 
 log = logging.getLogger("dustel.esl")
 
@@ -67,7 +68,13 @@ TONE_ERROR = "tone_stream://%(400,200,425);loops=3"
 # min max tries timeout terminators prompt error-prompt variable regexp digit-timeout
 PROMPT = "1 8 1 6000 # tone_stream://%(100,0,880) silence_stream://250 dustel_digits \\d+ 3000"
 
-INTERNAL_ERROR = Decision(admit=False, reason="internal_error", sip_code=503, q850=41)
+
+def queue_answered(done: Mapping[str, str]) -> bool:
+    """Did ``callcenter`` end because an agent answered?  mod_callcenter then
+    bridges the caller to the agent itself (recording 06: EXECUTE_COMPLETE
+    of ``callcenter`` with ``cc_cause=answered``, then ``uuid_bridge``): the
+    call goes on until the caller's hangup and must not be cut here."""
+    return done.get("Application") == "callcenter" and done.get("variable_cc_cause") == "answered"
 
 
 class CallControl:
@@ -92,6 +99,7 @@ class CallControl:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
         if event.headers.get("Application") in ("bridge", "callcenter"):
             self.bridge_done.set(event.headers)
+
 
     def _on_disconnect(self, event: ESLMessage) -> None:
         if event.headers.get("Content-Disposition") != "linger":
@@ -127,22 +135,27 @@ class CallControl:
                         self.hotline(data, req.tenant_id, req.caller)
                         return
                 d = self.decide(data)
-                qs = None
-                if d.admit and data.get("variable_dustel_target_kind") == "queue":
-                    tenant = fs.request_from(data).tenant_id
-                    qs = Runtime.run(hours.state(tenant, hours.queue_of(data.get("variable_dustel_target", ""),
-                                                                       tenant), dt.datetime.now(dt.UTC)))
-                plan = fs.actions(d, data, qs)
+                try:
+                    plan = self.plan(d, data)
+                except (ValueError, psycopg.Error):
+                    if d.admit:      # admitted, but nothing can be executed: give its line and money back
+                        self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
+                    raise
             except (ValueError, calls.UnknownAccount, psycopg.Error) as exc:
                 log.warning("call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
                 d, plan = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})
+            if not d.admit:
+                log.info("call=%s refused reason=%s sip=%s", data.get("Unique-ID"), d.reason, d.sip_code)
             for app, arg in plan:
                 s.call_command(app, arg or None)
             if not d.admit:
                 return
             done = self.bridge_done.get()
-            if done is not None and not self.hung_up.is_set():
-                # the far end never answered (busy, no answer): end the call with its cause
+            if done is not None and queue_answered(done):
+                log.info("queue call=%s answered by agent leg=%s", data.get("Unique-ID"),
+                         done.get("variable_cc_agent_uuid", ""))
+            elif done is not None and not self.hung_up.is_set():
+                # the far end never answered (busy, no answer, queue timeout): end the call with its cause
                 cause = done.get("variable_originate_disposition", "")
                 s.call_command("hangup", cause if cause in fs.CAUSES.values() else "NORMAL_CLEARING")
             self.settle(data, self.hangup_complete.get())
@@ -151,6 +164,14 @@ class CallControl:
             self.hangup_complete.wait(5)
             if d.admit:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
+
+    def plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
+        qs = None
+        if d.admit and data.get("variable_dustel_target_kind") == "queue":
+            tenant = fs.request_from(data).tenant_id
+            qs = Runtime.run(hours.state(tenant, hours.queue_of(data.get("variable_dustel_target", ""), tenant),
+                                         dt.datetime.now(dt.UTC)))
+        return fs.actions(d, data, qs)
 
     def star(self, data: dict[str, str]) -> None:
         """The agent star codes (*51–*54): store, apply to mod_callcenter with

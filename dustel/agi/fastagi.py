@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..billing import calls
 from ..queue import agents, codes, hours, service
 from . import variables as V
-from .policy import CallRequest, Decision
+from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 
 log = logging.getLogger("dustel.agi")
 
@@ -146,7 +146,11 @@ async def _apply(request: Request, d: Decision, extra: dict[str, str] | None = N
         await _set(request, {V.ACTION: "admit", V.DIAL: dial_string(d), V.MAX_SECONDS: str(d.max_seconds),
                              V.CALLER_ID: d.caller_id, V.REASON: d.reason, **(extra or {})})
     else:
-        await _set(request, {V.ACTION: "refuse", V.CAUSE: str(d.q850), V.REASON: d.reason})
+        await _set(request, refusal(d))
+
+
+def refusal(d: Decision) -> dict[str, str]:
+    return {V.ACTION: "refuse", V.CAUSE: str(d.q850), V.SIP_CODE: str(d.sip_code), V.REASON: d.reason}
 
 
 def _arg(h: dict[str, str], n: int) -> str:
@@ -154,8 +158,7 @@ def _arg(h: dict[str, str], n: int) -> str:
 
 
 def _caller(h: dict[str, str]) -> str:
-    cid = h.get("agi_callerid", "")
-    return "" if cid in ("unknown", "") else cid
+    return clean_caller(h.get("agi_callerid", ""))
 
 
 async def outbound(request: Request, ctx: Context) -> None:
@@ -295,7 +298,7 @@ class DustelAGI(Application):
             except (ValueError, KeyError, calls.UnknownAccount, psycopg.Error) as exc:
                 log.warning("route=%s refused: %s: %s", path, type(exc).__name__, exc)
                 if path in REFUSE_ON_ERROR:
-                    await _set(request, {V.ACTION: "refuse", V.CAUSE: "41", V.REASON: "internal_error"})
+                    await _set(request, refusal(INTERNAL_ERROR))
         route.__name__ = handler.__name__
         return route
 

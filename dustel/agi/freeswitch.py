@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from ..controller.protocol import header_value, token
 from ..queue.hours import QueueState
 from . import variables as V
-from .policy import CallRequest, Decision
+from .policy import CallRequest, Decision, clean_caller
 
 # Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
 CAUSES = {
@@ -48,10 +48,9 @@ def node_of(data: Mapping[str, str]) -> str:
 
 
 def _caller(data: Mapping[str, str]) -> str:
-    num = data.get("Caller-Caller-ID-Number", "")
     if data.get("Caller-Privacy-Hide-Number") == "true" or data.get("variable_privacy") in ("yes", "number"):
         return "anonymous"
-    return num
+    return clean_caller(data.get("Caller-Caller-ID-Number", ""))
 
 
 def _tenant(data: Mapping[str, str]) -> int:
@@ -91,13 +90,16 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
 
     Admitted: record the decision, present the caller ID, arm the time limit
     for when the call is answered (``execute_on_answer`` of ``sched_hangup``,
-    so ringing does not count), then bridge.  Refused: record why and hang up
-    with the Q.850 cause.  Every value is a token or a line-break-free header
+    so ringing does not count), then bridge.  Refused: record why and
+    ``respond`` with the refusal's SIP code (``policy.REFUSALS``).  Every value is a token or a line-break-free header
     value (``protocol.token`` / ``header_value``)."""
     out: list[Action] = [("set", f"{V.ACTION.lower()}={'admit' if d.admit else 'refuse'}"),
                          ("set", f"{V.REASON.lower()}={token(d.reason, 'reason')}")]
     if not d.admit:
-        out.append(("hangup", cause_name(d.q850)))
+        # before answer, ``respond <code>`` sends exactly the SIP code of the
+        # refusal table (mod_sofia hangs the channel up with it); ``hangup
+        # CAUSE`` would leave as 603 whatever the reason
+        out.append(("respond", str(int(d.sip_code))))
         return out
     kind = data.get("variable_dustel_target_kind", "account")
     if d.caller_id:

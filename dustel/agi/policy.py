@@ -82,8 +82,31 @@ class Decision:
     reserve_cents: int = 0         # money to hold until the call settles
 
 
-def refuse(reason: str, sip_code: int, q850: int, **kw: object) -> Decision:
+# THE table of refusals (SPEC F-04): reason -> (SIP response code, Q.850
+# cause).  Both engines send exactly this SIP code for the reason —
+# FreeSWITCH with ``respond <code>``, Asterisk with ``PJSIPHangup(<code>)`` —
+# and log the reason; the Q.850 cause goes with it (Reason header, CDR).
+REFUSALS: Mapping[str, tuple[int, int]] = {
+    "ip_not_allowed": (403, 21),
+    "zone_blocked": (403, 21),
+    "no_rate": (403, 21),
+    "insufficient_credit": (402, 21),
+    "invalid_number": (484, 28),
+    "line_limit": (503, 34),          # outbound lines of the tenant in use
+    "line_limit_in": (486, 17),       # inbound lines of the tenant in use: busy
+    "blacklisted": (603, 21),
+    "not_whitelisted": (603, 21),
+    "anonymous_rejected": (433, 21),  # RFC 5079 Anonymity Disallowed
+    "internal_error": (503, 41),      # the policy failed: fail closed, temporarily
+}
+
+
+def refuse(reason: str, **kw: object) -> Decision:
+    sip_code, q850 = REFUSALS[reason]
     return Decision(admit=False, reason=reason, sip_code=sip_code, q850=q850, **kw)  # type: ignore[arg-type]
+
+
+INTERNAL_ERROR = refuse("internal_error")
 
 
 def emergency_number(dialed: str) -> str | None:
@@ -112,6 +135,21 @@ def normalize(dialed: str, area_code: str) -> str | None:
     if not digits.isascii() or not digits.isdigit() or not 7 <= len(digits) <= 15 or digits[0] == "0":
         return None
     return "+" + digits
+
+
+def clean_caller(raw: str) -> str:
+    """The caller's number as signalled, made harmless: SIP allows almost
+    anything in a user part (``!~%,;`` and spaces included), an engine
+    command or dialplan value allows none of it.  Keeps a leading ``+`` and
+    the digits; a withheld or unusable number becomes ``anonymous``.  The
+    call goes on either way — a hostile caller ID is cleaned, not refused."""
+    text = raw.strip()
+    if is_anonymous(text):
+        return "anonymous" if text else ""
+    digits = "".join(c for c in text if c.isascii() and c.isdigit())
+    if not digits:
+        return "anonymous"
+    return ("+" if text.startswith("+") else "") + digits[:32]
 
 
 def is_anonymous(caller: str) -> bool:
@@ -160,26 +198,26 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
                         caller_id=caller_id, max_seconds=0)
     # 2. IP restriction.
     if not _ip_allowed(req.source_ip, snap.allowed_nets):
-        return refuse("ip_not_allowed", 403, 21)
+        return refuse("ip_not_allowed")
     # 3. Internal calls: no trunk line, no money.
     if snap.callee_account is not None:
         return Decision(admit=True, reason="internal", route="internal", destination=snap.callee_account,
                         caller_id=caller_id, max_seconds=snap.max_call_seconds)
     # 4. Lines out, live.
     if snap.active_out >= snap.lines_out:
-        return refuse("line_limit", 503, 34)
+        return refuse("line_limit")
     # 5. Number and zone.
     e164 = normalize(req.callee, snap.area_code)
     if e164 is None:
-        return refuse("invalid_number", 484, 28)
+        return refuse("invalid_number")
     digits = e164[1:]
     zkey = rating.longest_match(tariff.zones, digits)
     zone = tariff.zones[zkey] if zkey is not None else "world"
     if zone not in snap.zones:
-        return refuse("zone_blocked", 403, 21, zone=zone)
+        return refuse("zone_blocked", zone=zone)
     rkey = rating.longest_match(tariff.rates, digits)
     if rkey is None:
-        return refuse("no_rate", 403, 21, zone=zone)
+        return refuse("no_rate", zone=zone)
     rate = tariff.rates[rkey]
     # 6. Money and time.
     common = {"route": "external", "destination": e164, "caller_id": caller_id, "zone": zone,
@@ -194,7 +232,7 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
     paid = rating.affordable_seconds(snap.available_cents, rate, snap.increment)
     max_seconds = min(snap.max_call_seconds, free + paid)
     if max_seconds <= 0:
-        return refuse("insufficient_credit", 402, 21, zone=zone, cents_per_minute=rate)
+        return refuse("insufficient_credit", zone=zone, cents_per_minute=rate)
     reserve = rating.cost_cents(max_seconds - free, rate, snap.increment)
     return Decision(admit=True, reason="ok", max_seconds=max_seconds, cents_per_minute=rate, free_seconds=free,
                     reserve_cents=reserve, **common)  # type: ignore[arg-type]
@@ -202,10 +240,10 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
 
 def _inbound(req: CallRequest, snap: Snapshot) -> Decision:
     if any(matches(p, req.caller) for p in snap.blacklist):
-        return refuse("blacklisted", 603, 21)
+        return refuse("blacklisted")
     if snap.whitelist and not any(matches(p, req.caller) for p in snap.whitelist):
-        return refuse("anonymous_rejected" if is_anonymous(req.caller) else "not_whitelisted", 603, 21)
+        return refuse("anonymous_rejected" if is_anonymous(req.caller) else "not_whitelisted")
     if snap.active_in >= snap.lines_in:
-        return refuse("line_limit", 486, 17)
+        return refuse("line_limit_in")
     return Decision(admit=True, reason="ok", route="inbound", destination=snap.account,
                     caller_id=req.caller, max_seconds=snap.max_call_seconds)

@@ -6,6 +6,8 @@ Definitions (per queue, per bucket; a call counts in the bucket of the
 event that concerns it):
 
 - offered: callers that entered the queue;
+- offers_failed: an agent answered but the bridge failed (the caller had
+  gone), or the offer failed (mod_callcenter ``bridge-agent-fail``);
 - answered / abandoned (caller hung up waiting) / timed_out (max wait
   reached) / closed (queue closed or full, sent elsewhere);
 - wait: of answered calls — sum, average, max; abandon_wait_avg: how long
@@ -78,14 +80,23 @@ def from_fs(node: str, ev: Event) -> list[Q]:
     joined = _epoch(ev.get("CC-Member-Joined-Time"))
     if action == "member-queue-start":
         return _row(node, queue, "offered", now, call)
-    if action == "bridge-agent-start":
-        answered = _epoch(ev.get("CC-Agent-Answered-Time")) or now
-        wait = int((answered - joined).total_seconds() * 1000) if joined else None
-        return _row(node, queue, "answered", answered, call, _agent(ev.get("CC-Agent")), wait_ms=wait)
+    # bridge-agent-start fires the moment the agent answers, *before*
+    # mod_callcenter checks that the caller is still there: it counts nothing.
+    # A call is answered only when the bridge happened: bridge-agent-end with
+    # CC-Agent-Bridged true (recording 07); false, or bridge-agent-fail, is a
+    # failed offer.
     if action == "bridge-agent-end":
+        agent = _agent(ev.get("CC-Agent"))
         answered, ended = _epoch(ev.get("CC-Agent-Answered-Time")), _epoch(ev.get("CC-Bridge-Terminated-Time"))
-        talk = int((ended - answered).total_seconds() * 1000) if answered and ended else None
-        return _row(node, queue, "completed", ended or now, call, _agent(ev.get("CC-Agent")), talk_ms=talk)
+        if ev.get("CC-Agent-Bridged") != "true":
+            return _row(node, queue, "offer_failed", ended or now, call, agent)
+        answered = answered or now
+        wait = int((answered - joined).total_seconds() * 1000) if joined else None
+        talk = int((ended - answered).total_seconds() * 1000) if ended else None
+        return (_row(node, queue, "answered", answered, call, agent, wait_ms=wait)
+                + _row(node, queue, "completed", ended or now, call, agent, talk_ms=talk))
+    if action == "bridge-agent-fail":
+        return _row(node, queue, "offer_failed", now, call, _agent(ev.get("CC-Agent")))
     if action == "member-queue-end" and ev.get("CC-Cause") == "Cancel":
         left = _epoch(ev.get("CC-Member-Leaving-Time")) or now
         wait = int((left - joined).total_seconds() * 1000) if joined else None
@@ -130,6 +141,7 @@ SELECT date_trunc(%(unit)s, e.at AT TIME ZONE q.timezone) AS bucket,
        count(*) FILTER (WHERE kind = 'abandoned') AS abandoned,
        count(*) FILTER (WHERE kind = 'timeout') AS timed_out,
        count(*) FILTER (WHERE kind = 'closed') AS closed,
+       count(*) FILTER (WHERE kind = 'offer_failed') AS offers_failed,
        count(*) FILTER (WHERE kind = 'answered' AND wait_ms <= q.sl * 1000) AS answered_in_sl,
        coalesce(sum(wait_ms) FILTER (WHERE kind = 'answered'), 0)::bigint AS wait_ms,
        coalesce(max(wait_ms) FILTER (WHERE kind = 'answered'), 0)::bigint AS wait_max_ms,
@@ -219,13 +231,14 @@ def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.
             "talk_s": _sec(r["talk_ms"]), "answered_in_sl": r["answered_in_sl"],
             "service_level_pct": (Decimal(100 * r["answered_in_sl"]) / offered).quantize(Decimal("0.1"))
             if offered else Decimal("0.0"),
+            "offers_failed": r["offers_failed"],
         })
     return tz, out
 
 
 COLUMNS = {
     "time": ["start", "offered", "answered", "abandoned", "timed_out", "closed", "wait_sum_s", "wait_avg_s",
-             "wait_max_s", "abandon_wait_avg_s", "talk_s", "answered_in_sl", "service_level_pct"],
+             "wait_max_s", "abandon_wait_avg_s", "talk_s", "answered_in_sl", "service_level_pct", "offers_failed"],
     "agent": ["agent", "agent_id", "calls_taken", "talk_s", "avg_wait_s", "logged_in_s", "paused_s"],
 }
 
@@ -235,8 +248,21 @@ def to_csv(rows: list[dict[str, Any]], by: str = "day") -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS["agent" if by == "agent" else "time"], lineterminator="\r\n")
     w.writeheader()
-    w.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
+
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """A cell a spreadsheet shows as text: a string that starts like a
+    formula (``= + - @``, tab, CR — an agent named ``=HYPERLINK(…)``) gets a
+    leading apostrophe (OWASP CSV injection).  Numbers stay numbers."""
+    text = str(value)
+    if isinstance(value, str) and text.startswith(_FORMULA):
+        return "'" + text
+    return text
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:

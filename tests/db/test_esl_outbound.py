@@ -15,7 +15,7 @@ import pytest
 
 from dustel.billing import calls
 from dustel.controller import protocol as P
-from dustel.provisioning import numbers
+from dustel.provisioning import numbers, targets
 from tests.esl_emulator import OutboundCall, Replayer, load, wait_for
 from tests.factories import account, tenant
 
@@ -110,16 +110,25 @@ def test_admitted_call_is_limited_bridged_and_settled(server: Server, conn: psyc
     assert c.closed_by_client and c.commands[-1] == "exit"
 
 
-def test_refusals_hang_up_with_the_cause(server: Server, conn: psycopg.Connection, prepaid: dict[str, Any]) -> None:
+def test_refusals_respond_with_the_sip_code_of_the_table(server: Server, conn: psycopg.Connection,
+                                                        prepaid: dict[str, Any]) -> None:
+    """Issue 15.3: FreeSWITCH refused every call as 603 (``hangup
+    CALL_REJECTED``); now ``respond <code>`` sends policy.REFUSALS' code."""
     wrong_ip = outbound(server, prepaid, "01701234567", ip="198.51.100.7")
     assert wrong_ip.executed == [("set", "dustel_action=refuse"), ("set", "dustel_reason=ip_not_allowed"),
-                                 ("hangup", "CALL_REJECTED")]
+                                 ("respond", "403")]
+    assert wrong_ip.responded == 403 and wrong_ip.hangup_cause == "CALL_REJECTED"
     blocked = outbound(server, prepaid, "00861012345678")              # world zone: not in the preset
-    assert blocked.executed[-1] == ("hangup", "CALL_REJECTED") and ("set", "dustel_reason=zone_blocked") in \
+    assert blocked.executed[-1] == ("respond", "403") and ("set", "dustel_reason=zone_blocked") in \
         blocked.executed
+    invalid = outbound(server, prepaid, "0123")                         # too short for a number
+    assert invalid.executed[-2:] == [("set", "dustel_reason=invalid_number"), ("respond", "484")]
+    conn.execute("UPDATE tenant_money SET balance_cents = 0")
+    broke = outbound(server, prepaid, "01701234567")
+    assert broke.executed[-2:] == [("set", "dustel_reason=insufficient_credit"), ("respond", "402")]
     assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 0
     assert money(conn, prepaid["tenant"]["id"])["reserved_cents"] == 0
-    assert server.logged("reason=ip_not_allowed") and server.logged("reason=zone_blocked")
+    assert server.logged("refused reason=ip_not_allowed sip=403") and server.logged("reason=zone_blocked sip=403")
 
 
 def test_emergency_passes_with_empty_balance(server: Server, conn: psycopg.Connection,
@@ -157,9 +166,9 @@ def test_inbound_call_to_an_account(server: Server, conn: psycopg.Connection, pr
 def test_bad_channel_data_is_refused_and_the_server_goes_on(server: Server, conn: psycopg.Connection,
                                                              prepaid: dict[str, Any]) -> None:
     bad = outbound(server, prepaid, "01701234567", variables={"dustel_tenant": "7 OR 1=1"})
-    assert bad.executed[-1] == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    assert bad.executed[-1] == ("respond", "503")
     unknown = outbound(server, prepaid, "01701234567", variables={"dustel_tenant": "999999"})
-    assert unknown.executed[-1] == ("hangup", "NORMAL_TEMPORARY_FAILURE")
+    assert unknown.executed[-1] == ("respond", "503")
     good = outbound(server, prepaid, "01701234567", callee=("answer", 1))
     assert good.executed[0] == ("set", "dustel_action=admit")
     assert server.proc.poll() is None
@@ -247,3 +256,81 @@ def test_session_reads_real_freeswitch_bytes() -> None:
                      "CHANNEL_HANGUP", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_UNPARK", "CHANNEL_EXECUTE_COMPLETE",
                      "CHANNEL_STATE", "CHANNEL_STATE", "CHANNEL_HANGUP_COMPLETE"]
     assert session._lingering
+
+
+# ------------------------------------------------------------ queue calls
+
+@pytest.fixture
+def business(conn: psycopg.Connection) -> dict[str, Any]:
+    t = tenant(conn, options={"acd": 1})
+    with conn.transaction():
+        targets.queue_add(conn, t["id"], "support", "1")
+        numbers.add(conn, t["id"], "+492111230000")
+    return t
+
+
+def queue_call(server: Server, t: dict[str, Any], **kw: Any) -> OutboundCall:
+    c = OutboundCall(server.port, "+492111230000", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "queue",
+                                                    "dustel_target": f"t{t['id']}-support",
+                                                    "dustel_domain": t["sip_domain"]}, caller="+4930555", **kw)
+    c.start()
+    return c
+
+
+def test_answered_queue_call_stays_up_until_the_caller_hangs_up(server: Server, conn: psycopg.Connection,
+                                                                 business: dict[str, Any]) -> None:
+    """Issue 15.1 (recording 06): ``callcenter`` completes when the agent
+    answers and mod_callcenter bridges afterwards.  The server used to hang
+    up right there (the emulator then cuts the bridge: billsec 0)."""
+    c = queue_call(server, business, queue=("answered", 12), hold=True)
+    assert c.bridged.wait(20), c.executed
+    wait_for(lambda: server.logged(f"queue call={c.uuid} answered by agent"), what="the server saw the answer")
+    assert c.hangup_cause == ""                       # nobody cut the bridge
+    c.hangup_caller()                                 # 12 s of talk later, the caller hangs up
+    c.wait()
+    assert [a for a, _ in c.executed][-2:] == ["answer", "callcenter"]
+    assert (c.billsec, c.hangup_cause) == (12, "NORMAL_CLEARING")
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert (row["direction"], row["billsec"]) == ("in", 12)
+
+
+def test_queue_timeout_ends_the_call(server: Server, conn: psycopg.Connection, business: dict[str, Any]) -> None:
+    c = queue_call(server, business, queue=("timeout",)).wait()
+    assert c.executed[-1] == ("hangup", "NORMAL_CLEARING")
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert row["billsec"] == 0
+
+
+def test_hostile_caller_id_is_cleaned_and_leaves_no_line_taken(server: Server, conn: psycopg.Connection,
+                                                               prepaid: dict[str, Any]) -> None:
+    """Issue 15.7: a caller ID with characters legal in SIP but not in an
+    engine command was admitted, then refused while building the commands —
+    with its line still taken.  Now it is cleaned and the call goes through."""
+    t = prepaid["tenant"]
+    for hostile in ("+49 30!555~1", "49%30,555;1", "sip-evil 1"):
+        c = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(t["id"]),
+                                                        "dustel_target_kind": "account",
+                                                        "dustel_target": prepaid["user"],
+                                                        "dustel_domain": t["sip_domain"]},
+                         caller=hostile, callee=("answer", 3))
+        c.start()
+        c.wait()
+        assert ("set", "dustel_action=admit") in c.executed, (hostile, c.executed)
+        assert ("bridge", f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0,
+             what="all settled")
+    assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'settled'").fetchone()["n"] == 3
+
+
+def test_an_admitted_call_that_cannot_be_executed_gives_its_line_back(server: Server, conn: psycopg.Connection,
+                                                                       prepaid: dict[str, Any]) -> None:
+    """Issue 15.7: when building the engine commands fails after the admit
+    (here: a domain FreeSWITCH would take as two words), the call is
+    refused *and* its reservation released at once — not hours later."""
+    internal = account(conn, prepaid["tenant"]["id"])
+    c = outbound(server, prepaid, internal, variables={"dustel_domain": "bad domain", "domain_name": "x y"})
+    assert c.executed[-1] == ("respond", "503")
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="release")
+    assert row["billsec"] == 0 and row["charged_cents"] == 0
+    m = money(conn, prepaid["tenant"]["id"])
+    assert m["reserved_cents"] == 0

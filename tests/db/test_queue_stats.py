@@ -229,7 +229,7 @@ def test_engine_queue_events_normalise_idempotently(conn: psycopg.Connection, tw
     start = recorded[0].headers
     joined = int(start.get("Event-Date-Timestamp", "0")) // 10**6
     for action, extra in (("bridge-agent-start", {"CC-Agent-Answered-Time": str(joined + 12)}),
-                          ("bridge-agent-end", {"CC-Agent-Answered-Time": str(joined + 12),
+                          ("bridge-agent-end", {"CC-Agent-Answered-Time": str(joined + 12), "CC-Agent-Bridged": "true",
                                                 "CC-Bridge-Terminated-Time": str(joined + 72)})):
         ops += stats.from_fs("fs1", P.Event({"Event-Name": "CUSTOM", "Event-Subclass": "callcenter::info",
                                              "CC-Action": action, "CC-Queue": f"t{tid}-support@{dom}",
@@ -251,7 +251,99 @@ def test_engine_queue_events_normalise_idempotently(conn: psycopg.Connection, tw
     got = [(r["kind"], r["agent_id"], r["wait_ms"], r["talk_ms"]) for r in raw(conn, a["q"]["id"])]
     assert sorted(got, key=str) == sorted([
         ("offered", None, None, None), ("abandoned", None, 7000, None),          # the recorded caller
+        ("offer_failed", ag, None, None),                                       # its bridge-agent-fail
         ("answered", ag, 12000, None), ("completed", ag, None, 60000),          # the synthesised one
         ("offered", None, None, None), ("answered", ag, 7000, None),            # Asterisk
     ], key=str)
     assert len(raw(conn, two["b"]["q"]["id"])) == 1
+
+
+def _recorded_07(tid: int, dom: str, ag: int) -> list[P.Event]:
+    out = []
+    for f in fs_frames("07-callcenter-events-answered"):
+        if f.content_type != "text/event-plain":
+            continue
+        h = dict(P.parse_event(f).headers)
+        if h.get("Event-Subclass") != "callcenter::info":
+            continue
+        if "CC-Queue" in h:
+            h["CC-Queue"] = f"t{tid}-support@{dom}"
+        if "CC-Agent" in h:
+            h["CC-Agent"] = f"agent-{ag}@{dom}"
+        out.append(P.Event(h))
+    return out
+
+
+def _store(conn: psycopg.Connection, ops: list[Any]) -> None:
+    def flow():  # type: ignore[no-untyped-def]
+        for q in ops:
+            _rows = yield q       # noqa: F841
+    run_sync(conn, flow())
+
+
+def test_recorded_answered_queue_call_counts_answered_with_its_talk(conn: psycopg.Connection,
+                                                                    two: dict[str, Any]) -> None:
+    """Issue 15.2, recording 07 (a real answered call): answered once, with
+    wait and talk from CC-Agent-Answered-Time / CC-Bridge-Terminated-Time."""
+    a = two["a"]
+    tid, dom, ag = a["t"]["id"], a["t"]["sip_domain"], a["agents"][0]["id"]
+    events = _recorded_07(tid, dom, ag)
+    assert [e.get("CC-Action") for e in events if e.get("CC-Action").startswith(("bridge", "member-queue"))] == [
+        "member-queue-start", "bridge-agent-start", "bridge-agent-end", "member-queue-end"]
+    _store(conn, [q for e in events for q in stats.from_fs("fs1", e)])
+    got = sorted((r["kind"], r["agent_id"], r["wait_ms"], r["talk_ms"]) for r in raw(conn, a["q"]["id"]))
+    assert got == sorted([("offered", None, None, None), ("answered", ag, 0, None), ("completed", ag, None, 17000)])
+    day = dt.datetime(2026, 11, 25, tzinfo=BERLIN)
+    _, rows = stats.report(conn, tid, "support", day, day + dt.timedelta(days=1), "day")
+    assert [(r["offered"], r["answered"], r["talk_s"], r["offers_failed"]) for r in rows] == [(1, 1, 17, 0)]
+
+
+def test_a_bridge_that_failed_is_no_answered_call(conn: psycopg.Connection, two: dict[str, Any]) -> None:
+    """Issue 15.2: the agent answered, the caller was gone ("Failed to
+    bridge"): bridge-agent-start, then bridge-agent-end with
+    CC-Agent-Bridged false.  Before: exported as answered with talk 0."""
+    a = two["a"]
+    tid, dom, ag = a["t"]["id"], a["t"]["sip_domain"], a["agents"][0]["id"]
+    events = _recorded_07(tid, dom, ag)
+    ops = []
+    for e in events:
+        h = dict(e.headers)
+        if h["CC-Action"] == "bridge-agent-end":
+            h["CC-Agent-Bridged"] = "false"
+        if h["CC-Action"] == "member-queue-end":
+            h.update({"CC-Cause": "Cancel", "CC-Cancel-Reason": "BREAK_OUT"})
+        ops += stats.from_fs("fs1", P.Event(h))
+    ops += stats.from_fs("fs1", P.Event({"Event-Name": "CUSTOM", "CC-Action": "bridge-agent-fail",
+                                         "CC-Queue": f"t{tid}-support@{dom}", "CC-Agent": f"agent-{ag}@{dom}",
+                                         "CC-Member-Session-UUID": "m3",
+                                         "Event-Date-Timestamp": events[0].get("Event-Date-Timestamp")}))
+    _store(conn, ops)
+    day = dt.datetime(2026, 11, 25, tzinfo=BERLIN)
+    _, rows = stats.report(conn, tid, "support", day, day + dt.timedelta(days=1), "day")
+    assert [(r["offered"], r["answered"], r["abandoned"], r["talk_s"], r["offers_failed"]) for r in rows] == [
+        (1, 0, 1, 0, 2)]
+    _, agents = stats.report(conn, tid, "support", day, day + dt.timedelta(days=1), "agent")
+    assert all(r["calls_taken"] == 0 for r in agents)
+
+
+def test_export_cells_cannot_carry_a_formula(conn: psycopg.Connection) -> None:
+    """Issue 16.7: an agent named like a formula is exported as text."""
+    t = tenant(conn, name="Formula", options={"acd": 1})
+    user = account(conn, t["id"])
+    with conn.transaction():
+        targets.queue_add(conn, t["id"], "support", "1")
+        g = targets.agent_add(conn, t["id"], "=HYPERLINK(\"http://evil\")", "1234", account=user,
+                              queues=["support"])
+    at = dt.datetime(2026, 11, 25, 10, tzinfo=BERLIN)
+    conn.execute("""INSERT INTO queue_events (tenant_id, queue_id, at, kind, call_id, agent_id, wait_ms)
+                    SELECT %s, id, %s, 'answered', 'c1', %s, 1000 FROM queues WHERE tenant_id = %s""",
+                 (t["id"], at, g["id"], t["id"]))
+    _, rows = stats.report(conn, t["id"], "support", at - dt.timedelta(hours=1), at + dt.timedelta(hours=1),
+                           "agent")
+    text = stats.to_csv(rows, "agent")
+    cells = [c for line in csv.reader(io.StringIO(text)) for c in line]
+    assert "'=HYPERLINK(\"http://evil\")" in cells
+    assert not any(c.startswith(("=", "+", "@", "\t", "\r")) for c in cells)
+    for evil in ("+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert stats.csv_cell(evil) == "'" + evil
+    assert stats.csv_cell(-5) == "-5"

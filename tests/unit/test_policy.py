@@ -178,7 +178,7 @@ def test_inbound_lists_and_lines() -> None:
     assert decide(inbound(""), w, TARIFF).reason == "anonymous_rejected"
     assert decide(inbound(""), snap(whitelist=("+4930*", "anonymous")), TARIFF).admit
     busy = decide(inbound("+4930123"), snap(active_in=2), TARIFF)
-    assert (busy.admit, busy.reason, busy.sip_code, busy.q850) == (False, "line_limit", 486, 17)
+    assert (busy.admit, busy.reason, busy.sip_code, busy.q850) == (False, "line_limit_in", 486, 17)
 
 
 @given(cents=st.integers(0, 10**7), rate=st.integers(1, 500), inc=st.sampled_from([1, 60]),
