@@ -119,6 +119,30 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
                     **values)  # type: ignore[arg-type]
 
 
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def node_sources(nodes: tuple[EngineNode, ...], fallback: str) -> dict[str, str]:
+    """Source address -> node name of the engine nodes a policy server
+    accepts requests from (their ``host``, resolved now).  Without configured
+    nodes only loopback may ask, as node ``fallback`` (a one-box demo)."""
+    import socket
+    if not nodes:
+        return {ip: fallback for ip in LOOPBACK}
+    out: dict[str, str] = {}
+    for n in nodes:
+        try:
+            infos = socket.getaddrinfo(n.host, None, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            raise DustelError(f"node {n.name}.host", f"cannot be resolved ({exc})") from None
+        for info in infos:
+            ip = str(info[4][0])
+            out[ip] = n.name
+            if ip.count(".") == 3:
+                out["::ffff:" + ip] = n.name
+    return out
+
+
 def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
     if not isinstance(raw, list):
         raise DustelError(key, "must be a list of tables")

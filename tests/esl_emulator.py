@@ -179,6 +179,7 @@ class OutboundCall:
 
     queue: tuple = ("answered", 12)                          # what mod_callcenter does: answered | timeout
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
+    source: str = "127.0.0.1"     # the address FreeSWITCH connects from
 
     def start(self) -> threading.Thread:
         self._done = threading.Event()
@@ -231,7 +232,7 @@ class OutboundCall:
 
     def _run(self) -> None:
         try:
-            self._sock = socket.create_connection(("127.0.0.1", self.port))
+            self._sock = socket.create_connection(("127.0.0.1", self.port), source_address=(self.source, 0))
             self._serve()
         except OSError as exc:
             self.error = repr(exc)

@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from ..billing import calls
+from ..config import LOOPBACK
 from ..controller.esl_reader import DustelSession, ESLMessage
 from ..queue import agents, codes, hours, service
 from . import freeswitch as fs
@@ -106,9 +107,14 @@ class CallControl:
             self.hangup_complete.set(None)
             self.bridge_done.set(None)
 
+    def node(self, data: Mapping[str, str]) -> str:
+        """The configured name of the node this connection came from, else
+        the switch's own name (loopback demo)."""
+        return getattr(self.session, "dustel_node", "") or fs.node_of(data)
+
     def decide(self, data: dict[str, str]) -> Decision:
         route = fs.route_of(data)
-        req = fs.request_from(data)
+        req = replace(fs.request_from(data), node=self.node(data))
         d: Decision = Runtime.run(calls.admit(req, Runtime.tariff()))
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
                  req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
@@ -237,7 +243,7 @@ class CallControl:
         raw = hangup.get("variable_billsec", "0")
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
         try:
-            st = Runtime.run(calls.settle(fs.node_of(data), call_id, billsec))
+            st = Runtime.run(calls.settle(self.node(data), call_id, billsec))
         except psycopg.Error as exc:
             log.warning("call=%s settle failed (reservation expires): %s", call_id, exc)
             return
@@ -261,7 +267,16 @@ class DustelESLServer(OutboundESLServer):
             ready.set()
         while self._running:
             sock, address = self.server.accept()
-            gevent.spawn(self._serve, DustelSession(address, sock))
+            ip = str(address[0])
+            if ip not in self.nodes:
+                log.warning("outbound connection from %s refused: not a configured engine node", ip)
+                sock.close()
+                continue
+            session = DustelSession(address, sock)
+            session.dustel_node = self.nodes[ip]     # type: ignore[attr-defined]
+            gevent.spawn(self._serve, session)
+
+    nodes: dict[str, str] = {}
 
     def _serve(self, session: DustelSession) -> None:
         try:
@@ -273,11 +288,14 @@ class DustelESLServer(OutboundESLServer):
             session.sock.close()
 
 
-def serve(dsn: str, host: str, port: int, max_connections: int = 1000) -> None:
+def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 1000) -> None:
+    """``nodes``: source address -> node name of the FreeSWITCH nodes that may
+    connect ('' name: the node is the call's ``FreeSWITCH-Switchname``)."""
     Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"row_factory": dict_row, **calls.POOL_KWARGS},
                                  open=True)
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
                              max_connections=max_connections)
+    server.nodes = dict(nodes)
     expire = gevent.spawn(_expire_loop)
     try:
         server.listen()
@@ -299,12 +317,19 @@ def _expire_loop() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
+    import json
+    import os
     import sys
-    ap = argparse.ArgumentParser(prog="dustel esl serve")
-    ap.add_argument("--dsn", required=True)
+    ap = argparse.ArgumentParser(prog="dustel esl serve",
+                                 description="DSN in $DUSTEL_ESL_DSN, engine nodes in $DUSTEL_ESL_NODES (JSON "
+                                             "{address: name}; default: loopback only)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8084)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    serve(args.dsn, args.host, args.port)
+    dsn = os.environ.get("DUSTEL_ESL_DSN", "")
+    if not dsn:
+        ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
+    nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    serve(dsn, args.host, args.port, nodes)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -34,6 +34,8 @@ from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 log = logging.getLogger("dustel.agi")
 
 MAX_REQUEST_BYTES = 16384
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+NODE = "dustel_node"     # the node a request came from, added after parsing (no agi_ prefix: never from the wire)
 REQUEST_TIMEOUT = 5.0
 
 
@@ -52,9 +54,13 @@ class Context:
     """What handlers share: the pool, the tariff cache, the node name, and
     the admission batcher."""
 
-    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 2, max_batch: int = 64) -> None:
+    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 2, max_batch: int = 64,
+                 nodes: Mapping[str, str] | None = None) -> None:
         self.pool = pool
         self.node = node
+        # engine nodes by source address: only they may ask; a call is stored
+        # under the node it came from, so no node can settle another's calls
+        self.nodes = dict(nodes) if nodes else {ip: node for ip in LOOPBACK}
         self.tariffs = calls.TariffCache()
         self.max_batch = max_batch
         self._pending: list[tuple[CallRequest, asyncio.Future[Decision]]] = []
@@ -167,12 +173,12 @@ async def outbound(request: Request, ctx: Context) -> None:
     remote = _arg(h, 3)
     source_ip = remote.rsplit(":", 1)[0].strip("[]") if remote else None
     req = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account=_arg(h, 2), caller=_caller(h),
-                      callee=h.get("agi_extension", ""), source_ip=source_ip, engine="asterisk", node=ctx.node,
+                      callee=h.get("agi_extension", ""), source_ip=source_ip, engine="asterisk", node=h[NODE],
                       call_id=h.get("agi_uniqueid", ""))
     d = await ctx.admit(req)
     log.info("outbound call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", req.call_id,
              req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
-    await _apply(request, d)
+    await _answer(request, ctx, req, d)
 
 
 async def inbound(request: Request, ctx: Context) -> None:
@@ -180,21 +186,43 @@ async def inbound(request: Request, ctx: Context) -> None:
     h = request.headers
     kind, target = _arg(h, 2), _arg(h, 3)
     req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
-                      caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=ctx.node,
+                      caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=h[NODE],
                       call_id=h.get("agi_uniqueid", ""))
     if kind == "queue" and await ctx.run(agents.is_external_agent(req.tenant_id, req.caller)):
         await agent_hotline(request, ctx, req.tenant_id, hours.queue_of(target, req.tenant_id), req.caller)
         return
     d = await ctx.admit(req)
     extra: dict[str, str] = {}
-    if d.admit and kind == "queue":
-        qs = await ctx.run(hours.state(req.tenant_id, hours.queue_of(target, req.tenant_id), req.now))
-        extra = {V.QUEUE_OPEN: "1" if qs.open else "0", V.CLOSED_ANNOUNCE: qs.closed_announce,
-                 V.CLOSED_DIAL: closed_dial(qs.closed_target)}
+    try:
+        if d.admit and kind == "queue":
+            qs = await ctx.run(hours.state(req.tenant_id, hours.queue_of(target, req.tenant_id), req.now))
+            extra = {V.QUEUE_OPEN: "1" if qs.open else "0", V.CLOSED_ANNOUNCE: qs.closed_announce,
+                     V.CLOSED_DIAL: closed_dial(qs.closed_target)}
+    except (ValueError, psycopg.Error):
+        await _release(ctx, req, d)
+        raise
     log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s%s", req.call_id, req.tenant_id,
              kind, target, req.caller, d.admit, d.reason,
              f" queue_open={extra[V.QUEUE_OPEN]}" if extra else "")
-    await _apply(request, d, extra)
+    await _answer(request, ctx, req, d, extra)
+
+
+async def _answer(request: Request, ctx: Context, req: CallRequest, d: Decision,
+                  extra: dict[str, str] | None = None) -> None:
+    """Send the decision; when that fails for an admitted call (a value the
+    dialplan cannot take), the call is refused — and its line and money
+    given back at once instead of when the reservation expires."""
+    try:
+        await _apply(request, d, extra)
+    except ValueError:
+        await _release(ctx, req, d)
+        raise
+
+
+async def _release(ctx: Context, req: CallRequest, d: Decision) -> None:
+    if d.admit:
+        s = await ctx.run(calls.settle(req.node, req.call_id, 0))
+        log.warning("call=%s admitted but not executable: released (%s)", req.call_id, s.status)
 
 
 def closed_dial(target: str) -> str:
@@ -208,7 +236,7 @@ async def hangup(request: Request, ctx: Context) -> None:
     h = request.headers
     raw = _arg(h, 1)
     billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
-    s = await ctx.run(calls.settle(ctx.node, h.get("agi_uniqueid", ""), billsec))
+    s = await ctx.run(calls.settle(h[NODE], h.get("agi_uniqueid", ""), billsec))
     log.info("hangup call=%s billsec=%s status=%s charged=%s", h.get("agi_uniqueid"), billsec, s.status,
              s.charged_cents)
 
@@ -312,7 +340,13 @@ class DustelAGI(Application):
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 log.warning("agi request incomplete, dropped")
                 return
+            peer = writer.get_extra_info("peername")
+            node = self.ctx.nodes.get(peer[0] if peer else "")
+            if node is None:
+                log.warning("agi request from %s refused: not a configured engine node", peer)
+                return
             headers = parse_request(raw)
+            headers[NODE] = node
             script = headers.get("agi_network_script", "").split("?")[0]
             route = self._route.get(script)
             if route is None:
@@ -327,15 +361,16 @@ class DustelAGI(Application):
 
 
 async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Event | None = None,
-                min_conn: int = 2, max_conn: int = 8) -> None:
+                min_conn: int = 2, max_conn: int = 8, nodes: Mapping[str, str] | None = None) -> None:
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
     async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False,
                                    kwargs={"row_factory": dict_row, **calls.POOL_KWARGS}) as pool:
-        ctx = Context(pool, node)
+        ctx = Context(pool, node, nodes=nodes)
         app = DustelAGI(ctx, loop)
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
-        log.info("fastagi listening on %s:%s node=%s", host, port, node)
+        log.info("fastagi listening on %s:%s nodes=%s", host, port,
+                 ",".join(f"{n}@{ip}" for ip, n in sorted(ctx.nodes.items())))
         if ready is not None:
             ready.set()
 

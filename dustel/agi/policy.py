@@ -98,6 +98,8 @@ REFUSALS: Mapping[str, tuple[int, int]] = {
     "not_whitelisted": (603, 21),
     "anonymous_rejected": (433, 21),  # RFC 5079 Anonymity Disallowed
     "internal_error": (503, 41),      # the policy failed: fail closed, temporarily
+    "call_conflict": (482, 25),       # the call id of another admitted call (SIP Loop Detected)
+    "node_unknown": (403, 21),        # a request from no configured engine node
 }
 
 

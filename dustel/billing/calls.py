@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from ..agi.policy import CallRequest, Decision, Snapshot, Tariff, decide
+from ..agi.policy import CallRequest, Decision, Snapshot, Tariff, decide, refuse
 from . import rating
 
 Rows = list[dict[str, Any]]
@@ -88,13 +88,14 @@ _EXISTING = "SELECT * FROM calls WHERE node = %(node)s AND call_id = %(call)s"
 _INSERT_RESERVE_MANY = """
 WITH c AS (
     INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination, zone, flat_zone,
-                       cents_per_minute, increment, max_seconds, reserved_cents, reserved_free, expires_at)
+                       cents_per_minute, increment, max_seconds, reserved_cents, reserved_free, expires_at, callee)
     SELECT node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free,
-           now() + make_interval(secs => ttl)
+           now() + make_interval(secs => ttl), callee
       FROM unnest(%(node)s::text[], %(call)s::text[], %(t)s::bigint[], %(account)s::text[], %(dir)s::text[],
                   %(route)s::text[], %(dest)s::text[], %(zone)s::text[], %(flat)s::text[], %(rate)s::int[],
-                  %(inc)s::int[], %(max)s::int[], %(cents)s::bigint[], %(free)s::int[], %(ttl)s::int[])
-           AS r(node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free, ttl)
+                  %(inc)s::int[], %(max)s::int[], %(cents)s::bigint[], %(free)s::int[], %(ttl)s::int[],
+                  %(callee)s::text[])
+           AS r(node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free, ttl, callee)
     RETURNING tenant_id, reserved_cents, reserved_free),
 s AS (SELECT tenant_id, sum(reserved_cents) AS c, sum(reserved_free) AS f FROM c GROUP BY tenant_id)
 UPDATE tenant_money m SET reserved_cents = m.reserved_cents + s.c, reserved_free = m.reserved_free + s.f
@@ -167,6 +168,18 @@ class UnknownAccount(Exception):
     pass
 
 
+# A request that reuses the (node, call id) of an admitted call for another
+# tenant, direction, account or number (two engines under one node name, a
+# transferred leg re-entering the dialplan) never inherits its decision.
+CONFLICT = refuse("call_conflict")
+
+
+def same_call(call: dict[str, Any], req: CallRequest) -> bool:
+    """Is ``req`` a retry of the admitted ``call`` (a row or its key fields)?"""
+    return (call["tenant_id"] == req.tenant_id and call["direction"] == req.direction
+            and call["account"] == req.account and call.get("callee", "") == req.callee)
+
+
 def admit(req: CallRequest, tariff: Tariff) -> Flow:
     """Decide and, when admitted, reserve: one transaction (the driver's)."""
     (result,) = yield from admit_many([req], tariff)
@@ -189,18 +202,18 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
     money = {m["tenant_id"]: dict(m) for m in money_rows}
     by_i = {row["i"]: row for row in rows}
     active: dict[int, list[str]] = {}
-    seen: dict[tuple[str, str], Decision] = {}
+    seen: dict[tuple[str, str], tuple[dict[str, Any], Decision]] = {}
     results: list[Decision | Exception] = []
     store: dict[str, list[Any]] = {k: [] for k in ("node", "call", "t", "account", "dir", "route", "dest", "zone",
-                                                   "flat", "rate", "inc", "max", "cents", "free", "ttl")}
+                                                   "flat", "rate", "inc", "max", "cents", "free", "ttl", "callee")}
     for i, req in enumerate(reqs, 1):
         row = by_i.get(i)
         key = (req.node, req.call_id)
         if row is not None and row["existing"]:
-            results.append(_from_call(row["existing"]))
+            results.append(_from_call(row["existing"]) if same_call(row["existing"], req) else CONFLICT)
             continue
         if key in seen:
-            results.append(seen[key])
+            results.append(seen[key][1] if same_call(seen[key][0], req) else CONFLICT)
             continue
         if row is None or req.tenant_id not in money or (req.account and row["username"] != req.account):
             results.append(UnknownAccount(f"account {req.account!r} of tenant {req.tenant_id}"))
@@ -210,10 +223,12 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
         results.append(d)
         if not d.admit:
             continue
-        seen[key] = _from_call({"route": d.route, "destination": d.destination, "max_seconds": d.max_seconds,
-                                "zone": d.zone, "cents_per_minute": d.cents_per_minute, "increment": d.increment,
-                                "flat_zone": d.flat_zone, "reserved_free": d.free_seconds,
-                                "reserved_cents": d.reserve_cents})
+        seen[key] = ({"tenant_id": req.tenant_id, "direction": req.direction, "account": req.account,
+                      "callee": req.callee},
+                     _from_call({"route": d.route, "destination": d.destination, "max_seconds": d.max_seconds,
+                                 "zone": d.zone, "cents_per_minute": d.cents_per_minute, "increment": d.increment,
+                                 "flat_zone": d.flat_zone, "reserved_free": d.free_seconds,
+                                 "reserved_cents": d.reserve_cents}))
         active[req.tenant_id].append(f"{req.direction}:{d.route}:{d.flat_zone or ''}")
         m = money[req.tenant_id]
         m["reserved_cents"] = int(m["reserved_cents"]) + d.reserve_cents
@@ -222,7 +237,8 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
         for k, v in (("node", req.node), ("call", req.call_id), ("t", req.tenant_id), ("account", req.account),
                      ("dir", req.direction), ("route", d.route), ("dest", d.destination), ("zone", d.zone),
                      ("flat", d.flat_zone), ("rate", d.cents_per_minute), ("inc", d.increment),
-                     ("max", d.max_seconds), ("cents", d.reserve_cents), ("free", d.free_seconds), ("ttl", ttl)):
+                     ("max", d.max_seconds), ("cents", d.reserve_cents), ("free", d.free_seconds), ("ttl", ttl),
+                     ("callee", req.callee)):
             store[k].append(v)
     if store["call"]:
         yield Q(_INSERT_RESERVE_MANY, store)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..billing import calls
+from ..config import node_sources
 from ..errors import DustelError
 from ..provisioning import tenants
 from ..provisioning import validate as v
@@ -132,8 +134,9 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     s = env.settings
+    nodes = node_sources(s.ami_nodes, s.agi_node)
     try:
-        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node))
+        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes))
     except KeyboardInterrupt:
         pass
 
@@ -149,7 +152,11 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
     """Run the outbound Event Socket server in the foreground (a gevent
     process of its own: this command execs it), logging to stderr."""
     s = env.settings
-    argv = [sys.executable, "-m", "dustel.agi.esl_main", "--dsn", env.url, "--host", host or s.esl_outbound_host,
+    argv = [sys.executable, "-m", "dustel.agi.esl_main", "--host", host or s.esl_outbound_host,
             "--port", str(s.esl_outbound_port if port is None else port)]
+    # secrets never on the command line (``ps`` shows it to every user): the
+    # DSN and the node list go through the environment of the exec'd process
+    child_env = {**os.environ, "DUSTEL_ESL_DSN": env.url,
+                 "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, ""))}
     sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, child_env)

@@ -74,3 +74,29 @@ def test_batch_equals_one_by_one(conn: psycopg.Connection, db_url: str, tariff: 
     assert [(d.admit, d.reason, d.max_seconds, d.reserve_cents) for d in batch] == \
         [(d.admit, d.reason, d.max_seconds, d.reserve_cents) for d in single]
     assert conn.execute("SELECT tenant_id, reserved_cents FROM tenant_money ORDER BY 1").fetchall() == state
+
+
+def test_a_reused_call_id_never_inherits_another_calls_decision(conn: psycopg.Connection, tariff: Any) -> None:
+    """Issue 15.9: the same (node, call id) for another tenant, direction or
+    number (two engines under one node name, a transferred leg re-entering
+    the dialplan) is refused as a conflict, in a batch and across batches;
+    an identical retry still gets the first decision and reserves once."""
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
+    other = tenant(conn, plan="starter", name="Other")
+    v = account(conn, other["id"])
+    first = req(t, u, call_id="same")
+    results = calls.run_sync(conn, calls.admit_many([first, req(other, v, call_id="same")], tariff))
+    assert [r.reason for r in results] == ["ok", "call_conflict"]
+    assert (results[1].admit, results[1].sip_code) == (False, 482)
+    for imposter in (req(other, v, call_id="same"),
+                     CallRequest(direction="out", tenant_id=t["id"], account=u, caller=u, callee="0301234567",
+                                 node="ast1", call_id="same"),
+                     CallRequest(direction="in", tenant_id=t["id"], account=u, caller="+4930", callee="01701234567",
+                                 node="ast1", call_id="same")):
+        assert calls.run_sync(conn, calls.admit(imposter, tariff)).reason == "call_conflict"
+    assert calls.run_sync(conn, calls.admit(first, tariff)).reason == "retry"
+    assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 1
+    assert conn.execute("SELECT reserved_cents FROM tenant_money WHERE tenant_id = %s",
+                        (other["id"],)).fetchone()["reserved_cents"] == 0

@@ -3,6 +3,8 @@ gevent process, greenswitch) against the Event Socket emulator opening
 outbound connections the way FreeSWITCH does, on a real database."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -23,9 +25,10 @@ RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917',
 
 
 class Server:
-    def __init__(self, db_url: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--dsn", db_url, "--port", "0"],
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, db_url: str, nodes: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "DUSTEL_ESL_DSN": db_url, "DUSTEL_ESL_NODES": json.dumps(nodes or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0"],
+                                     stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         self._port = threading.Event()
         self.port = 0
@@ -334,3 +337,53 @@ def test_an_admitted_call_that_cannot_be_executed_gives_its_line_back(server: Se
     assert row["billsec"] == 0 and row["charged_cents"] == 0
     m = money(conn, prepaid["tenant"]["id"])
     assert m["reserved_cents"] == 0
+
+
+# ------------------------------------------------------------ who may ask
+
+def test_only_configured_engine_nodes_may_connect(db_url: str, conn: psycopg.Connection,
+                                                  prepaid: dict[str, Any]) -> None:
+    """Issue 16.5: anyone who reached the socket could admit calls (fill
+    lines) or settle them.  Now only the configured nodes' addresses may
+    connect, and a call is stored under the configured node's name — not
+    under whatever switch name the channel data claims."""
+    s = Server(db_url, nodes={"127.0.0.2": "fs2"})
+    try:
+        stranger = outbound(s, prepaid, "01701234567")              # from 127.0.0.1: not a node
+        assert stranger.executed == [] and stranger.commands in ([], ["connect"])
+        assert s.logged("from 127.0.0.1 refused: not a configured engine node")
+        c = OutboundCall(s.port, "01701234567", {"dustel_tenant": str(prepaid["tenant"]["id"]),
+                                                 "user_name": prepaid["user"], "sip_network_ip": "192.0.2.10"},
+                         callee=("answer", 5), switchname="forged", source="127.0.0.2")
+        c.start()
+        c.wait()
+        assert ("set", "dustel_action=admit") in c.executed
+        row = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id = %s", (c.uuid,)).fetchone())
+                       and r["state"] == "settled" and r, what="settled")
+        assert (row["node"], row["billsec"]) == ("fs2", 5)
+        assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 1
+    finally:
+        s.stop()
+
+
+def test_esl_serve_keeps_the_dsn_off_the_command_line(tmp_path: Any) -> None:
+    """Issue 16.4: ``ps`` showed the DSN with its password."""
+    secret = "postgresql://dustel:s3cret-pw@127.0.0.1:1/nowhere"
+    env = {**os.environ, "DATABASE_URL": secret}
+    proc = subprocess.Popen([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "esl", "serve",
+                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "listening on" in line:
+                break
+        else:
+            raise AssertionError("esl serve did not start")
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode()
+        assert "dustel.agi.esl_main" in cmdline and "s3cret" not in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -23,8 +23,8 @@ def block(route: str, args: list[str], uid: str, callee: str = "01701234567") ->
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def request(port: int, data: bytes) -> list[str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def request(port: int, data: bytes, source: str = "127.0.0.1") -> list[str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(data)
     out = []
     while line := await reader.readline():
@@ -58,12 +58,12 @@ def free_port() -> int:
     return port
 
 
-def run_server(db_url: str, scenario) -> Any:  # type: ignore[no-untyped-def]
+def run_server(db_url: str, scenario, nodes: dict[str, str] | None = None) -> Any:  # type: ignore[no-untyped-def]
     port = free_port()
 
     async def main() -> Any:
         ready = asyncio.Event()
-        task = asyncio.create_task(fastagi.serve(db_url, "127.0.0.1", port, "ast1", ready=ready))
+        task = asyncio.create_task(fastagi.serve(db_url, "127.0.0.1", port, "ast1", ready=ready, nodes=nodes))
         await asyncio.wait_for(ready.wait(), 20)
         try:
             return await scenario(port)
@@ -111,7 +111,8 @@ def test_bad_requests_do_not_stop_the_server(db_url: str, prepaid: dict[str, Any
     out = run_server(db_url, scenario)
     for key in ("not_a_tenant", "unknown_account"):
         d = decision(out[key])
-        assert (d["DUSTEL_ACTION"], d["DUSTEL_CAUSE"], d["DUSTEL_REASON"]) == ("refuse", "41", "internal_error")
+        assert (d["DUSTEL_ACTION"], d["DUSTEL_CAUSE"], d["DUSTEL_SIP_CODE"], d["DUSTEL_REASON"]) == (
+            "refuse", "41", "503", "internal_error")
     assert out["unknown_route"] == [] and out["garbage"] == [] and out["hangup_unknown"] == []
     assert decision(out["after"])["DUSTEL_ACTION"] == "admit"
 
@@ -122,3 +123,56 @@ def test_mset_refuses_values_that_could_split_or_quote() -> None:
             fastagi.mset_command({"DUSTEL_REASON": bad})
     cmd = fastagi.mset_command({"A": "1", "B": "PJSIP/+49@carrier"})
     assert re.fullmatch(r'EXEC MSet "A=1,B=PJSIP/\+49@carrier"', cmd)
+
+
+def test_only_engine_nodes_ask_and_no_node_settles_anothers_call(db_url: str, conn: psycopg.Connection,
+                                                                 prepaid: dict[str, Any]) -> None:
+    """Issue 16.5 / 15.9: a forged ``hangup,0`` with another call's uniqueid
+    settled it at 0 ct; anyone reaching the port could fill lines.  Now only
+    configured nodes are answered, and calls live under the node they came
+    from: node ast2 cannot settle node ast1's call."""
+    args = [str(prepaid["t"]["id"]), prepaid["u"], "192.0.2.1:5060"]
+    nodes = {"127.0.0.1": "ast1", "127.0.0.2": "ast2"}
+
+    async def scenario(port: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["admit"] = await request(port, block("outbound", args, "c1"))
+        out["forged"] = await request(port, block("hangup", ["0"], "c1"), source="127.0.0.2")
+        out["stranger"] = await request(port, block("outbound", args, "c9"), source="127.0.0.3")
+        out["stranger_hangup"] = await request(port, block("hangup", ["0"], "c1"), source="127.0.0.3")
+        return out
+
+    out = run_server(db_url, scenario, nodes=nodes)
+    assert decision(out["admit"])["DUSTEL_ACTION"] == "admit"
+    assert out["stranger"] == [] and out["stranger_hangup"] == []
+    rows = conn.execute("SELECT node, call_id, state, reserved_cents FROM calls").fetchall()
+    assert [(r["node"], r["call_id"], r["state"]) for r in rows] == [("ast1", "c1", "active")]
+    assert conn.execute("SELECT reserved_cents FROM tenant_money").fetchone()["reserved_cents"] == rows[0][
+        "reserved_cents"] > 0
+
+    async def owner(port: int) -> list[str]:
+        return await request(port, block("hangup", ["60"], "c1"))
+    run_server(db_url, owner, nodes=nodes)
+    row = conn.execute("SELECT state, billsec, charged_cents FROM calls").fetchone()
+    assert (row["state"], row["billsec"], row["charged_cents"]) == ("settled", 60, 9)
+
+
+def test_hostile_caller_id_reaches_the_dialplan_cleaned(db_url: str, conn: psycopg.Connection,
+                                                        prepaid: dict[str, Any]) -> None:
+    """Issue 15.7: ``!``, ``~``, ``%``, ``,``, ``;`` and spaces are legal in a
+    SIP caller ID but not in MSet: the inbound call was admitted, then
+    refused with its line still taken.  Now the number is cleaned."""
+    t, u = prepaid["t"], prepaid["u"]
+    conn.execute("UPDATE plans SET lines_in = 1000 WHERE code = 'starter'")
+
+    async def scenario(port: int) -> list[list[str]]:
+        out = []
+        for i, cid in enumerate(("+49 30!5~5%5", "4930,555;1", "evil caller")):
+            data = block("inbound", [str(t["id"]), "account", u], f"in{i}", callee="+492111234567")
+            out.append(await request(port, data.replace(b"agi_callerid: 4921100", f"agi_callerid: {cid}".encode())))
+        return out
+
+    ds = [decision(c) for c in run_server(db_url, scenario)]
+    assert [(d["DUSTEL_ACTION"], d.get("DUSTEL_REASON"), d.get("DUSTEL_CALLER_ID")) for d in ds] == [
+        ("admit", "ok", "+4930555"), ("admit", "ok", "49305551"), ("admit", "ok", "anonymous")]
+    assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 3

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from dustel.agi.policy import REFUSALS
 from dustel.billing import calls
 from dustel.provisioning import numbers, targets
 from dustel.render import service
@@ -133,11 +134,15 @@ def test_time_limit_cuts_a_call(stack: Stack) -> None:
     assert row["max_seconds"] == 2 and abs(row["billsec"] - 2) <= 1 and row["charged_cents"] == 0
 
 
-@pytest.mark.parametrize("dialed,reason,status", [
-    ("0900123456", "zone_blocked", "403"),            # premium not released
-    ("01701234567", "insufficient_credit", "403"),    # empty prepaid balance
+@pytest.mark.parametrize("dialed,reason", [
+    ("0900123456", "zone_blocked"),            # premium not released
+    ("01701234567", "insufficient_credit"),    # empty prepaid balance
+    ("0123", "invalid_number"),                # no number
 ])
-def test_refused_calls_get_a_cause(stack: Stack, dialed: str, reason: str, status: str) -> None:
+def test_refused_calls_get_a_cause(stack: Stack, dialed: str, reason: str) -> None:
+    """Issue 15.3: the SIP code of policy.REFUSALS — the same table the
+    FreeSWITCH side responds with (test_esl_outbound)."""
+    status = str(REFUSALS[reason][0])
     r = stack.call(dialed, "call_hangup.xml")
     assert r.returncode != 0
     finals = re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)
