@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 import jinja2
+import markupsafe
 
 from ..agi import variables as V
 from . import escape
@@ -20,12 +21,19 @@ AST_STRATEGIES = {"ring_all": "ringall", "longest_idle": "leastrecent", "round_r
 EMERGENCY_DIALS = ("110", "112", "0110", "0112", "00110", "00112", "+49110", "+49112", "0049110", "0049112")
 
 
+def _fs_finalize(value: Any) -> Any:
+    """Every value printed into a FreeSWITCH file: XML-escaped, then made
+    invisible to the config preprocessor (``escape.fs_preprocessor_safe``)."""
+    return markupsafe.Markup(escape.fs_preprocessor_safe(str(markupsafe.escape(value))))
+
+
 @cache
 def _env(engine: str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("dustel", f"dialplan_templates/{engine}"),
         autoescape=(engine == "freeswitch"), undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        finalize=_fs_finalize if engine == "freeswitch" else None)
     env.filters.update(ast=escape.ast, fs_text=escape.fs_text, fs_id=escape.fs_id)
     env.globals["v"] = V
     return env

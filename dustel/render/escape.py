@@ -20,8 +20,10 @@ from ..errors import DustelError
 
 _AST_ID = re.compile(r"[A-Za-z0-9_.@+:/=-]{1,128}")
 _PLAIN = re.compile(r"[\w .@+-]{0,64}")       # nothing to neutralise (fast path)
-_AST_DROP = set("\r\n;[](),|$\"'\\<>{}`&")
-_FS_DROP = set("${}")
+# ``%`` too: both engines URL-decode a display name when they build the From
+# header (FreeSWITCH sent ``Empfang%0D%0AX-Evil: injected`` as a new header)
+_AST_DROP = set("\r\n;[](),|$\"'\\<>{}`&%")
+_FS_DROP = set("${}%\"\\")
 
 
 class UnsafeValue(DustelError):
@@ -76,6 +78,24 @@ def fs_text(value: object) -> str:
         return " ".join(s.split())
     s = _printable(s).translate(_FS_TABLE)
     return " ".join(s.split())[:64]
+
+
+_PREPROCESS = re.compile(r"(?i)x-pre-process")
+
+
+def fs_preprocessor_safe(text: str) -> str:
+    """FreeSWITCH's config preprocessor (switch_xml.c) runs *before* XML
+    parsing and drops every line holding ``X-pre-process`` in any case that
+    is not a real ``<X-PRE-PROCESS`` tag (a queue named
+    ``fax-pre-processing`` left an unmatched closing tag: FreeSWITCH
+    refused to start), and expands ``$${var}`` anywhere.  In a rendered
+    value one character of each becomes an XML character reference: the
+    preprocessor no longer sees the text, the XML parser restores it."""
+    if "$${" in text:
+        text = text.replace("$${", "&#36;${")
+    if "-pre-" in text.lower():
+        text = _PREPROCESS.sub(lambda m: m.group(0)[0] + "&#45;" + m.group(0)[2:], text)
+    return text
 
 
 def fs_id(value: object) -> str:
