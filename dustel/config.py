@@ -56,6 +56,10 @@ class Settings:
     esl_port: int = 8021
     moh_dir: str = "/var/lib/dustel/moh"
     fax_spool_dir: str = "/var/spool/dustel/fax"
+    # owner and group of rendered files (mode 0640): the engine's user/group;
+    # empty: the rendering user's
+    config_owner: str = ""
+    config_group: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -75,6 +79,8 @@ _ENV = {
     "sip_port": "DUSTEL_SIP_PORT",
     "ami_port": "DUSTEL_AMI_PORT",
     "moh_dir": "DUSTEL_MOH_DIR",
+    "config_owner": "DUSTEL_CONFIG_OWNER",
+    "config_group": "DUSTEL_CONFIG_GROUP",
 }
 _INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port"}
 

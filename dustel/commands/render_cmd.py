@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import DustelError
 from ..render import service, writer
 from .common import INT, Env, emit, json_option, pass_env
 
@@ -15,7 +16,7 @@ from .common import INT, Env, emit, json_option, pass_env
               help="Output directory (one sub-directory per engine); default <state-dir>/etc.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff against --out; write nothing.")
 @click.option("--check", is_flag=True, help="Exit 1 when --out differs from the database; write nothing.")
-@click.option("--tenant", "tenant_id", type=INT, help="Render only this tenant (for a look; not for --out of a node).")
+@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant's files, with --diff (never written).")
 @click.option("--reload", "do_reload", is_flag=True, help="After writing, ask the engines to reload what changed.")
 @json_option
 @pass_env
@@ -27,13 +28,18 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
     changed; files of deleted tenants are removed."""
     out = out_dir or env.settings.state_dir / "etc"
     names = ["freeswitch", "asterisk"] if engine == "all" else [engine]
+    if tenant_id is not None and not show_diff:
+        # one tenant's files are not a configuration: written over a live
+        # tree they would delete every other tenant's files
+        raise DustelError("tenant", "only with --diff (a partial tree is never written)")
     with env.tx() as conn:
         rendered = service.render_files(conn, env.settings, names, tenant_id)
     if show_diff:
         for name, files in rendered.items():
-            click.echo(writer.diff(out / name, files), nl=False)
+            click.echo(writer.diff(out / name, files, removals=tenant_id is None), nl=False)
         return
-    results = service.apply(rendered, out, write=not check)
+    results = service.apply(rendered, out, write=not check, owner=env.settings.config_owner,
+                            group=env.settings.config_group)
     data = [{"engine": r.engine, "out": str(r.out), "changed": r.plan.changed, "removed": r.plan.removed,
              "unchanged": len(r.plan.unchanged), "reload": r.reload if not check else []} for r in results]
     emit(data, as_json, _human)

@@ -26,10 +26,11 @@ def render_files(conn: psycopg.Connection, settings: Settings, engine_names: lis
     return {name: engines.ENGINES[name](provider) for name in engine_names}
 
 
-def apply(rendered: dict[str, dict[str, str]], out: Path, *, write: bool) -> list[EngineResult]:
+def apply(rendered: dict[str, dict[str, str]], out: Path, *, write: bool, owner: str = "",
+          group: str = "") -> list[EngineResult]:
     results = []
     for name, files in rendered.items():
         target = out / name
-        pl = writer.write(target, files) if write else writer.plan(target, files)
+        pl = writer.write(target, files, owner, group) if write else writer.plan(target, files)
         results.append(EngineResult(name, target, pl, engines.reload_commands(name, pl.changed + pl.removed)))
     return results

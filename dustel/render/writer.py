@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,13 @@ def plan(out: Path, files: dict[str, str]) -> Plan:
     return p
 
 
-def diff(out: Path, files: dict[str, str]) -> str:
+def diff(out: Path, files: dict[str, str], removals: bool = True) -> str:
+    """A unified diff of ``out`` against ``files``; ``removals=False`` for a
+    part of a tree (one tenant): files it does not hold are not gone."""
     chunks = []
     pl = plan(out, files)
+    if not removals:
+        pl.removed = []
     for rel in pl.changed:
         old = (out / rel).read_text().splitlines(keepends=True) if (out / rel).exists() else []
         chunks.extend(difflib.unified_diff(old, files[rel].splitlines(keepends=True), f"a/{rel}", f"b/{rel}"))
@@ -54,7 +59,7 @@ def diff(out: Path, files: dict[str, str]) -> str:
     return "".join(chunks)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, owner: str = "", group: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -63,6 +68,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o640)
+        if owner or group:     # the engine's user (or group) reads the files, nobody else
+            shutil.chown(tmp, owner or None, group or None)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,13 +77,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write(out: Path, files: dict[str, str]) -> Plan:
+def write(out: Path, files: dict[str, str], owner: str = "", group: str = "") -> Plan:
     pl = plan(out, files)
     for rel in pl.changed:
-        _atomic_write(out / rel, files[rel].encode())
+        _atomic_write(out / rel, files[rel].encode(), owner, group)
     for rel in pl.removed:
         (out / rel).unlink()
     manifest = "".join(f"{r}\n" for r in sorted(files))
     if not (out / MANIFEST).exists() or (out / MANIFEST).read_text() != manifest:
-        _atomic_write(out / MANIFEST, manifest.encode())
+        _atomic_write(out / MANIFEST, manifest.encode(), owner, group)
     return pl

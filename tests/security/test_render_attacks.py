@@ -10,6 +10,8 @@ import psycopg
 
 from dustel.provisioning import accounts, targets
 from dustel.render import service
+from dustel.cli import cli
+from tests.conftest import Cli
 from tests.factories import tenant
 from tests.render_fixture import GOLDEN_SETTINGS
 
@@ -71,3 +73,40 @@ def test_rendered_fixture_has_no_preprocessor_text(conn: psycopg.Connection, tmp
     load_fixture(conn, tmp_path)
     for text in _render(conn)["freeswitch"].values():
         assert not PREPROCESS.search(text)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_render_tenant_never_writes_a_partial_tree(run: Cli, tmp_path: Path) -> None:
+    """Issue 16.8: ``render --tenant N`` overwrote the live configuration
+    with one tenant and deleted the others' FreeSWITCH files."""
+    run.ok("demo")
+    out = tmp_path / "live"
+    run.ok("render", "--out", str(out))
+    before = _tree(out)
+    assert len([k for k in before if k.startswith("freeswitch/directory/")]) == 3
+    r = run("render", "--out", str(out), "--tenant", "1")
+    assert r.exit_code == 1 and r.stderr.startswith("error: tenant: only with --diff")
+    assert _tree(out) == before
+    run.ok("account", "set", "000387100001", "--name", "Anna Neu")
+    d = run.ok("render", "--out", str(out), "--tenant", "1", "--diff").stdout
+    assert "+" in d and "Anna Neu" in d and "/dev/null" not in d            # no other tenant "removed"
+    assert _tree(out) == before
+
+
+def test_rendered_files_belong_to_the_configured_owner_and_group(run: Cli, tmp_path: Path) -> None:
+    """Issue 16.9: files are 0640 and owned by whom the operator says (the
+    engine's group), not only by the rendering user."""
+    import grp
+    import os
+    group = "nogroup" if os.geteuid() == 0 else grp.getgrgid(os.getegid()).gr_name
+    run.ok("demo")
+    out = tmp_path / "etc"
+    r = run.runner.invoke(cli, ["--state-dir", run.state_dir, "render", "--out", str(out)],
+                          env={"DATABASE_URL": run.url, "DUSTEL_CONFIG_GROUP": group}, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and all(grp.getgrgid(p.stat().st_gid).gr_name == group for p in files)
+    assert all(p.stat().st_mode & 0o777 == 0o640 for p in files)
