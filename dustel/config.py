@@ -45,6 +45,11 @@ class Settings:
     esl_outbound_port: int = 8084
     sip_domain_suffix: str = "sip.dustel.de"
     carrier_host: str = "127.0.0.1:5070"
+    # the carrier's source addresses (comma-separated CIDRs): the only way
+    # the carrier is recognised; empty: carrier_host's address
+    carrier_match: str = ""
+    # who may connect to FreeSWITCH's event socket (the controller's hosts)
+    esl_acl: str = "127.0.0.1/32"
     sip_bind_host: str = "0.0.0.0"
     sip_port: int = 5060
     sip_tls_port: int = 5061
@@ -75,6 +80,8 @@ _ENV = {
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
     "carrier_host": "DUSTEL_CARRIER_HOST",
+    "carrier_match": "DUSTEL_CARRIER_MATCH",
+    "esl_acl": "DUSTEL_ESL_ACL",
     "sip_bind_host": "DUSTEL_SIP_BIND_HOST",
     "sip_port": "DUSTEL_SIP_PORT",
     "ami_port": "DUSTEL_AMI_PORT",

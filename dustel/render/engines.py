@@ -3,6 +3,7 @@ takes the gathered Provider and returns the file's text.  Templates are
 dumb; everything computed here."""
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -99,8 +100,8 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
     s = p.settings
     files = {
         "autoload_configs/event_socket.conf.xml": _render("freeswitch", "event_socket.conf.xml.j2", s=s),
-        "autoload_configs/acl.conf.xml": _render("freeswitch", "acl.conf.xml.j2", accounts=p.accounts,
-                                                 carrier_cidr=_carrier_cidr(s.carrier_host)),
+        "autoload_configs/acl.conf.xml": _render("freeswitch", "acl.conf.xml.j2", esl_acl=cidrs(s.esl_acl),
+                                                 carrier_match=carrier_match(s)),
         "autoload_configs/callcenter.conf.xml": _render(
             "freeswitch", "callcenter.conf.xml.j2", tenants=p.tenants, strategies=FS_STRATEGIES,
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
@@ -122,11 +123,31 @@ def _carrier_cidr(host: str) -> str:
     return f"{ip}/32" if "/" not in ip else ip
 
 
+def cidrs(text: str) -> list[str]:
+    """A comma-separated setting of addresses/networks, normalised (refused
+    when one is no network: the render fails, the last good output stays)."""
+    out = []
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise escape.UnsafeValue("render", f"{part[:40]!r} is not an IP address or network") from None
+    return out
+
+
+def carrier_match(s: Any) -> list[str]:
+    """Where the carrier's INVITEs come from: ``carrier_match``, else the
+    address dustel sends to (``carrier_host``)."""
+    return cidrs(s.carrier_match) or cidrs(_carrier_cidr(s.carrier_host))
+
+
 # ---------------------------------------------------------------- Asterisk
 
 def pjsip_conf(p: Provider) -> str:
     return _render("asterisk", "pjsip.conf.j2", s=p.settings, tenants=p.tenants,
-                   carrier_ip=_carrier_cidr(p.settings.carrier_host).split("/")[0])
+                   carrier_match=carrier_match(p.settings))
 
 
 def extensions_conf(p: Provider) -> str:

@@ -56,8 +56,12 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
     assert "media_encryption=sdes" in ast["pjsip.conf"] and "t38_udptl=yes" in ast["pjsip.conf"]
     assert 'name="rtp_secure_media" value="mandatory' in fs["directory/demo-starter.sip.dustel.de.xml"]
     assert 'name="t38_passthru" value="true"' in fs["directory/demo-business.sip.dustel.de.xml"]
-    assert '<list name="acct-000387100006" default="deny">' in fs["autoload_configs/acl.conf.xml"]
-    assert "permit=192.0.2.0/24" in ast["pjsip.conf"]
+    # IP restriction lives in the policy (after the emergency rule), never in a SIP-layer ACL (issue 16.2)
+    assert "acct-" not in fs["autoload_configs/acl.conf.xml"] and "auth-acl" not in "".join(fs.values())
+    assert "permit=" not in ast["pjsip.conf"] and "deny=" not in ast["pjsip.conf"]
+    # the carrier only by its address (issue 16.1)
+    assert "[carrier]\ntype=endpoint\nidentify_by=ip\n" in ast["pjsip.conf"]
+    assert "match=127.0.0.1/32" in ast["pjsip.conf"]
     # emergency before everything else in every tenant context, with the PSAP of the account's area
     for t in ("t1", "t2", "t3"):
         ctx = fs[f"dialplan/{t}.xml"]

@@ -48,12 +48,12 @@ class Stack:
     dirs: list[str]
 
     def call(self, dialed: str, scenario: str, timeout: int = 30, user: str | None = None,
-             port: int | None = None) -> subprocess.CompletedProcess[str]:
+             port: int | None = None, source: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
         user = user or self.user
         log = self.tmp / f"uac-{dialed}-{time.monotonic_ns()}.log"
         r = subprocess.run(
             [self.sipp, "-sf", str(DATA / scenario), f"127.0.0.1:{self.sip_port}", "-s", dialed,
-             "-set", "user", user, "-au", user, "-ap", PASSWORD, "-i", "127.0.0.1",
+             "-set", "user", user, "-au", user, "-ap", PASSWORD, "-i", source,
              "-p", str(port or free_port()), "-mp", str(free_port()), "-m", "1", "-timeout", f"{timeout}s",
              "-timeout_error", "-trace_msg", "-message_file", str(log), "-nostdin"],
             capture_output=True, text=True, timeout=timeout + 15, cwd=self.tmp)
@@ -169,6 +169,39 @@ def test_emergency_passes_with_empty_balance(stack: Stack) -> None:
     # routed to the PSAP of Düsseldorf (the account's area) without asking the policy
     assert "INVITE sip:021111112@" in stack.carrier_log.read_text(errors="replace")
     assert "callee=112" not in stack.agi_log.read_text()
+
+
+# ------------------------------------------------------------ attacks (issue 16)
+
+def test_a_spoofed_carrier_is_refused(stack: Stack) -> None:
+    """Issue 16.1: an INVITE with ``From: <sip:carrier@…>`` from a host that is
+    not the carrier (127.0.0.2; the carrier is 127.0.0.1) was taken as the
+    carrier: a fake inbound call with any caller ID.  Now no endpoint
+    matches it; the real carrier address still gets through."""
+    r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="carrier", source="127.0.0.2", timeout=10)
+    assert r.returncode != 0
+    finals = re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)
+    assert finals and finals[-1] in ("401", "403"), r.stdout[-1500:]
+    assert "inbound call=" not in stack.agi_log.read_text()
+    assert "No matching endpoint found" in stack.asterisk.log() or "Failed to authenticate" in stack.asterisk.log()
+
+
+def test_ip_restricted_account_reaches_the_psap_from_anywhere(stack: Stack) -> None:
+    """Issue 16.2: an endpoint ACL refused 112 from a foreign address before
+    the emergency rule ran.  Rendered with the restriction, the phone (on
+    127.0.0.1, not in 192.0.2.0/24) reaches the PSAP; a landline is refused
+    by the policy with 403."""
+    stack.conn.execute("UPDATE sip_accounts SET allowed_nets = '{192.0.2.0/24}'")
+    with stack.conn.transaction():
+        files = service.render_files(stack.conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
+    stack.asterisk.cli("module reload res_pjsip.so")
+    r = stack.call("112", "call_hangup.xml")
+    assert r.returncode == 0, r.stdout[-1500:]
+    assert "INVITE sip:021111112@" in stack.carrier_log.read_text(errors="replace")
+    r = stack.call("0211123456", "call_hangup.xml")
+    assert re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)[-1] == "403"
+    assert "admit=False reason=ip_not_allowed" in stack.agi_log.read_text()
 
 
 # ------------------------------------------------------------ controller (AMI)
