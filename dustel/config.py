@@ -35,9 +35,11 @@ class Settings:
     # engines' own configs (event_socket.conf, manager.conf).
     esl_nodes: tuple[EngineNode, ...] = ()
     ami_nodes: tuple[EngineNode, ...] = ()
-    esl_password: str = "ClueCon"
+    # secrets: from the environment or a 0600 file (<state-dir>/secrets.toml,
+    # which ``dustel demo`` fills with random ones); never a default
+    esl_password: str = ""
     ami_username: str = "dustel"
-    ami_secret: str = "dustel-ami"
+    ami_secret: str = ""
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
     agi_node: str = "asterisk"    # the node name calls are recorded under (node, call id)
@@ -92,6 +94,27 @@ _ENV = {
 _INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port"}
 
 
+SECRETS = ("esl_password", "ami_secret", "database_url")
+# what FreeSWITCH / earlier dustel versions ship: known to every attacker
+DEFAULT_SECRETS = frozenset({"", "ClueCon", "dustel-ami", "amp111", "secret"})
+
+
+def secrets_path(state_dir: Path) -> Path:
+    return state_dir / "secrets.toml"
+
+
+def _toml(path: Path, what: str) -> dict[str, object]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DustelError(f"{what} {path}", f"not valid TOML ({exc})") from None
+
+
+def _private(path: Path, what: str) -> None:
+    if path.stat().st_mode & 0o077:
+        raise DustelError(f"{what} {path}", "holds secrets: must be mode 0600 (chmod 600)")
+
+
 def load_settings(state_dir: str | Path | None = None, config_file: str | Path | None = None,
                   env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
@@ -99,12 +122,20 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
     cfg_path = Path(config_file or env.get("DUSTEL_CONFIG") or sd / "dustel.toml")
     data: dict[str, object] = {}
     if cfg_path.exists():
-        try:
-            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise DustelError(f"config {cfg_path}", f"not valid TOML ({exc})") from None
+        data = _toml(cfg_path, "config")
+        if any(k in data for k in SECRETS[:2]) or any(
+                isinstance(n, dict) and n.get("secret") for k in ("esl_nodes", "ami_nodes")
+                for n in (data.get(k) or []) if isinstance(data.get(k), list)):
+            _private(cfg_path, "config")
     elif config_file:
         raise DustelError("config", f"file {cfg_path} does not exist")
+    sec_path = Path(env.get("DUSTEL_SECRETS_FILE") or secrets_path(sd))
+    if sec_path.exists():
+        _private(sec_path, "secrets file")
+        for key, value in _toml(sec_path, "secrets file").items():
+            if key not in SECRETS:
+                raise DustelError(f"secrets file {key}", f"unknown secret (known: {', '.join(SECRETS)})")
+            data.setdefault(key, value)
 
     values: dict[str, object] = {}
     known = set(Settings.__dataclass_fields__) - {"state_dir", "extra", "esl_nodes", "ami_nodes"}
@@ -130,6 +161,40 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
     nodes = {k: _nodes(k, data.get(k, [])) for k in ("esl_nodes", "ami_nodes")}
     return Settings(state_dir=sd, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
                     **values)  # type: ignore[arg-type]
+
+
+def require_secrets(s: Settings, *names: str) -> None:
+    """Refuse to render or start with a missing or well-known secret."""
+    for name in names:
+        if getattr(s, name) in DEFAULT_SECRETS:
+            env = _ENV[name]
+            raise DustelError(name, f"must be set to a secret of your own (environment {env} or the 0600 file "
+                                    f"{secrets_path(s.state_dir)}; `dustel demo` makes random ones), "
+                                    "not empty or a well-known default")
+
+
+def ensure_demo_secrets(state_dir: Path) -> bool:
+    """The demo's engine secrets: random, made once, in a 0600 file.  True
+    when made now."""
+    import secrets
+    path = secrets_path(state_dir)
+    if path.exists():
+        return False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(f'{k} = "{secrets.token_urlsafe(18)}"\n' for k in SECRETS[:2])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# made by `dustel demo`: the engine secrets of this demo (keep mode 0600)\n" + text)
+    return True
+
+
+def node_secret(s: Settings, node: EngineNode, engine: str) -> str:
+    """A node's own secret, else the shared one; never a well-known default."""
+    name = "esl_password" if engine == "freeswitch" else "ami_secret"
+    secret = node.secret or getattr(s, name)
+    if secret in DEFAULT_SECRETS:
+        raise DustelError(f"node {node.name}.secret", f"missing or a well-known default (set it or {name})")
+    return secret
 
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")

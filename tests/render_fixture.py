@@ -11,7 +11,8 @@ from dustel.config import Settings
 from dustel.provisioning import demo
 
 GOLDEN_SETTINGS = Settings(state_dir=Path("/srv/dustel"), sip_bind_host="127.0.0.1", sip_port=15060,
-                           ami_port=15038, esl_port=18021, carrier_host="127.0.0.1:5070")
+                           ami_port=15038, esl_port=18021, carrier_host="127.0.0.1:5070",
+                           esl_password="golden-esl-secret", ami_secret="golden-ami-secret")
 
 
 def load_fixture(conn: psycopg.Connection, tmp: Path) -> dict[str, str]:

@@ -30,6 +30,10 @@ class Env:
     def settings(self) -> Settings:
         return load_settings(self._state_dir, self._config)
 
+    def reload_settings(self) -> Settings:
+        self.__dict__.pop("settings", None)
+        return self.settings
+
     @cached_property
     def url(self) -> str:
         return db.database_url(self.settings)

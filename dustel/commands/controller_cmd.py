@@ -11,7 +11,7 @@ import time
 
 import click
 
-from ..config import EngineNode, Settings
+from ..config import EngineNode, Settings, node_secret
 from ..controller import commands as C
 from ..errors import DustelError
 from .common import INT, Env, emit, json_option, pass_env, table
@@ -34,11 +34,11 @@ def _children(env: Env) -> list[tuple[str, list[str], dict[str, str]]]:
     base = {**os.environ, "DUSTEL_CONTROLLER_DSN": env.url}
     out = []
     if s.esl_nodes:
-        nodes = [[n.name, n.host, n.port, n.secret or s.esl_password] for n in s.esl_nodes]
+        nodes = [[n.name, n.host, n.port, node_secret(s, n, "freeswitch")] for n in s.esl_nodes]
         out.append(("freeswitch", [sys.executable, "-m", "dustel.controller.esl_main"],
                     {**base, "DUSTEL_CONTROLLER_NODES": json.dumps(nodes)}))
     if s.ami_nodes:
-        nodes = [[n.name, n.host, n.port, n.username or s.ami_username, n.secret or s.ami_secret]
+        nodes = [[n.name, n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk")]
                  for n in s.ami_nodes]
         out.append(("asterisk", [sys.executable, "-m", "dustel.controller.ami_main"],
                     {**base, "DUSTEL_CONTROLLER_NODES": json.dumps(nodes)}))
@@ -94,12 +94,12 @@ def controller_reload(env: Env) -> None:
     s = env.settings
     for n in s.esl_nodes:
         with _engine_errors(n.name):
-            replies = C.ESLClient(n.host, n.port, n.secret or s.esl_password).run(C.fs_reload())
+            replies = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run(C.fs_reload())
         click.echo(f"{n.name}: " + "; ".join(r.body.decode(errors="replace").strip().replace("\n", " ")
                                              for r in replies))
     for n in s.ami_nodes:
         with _engine_errors(n.name):
-            res = C.ami_run(n.host, n.port, n.username or s.ami_username, n.secret or s.ami_secret, C.ast_reload())
+            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), C.ast_reload())
         click.echo(f"{n.name}: " + "; ".join(str(r.get("Response", r)) for r in res))
     if not (s.esl_nodes or s.ami_nodes):
         raise DustelError("esl_nodes / ami_nodes", "no engine node configured")
@@ -159,10 +159,10 @@ def call_kill(env: Env, node: str, call_id: str) -> None:
 
 def _kill(engine: str, n: EngineNode, s: Settings, call_id: str, channel: str) -> tuple[bool, str]:
     if engine == "freeswitch":
-        r = C.ESLClient(n.host, n.port, n.secret or s.esl_password).run([C.fs_kill(call_id)])[0]
+        r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([C.fs_kill(call_id)])[0]
         ok, text = r.ok, r.body.decode(errors="replace").strip()
     else:
-        res = C.ami_run(n.host, n.port, n.username or s.ami_username, n.secret or s.ami_secret,
+        res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"),
                         [C.ast_hangup(channel)])[0]
         ok, text = res.get("Response") == "Success", str(res.get("Message", ""))
     return ok, text
@@ -189,10 +189,10 @@ def call_transfer(env: Env, node: str, call_id: str, destination: str, context: 
         raise DustelError("destination", str(exc)) from None
     with _engine_errors(node):
         if engine == "freeswitch":
-            r = C.ESLClient(n.host, n.port, n.secret or s.esl_password).run([cmd_fs])[0]
+            r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([cmd_fs])[0]
             ok, text = r.ok, r.body.decode(errors="replace").strip()
         else:
-            res = C.ami_run(n.host, n.port, n.username or s.ami_username, n.secret or s.ami_secret, [cmd_ast])[0]
+            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), [cmd_ast])[0]
             ok, text = res.get("Response") == "Success", str(res.get("Message", ""))
     if not ok:
         raise DustelError("call_id", f"{node} refused: {text}")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import click
 
+from ..config import ensure_demo_secrets
 from ..provisioning import demo as demo_data
 from ..provisioning import migrate as mig
 from ..render import service
@@ -15,6 +16,8 @@ def demo(env: Env, as_json: bool) -> None:
     """Set up a demo provider: migrate, load one tenant per plan, render
     configs, print a summary.  A second run changes nothing."""
     applied = mig.migrate(env.url)
+    if ensure_demo_secrets(env.settings.state_dir):
+        env.reload_settings()
     creds = env.settings.state_dir / "demo-credentials.txt"
     with env.tx() as conn:
         loaded = demo_data.load(conn, creds)

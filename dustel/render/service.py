@@ -8,7 +8,10 @@ from pathlib import Path
 
 import psycopg
 
-from ..config import Settings
+from ..config import Settings, require_secrets
+
+# the secret each engine's rendered files carry (event_socket.conf, manager.conf)
+SECRET_OF = {"freeswitch": "esl_password", "asterisk": "ami_secret"}
 from . import context, engines, writer
 
 
@@ -22,6 +25,7 @@ class EngineResult:
 
 def render_files(conn: psycopg.Connection, settings: Settings, engine_names: list[str],
                  tenant_id: int | None = None) -> dict[str, dict[str, str]]:
+    require_secrets(settings, *[SECRET_OF[n] for n in engine_names])
     provider = context.gather(conn, settings, tenant_id)
     return {name: engines.ENGINES[name](provider) for name in engine_names}
 

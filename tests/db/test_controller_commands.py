@@ -17,7 +17,7 @@ from tests.factories import tenant
 
 @pytest.fixture
 def fs() -> Iterator[FreeSwitchEmulator]:
-    emu = FreeSwitchEmulator()
+    emu = FreeSwitchEmulator(password="test-esl-secret")
     emu.start()
     yield emu
     emu.stop()
@@ -28,7 +28,8 @@ def configured(run: Cli, fs: FreeSwitchEmulator) -> Cli:
     state = Path(run.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     (state / "dustel.toml").write_text(
-        f'[[esl_nodes]]\nname = "fs1"\nhost = "127.0.0.1"\nport = {fs.port}\nsecret = "ClueCon"\n')
+        f'[[esl_nodes]]\nname = "fs1"\nhost = "127.0.0.1"\nport = {fs.port}\nsecret = "test-esl-secret"\n')
+    (state / "dustel.toml").chmod(0o600)
     return run
 
 

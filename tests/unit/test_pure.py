@@ -97,6 +97,10 @@ def test_settings_file_and_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "dustel.toml"
     cfg.write_text('agi_port = 4600\nesl_password = "fromfile"\n'
                    '[[esl_nodes]]\nname = "fs1"\nhost = "127.0.0.1"\nport = 8021\nsecret = "x"\n')
+    cfg.chmod(0o644)
+    with pytest.raises(DustelError, match="holds secrets: must be mode 0600"):    # issue 16.4
+        load_settings(tmp_path, env={})
+    cfg.chmod(0o600)
     s = load_settings(tmp_path, env={"DUSTEL_ESL_PASSWORD": "fromenv"})
     assert s.agi_port == 4600 and s.esl_password == "fromenv"
     assert s.esl_nodes[0].name == "fs1" and s.database_url is None
@@ -108,3 +112,28 @@ def test_settings_file_and_environment(tmp_path: Path) -> None:
         load_settings(tmp_path, env={})
     with pytest.raises(DustelError, match="agi_port: must be an integer"):
         load_settings(tmp_path / "nowhere", env={"DUSTEL_AGI_PORT": "http"})
+
+
+def test_no_default_secret_is_rendered_or_started(tmp_path: Path) -> None:
+    """Issue 16.4: ClueCon / dustel-ami were rendered when unset."""
+    from dustel.config import ensure_demo_secrets, node_secret, require_secrets
+    s = load_settings(tmp_path, env={})
+    assert (s.esl_password, s.ami_secret) == ("", "")
+    with pytest.raises(DustelError, match="esl_password: must be set"):
+        require_secrets(s, "esl_password")
+    with pytest.raises(DustelError, match="ami_secret: must be set"):
+        require_secrets(load_settings(tmp_path, env={"DUSTEL_AMI_SECRET": "dustel-ami"}), "ami_secret")
+    node = load_settings(tmp_path, env={}).esl_nodes
+    assert node == ()
+    assert ensure_demo_secrets(tmp_path) and not ensure_demo_secrets(tmp_path)
+    secrets_file = tmp_path / "secrets.toml"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    s = load_settings(tmp_path, env={})
+    assert len(s.esl_password) >= 20 and len(s.ami_secret) >= 20 and s.esl_password != s.ami_secret
+    require_secrets(s, "esl_password", "ami_secret")
+    secrets_file.chmod(0o640)
+    with pytest.raises(DustelError, match="secrets file .*: holds secrets: must be mode 0600"):
+        load_settings(tmp_path, env={})
+    from dustel.config import EngineNode
+    with pytest.raises(DustelError, match="node fs1.secret"):
+        node_secret(load_settings(tmp_path / "x", env={}), EngineNode("fs1", "h", 1, "", ""), "freeswitch")
