@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 
 from ..config import Settings, require_secrets
+from . import context, engines, writer
 
 # the secret each engine's rendered files carry (event_socket.conf, manager.conf)
 SECRET_OF = {"freeswitch": "esl_password", "asterisk": "ami_secret"}
-from . import context, engines, writer
 
 
 @dataclass

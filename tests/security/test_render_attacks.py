@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psycopg
 
+from dustel.cli import cli
 from dustel.provisioning import accounts, targets
 from dustel.render import service
-from dustel.cli import cli
 from tests.conftest import Cli
 from tests.factories import tenant
 from tests.render_fixture import GOLDEN_SETTINGS
