@@ -6,12 +6,15 @@ queue event) in the same transaction that decides it; the engine commands
 the shell then sends are derived from the returned ``Change``s, and the same
 changes are re-applied to an engine after it restarts (``service.reapply``).
 
-PINs: a wrong PIN is counted on the agent; after ``MAX_FAILURES`` in a row
-the agent is locked for ``LOCK_MINUTES`` — even the right PIN is refused
-then.  The right PIN resets the count."""
+PINs: wrong PINs are counted per agent and source (``_pin``); after
+``MAX_FAILURES`` in a row that source is locked for ``LOCK_MINUTES``
+(doubling per further lock) — even the right PIN is refused from it then.
+The right PIN resets the count."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from ..billing.calls import Flow, Q
 from ..provisioning.targets import check_pin
@@ -19,6 +22,9 @@ from .codes import StarRequest
 
 MAX_FAILURES = 5
 LOCK_MINUTES = 15
+RATE_PER_MINUTE = 10
+
+log = logging.getLogger("dustel.agents")
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,63 @@ SELECT l.queue_id, q.name, m.level, m.position, l.paused_since IS NOT NULL AS pa
 _EVENT = "INSERT INTO queue_events (tenant_id, queue_id, at, kind, agent_id) VALUES (%(t)s, %(q)s, now(), %(k)s, %(a)s)"
 
 
+def pin_source(account: str, caller: str) -> str:
+    """Where PIN attempts come from: the authenticated phone account, or the
+    hotline with the number the caller claims (spoofable: it locks only
+    itself)."""
+    return f"account:{account}" if account else f"hotline:{caller}"
+
+
+def _pin(tenant_id: int, g: dict[str, Any], source: str, pin: str) -> Flow:
+    """ok | wrong_pin | locked | rate_limited — and every attempt logged.
+
+    Failures count per (agent, source): ``MAX_FAILURES`` in a row lock that
+    source for ``LOCK_MINUTES``, doubling with each further lock (up to a
+    day) — so a spoofed caller ID locks its own way in, never the agent's
+    phone.  Independent of agents, a source gets at most
+    ``RATE_PER_MINUTE`` wrong PINs a minute (no guessing across agents)."""
+    rows = (yield [Q("""INSERT INTO agent_pin_locks (agent_id, source) VALUES (%(a)s, %(s)s)
+                        ON CONFLICT DO NOTHING""", {"a": g["id"], "s": source}),
+                   Q("""SELECT failed, locks, locked_until > now() AS locked FROM agent_pin_locks
+                         WHERE agent_id = %(a)s AND source = %(s)s FOR UPDATE""", {"a": g["id"], "s": source}),
+                   Q("""SELECT count(*) AS n FROM pin_attempts
+                         WHERE source = %(s)s AND NOT ok AND at > now() - interval '1 minute'""", {"s": source})])
+    lk, recent = rows[1][0], rows[2][0]["n"]
+    if lk["locked"]:
+        verdict = "locked"
+    elif recent >= RATE_PER_MINUTE:
+        verdict = "rate_limited"
+    elif check_pin(pin, g["pin_hash"]):
+        verdict = "ok"
+    else:
+        verdict = "wrong_pin"
+    writes = [Q("""INSERT INTO pin_attempts (tenant_id, agent_id, source, ok)
+                   VALUES (%(t)s, %(a)s, %(s)s, %(ok)s)""",
+                {"t": tenant_id, "a": g["id"], "s": source, "ok": verdict == "ok"})]
+    if verdict == "ok":
+        writes.append(Q("""UPDATE agent_pin_locks SET failed = 0, locks = 0, locked_until = NULL
+                            WHERE agent_id = %(a)s AND source = %(s)s""", {"a": g["id"], "s": source}))
+    elif verdict == "wrong_pin":
+        failed = lk["failed"] + 1
+        lock = failed >= MAX_FAILURES          # the count starts again once the lock is over
+        minutes = min(LOCK_MINUTES * 2 ** lk["locks"], 24 * 60)
+        writes.append(Q("""UPDATE agent_pin_locks
+                              SET failed = %(f)s, locks = locks + %(l)s::int,
+                                  locked_until = CASE WHEN %(lock)s THEN now() + make_interval(mins => %(m)s)
+                                                      ELSE locked_until END
+                            WHERE agent_id = %(a)s AND source = %(s)s""",
+                        {"f": 0 if lock else failed, "l": int(lock), "lock": lock, "m": minutes, "a": g["id"],
+                         "s": source}))
+        verdict = "locked" if lock else verdict
+    yield writes
+    log.info("agent pin tenant=%s agent=%s source=%s result=%s", tenant_id, g["id"], source, verdict)
+    return verdict
+
+
 def star(tenant_id: int, account: str, caller: str, req: StarRequest) -> Flow:
     """What the star code ``req`` dialed from ``account`` (a tenant's phone)
     or from ``caller`` (an external number) does."""
+    source = pin_source(account, caller)
     rows = (yield Q(_AGENT, {"t": tenant_id, "account": account or "", "caller": caller or ""}))
     if not rows:
         return Outcome(False, "not_an_agent")
@@ -91,18 +151,9 @@ def star(tenant_id: int, account: str, caller: str, req: StarRequest) -> Flow:
             return Outcome(False, "not_a_member", agent_id=g["id"])
         if req.pin is None:
             return Outcome(False, "need_pin", agent_id=g["id"])
-        if g["locked"]:
-            return Outcome(False, "locked", agent_id=g["id"])
-        if not check_pin(req.pin, g["pin_hash"]):
-            failed = g["failed_pins"] + 1
-            lock = failed >= MAX_FAILURES          # the count starts again once the lock is over
-            yield Q("""UPDATE agents SET failed_pins = %(f)s,
-                              locked_until = CASE WHEN %(lock)s THEN now() + make_interval(mins => %(mins)s)
-                                                  ELSE locked_until END
-                        WHERE id = %(a)s""", {"f": 0 if lock else failed, "lock": lock, "mins": LOCK_MINUTES,
-                                              "a": g["id"]})
-            return Outcome(False, "locked" if lock else "wrong_pin", agent_id=g["id"])
-        yield Q("UPDATE agents SET failed_pins = 0, locked_until = NULL WHERE id = %(a)s", {"a": g["id"]})
+        verdict = yield from _pin(tenant_id, g, source, req.pin)
+        if verdict != "ok":
+            return Outcome(False, verdict, agent_id=g["id"])
         new = (yield Q("""INSERT INTO agent_logins (queue_id, agent_id, tenant_id, contact)
                           VALUES (%(q)s, %(a)s, %(t)s, %(c)s) ON CONFLICT DO NOTHING RETURNING queue_id""",
                        {"q": q["id"], "a": g["id"], "t": tenant_id,

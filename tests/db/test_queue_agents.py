@@ -99,17 +99,55 @@ def test_bad_input_is_refused_and_changes_nothing(server: Server, conn: psycopg.
 
 
 def test_wrong_pins_lock_the_agent(server: Server, conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    lock = "SELECT failed, locks, locked_until > now() AS locked FROM agent_pin_locks"
     for i in range(agents.MAX_FAILURES - 1):
         star(server, org, "*51*1*9999")
-        assert conn.execute("SELECT failed_pins FROM agents").fetchone()["failed_pins"] == i + 1
+        assert conn.execute(lock).fetchone()["failed"] == i + 1
     star(server, org, "*51*1*9999")
-    g = conn.execute("SELECT failed_pins, locked_until > now() AS locked FROM agents").fetchone()
-    assert g["locked"] and g["failed_pins"] == 0
+    g = conn.execute(lock).fetchone()
+    assert g["locked"] and (g["failed"], g["locks"]) == (0, 1)
     c = star(server, org, "*51*1*1234")                     # the right PIN while locked
     assert api(c) == [] and logins(conn) == []
     assert any("reason=locked" in line for line in server.log)
-    conn.execute("UPDATE agents SET locked_until = now() - interval '1 second'")
+    conn.execute("UPDATE agent_pin_locks SET locked_until = now() - interval '1 second'")
     assert len(api(star(server, org, "*51*1*1234"))) == 2
+    attempts = conn.execute("SELECT source, ok FROM pin_attempts ORDER BY id").fetchall()
+    assert [a["ok"] for a in attempts] == [False] * 6 + [True]
+    assert {a["source"] for a in attempts} == {f"account:{org['u']}"}
+
+
+def test_a_spoofed_hotline_caller_locks_only_its_own_way_in(conn: psycopg.Connection,
+                                                            external: dict[str, Any]) -> None:
+    """Issue 16.6: five wrong PINs from a spoofed caller ID locked the agent
+    everywhere, again and again.  Now failures count per source: a caller
+    claiming the agent's number locks that claim (for longer each time),
+    never the agent's phone; a source guessing too fast is refused without
+    its PIN being checked; every attempt is logged."""
+    from dustel.billing.calls import run_sync
+    tid = external["t"]["id"]
+    for _ in range(agents.MAX_FAILURES):
+        out = run_sync(conn, agents.hotline(tid, "support", "+4917012345", "0000"))
+    assert out.reason == "locked"
+    lk = conn.execute("SELECT source, locks, locked_until - now() AS left FROM agent_pin_locks").fetchone()
+    assert lk["source"] == "hotline:+4917012345" and lk["locks"] == 1
+    # Erika at her phone is not affected by what happens on the hotline
+    assert run_sync(conn, agents.star(tid, external["u"], "", codes.parse("*51*1*1234"))).ok
+    # the next lock of the same source lasts twice as long
+    conn.execute("UPDATE agent_pin_locks SET locked_until = now() - interval '1 second'")
+    conn.execute("DELETE FROM pin_attempts")       # (outside the rate limit's minute)
+    for _ in range(agents.MAX_FAILURES):
+        run_sync(conn, agents.hotline(tid, "support", "+4917012345", "0000"))
+    lk2 = conn.execute("SELECT locks, locked_until - now() AS left FROM agent_pin_locks "
+                       "WHERE source LIKE 'hotline:%'").fetchone()
+    assert lk2["locks"] == 2 and lk2["left"] > lk["left"] * 1.5
+    # rate limit: a source with RATE_PER_MINUTE failures this minute gets no PIN check at all
+    conn.execute("UPDATE agent_pin_locks SET locked_until = NULL, failed = 0")
+    conn.execute("""INSERT INTO pin_attempts (tenant_id, agent_id, source, ok)
+                    SELECT %s, NULL, 'hotline:+4917012345', false FROM generate_series(1, %s)""",
+                 (tid, agents.RATE_PER_MINUTE))
+    out = run_sync(conn, agents.hotline(tid, "support", "+4917012345", "4321"))     # the right PIN
+    assert (out.ok, out.reason) == (False, "rate_limited")
+    assert conn.execute("SELECT count(*) AS n FROM pin_attempts").fetchone()["n"] >= 2 * agents.MAX_FAILURES
 
 
 def test_another_tenants_queue_is_unknown(conn: psycopg.Connection, org: dict[str, Any]) -> None:

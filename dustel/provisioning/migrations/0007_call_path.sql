@@ -6,3 +6,25 @@ ALTER TABLE queue_events ADD CONSTRAINT queue_events_kind_check
     CHECK (kind IN ('offered', 'answered', 'abandoned', 'timeout', 'closed', 'completed', 'offer_failed',
                     'login', 'logout', 'pause', 'unpause'));
 ALTER TABLE calls ADD COLUMN callee text NOT NULL DEFAULT '';
+
+-- Issue 16.6: PIN failures are counted per agent *and source* (the phone
+-- account, or the hotline with the caller number it claims), so a spoofed
+-- caller ID can lock at most its own way in; every attempt is logged and
+-- attempts per source are rate-limited.
+CREATE TABLE agent_pin_locks (
+    agent_id     bigint NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    source       text NOT NULL,
+    failed       integer NOT NULL DEFAULT 0,
+    locks        integer NOT NULL DEFAULT 0,
+    locked_until timestamptz,
+    PRIMARY KEY (agent_id, source)
+);
+CREATE TABLE pin_attempts (
+    id        bigserial PRIMARY KEY,
+    tenant_id bigint NOT NULL,
+    agent_id  bigint,
+    source    text NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    ok        boolean NOT NULL
+);
+CREATE INDEX pin_attempts_source_at ON pin_attempts (source, at);
