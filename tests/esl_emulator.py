@@ -496,6 +496,15 @@ class FreeSwitchEmulator:
         self.api_results: dict[str, str] = {}     # command prefix -> canned body (e.g. callcenter_config)
         self._srv: socket.socket | None = None
         self._seq = itertools.count(1000)
+        self._closed = threading.Condition()
+        self.sessions_closed = 0
+
+    def wait_sessions_closed(self, n: int, timeout: float = 20) -> None:
+        """Wait until ``n`` client sessions have ended here (their last
+        command recorded): what a test asserts on ``commands`` waits on this."""
+        with self._closed:
+            if not self._closed.wait_for(lambda: self.sessions_closed >= n, timeout):
+                raise AssertionError(f"{self.sessions_closed} of {n} sessions closed: {self.commands[-5:]}")
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> int:
@@ -558,6 +567,9 @@ class FreeSwitchEmulator:
             c.sock.close()
             if c in self.clients:
                 self.clients.remove(c)
+            with self._closed:
+                self.sessions_closed += 1
+                self._closed.notify_all()
 
     def _handle(self, c: _Client, line: str, headers: dict[str, str]) -> bool:
         cmd, _, arg = line.partition(" ")

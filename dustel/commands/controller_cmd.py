@@ -90,19 +90,38 @@ def controller_run(env: Env) -> None:
 @controller.command("reload")
 @pass_env
 def controller_reload(env: Env) -> None:
-    """Make every engine node load the rendered configuration."""
-    s = env.settings
-    for n in s.esl_nodes:
-        with _engine_errors(n.name):
-            replies = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run(C.fs_reload())
-        click.echo(f"{n.name}: " + "; ".join(r.body.decode(errors="replace").strip().replace("\n", " ")
-                                             for r in replies))
-    for n in s.ami_nodes:
-        with _engine_errors(n.name):
-            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), C.ast_reload())
-        click.echo(f"{n.name}: " + "; ".join(str(r.get("Response", r)) for r in res))
-    if not (s.esl_nodes or s.ami_nodes):
+    """Make every engine node load the rendered configuration (everything)."""
+    if not (env.settings.esl_nodes or env.settings.ami_nodes):
         raise DustelError("esl_nodes / ami_nodes", "no engine node configured")
+    for line in reload_nodes(env, {"freeswitch": None, "asterisk": None}):
+        click.echo(line)
+
+
+def reload_nodes(env: Env, changed: dict[str, list[str] | None]) -> list[str]:
+    """Send every node of each engine exactly the reloads for its changed
+    files (None: all).  mod_callcenter forgets agents and tiers on a reload
+    (the rendered config truncates them: the database owns them), so the
+    logins stored in the database are applied again in the same session."""
+    s = env.settings
+    out = []
+    fs_cmds = C.fs_reload(changed["freeswitch"]) if "freeswitch" in changed else []
+    if any(c.startswith(b"api reload mod_callcenter") for c in fs_cmds):
+        from ..billing.calls import run_sync
+        from ..queue import agents, service
+        with env.tx() as conn:
+            fs_cmds += [cmd for ch in run_sync(conn, agents.current()) for cmd in service.fs_commands(ch)]
+    for n in s.esl_nodes if fs_cmds else ():
+        with _engine_errors(n.name):
+            replies = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run(fs_cmds)
+        out.append(f"{n.name}: " + "; ".join(r.body.decode(errors="replace").strip().replace("\n", " ")
+                                             for r in replies))
+    ast_actions = C.ast_reload(changed["asterisk"]) if "asterisk" in changed else []
+    for n in s.ami_nodes if ast_actions else ():
+        with _engine_errors(n.name):
+            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"),
+                            ast_actions)
+        out.append(f"{n.name}: " + "; ".join(str(r.get("Response", r)) for r in res))
+    return out
 
 
 @call.command("list")

@@ -46,11 +46,16 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
     if check and any(r.plan.differs for r in results):
         sys.exit(1)
     if do_reload and not check:
-        # The controller sends these once it runs (dustel controller); until
-        # then say what would be sent.
+        # exactly the reloads for what changed, to every configured node
+        from .controller_cmd import reload_nodes
+        s = env.settings
+        todo = {r.engine: r.plan.changed + r.plan.removed for r in results if r.reload}
         for r in results:
             for cmd in r.reload:
-                click.echo(f"reload {r.engine}: {cmd} (not sent: no controller connection)")
+                nodes = s.esl_nodes if r.engine == "freeswitch" else s.ami_nodes
+                click.echo(f"reload {r.engine}: {cmd} -> " + (", ".join(n.name for n in nodes) or "no node"))
+        for line in reload_nodes(env, todo):
+            click.echo(line)
 
 
 def _human(data: list[dict]) -> None:

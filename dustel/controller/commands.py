@@ -34,11 +34,18 @@ def fs_transfer(uuid: str, destination: str, context: str) -> bytes:
                  P.token(context, "context"))
 
 
-def fs_reload() -> list[bytes]:
-    """After a render: the XML, the SIP profiles (new / removed users,
-    gateways), the call-centre queues."""
-    return [P.api("reloadxml"), P.api("sofia", "profile", "internal", "rescan"),
-            P.api("sofia", "profile", "external", "rescan")]
+# every rendered file that needs a reload of its own (a full reload)
+FS_ALL = ["autoload_configs/acl.conf.xml", "sip_profiles/internal.xml", "sip_profiles/carrier.xml",
+          "autoload_configs/callcenter.conf.xml", "autoload_configs/local_stream.conf.xml"]
+AST_ALL = ["pjsip.conf", "extensions.conf", "queues.conf", "musiconhold.conf", "manager.conf"]
+
+
+def fs_reload(changed: list[str] | None = None) -> list[bytes]:
+    """The api commands for what changed (everything when None): ``reloadacl``,
+    ``reloadxml``, a ``rescan`` of each changed profile, the call-centre and
+    hold-music modules — the one list ``render.engines.reload_commands``."""
+    from ..render.engines import reload_commands
+    return [P.api(*cmd.split()) for cmd in reload_commands("freeswitch", FS_ALL if changed is None else changed)]
 
 
 @dataclass
@@ -100,10 +107,12 @@ def ast_redirect(channel: str, destination: str, context: str) -> dict[str, str]
                Context=P.token(context, "context"), Priority=1)
 
 
-def ast_reload() -> list[dict[str, str]]:
-    return [ami("Command", Command="module reload res_pjsip.so"), ami("Command", Command="dialplan reload"),
-            ami("Command", Command="module reload app_queue.so"),
-            ami("Command", Command="module reload res_musiconhold.so")]
+def ast_reload(changed: list[str] | None = None) -> list[dict[str, str]]:
+    """``Reload`` of each changed file's module (the AMI user has no
+    ``command`` right: no CLI commands)."""
+    from ..render.engines import reload_commands
+    return [ami("Reload", Module=m)
+            for m in reload_commands("asterisk", AST_ALL if changed is None else changed)]
 
 
 async def _ami_run(host: str, port: int, username: str, secret: str, actions: list[dict[str, str]]) -> list[Any]:

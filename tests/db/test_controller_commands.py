@@ -74,10 +74,15 @@ def test_transfer_destination_cannot_add_words_or_commands(configured: Cli, fs: 
 
 
 def test_reload_and_unreachable_node(configured: Cli, fs: FreeSwitchEmulator) -> None:
+    """Issue 15.12: the profile is ``carrier`` (``external`` does not exist),
+    and reloadacl / mod_callcenter / mod_local_stream were skipped.  Issue
+    15.20: the assertion waits for the emulator's session to end."""
     r = configured.ok("controller", "reload")
     assert "+OK [Success]" in r.output
-    assert fs.commands[-4:] == ["api reloadxml", "api sofia profile internal rescan",
-                                "api sofia profile external rescan", "exit"]
+    fs.wait_sessions_closed(1)
+    assert fs.commands == ["auth test-esl-secret", "api reloadacl", "api reloadxml",
+                           "api sofia profile internal rescan", "api sofia profile carrier rescan",
+                           "api reload mod_callcenter", "api reload mod_local_stream", "exit"]
     fs.stop()
     r = configured("controller", "reload")
     assert r.exit_code != 0 and r.stderr.startswith("error: node: fs1:")
@@ -99,3 +104,31 @@ def test_esl_values_cannot_add_words(value: str) -> None:
         C.fs_transfer("uuid-1", value, "t1")
     with pytest.raises(ValueError):
         C.fs_kill("uuid-1", cause=value)
+
+
+def test_render_reload_sends_what_changed_and_reapplies_agent_logins(configured: Cli, fs: FreeSwitchEmulator,
+                                                                     conn: psycopg.Connection) -> None:
+    """Issue 15.12/15.13: ``render --reload`` only printed the reloads; a
+    ``reload mod_callcenter`` logs every agent out while the database says
+    logged in.  Now the changed files' reloads go to every node, and the
+    database's logins follow the callcenter reload in the same session."""
+    from dustel.billing.calls import run_sync
+    from dustel.queue import agents, codes
+    configured.ok("demo")
+    out = Path(configured.state_dir) / "live"
+    configured.ok("render", "--out", str(out), "--engine", "freeswitch")
+    row = conn.execute("""SELECT g.tenant_id, s.username FROM agents g
+                            JOIN sip_accounts s ON s.id = g.contact_account_id ORDER BY g.id LIMIT 1""").fetchone()
+    code = conn.execute("SELECT code FROM queues WHERE tenant_id = %s", (row["tenant_id"],)).fetchone()["code"]
+    login = run_sync(conn, agents.star(row["tenant_id"], row["username"], "", codes.parse(f"*51*{code}*4711")))
+    assert login.ok, login
+    before = fs.sessions_closed
+    conn.execute("UPDATE queues SET max_wait_seconds = max_wait_seconds + 1")
+    r = configured.ok("render", "--out", str(out), "--engine", "freeswitch", "--reload")
+    assert "reload freeswitch: reload mod_callcenter -> fs1" in r.output
+    fs.wait_sessions_closed(before + 1)
+    sent = fs.commands[fs.commands.index("api reloadxml"):]
+    assert sent[:2] == ["api reloadxml", "api reload mod_callcenter"]
+    assert any(c.startswith("api callcenter_config tier add t") for c in sent)
+    assert any(c.endswith(" Available") for c in sent) and sent[-1] == "exit"
+    assert not any("sofia" in c for c in sent)                      # no profile changed: no rescan

@@ -204,6 +204,24 @@ def test_ip_restricted_account_reaches_the_psap_from_anywhere(stack: Stack) -> N
     assert "admit=False reason=ip_not_allowed" in stack.agi_log.read_text()
 
 
+def test_ami_user_reloads_but_cannot_run_commands_or_originate(stack: Stack) -> None:
+    """Issue 16.4 / 15.12: the rendered AMI user had read=all, write=all.
+    Now it can do what the controller does (ModuleReload of each module,
+    channel and contact lists) and nothing of command / originate."""
+    from dustel.controller import commands as C
+    s = stack.settings
+    res = C.ami_run("127.0.0.1", s.ami_port, s.ami_username, s.ami_secret,
+                    C.ast_reload() + [C.ami("CoreShowChannels"), C.ami("PJSIPShowContacts")])
+    first = [r[0] if isinstance(r, list) else r for r in res]
+    assert [r.get("Response") for r in first[:5]] == ["Success"] * 5, res
+    # the lists answer (PJSIPShowContacts with no contact: "No Contacts found"), no permission refused
+    assert all("ermission" not in str(r.get("Message", "")) for r in first[5:]), res
+    bad = C.ami_run("127.0.0.1", s.ami_port, s.ami_username, s.ami_secret,
+                    [C.ami("Command", Command="core show version"),
+                     C.ami("Originate", Channel="Local/1@dustel-public", Application="Wait", Data="1")])
+    assert all(r.get("Response") == "Error" and "ermission" in r.get("Message", "") for r in bad), bad
+
+
 # ------------------------------------------------------------ controller (AMI)
 
 class AMIController:
