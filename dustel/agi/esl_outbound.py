@@ -57,11 +57,6 @@ class Runtime:
         with cls.pool.connection() as conn:
             return calls.run_sync(conn, flow)
 
-    @classmethod
-    def tariff(cls) -> Any:
-        if cls.tariffs.stale():
-            cls.tariffs.set(cls.run(calls.load_tariff()))
-        return cls.tariffs.tariff
 
 
 TONE_OK = "tone_stream://%(150,100,880);loops=2"
@@ -115,7 +110,7 @@ class CallControl:
     def decide(self, data: dict[str, str]) -> Decision:
         route = fs.route_of(data)
         req = replace(fs.request_from(data), node=self.node(data))
-        d: Decision = Runtime.run(calls.admit(req, Runtime.tariff()))
+        d: Decision = Runtime.run(calls.admit(req, Runtime.tariffs))
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
                  req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
         return d

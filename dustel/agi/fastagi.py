@@ -89,7 +89,7 @@ class Context:
 
     async def _decide(self, batch: list[tuple[CallRequest, asyncio.Future[Decision]]]) -> None:
         try:
-            results = await self.run(calls.admit_many([r for r, _ in batch], await self.tariff()))
+            results = await self.run(calls.admit_many([r for r, _ in batch], self.tariffs))
         except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
             if len(batch) > 1:       # one bad request must not refuse its neighbours: decide each alone
                 for one in batch:
@@ -114,10 +114,6 @@ class Context:
         async with self.pool.connection() as conn:
             return await calls.run_async(conn, flow)
 
-    async def tariff(self) -> Any:
-        if self.tariffs.stale():
-            self.tariffs.set(await self.run(calls.load_tariff()))
-        return self.tariffs.tariff
 
 
 _MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=-]*")

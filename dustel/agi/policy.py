@@ -62,6 +62,7 @@ class Snapshot:
 class Tariff:
     zones: Mapping[str, str]      # E.164 digits prefix (no '+') -> zone; '' default
     rates: Mapping[str, int]      # prefix -> cents per minute
+    version: int = 0              # tariff_version it was loaded at
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ a replayed hangup a no-op.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +179,7 @@ def same_call(call: dict[str, Any], req: CallRequest) -> bool:
             and call["account"] == req.account and call.get("callee", "") == req.callee)
 
 
-def admit(req: CallRequest, tariff: Tariff) -> Flow:
+def admit(req: CallRequest, tariff: Tariff | TariffCache) -> Flow:
     """Decide and, when admitted, reserve: one transaction (the driver's)."""
     (result,) = yield from admit_many([req], tariff)
     if isinstance(result, Exception):
@@ -188,7 +187,7 @@ def admit(req: CallRequest, tariff: Tariff) -> Flow:
     return result
 
 
-def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
+def admit_many(reqs: list[CallRequest], tariff: Tariff | TariffCache) -> Flow:
     """Decide a batch of calls and reserve for the admitted ones, in one
     transaction: lock the tenants' money rows (in id order), read every
     snapshot in one query, decide each call in order — a call sees the
@@ -198,7 +197,15 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff) -> Flow:
     account of its tenant, per request."""
     cols = {"t": [r.tenant_id for r in reqs], "account": [r.account for r in reqs],
             "callee": [r.callee for r in reqs], "node": [r.node for r in reqs], "call": [r.call_id for r in reqs]}
-    money_rows, rows = (yield [Q(_LOCK_MANY, {"ts": sorted(set(cols["t"]))}), Q(_SNAPSHOT_MANY, cols)])
+    money_rows, rows, version = (yield [Q(_LOCK_MANY, {"ts": sorted(set(cols["t"]))}), Q(_SNAPSHOT_MANY, cols),
+                                        Q(_TARIFF_VERSION, {})])
+    if isinstance(tariff, TariffCache):
+        # the cached tariff is used only while it is the current one: a rate
+        # change bumps the version in its own transaction, so the next call
+        # after its commit is rated with it
+        if tariff.tariff is None or tariff.tariff.version != version[0]["version"]:
+            tariff.set((yield from load_tariff()))
+        tariff = tariff.tariff  # type: ignore[assignment]
     money = {m["tenant_id"]: dict(m) for m in money_rows}
     by_i = {row["i"]: row for row in rows}
     active: dict[int, list[str]] = {}
@@ -324,26 +331,26 @@ def topup(tenant_id: int, cents: int, ref: str) -> Flow:
 
 # ---------------------------------------------------------------- tariff
 
+_TARIFF_VERSION = "SELECT version FROM tariff_version"
+
+
 def load_tariff() -> Flow:
-    zones = (yield Q("SELECT prefix, zone FROM zone_prefixes", {}))
-    rates = (yield Q("SELECT prefix, cents_per_minute FROM rates", {}))
+    zones, rates, version = (yield [Q("SELECT prefix, zone FROM zone_prefixes", {}),
+                                    Q("SELECT prefix, cents_per_minute FROM rates", {}), Q(_TARIFF_VERSION, {})])
     return Tariff(zones={r["prefix"]: r["zone"] for r in zones},
-                  rates={r["prefix"]: r["cents_per_minute"] for r in rates})
+                  rates={r["prefix"]: r["cents_per_minute"] for r in rates}, version=version[0]["version"])
 
 
 class TariffCache:
-    """The tariff changes rarely: reload it at most every ``ttl`` seconds."""
+    """The tariff (zones and rates) in the process; ``admit_many`` checks its
+    version against ``tariff_version`` (bumped by a trigger on every change
+    of rates or zone prefixes) in the admission transaction itself."""
 
-    def __init__(self, ttl: float = 60.0) -> None:
-        self.ttl = ttl
+    def __init__(self) -> None:
         self.tariff: Tariff | None = None
-        self.loaded = 0.0
-
-    def stale(self) -> bool:
-        return self.tariff is None or time.monotonic() - self.loaded > self.ttl
 
     def set(self, tariff: Tariff) -> Tariff:
-        self.tariff, self.loaded = tariff, time.monotonic()
+        self.tariff = tariff
         return tariff
 
 

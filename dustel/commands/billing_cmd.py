@@ -14,38 +14,12 @@ import click
 from ..billing import calls
 from ..config import node_sources
 from ..errors import DustelError
+from ..provisioning import rates as rating_table
 from ..provisioning import tenants
 from ..provisioning import validate as v
 from .common import INT, Env, emit, euro, json_option, pass_env, table
 
 rates = click.Group("rates", help="Per-minute prices by destination prefix (longest match), integer cents.")
-
-
-def read_rates(path: Path) -> list[tuple[str, int, str]]:
-    """CSV with a header: prefix,cents_per_minute[,description]; prefix in
-    E.164 digits without '+' ('' is the default rate)."""
-    out: dict[str, tuple[str, int, str]] = {}
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"prefix", "cents_per_minute"} <= set(reader.fieldnames):
-                raise DustelError("rates", "CSV needs a header with prefix,cents_per_minute[,description]")
-            for n, row in enumerate(reader, start=2):
-                prefix = (row["prefix"] or "").strip().lstrip("+")
-                price = (row["cents_per_minute"] or "").strip()
-                if not (prefix == "" or (prefix.isascii() and prefix.isdigit() and len(prefix) <= 15)):
-                    raise DustelError(f"rates line {n}", "prefix must be up to 15 digits")
-                if not (price.isascii() and price.isdigit() and int(price) <= 100000):
-                    raise DustelError(f"rates line {n}", "cents_per_minute must be a whole number of cents")
-                if prefix in out:
-                    raise DustelError(f"rates line {n}", f"prefix {prefix!r} listed twice")
-                desc = v.text("description", row.get("description") or "-", max_len=100)
-                out[prefix] = (prefix, int(price), desc)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DustelError("rates", f"cannot read {path}: {exc}") from None
-    if not out:
-        raise DustelError("rates", "no rates in the file")
-    return sorted(out.values())
 
 
 @rates.command("import")
@@ -55,15 +29,9 @@ def read_rates(path: Path) -> list[tuple[str, int, str]]:
 @pass_env
 def rates_import(env: Env, as_json: bool, csv_file: Path, replace: bool) -> None:
     """Load rates from CSV (prefix,cents_per_minute,description) in one transaction."""
-    rows = read_rates(csv_file)
+    rows = rating_table.read(csv_file)
     with env.tx() as conn:
-        if replace:
-            conn.execute("DELETE FROM rates")
-        with conn.cursor() as cur:
-            cur.executemany("""INSERT INTO rates (prefix, cents_per_minute, description) VALUES (%s, %s, %s)
-                               ON CONFLICT (prefix) DO UPDATE SET cents_per_minute = EXCLUDED.cents_per_minute,
-                                                                  description = EXCLUDED.description""", rows)
-        total = conn.execute("SELECT count(*) AS n FROM rates").fetchone()["n"]
+        total = rating_table.store(conn, rows, replace=replace)
     emit({"imported": len(rows), "total": total}, as_json,
          lambda d: click.echo(f"{d['imported']} rates imported, {d['total']} in the table"))
 

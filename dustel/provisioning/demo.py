@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from . import accounts, features, numbers, targets, tenants
+from . import accounts, features, numbers, rates, targets, tenants
 
 DEMO_MARKER_DOMAIN = "demo-starter.sip.dustel.de"
 
@@ -113,6 +113,9 @@ def load(conn: psycopg.Connection, credentials_file: Path,
     features.speed_dial_set(conn, b["id"], "1", "+4921198765")
     features.speed_dial_set(conn, b["id"], "2", b_ber)
     features.set_limits(conn, b["id"], credit_limit_cents=50000)
+    # a small realistic rate table, so a newcomer's first non-flat call is rated, not refused no_rate
+    if conn.execute("SELECT count(*) AS n FROM rates").fetchone()["n"] == 0:
+        rates.store(conn, rates.read(rates.DEMO_RATES))
 
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(credentials_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -165,3 +165,32 @@ def test_race_prepaid_lines_and_balance(db_url: str, conn: psycopg.Connection, t
     assert sum(d.admit for _, d in results) == 2                      # two lines, whatever the race
     assert {d.reason for _, d in results if not d.admit} == {"line_limit"}
     assert money(conn, t["id"])["reserved_cents"] == 180
+
+
+def test_demo_rates_and_a_rate_change_applies_to_the_next_call(conn: psycopg.Connection, tmp_path: Any) -> None:
+    """Issue 15.6: the demo had no rates (the first non-flat call was refused
+    ``no_rate``), and the policy servers cached the tariff for 60 s.  Now the
+    demo loads a small table, and a rate change applies to the very next
+    admission of a server holding the old tariff in its cache."""
+    from dustel.provisioning import demo
+    with conn.transaction():
+        demo.load(conn, tmp_path / "creds.txt")
+    assert conn.execute("SELECT cents_per_minute FROM rates WHERE prefix = '4917'").fetchone()["cents_per_minute"] == 9
+    t = conn.execute("SELECT id FROM tenants WHERE plan = 'starter'").fetchone()
+    u = conn.execute("SELECT username FROM sip_accounts WHERE tenant_id = %s ORDER BY id", (t["id"],)).fetchone()
+    calls.run_sync(conn, calls.topup(t["id"], 1000, "bank:demo"))
+    cache = calls.TariffCache()
+
+    def call(i: int) -> Any:
+        r = CallRequest(direction="out", tenant_id=t["id"], account=u["username"], caller="", callee="01701234567",
+                        node="n", call_id=f"rate-{i}")
+        d = calls.run_sync(conn, calls.admit(r, cache))
+        calls.run_sync(conn, calls.settle("n", f"rate-{i}", 0))
+        return d
+    first = call(1)
+    assert (first.reason, first.cents_per_minute, first.zone) == ("ok", 9, "de_mobile")
+    assert call(2).cents_per_minute == 9
+    v1 = cache.tariff.version
+    conn.execute("UPDATE rates SET cents_per_minute = 12 WHERE prefix = '4917'")
+    d = call(3)
+    assert d.cents_per_minute == 12 and cache.tariff.version > v1

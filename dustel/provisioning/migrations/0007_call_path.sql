@@ -28,3 +28,21 @@ CREATE TABLE pin_attempts (
     ok        boolean NOT NULL
 );
 CREATE INDEX pin_attempts_source_at ON pin_attempts (source, at);
+
+-- Issue 15.6: the policy servers cache the tariff; every change of rates or
+-- zone prefixes bumps this version in its own transaction, and admission
+-- compares it in the admission transaction: the next call is rated anew.
+CREATE TABLE tariff_version (
+    id      boolean PRIMARY KEY DEFAULT true CHECK (id),
+    version bigint NOT NULL
+);
+INSERT INTO tariff_version VALUES (true, 1);
+CREATE FUNCTION dustel_tariff_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE tariff_version SET version = version + 1;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER rates_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON rates
+    FOR EACH STATEMENT EXECUTE FUNCTION dustel_tariff_changed();
+CREATE TRIGGER zone_prefixes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON zone_prefixes
+    FOR EACH STATEMENT EXECUTE FUNCTION dustel_tariff_changed();
