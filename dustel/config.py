@@ -52,7 +52,8 @@ class Settings:
     carrier_match: str = ""
     # who may connect to FreeSWITCH's event socket (the controller's hosts)
     esl_acl: str = "127.0.0.1/32"
-    sip_bind_host: str = "0.0.0.0"
+    sip_bind_host: str = "0.0.0.0"   # FreeSWITCH: 0.0.0.0 renders each node's $${local_ip_v4}
+    sip_external_ip: str = ""         # behind NAT: an address, or "node" for each node's $${external_sip_ip}
     sip_port: int = 5060
     sip_tls_port: int = 5061
     tls_cert_file: str = ""       # empty: no TLS transport rendered
@@ -85,6 +86,7 @@ _ENV = {
     "carrier_match": "DUSTEL_CARRIER_MATCH",
     "esl_acl": "DUSTEL_ESL_ACL",
     "sip_bind_host": "DUSTEL_SIP_BIND_HOST",
+    "sip_external_ip": "DUSTEL_SIP_EXTERNAL_IP",
     "sip_port": "DUSTEL_SIP_PORT",
     "ami_port": "DUSTEL_AMI_PORT",
     "moh_dir": "DUSTEL_MOH_DIR",

@@ -197,3 +197,27 @@ def test_identifier_fields_refuse_injection_at_input(conn: psycopg.Connection, p
             conn.execute(f"UPDATE {table} SET {column} = %s", (payload,))
     # a CHECK constraint, or a trigger rule that fires first
     assert isinstance(exc.value, psycopg.errors.CheckViolation) or exc.value.sqlstate == "DU001"
+
+
+def test_freeswitch_profiles_bind_per_node_and_legs_carry_the_tenant(conn: psycopg.Connection,
+                                                                     provider: dict[str, str]) -> None:
+    """Issue 15.4: ``sip-ip 0.0.0.0`` is replaced by one guessed interface, and
+    ``rtp-timeout-sec`` is deprecated.  Issue 15.5: the carrier leg of an
+    emergency call had no tenant (``set`` does not reach bridged legs)."""
+    from dataclasses import replace
+    s = replace(GOLDEN_SETTINGS, sip_bind_host="0.0.0.0", sip_external_ip="node")
+    with conn.transaction():
+        fs = service.render_files(conn, s, ["freeswitch"])["freeswitch"]
+    for profile in ("sip_profiles/internal.xml", "sip_profiles/carrier.xml"):
+        params = {p.get("name"): p.get("value") for p in ET.fromstring(fs[profile]).iter("param")}
+        assert params["sip-ip"] == params["rtp-ip"] == "$${local_ip_v4}"
+        assert (params["ext-sip-ip"], params["ext-rtp-ip"]) == ("$${external_sip_ip}", "$${external_rtp_ip}")
+        assert "rtp-timeout-sec" not in params
+    assert 'name="media_timeout" value="300000"' in fs["directory/demo-starter.sip.dustel.de.xml"]
+    ctx = ET.fromstring(fs["dialplan/t1.xml"])
+    emergency = next(e for e in ctx.iter("extension") if e.get("name") == "emergency")
+    acts = [(a.get("application"), a.get("data")) for a in emergency.iter("action")]
+    assert ("export", "dustel_tenant=${dustel_tenant}") in acts
+    assert acts.index(("export", "dustel_tenant=${dustel_tenant}")) < [a for a, _ in acts].index("bridge")
+    for rel in ("dialplan/public.xml", "dialplan/t1.xml"):
+        assert 'application="set" data="dustel_tenant=' not in fs[rel]
