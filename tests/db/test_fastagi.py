@@ -176,3 +176,24 @@ def test_hostile_caller_id_reaches_the_dialplan_cleaned(db_url: str, conn: psyco
     assert [(d["DUSTEL_ACTION"], d.get("DUSTEL_REASON"), d.get("DUSTEL_CALLER_ID")) for d in ds] == [
         ("admit", "ok", "+4930555"), ("admit", "ok", "49305551"), ("admit", "ok", "anonymous")]
     assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 3
+
+
+def test_with_the_database_down_every_waiting_call_is_refused_at_once(prepaid: dict[str, Any],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 15.10: with the database down the server answered after (waiting
+    calls + 1) × 30 s — each request of a failed batch was retried alone.
+    Now one connection failure refuses every waiting call together (503)."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="dustel.agi")
+    args = [str(prepaid["t"]["id"]), prepaid["u"], "192.0.2.1:5060"]
+
+    async def scenario(port: int) -> list[list[str]]:
+        return list(await asyncio.gather(*(request(port, block("outbound", args, f"down{i}")) for i in range(20))))
+
+    out = run_server("postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=1", scenario)
+    ds = [decision(c) for c in out]
+    assert all((d["DUSTEL_ACTION"], d["DUSTEL_SIP_CODE"], d["DUSTEL_REASON"]) == ("refuse", "503", "internal_error")
+               for d in ds)
+    batches = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert batches and sum(int(r.getMessage().split(": ")[1].split()[0]) for r in batches) == 20
+    assert len(batches) < 20                                           # refused together, not one by one
