@@ -21,7 +21,8 @@ from dustel.controller import esl_node  # noqa: E402
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     nodes = [(str(n), str(h), int(p), str(pw)) for n, h, p, pw in json.loads(os.environ["DUSTEL_CONTROLLER_NODES"])]
-    esl_node.run(nodes, os.environ["DUSTEL_CONTROLLER_DSN"])
+    watchdog = float(os.environ.get("DUSTEL_CONTROLLER_WATCHDOG") or esl_node.WATCHDOG_SECONDS)
+    esl_node.run(nodes, os.environ["DUSTEL_CONTROLLER_DSN"], watchdog)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ database refuses, is logged and skipped."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +34,20 @@ SUBSCRIBE = ("CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP_COMPLE
 EXTRA_HANDLERS: dict[str, Callable[[str, P.Event], list[Q]]] = {"callcenter::info": stats.from_fs}
 
 
+# FreeSWITCH sends HEARTBEAT every 20 s (switch.conf event-heartbeat-interval):
+# nothing at all for this long means a half-open connection
+WATCHDOG_SECONDS = 65.0
+
+
 class ESLNode:
-    def __init__(self, name: str, host: str, port: int, password: str, dsn: str) -> None:
+    def __init__(self, name: str, host: str, port: int, password: str, dsn: str,
+                 watchdog: float = WATCHDOG_SECONDS) -> None:
         self.name, self.host, self.port, self.password, self.dsn = name, host, port, password, dsn
         self.conn: psycopg.Connection[Any] | None = None
         self.connected = gevent.event.Event()
         self.stats = {"events": 0, "skipped": 0, "connects": 0}
+        self.watchdog = watchdog
+        self.last_seen = time.monotonic()
 
     # ---------------------------------------------------------------- database
     def apply(self, ops: list[Q]) -> bool:
@@ -60,6 +69,7 @@ class ESLNode:
 
     def on_event(self, msg: ESLMessage) -> None:
         ev = msg.data
+        self.last_seen = time.monotonic()
         if not isinstance(ev, P.Event):
             return
         self.stats["events"] += 1
@@ -76,6 +86,9 @@ class ESLNode:
 
     # ------------------------------------------------------------- connection
     def run_forever(self) -> None:
+        """Follow the node for ever: every failure — the engine, the network,
+        the database — is logged and retried with backoff; nothing ends this
+        node's follower while the process lives."""
         backoff = 0.2
         while True:
             try:
@@ -83,6 +96,8 @@ class ESLNode:
                 backoff = 0.2
             except (OSError, NotConnectedError, OutboundSessionHasGoneAway, ValueError) as exc:
                 log.warning("node=%s %s:%s: %s", self.name, self.host, self.port, exc or type(exc).__name__)
+            except Exception:      # noqa: BLE001 — e.g. the database down during a rebuild
+                log.exception("node=%s: follower failed; reconnecting", self.name)
             self.connected.clear()
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -103,8 +118,13 @@ class ESLNode:
             esl._process_esl_event_queue = True
             self.connected.set()
             log.info("node=%s connected to %s:%s; live state rebuilt", self.name, self.host, self.port)
+            self.last_seen = time.monotonic()
             while esl.connected:
                 gevent.sleep(0.1)
+                if time.monotonic() - self.last_seen > self.watchdog:
+                    log.warning("node=%s: nothing heard for %.0f s (no HEARTBEAT): reconnecting", self.name,
+                                self.watchdog)
+                    break
         finally:
             try:
                 esl.stop()
@@ -127,20 +147,21 @@ class ESLNode:
 
     def reapply_queues(self, esl: DustelInbound) -> None:
         """The database is the truth: tell a (restarted) engine who is logged in."""
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.dsn)
         try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.dsn, connect_timeout=5)
             with self.conn.transaction():
                 from ..billing.calls import run_sync
                 changes = run_sync(self.conn, agents.current())
         except psycopg.Error as exc:
             log.warning("node=%s: could not read agent logins: %s", self.name, exc)
+            self.conn = None
             return
         for change in changes:
             for cmd in service.fs_commands(change):
                 esl.send(cmd.decode()[:-2])
 
 
-def run(nodes: list[tuple[str, str, int, str]], dsn: str) -> None:
-    workers = [gevent.spawn(ESLNode(n, h, p, pw, dsn).run_forever) for n, h, p, pw in nodes]
+def run(nodes: list[tuple[str, str, int, str]], dsn: str, watchdog: float = WATCHDOG_SECONDS) -> None:
+    workers = [gevent.spawn(ESLNode(n, h, p, pw, dsn, watchdog).run_forever) for n, h, p, pw in nodes]
     gevent.joinall(workers)

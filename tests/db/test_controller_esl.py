@@ -21,9 +21,9 @@ from tests.factories import account, tenant
 
 
 class Controller:
-    def __init__(self, db_url: str, port: int) -> None:
+    def __init__(self, db_url: str, port: int, watchdog: float | None = None) -> None:
         env = {**os.environ, "DUSTEL_CONTROLLER_NODES": json.dumps([["fs1", "127.0.0.1", port, "ClueCon"]]),
-               "DUSTEL_CONTROLLER_DSN": db_url}
+               "DUSTEL_CONTROLLER_DSN": db_url, "DUSTEL_CONTROLLER_WATCHDOG": str(watchdog or "")}
         self.proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.esl_main"], env=env,
                                      stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []
@@ -253,3 +253,28 @@ def test_wrong_password_is_refused_cleanly() -> None:
     bad.sock.close()
     rep.done.wait(5)
     assert rep.mismatch == []
+
+
+def test_a_database_error_during_connect_never_ends_the_follower(fs: FreeSwitchEmulator) -> None:
+    """Issue 15.11: a database error while (re)connecting killed the node's
+    follower for good.  With the database unreachable the follower keeps
+    connecting (backoff) instead of dying."""
+    c = Controller("postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=1", fs.port)
+    try:
+        wait_for(lambda: any("live state rebuilt" in line for line in c.log), 60, "the node followed")
+        assert any("could not read agent logins" in line for line in c.log)
+        assert c.proc.poll() is None and fs.sessions_closed == 0 and fs.subscribed() == 1
+    finally:
+        c.stop()
+
+
+def test_a_silent_connection_is_dropped_and_rebuilt(db_url: str, fs: FreeSwitchEmulator) -> None:
+    """Issue 15.11: a half-open connection (no HEARTBEAT, nothing at all)
+    was followed for ever.  The watchdog reconnects and rebuilds."""
+    c = Controller(db_url, fs.port, watchdog=1.0)
+    try:
+        fs.wait_sessions_closed(2, timeout=60)
+        wait_for(lambda: any("no HEARTBEAT" in line for line in c.log), what="the watchdog's log line")
+        wait_for(lambda: sum("live state rebuilt" in line for line in c.log) >= 2, what="a second rebuild")
+    finally:
+        c.stop()

@@ -131,7 +131,8 @@ def test_refusals_respond_with_the_sip_code_of_the_table(server: Server, conn: p
     assert broke.executed[-2:] == [("set", "dustel_reason=insufficient_credit"), ("respond", "402")]
     assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 0
     assert money(conn, prepaid["tenant"]["id"])["reserved_cents"] == 0
-    assert server.logged("refused reason=ip_not_allowed sip=403") and server.logged("reason=zone_blocked sip=403")
+    wait_for(lambda: server.logged("refused reason=ip_not_allowed sip=403") and server.logged(
+        "reason=zone_blocked sip=403"), what="the refusals logged")
 
 
 def test_emergency_passes_with_empty_balance(server: Server, conn: psycopg.Connection,
@@ -351,7 +352,7 @@ def test_only_configured_engine_nodes_may_connect(db_url: str, conn: psycopg.Con
     try:
         stranger = outbound(s, prepaid, "01701234567")              # from 127.0.0.1: not a node
         assert stranger.executed == [] and stranger.commands in ([], ["connect"])
-        assert s.logged("from 127.0.0.1 refused: not a configured engine node")
+        wait_for(lambda: s.logged("from 127.0.0.1 refused: not a configured engine node"), what="the refusal logged")
         c = OutboundCall(s.port, "01701234567", {"dustel_tenant": str(prepaid["tenant"]["id"]),
                                                  "user_name": prepaid["user"], "sip_network_ip": "192.0.2.10"},
                          callee=("answer", 5), switchname="forged", source="127.0.0.2")

@@ -15,7 +15,7 @@ from dustel.provisioning import targets
 from dustel.queue import agents, codes
 from tests.db.test_esl_outbound import Server
 from tests.db.test_fastagi import free_port
-from tests.esl_emulator import OutboundCall
+from tests.esl_emulator import OutboundCall, wait_for
 from tests.factories import account, tenant
 
 
@@ -108,7 +108,7 @@ def test_wrong_pins_lock_the_agent(server: Server, conn: psycopg.Connection, org
     assert g["locked"] and (g["failed"], g["locks"]) == (0, 1)
     c = star(server, org, "*51*1*1234")                     # the right PIN while locked
     assert api(c) == [] and logins(conn) == []
-    assert any("reason=locked" in line for line in server.log)
+    wait_for(lambda: any("reason=locked" in line for line in server.log), what="the lock logged")
     conn.execute("UPDATE agent_pin_locks SET locked_until = now() - interval '1 second'")
     assert len(api(star(server, org, "*51*1*1234"))) == 2
     attempts = conn.execute("SELECT source, ok FROM pin_attempts ORDER BY id").fetchall()
