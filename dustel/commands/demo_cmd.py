@@ -49,7 +49,7 @@ def _human(d: dict, env: Env) -> None:
     click.echo("next, try:")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} tenant show 3")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} number list --tenant 3")
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} account add 1   # starter holds up to 5 accounts: the 6th is refused")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} account add 1   # starter: up to 5 accounts, the 6th is refused")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} rates list   # the demo rate table (rates import FILE.csv)")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} forward show 000387100003")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} render --diff   # after a change: what would be written")
