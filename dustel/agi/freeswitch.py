@@ -102,8 +102,8 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         out.append(("respond", str(int(d.sip_code))))
         return out
     kind = data.get("variable_dustel_target_kind", "account")
-    if d.caller_id:
-        out.append(("set", f"effective_caller_id_number={token(d.caller_id, 'caller id')}"))
+    # the presented number (policy.presented_caller_id); never what the phone sent
+    out.append(("set", f"effective_caller_id_number={token(d.caller_id or 'anonymous', 'caller id')}"))
     if d.max_seconds:
         out.append(("set", f"execute_on_answer=sched_hangup +{int(d.max_seconds)} ALLOTTED_TIMEOUT"))
     if d.route == "inbound" and kind == "queue" and queue is not None and not queue.open:

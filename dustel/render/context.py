@@ -100,7 +100,8 @@ def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None =
     cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
     cur.execute(
         """SELECT a.tenant_id, a.username, a.ha1, a.display_name, a.tls_mode, a.t38,
-                  a.allowed_nets::text[], coalesce(a.caller_id, ''), coalesce(a.location_area_code, ''),
+                  a.allowed_nets::text[], coalesce(a.caller_id, dustel_presented_number(a.tenant_id, a.id)),
+                  coalesce(a.location_area_code, ''),
                   dustel_psap_prefix(a.location_area_code),
                   coalesce(a.max_call_seconds, t.max_call_seconds), a.max_call_seconds
              FROM sip_accounts a JOIN tenants t ON t.id = a.tenant_id

@@ -388,3 +388,24 @@ def test_esl_serve_keeps_the_dsn_off_the_command_line(tmp_path: Any) -> None:
         proc.wait(10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_an_account_without_a_number_presents_one_of_the_tenant(server: Server, conn: psycopg.Connection,
+                                                                prepaid: dict[str, Any]) -> None:
+    """Issue 15.16: without a configured number FreeSWITCH passed what the
+    phone sent (CLIP no screening without the option) and emergency calls
+    had no callback number.  Now: the number routed to the account, else
+    the tenant's first number — and ``anonymous`` for a tenant without any."""
+    conn.execute("UPDATE sip_accounts SET caller_id = NULL")
+    c = outbound(server, prepaid, "01701234567", callee=("answer", 1))
+    assert ("set", "effective_caller_id_number=+492111234567") in c.executed     # the tenant's number
+    with conn.transaction():
+        numbers.add(conn, prepaid["tenant"]["id"], "+492111234599")
+        numbers.assign(conn, "+492111234599", "account", prepaid["user"])
+    c = outbound(server, prepaid, "01701234567", callee=("answer", 1))
+    assert ("set", "effective_caller_id_number=+492111234599") in c.executed     # the one routed to it
+    bare = tenant(conn, plan="starter", name="No numbers")
+    user = account(conn, bare["id"])
+    calls.run_sync(conn, calls.topup(bare["id"], 100, "bank:bare"))
+    c = outbound(server, {"tenant": bare, "user": user}, "01701234567", callee=("answer", 1))
+    assert ("set", "effective_caller_id_number=anonymous") in c.executed

@@ -46,3 +46,19 @@ CREATE TRIGGER rates_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON rat
     FOR EACH STATEMENT EXECUTE FUNCTION dustel_tariff_changed();
 CREATE TRIGGER zone_prefixes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON zone_prefixes
     FOR EACH STATEMENT EXECUTE FUNCTION dustel_tariff_changed();
+
+-- Issue 15.16: the number an account presents when none is configured: the
+-- tenant's number routed to the account, else the tenant's first number —
+-- never what the phone sends (that is CLIP no screening, an option).
+CREATE FUNCTION dustel_presented_number(p_tenant bigint, p_account bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT caller_id FROM sip_accounts WHERE id = p_account AND tenant_id = p_tenant),
+        (SELECT e164 FROM numbers WHERE tenant_id = p_tenant AND account_id = p_account
+            AND status IN ('active', 'porting_out') ORDER BY id LIMIT 1),
+        (SELECT e164 FROM numbers WHERE tenant_id = p_tenant AND status IN ('active', 'porting_out')
+          ORDER BY id LIMIT 1),
+        '')
+$$;
+CREATE INDEX IF NOT EXISTS numbers_account ON numbers (account_id) WHERE account_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS numbers_tenant ON numbers (tenant_id, id);
