@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -123,10 +124,20 @@ def emergency_number(dialed: str) -> str | None:
     return None
 
 
+# National short codes, dialled without a prefix anywhere in Germany: 115
+# (public administration), 116xxx (harmonised EU services), 118xx/118xxx
+# (directory enquiries) — recognised before local expansion, which would
+# turn them into subscriber numbers of the caller's area.
+_SHORT_CODE = re.compile(r"115|116[0-9]{3}|118[0-9]{2,3}")
+
+
 def normalize(dialed: str, area_code: str) -> str | None:
-    """Dialed digits to E.164: +…, 00… international, 0… national, else a
-    local number in the caller's area.  None when it is no number."""
+    """Dialed digits to E.164: national short codes, +…, 00… international,
+    0… national, else a local number in the caller's area.  None when it is
+    no number."""
     d = dialed.strip()
+    if _SHORT_CODE.fullmatch(d):
+        return "+49" + d
     if d.startswith("+"):
         digits = d[1:]
     elif d.startswith("00"):

@@ -194,3 +194,18 @@ def test_demo_rates_and_a_rate_change_applies_to_the_next_call(conn: psycopg.Con
     conn.execute("UPDATE rates SET cents_per_minute = 12 WHERE prefix = '4917'")
     d = call(3)
     assert d.cents_per_minute == 12 and cache.tariff.version > v1
+
+
+@pytest.mark.parametrize("dialed,zone", [("115", "de_public"), ("116117", "de_freephone"), ("11833", "de_special"),
+                                         ("08001234567", "de_freephone"), ("01033 0301234", "de_callbycall"),
+                                         ("012345678", "de_innovative"), ("018051234567", "de_service"),
+                                         ("0301234567", "de_fixed")])
+def test_service_ranges_have_zones_of_their_own(conn: psycopg.Connection, dialed: str, zone: str) -> None:
+    """Issue 15.17: 0800, 010xx, 0180x and 012 fell into de_fixed (covered by
+    flats and start credit); short codes became local numbers."""
+    from dustel.agi.policy import normalize
+    tariff = calls.run_sync(conn, calls.load_tariff())
+    from dustel.billing import rating
+    e164 = normalize(dialed.replace(" ", ""), "211")
+    assert e164 is not None
+    assert tariff.zones[rating.longest_match(tariff.zones, e164[1:])] == zone

@@ -197,3 +197,13 @@ def test_reservation_never_exceeds_money(cents: int, rate: int, inc: int, limit:
         assert d.max_seconds == limit or rating.cost_cents(longer, rate, inc) > cents
     else:
         assert d.reason == "insufficient_credit" and free == 0
+
+
+def test_german_short_codes_and_service_ranges() -> None:
+    """Issue 15.17: 115 / 116xxx / 118xx became Düsseldorf subscriber numbers."""
+    from dustel.agi.policy import normalize
+    assert normalize("115", "211") == "+49115"
+    assert normalize("116117", "211") == "+49116117"
+    assert normalize("11833", "211") == "+4911833" and normalize("118811", "211") == "+49118811"
+    assert normalize("1155", "211") == "+492111155"          # no short code: a local number
+    assert normalize("5551234", "211") == "+492115551234"

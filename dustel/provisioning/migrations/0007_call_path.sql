@@ -62,3 +62,17 @@ LANGUAGE sql STABLE AS $$
 $$;
 CREATE INDEX IF NOT EXISTS numbers_account ON numbers (account_id) WHERE account_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS numbers_tenant ON numbers (tenant_id, id);
+
+-- Issue 15.17: German service ranges in zones of their own (they were
+-- de_fixed, covered by flats and start credit), national short codes too.
+INSERT INTO zones VALUES
+ ('de_freephone',  'Germany, 0800 freephone and 116xxx harmonised services'),
+ ('de_public',     'Germany, 115 public administration'),
+ ('de_callbycall', 'Germany, 010xx call-by-call carrier selection'),
+ ('de_innovative', 'Germany, 012 innovative services');
+UPDATE zone_prefixes SET zone = 'de_public' WHERE prefix = '49115';
+UPDATE zone_prefixes SET zone = 'de_freephone' WHERE prefix = '49116';
+INSERT INTO zone_prefixes VALUES ('49800', 'de_freephone'), ('4910', 'de_callbycall'), ('4912', 'de_innovative'),
+                                 ('49181', 'de_service')
+    ON CONFLICT (prefix) DO UPDATE SET zone = EXCLUDED.zone;
+UPDATE zone_presets SET zones = zones || '{de_freephone,de_public}' WHERE code <> 'none';
