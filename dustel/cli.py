@@ -69,7 +69,7 @@ for command in (
     feature_cmd.forward, feature_cmd.group, feature_cmd.limits, feature_cmd.zones,
     feature_cmd.blacklist, feature_cmd.whitelist, feature_cmd.speeddial,
     target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent,
-    billing_cmd.rates, billing_cmd.credit, billing_cmd.agi, billing_cmd.esl,
+    billing_cmd.rates, billing_cmd.credit, billing_cmd.billing, billing_cmd.agi, billing_cmd.esl,
     controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo,
 ):

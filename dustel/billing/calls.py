@@ -259,13 +259,17 @@ class Settlement:
     billsec: int = 0
 
 
-def charge_for(call: dict[str, Any], billsec: int) -> tuple[int, int]:
-    """(cents, free seconds used) for a call that talked ``billsec``."""
+def charge_for(call: dict[str, Any], billsec: int, free_left: int | None = None) -> tuple[int, int]:
+    """(cents, free seconds used) for a call that talked ``billsec``.
+    ``free_left``: for a call whose reservation expired (its free seconds
+    went back to the pool), the start credit that is still there."""
     if call["max_seconds"]:
         billsec = min(billsec, call["max_seconds"])
     if call["route"] != "external" or call["flat_zone"] or not call["cents_per_minute"]:
         return 0, 0
     free = min(billsec, call["reserved_free"])
+    if free_left is not None:
+        free = max(0, min(free, free_left))
     return rating.cost_cents(billsec - free, call["cents_per_minute"], call["increment"]), free
 
 
@@ -284,8 +288,9 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
     if call["state"] == "settled":
         return Settlement("already", call["charged_cents"], call["billsec"])
     billsec = max(0, billsec)
-    cents, free = charge_for(call, billsec)
     held = call["state"] == "active"   # an expired call's reservation was released already
+    m = money[0]
+    cents, free = charge_for(call, billsec, None if held else int(m["free_seconds"]) - int(m["reserved_free"]))
     writes = [
         Q("""UPDATE calls SET state = 'settled', billsec = %(b)s, charged_cents = %(c)s, settled_at = now()
               WHERE node = %(node)s AND call_id = %(call)s""",
@@ -302,6 +307,17 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
                         {"t": tid, "a": -cents, "ref": f"call:{node}:{call_id}"}))
     yield writes
     return Settlement("settled", cents, billsec)
+
+
+def settle_from_cdr(node: str, call_id: str) -> Flow:
+    """Settle a call from the controller's CDR of it (the engine's billsec):
+    a settlement the policy server lost (restart, database error, missed
+    hangup) still bills; a call already settled, or none, is left alone."""
+    rows = (yield Q("SELECT billsec FROM cdrs WHERE node = %(node)s AND call_id = %(call)s",
+                    {"node": node, "call": call_id}))
+    if not rows:
+        return Settlement("unknown")
+    return (yield from settle(node, call_id, int(rows[0]["billsec"])))
 
 
 def expire() -> Flow:

@@ -127,3 +127,23 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
                  "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, ""))}
     sys.stdout.flush()
     os.execve(sys.executable, argv, child_env)
+
+
+billing = click.Group("billing", help="Money checks and corrections.")
+
+
+@billing.command("reconcile")
+@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant's calls.")
+@click.option("--fix", is_flag=True, help="Settle / release / adjust what disagrees (one transaction).")
+@json_option
+@pass_env
+def billing_reconcile(env: Env, tenant_id: int | None, fix: bool, as_json: bool) -> None:
+    """Calls whose money and CDR disagree: lost settlements, unbilled expired
+    reservations, charges that differ from the engine's billsec."""
+    from dataclasses import asdict
+
+    from ..billing import reconcile
+    with env.tx() as conn:
+        found = calls.run_sync(conn, reconcile.reconcile(tenant_id, fix))
+    emit([asdict(f) for f in found], as_json, lambda rows: table(
+        rows, ["node", "call_id", "tenant_id", "problem", "charged_cents", "due_cents", "action"]))

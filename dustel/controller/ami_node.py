@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from panoramisk import Manager
+from psycopg.rows import dict_row
 
 from ..billing.calls import Q
 from ..queue import agents, service, stats
@@ -50,19 +51,35 @@ class AMINode:
     def _on_event(self, manager: Manager, event: Mapping[str, Any]) -> None:
         self.queue.put_nowait({str(k): str(v) for k, v in dict(event).items()})
 
-    async def apply(self, ops: list[Q]) -> None:
+    async def apply(self, ops: list[Q]) -> bool:
         if not ops:
-            return
+            return True
         try:
             if self.conn is None or self.conn.closed:
-                self.conn = await psycopg.AsyncConnection.connect(self.dsn)
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn, row_factory=dict_row,
+                                                                  connect_timeout=5)
             async with self.conn.transaction():
                 for q in ops:
                     await self.conn.execute(q.sql, q.params)
+            return True
         except psycopg.Error as exc:
             log.warning("node=%s: database refused an event's changes (%s); skipped", self.name, exc)
             if self.conn is not None and self.conn.broken:
                 self.conn = None
+            return False
+
+    async def settle(self, call_id: str) -> None:
+        """Bill the call from its CDR too (see esl_node.ESLNode.settle)."""
+        from ..billing.calls import run_async, settle_from_cdr
+        try:
+            assert self.conn is not None
+            st = await run_async(self.conn, settle_from_cdr(self.name, call_id))
+        except psycopg.Error as exc:
+            log.warning("node=%s: settling call=%s from its CDR failed: %s", self.name, call_id, exc)
+            return
+        if st.status == "settled":
+            log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
+                     st.billsec, st.charged_cents)
 
     async def rebuild(self) -> None:
         channels = await self._list({"Action": "CoreShowChannels"}, "CoreShowChannel")
@@ -76,7 +93,8 @@ class AMINode:
         from ..billing.calls import run_async
         try:
             if self.conn is None or self.conn.closed:
-                self.conn = await psycopg.AsyncConnection.connect(self.dsn)
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn, row_factory=dict_row,
+                                                                  connect_timeout=5)
             changes = await run_async(self.conn, agents.current())
         except psycopg.Error as exc:
             log.warning("node=%s: could not read agent logins: %s", self.name, exc)
@@ -99,7 +117,9 @@ class AMINode:
                 if item is REBUILD:
                     await self.rebuild()
                 else:
-                    await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item))
+                    if await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item)) \
+                            and item.get("Event") == "Hangup":
+                        await self.settle(item.get("Uniqueid", ""))
             except (ValueError, KeyError, TimeoutError, ConnectionError) as exc:
                 log.warning("node=%s: event skipped: %s: %s", self.name, type(exc).__name__, exc)
             except Exception:     # noqa: BLE001 — one bad event must not stop the node

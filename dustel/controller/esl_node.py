@@ -18,6 +18,7 @@ import gevent
 import gevent.event
 import psycopg
 from greenswitch.esl import NotConnectedError, OutboundSessionHasGoneAway
+from psycopg.rows import dict_row
 
 from ..billing.calls import Q
 from ..queue import agents, service, stats
@@ -55,7 +56,7 @@ class ESLNode:
             return True
         try:
             if self.conn is None or self.conn.closed:
-                self.conn = psycopg.connect(self.dsn)
+                self.conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5)
             with self.conn.transaction():
                 for q in ops:
                     self.conn.execute(q.sql, q.params)
@@ -82,7 +83,26 @@ class ESLNode:
             log.warning("node=%s: bad %s event skipped: %s", self.name, ev.name, exc)
             self.stats["skipped"] += 1
             return
-        self.apply(ops)
+        if self.apply(ops) and ev.name == "CHANNEL_HANGUP_COMPLETE":
+            self.settle(ev.get("Unique-ID"))
+
+    def settle(self, call_id: str) -> None:
+        """Bill the call from its CDR too: a settlement the policy server
+        lost still happens (a replay or the policy's own one is a no-op)."""
+        from ..billing.calls import run_sync, settle_from_cdr
+        try:
+            assert self.conn is not None
+            st = run_sync(self.conn, settle_from_cdr(self.name, call_id))
+        except psycopg.Error as exc:
+            log.warning("node=%s: settling call=%s from its CDR failed: %s", self.name, call_id, exc)
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+            return
+        if st.status == "settled":
+            log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
+                     st.billsec, st.charged_cents)
+        else:
+            log.debug("node=%s call=%s: %s", self.name, call_id, st.status)
 
     # ------------------------------------------------------------- connection
     def run_forever(self) -> None:
@@ -149,7 +169,7 @@ class ESLNode:
         """The database is the truth: tell a (restarted) engine who is logged in."""
         try:
             if self.conn is None or self.conn.closed:
-                self.conn = psycopg.connect(self.dsn, connect_timeout=5)
+                self.conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5)
             with self.conn.transaction():
                 from ..billing.calls import run_sync
                 changes = run_sync(self.conn, agents.current())

@@ -278,3 +278,35 @@ def test_a_silent_connection_is_dropped_and_rebuilt(db_url: str, fs: FreeSwitchE
         wait_for(lambda: sum("live state rebuilt" in line for line in c.log) >= 2, what="a second rebuild")
     finally:
         c.stop()
+
+
+def test_a_lost_settlement_is_billed_from_the_controllers_cdr(fs: FreeSwitchEmulator, controller: Controller,
+                                                             conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    """Issue 15.8: a call whose settlement was lost (policy server restarted,
+    hangup missed) expired unbilled.  The controller settles it from the
+    engine's hangup (its CDR); a replayed hangup charges nothing more."""
+    from dustel.agi.policy import CallRequest
+    from dustel.billing import calls
+    conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9)")
+    calls.run_sync(conn, calls.topup(org["t"]["id"], 1000, "bank:cdr"))
+    t0 = time.time() - 100
+    uuid = fs.call(org["u"], "01701234567", out_vars(org), t0=t0)
+    d = calls.run_sync(conn, calls.admit(CallRequest(direction="out", tenant_id=org["t"]["id"], account=org["u"],
+                                                     caller="", callee="01701234567", node="fs1", call_id=uuid),
+                                         calls.run_sync(conn, calls.load_tariff())))
+    assert d.admit
+    fs.answer(uuid, at=t0 + 10)
+    hup = fs.hangup(uuid, at=t0 + 70)
+    wait_for(lambda: conn.execute("SELECT 1 FROM cdrs WHERE call_id = %s", (uuid,)).fetchone(), what="the CDR")
+    row = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id = %s", (uuid,)).fetchone())
+                   and r["state"] == "settled" and r, what="settled from the CDR")
+    assert (row["billsec"], row["charged_cents"]) == (60, 9)
+    m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (org["t"]["id"],)).fetchone()
+    assert (m["balance_cents"], m["reserved_cents"]) == (991, 0)
+    fs.emit(hup)                                                     # replayed: nothing more
+    marker = fs.call("x", "y", {})
+    fs.hangup(marker)
+    wait_for(lambda: conn.execute("SELECT 1 FROM cdrs WHERE call_id = %s", (marker,)).fetchone(), what="marker")
+    assert conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s",
+                        (org["t"]["id"],)).fetchone()["balance_cents"] == 991
+    assert any("settled from the CDR" in line for line in controller.log)
