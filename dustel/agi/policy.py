@@ -170,14 +170,29 @@ def is_anonymous(caller: str) -> bool:
     return caller.strip().lower() in ANONYMOUS
 
 
+def caller_e164(caller: str) -> str:
+    """A signalled caller number in E.164, as screening patterns are stored:
+    carriers send ``+49211…``, ``0049211…``, ``49211…`` or ``0211…`` for the
+    same caller."""
+    c = caller.strip()
+    if c.startswith("+"):
+        return c
+    if c.startswith("00"):
+        return "+" + c[2:]
+    if c.startswith("0"):
+        return "+49" + c[1:]
+    return "+" + c if c.isdigit() and len(c) >= 8 else c
+
+
 def matches(pattern: str, caller: str) -> bool:
     if pattern == "anonymous":
         return is_anonymous(caller)
     if is_anonymous(caller):
         return False
+    number = caller_e164(caller)
     if pattern.endswith("*"):
-        return caller.startswith(pattern[:-1])
-    return caller == pattern
+        return number.startswith(pattern[:-1])
+    return number == pattern
 
 
 def _ip_allowed(source_ip: str | None, nets: tuple[str, ...]) -> bool:

@@ -109,7 +109,7 @@ def _show_limits(d: dict) -> None:
 
 @limits.command("set")
 @click.argument("tenant_id", type=INT)
-@click.option("--credit-limit", help="Spending cap per billing month in EUR (e.g. 50 or 49.90).")
+@click.option("--credit-limit", help="Spending cap per billing month in EUR (e.g. 50 or 49.90); 'none' removes it.")
 @click.option("--max-call-seconds", type=INT, help="Longest call; with --account only for that account.")
 @click.option("--account", help="Apply --max-call-seconds to this account only.")
 @json_option
@@ -117,10 +117,11 @@ def _show_limits(d: dict) -> None:
 def limits_set(env: Env, as_json: bool, tenant_id: int, credit_limit: str | None,
                max_call_seconds: int | None, account: str | None) -> None:
     """Set limits."""
-    cents = v.money_cents("credit_limit", credit_limit) if credit_limit is not None else None
+    remove = credit_limit is not None and credit_limit.strip().lower() == "none"
+    cents = v.money_cents("credit_limit", credit_limit) if credit_limit is not None and not remove else None
     with env.tx() as conn:
         out = features.set_limits(conn, tenant_id, credit_limit_cents=cents,
-                                  max_call_seconds=max_call_seconds, account=account)
+                                  max_call_seconds=max_call_seconds, account=account, remove_credit_limit=remove)
     emit(out, as_json, _show_limits)
 
 

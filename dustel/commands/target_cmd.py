@@ -37,6 +37,7 @@ def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, p
 def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
     """List fax boxes."""
     with env.tx() as conn:
+        tenants.get(conn, tenant_id)                 # an unknown tenant is an error, not "(none)"
         rows = conn.execute("SELECT id, name, email FROM faxboxes WHERE tenant_id = %s ORDER BY name",
                             (tenant_id,)).fetchall()
     emit(rows, as_json, lambda r: table(r, ["id", "name", "email"]))
@@ -90,6 +91,7 @@ def queue_add(env: Env, as_json: bool, tenant_id: int, name: str, code: str, str
 def queue_list(env: Env, as_json: bool, tenant_id: int) -> None:
     """List a tenant's queues."""
     with env.tx() as conn:
+        tenants.get(conn, tenant_id)                 # an unknown tenant is an error, not "(none)"
         rows = conn.execute(
             "SELECT id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds, moh_class"
             " FROM queues WHERE tenant_id = %s ORDER BY name", (tenant_id,)).fetchall()

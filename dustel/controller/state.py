@@ -165,7 +165,9 @@ def on_fs_event(node: str, ev: Event) -> list[Q]:
                           dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(expires)) if expires.isdigit()
                           else None)
     if name in ("sofia::unregister", "sofia::expire"):
-        return unregistered(node, ev.get("username") or ev.get("from-user"), ev.get("contact"))
+        # sofia::expire names the user in the header "user" (sofia_reg.c), unregister in "username"
+        user = ev.get("username") or ev.get("from-user") or ev.get("user")
+        return unregistered(node, user, ev.get("contact")) if user else []
     return []
 
 

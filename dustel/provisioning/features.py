@@ -113,7 +113,8 @@ def show_diversion(conn: psycopg.Connection, username: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- limits
 
 def set_limits(conn: psycopg.Connection, tenant_id: int, *, credit_limit_cents: int | None = None,
-               max_call_seconds: int | None = None, account: str | None = None) -> dict[str, Any]:
+               max_call_seconds: int | None = None, account: str | None = None,
+               remove_credit_limit: bool = False) -> dict[str, Any]:
     """Credit limit per billing month (tenant) and time limit per call
     (tenant default, or one account's override)."""
     tenants.get(conn, tenant_id, lock=True)
@@ -121,13 +122,15 @@ def set_limits(conn: psycopg.Connection, tenant_id: int, *, credit_limit_cents: 
         raise DustelError("max_call_seconds", "must be 1 to 86400")
     if account is not None:
         acc = accounts.get(conn, account, tenant_id=tenant_id)
-        if credit_limit_cents is not None:
+        if credit_limit_cents is not None or remove_credit_limit:
             raise DustelError("credit_limit", "is per tenant, not per account")
         conn.execute("UPDATE sip_accounts SET max_call_seconds = %s WHERE id = %s",
                      (max_call_seconds, acc["id"]))
     else:
         tenants.set_fields(conn, tenant_id, monthly_credit_limit_cents=credit_limit_cents,
                            max_call_seconds=max_call_seconds)
+        if remove_credit_limit:
+            conn.execute("UPDATE tenants SET monthly_credit_limit_cents = NULL WHERE id = %s", (tenant_id,))
     return show_limits(conn, tenant_id)
 
 
@@ -196,6 +199,9 @@ def speed_dial_set(conn: psycopg.Connection, tenant_id: int, code: str, target: 
     t = target.strip()
     if not (_USERNAME.fullmatch(t) or t in ("110", "112")):
         t = v.e164("target", t)
+    elif _USERNAME.fullmatch(t) and conn.execute("SELECT 1 FROM sip_accounts WHERE tenant_id = %s AND username = %s",
+                                                 (tenant_id, t)).fetchone() is None:
+        raise NotFound("target", f"{t} is not a SIP account of tenant {tenant_id}")
     conn.execute(
         """INSERT INTO speed_dials (tenant_id, code, target) VALUES (%s, %s, %s)
            ON CONFLICT (tenant_id, code) DO UPDATE SET target = EXCLUDED.target""", (tenant_id, code, t))

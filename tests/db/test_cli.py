@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import click
+import psycopg
 import pytest
 
 from dustel.cli import cli
@@ -214,3 +215,23 @@ def test_demo_twice_changes_nothing(run: Cli, tmp_path: Any) -> None:
     assert summary["rendered"]["asterisk"] == {"out": str(tmp_path / "state" / "etc" / "asterisk"),
                                                "files": 5, "changed": 0}
     assert (tmp_path / "state" / "etc" / "freeswitch" / "dialplan" / "public.xml").exists()
+
+
+def test_small_review_findings(run: Cli, conn: psycopg.Connection) -> None:
+    """Issue 15.19: a credit limit could not be removed; speeddial accepted
+    another tenant's account; list commands answered an unknown tenant with
+    "(none)" and exit 0."""
+    run.ok("demo")
+    run.ok("limits", "set", "3", "--credit-limit", "50")
+    assert conn.execute("SELECT monthly_credit_limit_cents FROM tenants WHERE id = 3").fetchone()[
+        "monthly_credit_limit_cents"] == 5000
+    run.ok("limits", "set", "3", "--credit-limit", "none")
+    assert conn.execute("SELECT monthly_credit_limit_cents FROM tenants WHERE id = 3").fetchone()[
+        "monthly_credit_limit_cents"] is None
+    other = conn.execute("SELECT username FROM sip_accounts WHERE tenant_id = 1 ORDER BY id").fetchone()["username"]
+    r = run("speeddial", "set", "3", "7", other)
+    assert r.exit_code == 1 and r.stderr.startswith("error: target:") and "tenant 3" in r.stderr
+    assert conn.execute("SELECT count(*) AS n FROM speed_dials WHERE code = '7'").fetchone()["n"] == 0
+    for cmd in (("faxbox", "list", "999"), ("queue", "list", "999")):
+        r = run(*cmd)
+        assert r.exit_code == 1 and r.stderr.startswith("error: tenant"), (cmd, r.stderr)

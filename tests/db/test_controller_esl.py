@@ -310,3 +310,17 @@ def test_a_lost_settlement_is_billed_from_the_controllers_cdr(fs: FreeSwitchEmul
     assert conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s",
                         (org["t"]["id"],)).fetchone()["balance_cents"] == 991
     assert any("settled from the CDR" in line for line in controller.log)
+
+
+def test_sofia_expire_ends_the_registration(fs: FreeSwitchEmulator, controller: Controller,
+                                            conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    """Issue 15.19: ``sofia::expire`` names the user in the header ``user``
+    (mod_sofia sofia_reg.c) and was ignored: the registration stayed."""
+    fs.register(org["u"], org["t"]["sip_domain"])
+    wait_for(lambda: conn.execute("SELECT 1 FROM registrations WHERE username = %s", (org["u"],)).fetchone(),
+             what="registered")
+    fs.emit({"Event-Name": "CUSTOM", "Event-Subclass": "sofia::expire", "profile-name": "internal",
+             "user": org["u"], "host": org["t"]["sip_domain"], "contact": f"sip:{org['u']}@192.0.2.20:5060",
+             "expires": "0"})
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM registrations").fetchone()["n"] == 0,
+             what="the expired registration removed")

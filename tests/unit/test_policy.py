@@ -207,3 +207,12 @@ def test_german_short_codes_and_service_ranges() -> None:
     assert normalize("11833", "211") == "+4911833" and normalize("118811", "211") == "+49118811"
     assert normalize("1155", "211") == "+492111155"          # no short code: a local number
     assert normalize("5551234", "211") == "+492115551234"
+
+
+def test_screening_compares_callers_in_e164() -> None:
+    """Issue 15.19: black/whitelists compared the raw caller string, so
+    ``0211…`` or ``49211…`` slipped past ``+49211*``."""
+    w = snap(blacklist=("+49211*",))
+    for form in ("+492111234", "00492111234", "02111234", "492111234"):
+        assert decide(inbound(form), w, TARIFF).reason == "blacklisted", form
+    assert decide(inbound("0301234"), w, TARIFF).admit
