@@ -136,6 +136,10 @@ WITH q AS (SELECT q.id, q.service_level_seconds AS sl, t.timezone
              FROM queues q JOIN tenants t ON t.id = q.tenant_id
             WHERE q.tenant_id = %(t)s AND q.name = %(q)s)
 SELECT date_trunc(%(unit)s, e.at AT TIME ZONE q.timezone) AS bucket,
+       -- hours: the UTC offset too, so the hour repeated at the end of
+       -- summer time is two buckets (02:00+02:00 and 02:00+01:00), not one
+       CASE WHEN %(unit)s = 'hour' THEN (e.at AT TIME ZONE q.timezone) - (e.at AT TIME ZONE 'UTC')
+            ELSE interval '0' END AS off,
        count(*) FILTER (WHERE kind = 'offered') AS offered,
        count(*) FILTER (WHERE kind = 'answered') AS answered,
        count(*) FILTER (WHERE kind = 'abandoned') AS abandoned,
@@ -150,7 +154,7 @@ SELECT date_trunc(%(unit)s, e.at AT TIME ZONE q.timezone) AS bucket,
        coalesce(sum(talk_ms) FILTER (WHERE kind = 'completed'), 0)::bigint AS talk_ms
   FROM queue_events e JOIN q ON e.queue_id = q.id
  WHERE e.at >= %(from)s AND e.at < %(to)s AND e.kind NOT IN ('login', 'logout', 'pause', 'unpause')
- GROUP BY 1 ORDER BY 1
+ GROUP BY 1, 2 ORDER BY 1, 2 DESC
 """
 
 _AGENTS = """
@@ -222,8 +226,12 @@ def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.
     out = []
     for r in conn.execute(_BUCKETS, {**params, "unit": by}).fetchall():
         answered, offered = r["answered"], r["offered"]
+        if by == "hour":
+            start = (r["bucket"] - r["off"]).replace(tzinfo=dt.UTC).astimezone(zone)
+        else:
+            start = r["bucket"].replace(tzinfo=zone)
         out.append({
-            "start": r["bucket"].replace(tzinfo=zone).isoformat(), "offered": offered, "answered": answered,
+            "start": start.isoformat(), "offered": offered, "answered": answered,
             "abandoned": r["abandoned"], "timed_out": r["timed_out"], "closed": r["closed"],
             "wait_sum_s": _sec(r["wait_ms"]), "wait_avg_s": _sec(r["wait_ms"] // answered) if answered else _sec(0),
             "wait_max_s": _sec(r["wait_max_ms"]),

@@ -347,3 +347,20 @@ def test_export_cells_cannot_carry_a_formula(conn: psycopg.Connection) -> None:
     for evil in ("+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert stats.csv_cell(evil) == "'" + evil
     assert stats.csv_cell(-5) == "-5"
+
+
+def test_the_repeated_hour_of_the_dst_change_is_two_buckets(conn: psycopg.Connection, two: dict[str, Any]) -> None:
+    """Issue 15.19: on 2026-10-25 Berlin lives 02:00-02:59 twice (CEST, then
+    CET); hourly stats merged both into one row."""
+    a = two["a"]
+    tid, qid = a["t"]["id"], a["q"]["id"]
+    for i, utc in enumerate(("2026-10-25T00:30:00+00:00", "2026-10-25T01:30:00+00:00",
+                             "2026-10-25T01:40:00+00:00")):
+        conn.execute("INSERT INTO queue_events (tenant_id, queue_id, at, kind, call_id) VALUES (%s, %s, %s, "
+                     "'offered', %s)", (tid, qid, dt.datetime.fromisoformat(utc), f"dst{i}"))
+    start = dt.datetime(2026, 10, 25, tzinfo=BERLIN)
+    _, rows = stats.report(conn, tid, "support", start, start + dt.timedelta(days=1), "hour")
+    assert [(r["start"], r["offered"]) for r in rows] == [("2026-10-25T02:00:00+02:00", 1),
+                                                          ("2026-10-25T02:00:00+01:00", 2)]
+    _, days = stats.report(conn, tid, "support", start, start + dt.timedelta(days=1), "day")
+    assert [(d["start"], d["offered"]) for d in days] == [("2026-10-25T00:00:00+02:00", 3)]
