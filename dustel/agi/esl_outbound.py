@@ -37,7 +37,7 @@ from psycopg_pool import ConnectionPool
 from ..billing import calls
 from ..config import LOOPBACK
 from ..controller.esl_reader import DustelSession, ESLMessage
-from ..queue import agents, codes, hours, service
+from ..queue import agents, codes, hours, service, stats
 from . import freeswitch as fs
 from . import variables as V
 from .policy import INTERNAL_ERROR, Decision
@@ -170,8 +170,12 @@ class CallControl:
         qs = None
         if d.admit and data.get("variable_dustel_target_kind") == "queue":
             tenant = fs.request_from(data).tenant_id
-            qs = Runtime.run(hours.state(tenant, hours.queue_of(data.get("variable_dustel_target", ""), tenant),
-                                         dt.datetime.now(dt.UTC)))
+            queue = hours.queue_of(data.get("variable_dustel_target", ""), tenant)
+            now = dt.datetime.now(dt.UTC)
+            qs = Runtime.run(hours.state(tenant, queue, now))
+            if not qs.open:     # no engine event will tell the statistics
+                Runtime.run(calls.execute(stats.not_queued(self.node(data), tenant, queue, data.get("Unique-ID", ""),
+                                                           now)))
         return fs.actions(d, data, qs)
 
     def star(self, data: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ frames.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..billing import calls
-from ..queue import agents, codes, hours, service
+from ..queue import agents, codes, hours, service, stats
 from . import variables as V
 from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 
@@ -203,9 +204,12 @@ async def inbound(request: Request, ctx: Context) -> None:
     extra: dict[str, str] = {}
     try:
         if d.admit and kind == "queue":
-            qs = await ctx.run(hours.state(req.tenant_id, hours.queue_of(target, req.tenant_id), req.now))
+            queue = hours.queue_of(target, req.tenant_id)
+            qs = await ctx.run(hours.state(req.tenant_id, queue, req.now))
             extra = {V.QUEUE_OPEN: "1" if qs.open else "0", V.CLOSED_ANNOUNCE: qs.closed_announce,
-                     V.CLOSED_DIAL: closed_dial(qs.closed_target)}
+                     V.CLOSED_DIAL: closed_dial(qs.closed_target), V.QUEUE_MAX_WAIT: str(qs.max_wait_seconds)}
+            if not qs.open:     # no engine event will tell the statistics
+                await ctx.run(calls.execute(stats.not_queued(req.node, req.tenant_id, queue, req.call_id, req.now)))
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
@@ -231,6 +235,18 @@ async def _release(ctx: Context, req: CallRequest, d: Decision) -> None:
     if d.admit:
         s = await ctx.run(calls.settle(req.node, req.call_id, 0))
         log.warning("call=%s admitted but not executable: released (%s)", req.call_id, s.status)
+
+
+async def queue_result(request: Request, ctx: Context) -> None:
+    """agi://…/queue_result,<tenant>,<queue>,<QUEUESTATUS>,<seconds in Queue()>"""
+    h = request.headers
+    tenant, target, status, waited = int(_arg(h, 1)), _arg(h, 2), _arg(h, 3), _arg(h, 4)
+    ops = stats.queue_result(h[NODE], tenant, hours.queue_of(target, tenant), h.get("agi_uniqueid", ""), status,
+                             int(waited) if waited.isascii() and waited.isdigit() else 0,
+                             dt.datetime.now(dt.UTC))
+    await ctx.run(calls.execute(ops))
+    log.info("queue result call=%s tenant=%s queue=%s status=%s waited=%s", h.get("agi_uniqueid"), tenant, target,
+             status, waited)
 
 
 def closed_dial(target: str) -> str:
@@ -316,7 +332,7 @@ async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str,
 
 Handler = Callable[[Request, Context], Awaitable[None]]
 ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
-                              V.ROUTE_AGENT: agent}
+                              V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result}
 REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND}
 
 

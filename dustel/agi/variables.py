@@ -17,6 +17,7 @@ REASON = "DUSTEL_REASON"            # policy result: reason code (logged, announ
 QUEUE_OPEN = "DUSTEL_QUEUE_OPEN"    # inbound to a queue: 1 open, 0 closed (opening hours)
 CLOSED_ANNOUNCE = "DUSTEL_CLOSED_ANNOUNCE"  # closed queue: sound to play
 CLOSED_DIAL = "DUSTEL_CLOSED_DIAL"  # closed queue: where to send the caller ('' hang up)
+QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max wait (Queue() timeout)
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.
@@ -24,6 +25,7 @@ ROUTE_OUTBOUND = "outbound"
 ROUTE_INBOUND = "inbound"
 ROUTE_AGENT = "agent"
 ROUTE_HANGUP = "hangup"
+ROUTE_QUEUE_RESULT = "queue_result"      # after Queue(): QUEUESTATUS for the statistics
 
 # Star codes (F-06), configurable per provider in a later step.
 STAR_LOGIN = "*51"

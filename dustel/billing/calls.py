@@ -370,6 +370,13 @@ class TariffCache:
         return tariff
 
 
+def execute(ops: list[Q]) -> Flow:
+    """Run statements whose rows nobody reads, in order (one transaction)."""
+    if ops:
+        yield ops
+    return len(ops)
+
+
 # ---------------------------------------------------------------- drivers
 
 def run_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:

@@ -15,17 +15,18 @@ class QueueState:
     open: bool
     closed_announce: str = ""     # sound to play when closed ('' none)
     closed_target: str = ""       # E.164 number or SIP username ('' hang up after the announcement)
+    max_wait_seconds: int = 300   # a caller leaves the queue after this (timed out)
 
 
 def state(tenant_id: int, queue: str, now: dt.datetime) -> Flow:
-    rows = (yield Q("""SELECT q.opening_hours, q.closed_announce, q.closed_target, t.timezone
+    rows = (yield Q("""SELECT q.opening_hours, q.closed_announce, q.closed_target, q.max_wait_seconds, t.timezone
                          FROM queues q JOIN tenants t ON t.id = q.tenant_id
                         WHERE q.tenant_id = %(t)s AND q.name = %(q)s""", {"t": tenant_id, "q": queue}))
     if not rows:
         return QueueState(True)
     r = rows[0]
     is_open = r["opening_hours"] is None or schedule.active(r["opening_hours"], now, r["timezone"])
-    return QueueState(is_open, r["closed_announce"] or "", r["closed_target"] or "")
+    return QueueState(is_open, r["closed_announce"] or "", r["closed_target"] or "", r["max_wait_seconds"])
 
 
 def queue_of(engine_name: str, tenant_id: int) -> str:

@@ -106,6 +106,31 @@ def from_fs(node: str, ev: Event) -> list[Q]:
     return []
 
 
+def not_queued(node: str, tenant_id: int, queue: str, call_id: str, at: dt.datetime) -> list[Q]:
+    """A caller the queue did not take (closed, or full): offered and
+    ``closed`` — the policy shells record it (no engine queue event exists)."""
+    name = f"t{tenant_id}-{queue}"
+    return _row(node, name, "offered", at, call_id) + _row(node, name, "closed", at, call_id, wait_ms=0)
+
+
+# app_queue's QUEUESTATUS after Queue() returned with the caller still there
+QUEUE_STATUS = {"TIMEOUT": "timeout", "FULL": "closed", "JOINEMPTY": "closed", "LEAVEEMPTY": "closed",
+                "JOINUNAVAIL": "closed", "LEAVEUNAVAIL": "closed"}
+
+
+def queue_result(node: str, tenant_id: int, queue: str, call_id: str, status: str, wait_seconds: int,
+                 at: dt.datetime) -> list[Q]:
+    """What Asterisk's dialplan reports after ``Queue()`` (app_queue raises
+    no AMI event for a timeout or a full queue): timed out after its wait, or
+    not taken (full: never joined, so offered too)."""
+    kind = QUEUE_STATUS.get(status)
+    if kind is None:
+        return []
+    if status == "FULL" or status.startswith("JOIN"):
+        return not_queued(node, tenant_id, queue, call_id, at)
+    return _row(node, f"t{tenant_id}-{queue}", kind, at, call_id, wait_ms=max(0, wait_seconds) * 1000)
+
+
 def from_ami(node: str, msg: Mapping[str, str]) -> list[Q]:
     """app_queue's AMI events (HoldTime / TalkTime in seconds)."""
     name, queue, call = msg.get("Event", ""), msg.get("Queue", ""), msg.get("Uniqueid", "")

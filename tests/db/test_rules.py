@@ -459,7 +459,7 @@ def test_limits_zones_lists_speed_dials(conn: psycopg.Connection) -> None:
     assert features.show_limits(conn, t["id"])["accounts"] == [{"username": u, "max_call_seconds": 600}]
     refused(conn, lambda: features.set_limits(conn, t["id"], max_call_seconds=0), "max_call_seconds", "1 to 86400")
     z = ok(conn, lambda: features.set_zones(conn, u, preset="germany_no_0137", allow=["de_premium"]))
-    assert z["zones"] == ["de_fixed", "de_mobile", "de_premium"]
+    assert z["zones"] == ["de_fixed", "de_freephone", "de_mobile", "de_premium", "de_public"]
     refused(conn, lambda: features.set_zones(conn, u, preset="mars", allow=None), "preset", "must be one of")
     refused(conn, lambda: features.set_zones(conn, u, preset=None, allow=["moon"]), "allow", "unknown zone")
     for p in ("anonymous", "+49211*", "0170 1234567"):

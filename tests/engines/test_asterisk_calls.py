@@ -399,3 +399,38 @@ def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack
     assert "queue_open=0" in stack.agi_log.read_text()
     assert "Playing 'dustel/silence" in stack.asterisk.log()
     assert "INVITE sip:+4921155501@" in stack.carrier_log.read_text(errors="replace")
+    # issue 15.14: the caller the closed queue did not take is in the statistics
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events WHERE tenant_id = %s ORDER BY id",
+                                             (tid,)).fetchall()]
+    assert kinds == ["offered", "closed"]
+
+
+def test_queue_caller_times_out_after_the_queues_max_wait(stack: Stack) -> None:
+    """Issue 15.14: Asterisk got the call's time limit as the queue's max
+    wait (``max_wait_seconds`` ignored) and ``timed_out`` stayed 0.  Now
+    Queue() waits the queue's max wait, and the dialplan reports TIMEOUT."""
+    import datetime as dt
+
+    from dustel.queue import stats
+    conn = stack.conn
+    t = tenant(conn, options={"acd": 1})
+    tid = t["id"]
+    with conn.transaction():
+        targets.queue_add(conn, tid, "support", "1")
+        numbers.add(conn, tid, "+492111230000")
+        numbers.assign(conn, "+492111230000", "queue", "support")
+    conn.execute("UPDATE queues SET max_wait_seconds = 10 WHERE tenant_id = %s", (tid,))
+    conn.execute("UPDATE tenants SET max_call_seconds = 600 WHERE id = %s", (tid,))    # not the limit that ends it
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.stop()
+    stack.asterisk.start(files, dirs=stack.dirs)
+    r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000", timeout=60)
+    assert r.returncode == 0, r.stdout[-1500:]
+    wait_for(lambda: "status=TIMEOUT" in stack.agi_log.read_text(), what="the queue result: " + stack.asterisk.log()[-3000:] + stack.agi_log.read_text()[-2000:])
+    row = conn.execute("SELECT wait_ms FROM queue_events WHERE tenant_id = %s AND kind = 'timeout'",
+                       (tid,)).fetchone()
+    assert row is not None and 10_000 <= row["wait_ms"] < 60_000     # the queue's wait, not the call limit
+    now = dt.datetime.now(dt.UTC)
+    _, rows = stats.report(conn, tid, "support", now - dt.timedelta(hours=1), now + dt.timedelta(hours=1), "day")
+    assert sum(r["timed_out"] for r in rows) == 1
