@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -169,20 +170,23 @@ def call_kill(env: Env, node: str, call_id: str) -> None:
     engine, n = find_node(env.settings, node)
     row = _live(env, node, call_id)
     s = env.settings
+    try:
+        cmd = C.fs_kill(call_id) if engine == "freeswitch" else C.ast_hangup(str(row["channel"]))
+    except ValueError as exc:
+        raise DustelError("call_id", str(exc)) from None
     with _engine_errors(node):
-        ok, text = _kill(engine, n, s, call_id, str(row["channel"]))
+        ok, text = _kill(engine, n, s, cmd)
     if not ok:
         raise DustelError("call_id", f"{node} refused: {text}")
     click.echo(f"killed {call_id} on {node}")
 
 
-def _kill(engine: str, n: EngineNode, s: Settings, call_id: str, channel: str) -> tuple[bool, str]:
+def _kill(engine: str, n: EngineNode, s: Settings, cmd: Any) -> tuple[bool, str]:
     if engine == "freeswitch":
-        r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([C.fs_kill(call_id)])[0]
+        r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([cmd])[0]
         ok, text = r.ok, r.body.decode(errors="replace").strip()
     else:
-        res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"),
-                        [C.ast_hangup(channel)])[0]
+        res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), [cmd])[0]
         ok, text = res.get("Response") == "Success", str(res.get("Message", ""))
     return ok, text
 
@@ -201,17 +205,17 @@ def call_transfer(env: Env, node: str, call_id: str, destination: str, context: 
     if ctx is None:
         raise DustelError("context", "the call has no tenant; name one with --context")
     s = env.settings
-    try:
-        cmd_fs, cmd_ast = (C.fs_transfer(call_id, destination, ctx),
-                           C.ast_redirect(str(row["channel"]) or "-", destination, ctx))
+    try:      # each engine's own rule: a uuid for FreeSWITCH, a channel name for Asterisk
+        cmd = (C.fs_transfer(call_id, destination, ctx) if engine == "freeswitch"
+               else C.ast_redirect(str(row["channel"]), destination, ctx))
     except ValueError as exc:
-        raise DustelError("destination", str(exc)) from None
+        raise DustelError(str(exc).split(":", 1)[0], str(exc).split(": ", 1)[-1]) from None
     with _engine_errors(node):
         if engine == "freeswitch":
-            r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([cmd_fs])[0]
+            r = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run([cmd])[0]
             ok, text = r.ok, r.body.decode(errors="replace").strip()
         else:
-            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), [cmd_ast])[0]
+            res = C.ami_run(n.host, n.port, n.username or s.ami_username, node_secret(s, n, "asterisk"), [cmd])[0]
             ok, text = res.get("Response") == "Success", str(res.get("Message", ""))
     if not ok:
         raise DustelError("call_id", f"{node} refused: {text}")

@@ -10,6 +10,7 @@ Queue membership goes to the engines through ``dustel.queue`` (issue 6)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -98,12 +99,24 @@ def ami(action: str, **fields: object) -> dict[str, str]:
     return out
 
 
+# An Asterisk channel name (``PJSIP/000387100001-0000002a``,
+# ``Local/+49211@dustel-agent-out-00000003;1``): AMI takes it as a header
+# value, so only line breaks could inject — and no channel has spaces.
+_AST_CHANNEL = re.compile(r"[A-Za-z0-9_.@+:/=;#*~-]{1,200}")
+
+
+def ast_channel(channel: str) -> str:
+    if not _AST_CHANNEL.fullmatch(channel):
+        raise ValueError(f"channel: not an Asterisk channel name (got {channel[:40]!r})")
+    return channel
+
+
 def ast_hangup(channel: str, cause: int = 16) -> dict[str, str]:
-    return ami("Hangup", Channel=P.token(channel, "channel"), Cause=int(cause))
+    return ami("Hangup", Channel=ast_channel(channel), Cause=int(cause))
 
 
 def ast_redirect(channel: str, destination: str, context: str) -> dict[str, str]:
-    return ami("Redirect", Channel=P.token(channel, "channel"), Exten=P.token(destination, "destination"),
+    return ami("Redirect", Channel=ast_channel(channel), Exten=P.token(destination, "destination"),
                Context=P.token(context, "context"), Priority=1)
 
 

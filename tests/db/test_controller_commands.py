@@ -132,3 +132,22 @@ def test_render_reload_sends_what_changed_and_reapplies_agent_logins(configured:
     assert any(c.startswith("api callcenter_config tier add t") for c in sent)
     assert any(c.endswith(" Available") for c in sent) and sent[-1] == "exit"
     assert not any("sofia" in c for c in sent)                      # no profile changed: no rescan
+
+
+def test_each_engine_gets_its_own_call_id_rule(configured: Cli, fs: FreeSwitchEmulator,
+                                               conn: psycopg.Connection) -> None:
+    """Issue 15.19: ``call transfer`` applied Asterisk's channel-name rule to
+    FreeSWITCH calls (a channel name with a space refused the transfer),
+    ``call kill`` could not hang up Asterisk ``Local/…;1`` legs and ended in
+    a traceback on a channel it refused."""
+    t = tenant(conn)
+    uuid = live_call(conn, fs, t)
+    conn.execute("UPDATE live_channels SET channel = 'sofia/internal/Anna Büro <000387100001>' WHERE call_id = %s",
+                 (uuid,))
+    configured.ok("call", "transfer", "fs1", uuid, "1002")
+    assert f"api uuid_transfer {uuid} 1002 XML t{t['id']}" in fs.commands
+    local = C.ast_hangup("Local/+4915112345678@dustel-agent-out-00000003;1")
+    assert local["Channel"] == "Local/+4915112345678@dustel-agent-out-00000003;1"
+    for bad in ("PJSIP/a\r\nAction: Originate", "PJSIP/a b", ""):
+        with pytest.raises(ValueError, match="channel"):
+            C.ast_hangup(bad)
