@@ -18,8 +18,10 @@ class StarRequest:
 
 def parse(dialed: str, codes: dict[str, str] | None = None) -> StarRequest:
     """``*51``, ``*51*<queue>``, ``*51*<queue>*<pin>`` (and ``*52``–``*54``,
-    optionally with a queue).  Refuses anything else with a ValueError."""
+    optionally with a queue; a phone's closing ``#`` is dropped, as on
+    both engines' dialplans).  Refuses anything else with a ValueError."""
     table = codes or ACTIONS
+    dialed = dialed.removesuffix("#")
     for prefix, action in table.items():
         if dialed == prefix or dialed.startswith(prefix + "*"):
             rest = dialed[len(prefix) + 1:] if len(dialed) > len(prefix) else ""

@@ -221,3 +221,23 @@ def test_freeswitch_profiles_bind_per_node_and_legs_carry_the_tenant(conn: psyco
     assert acts.index(("export", "dustel_tenant=${dustel_tenant}")) < [a for a, _ in acts].index("bridge")
     for rel in ("dialplan/public.xml", "dialplan/t1.xml"):
         assert 'application="set" data="dustel_tenant=' not in fs[rel]
+
+
+def test_both_engines_take_the_same_dialled_forms(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """Issue 15.19: FreeSWITCH took inbound ``0049…``/``49…``, Asterisk hung
+    up; ``*51*1*1234#`` was a star code on Asterisk, an outbound number on
+    FreeSWITCH."""
+    from dustel.queue import codes
+    r = _render(conn)
+    ext = r["asterisk"]["extensions.conf"]
+    assert "exten => _0049X.,1,Goto(dustel-public,+${EXTEN:2},1)" in ext
+    assert "exten => _49X.,1,Goto(dustel-public,+${EXTEN},1)" in ext
+    public = ET.fromstring(r["freeswitch"]["dialplan/public.xml"])
+    number = next(c.get("expression") for c in public.iter("condition") if "4921155501" in c.get("expression", ""))
+    for form in ("+492115550101", "00492115550101", "492115550101"):
+        assert re.fullmatch(number, form), form
+    ctx = ET.fromstring(r["freeswitch"]["dialplan/t3.xml"])
+    star = next(e for e in ctx.iter("extension") if e.get("name") == "star-codes").find("condition").get("expression")
+    m = re.fullmatch(star, "*51*1*1234#")
+    assert m and (m.group(1), m.group(2)) == ("1", "*1*1234")
+    assert codes.parse("*51*1*1234#") == codes.parse("*51*1*1234")
