@@ -64,6 +64,11 @@ class Settings:
     esl_port: int = 8021
     moh_dir: str = "/var/lib/dustel/moh"
     fax_spool_dir: str = "/var/spool/dustel/fax"
+    # agent star codes (F-06: configurable per provider)
+    star_login: str = "*51"
+    star_logout: str = "*52"
+    star_pause: str = "*53"
+    star_unpause: str = "*54"
     # owner and group of rendered files (mode 0640): the engine's user/group;
     # empty: the rendering user's
     config_owner: str = ""
@@ -163,6 +168,16 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
     nodes = {k: _nodes(k, data.get(k, [])) for k in ("esl_nodes", "ami_nodes")}
     return Settings(state_dir=sd, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
                     **values)  # type: ignore[arg-type]
+
+
+def star_codes(s: Settings) -> dict[str, str]:
+    """code -> action of the provider's agent star codes (validated)."""
+    from .queue import codes
+    try:
+        return codes.table(s.star_login, s.star_logout, s.star_pause, s.star_unpause)
+    except ValueError as exc:
+        field, _, rule = str(exc).partition(": ")
+        raise DustelError(field, rule) from None
 
 
 def require_secrets(s: Settings, *names: str) -> None:

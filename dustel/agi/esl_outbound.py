@@ -50,6 +50,7 @@ class Runtime:
 
     pool: ConnectionPool | None = None
     tariffs = calls.TariffCache()
+    star_codes: dict[str, str] = dict(codes.ACTIONS)
 
     @classmethod
     def run(cls, flow: calls.Flow) -> Any:
@@ -183,11 +184,11 @@ class CallControl:
         ``callcenter_config`` over this socket, confirm with a tone, hang up.
         A missing queue or PIN is prompted once each."""
         s = self.session
-        dialed = "*" + data.get("variable_dustel_star", "") + data.get("variable_dustel_star_args", "")
+        dialed = data.get("variable_dustel_star", "") + data.get("variable_dustel_star_args", "")
         account = data.get("variable_user_name", "")
         try:
             tenant = fs.request_from(data).tenant_id
-            req = codes.parse(dialed)
+            req = codes.parse(dialed, Runtime.star_codes)
         except ValueError as exc:
             log.info("agent call=%s refused: %s", data.get("Unique-ID"), exc)
             self._tone(False)
@@ -330,5 +331,6 @@ def main(argv: list[str] | None = None) -> None:
     if not dsn:
         ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
     nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    Runtime.star_codes = json.loads(os.environ.get("DUSTEL_STAR_CODES") or "{}") or dict(codes.ACTIONS)
     serve(dsn, args.host, args.port, nodes)
 

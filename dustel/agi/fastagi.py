@@ -60,6 +60,7 @@ class Context:
                  nodes: Mapping[str, str] | None = None) -> None:
         self.pool = pool
         self.node = node
+        self.star_codes: dict[str, str] = dict(codes.ACTIONS)
         # engine nodes by source address: only they may ask; a call is stored
         # under the node it came from, so no node can settle another's calls
         self.nodes = dict(nodes) if nodes else {ip: node for ip in LOOPBACK}
@@ -290,7 +291,7 @@ async def agent(request: Request, ctx: Context) -> None:
     h = request.headers
     tenant, account, dialed = int(_arg(h, 1)), _arg(h, 2), h.get("agi_extension", "")
     try:
-        req = codes.parse(dialed)
+        req = codes.parse(dialed, ctx.star_codes)
     except ValueError as exc:
         log.info("agent tenant=%s account=%s refused: %s", tenant, account, exc)
         await _tone(request, False)
@@ -385,7 +386,8 @@ class DustelAGI(Application):
 
 
 async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Event | None = None,
-                min_conn: int = 2, max_conn: int = 8, nodes: Mapping[str, str] | None = None) -> None:
+                min_conn: int = 2, max_conn: int = 8, nodes: Mapping[str, str] | None = None,
+                star_codes: Mapping[str, str] | None = None) -> None:
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
     # short timeouts: with the database gone a caller hears a refusal within
@@ -394,6 +396,8 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
                                    kwargs={"row_factory": dict_row, "connect_timeout": 2,
                                            **calls.POOL_KWARGS}) as pool:
         ctx = Context(pool, node, nodes=nodes)
+        if star_codes:
+            ctx.star_codes = dict(star_codes)
         app = DustelAGI(ctx, loop)
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
         log.info("fastagi listening on %s:%s nodes=%s", host, port,

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..billing import calls
-from ..config import node_sources
+from ..config import node_sources, star_codes
 from ..errors import DustelError
 from ..provisioning import rates as rating_table
 from ..provisioning import tenants
@@ -103,7 +103,8 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
     s = env.settings
     nodes = node_sources(s.ami_nodes, s.agi_node)
     try:
-        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes))
+        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes,
+                                  star_codes=star_codes(s)))
     except KeyboardInterrupt:
         pass
 
@@ -124,7 +125,8 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
     # secrets never on the command line (``ps`` shows it to every user): the
     # DSN and the node list go through the environment of the exec'd process
     child_env = {**os.environ, "DUSTEL_ESL_DSN": env.url,
-                 "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, ""))}
+                 "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, "")),
+                 "DUSTEL_STAR_CODES": json.dumps(star_codes(s))}
     sys.stdout.flush()
     os.execve(sys.executable, argv, child_env)
 

@@ -1,12 +1,27 @@
 """Star codes, pure: what a dialed string asks for."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..agi import variables as V
 
 ACTIONS = {V.STAR_LOGIN: "login", V.STAR_LOGOUT: "logout", V.STAR_PAUSE: "pause", V.STAR_UNPAUSE: "unpause"}
 MAX_DIGITS = 8
+_CODE = re.compile(r"\*[0-9]{1,4}")
+
+
+def table(login: str, logout: str, pause: str, unpause: str) -> dict[str, str]:
+    """The provider's star codes (settings ``star_login`` …): ``*`` and 1-4
+    digits each, all different, none a prefix of another followed by ``*``."""
+    out = {}
+    for action, code in (("login", login), ("logout", logout), ("pause", pause), ("unpause", unpause)):
+        if not _CODE.fullmatch(code):
+            raise ValueError(f"star_{action}: must be * and 1-4 digits (got {code[:10]!r})")
+        if code in out:
+            raise ValueError(f"star_{action}: {code} is already the {out[code]} code")
+        out[code] = action
+    return out
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ dumb; everything computed here."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -12,6 +13,7 @@ import jinja2
 import markupsafe
 
 from ..agi import variables as V
+from ..config import star_codes
 from . import escape
 from .context import Provider, Tenant, queue_name
 
@@ -89,7 +91,14 @@ def fs_directory(p: Provider, t: Tenant) -> str:
 
 
 def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:
-    return _render("freeswitch", "tenant_dialplan.xml.j2", t=t, outbound=_outbound(p))
+    return _render("freeswitch", "tenant_dialplan.xml.j2", t=t, outbound=_outbound(p), star_regex=_star_regex(p))
+
+
+def _star_regex(p: Provider) -> str:
+    """The provider's star codes as one FreeSWITCH condition: the code, then
+    ``*queue*pin`` parts, a closing ``#`` dropped."""
+    alts = "|".join(re.escape(c) for c in sorted(star_codes(p.settings), key=len, reverse=True))
+    return f"^({alts})((?:\\*[0-9]*)*)#?$"
 
 
 def _outbound(p: Provider) -> str:
@@ -153,7 +162,8 @@ def pjsip_conf(p: Provider) -> str:
 def extensions_conf(p: Provider) -> str:
     s = p.settings
     return _render("asterisk", "extensions.conf.j2", s=s, tenants=p.tenants, numbers=_numbers(p),
-                   emergency=EMERGENCY_DIALS, agi=f"agi://{s.agi_host}:{s.agi_port}")
+                   emergency=EMERGENCY_DIALS, agi=f"agi://{s.agi_host}:{s.agi_port}",
+                   star_codes=sorted(star_codes(s)))
 
 
 def queues_conf(p: Provider) -> str:

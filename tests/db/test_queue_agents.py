@@ -41,7 +41,7 @@ def star(server: Server, org: dict[str, Any], dialed: str, user: str | None = No
          dtmf: list[str] | None = None) -> OutboundCall:
     assert dialed.startswith("*5")
     c = OutboundCall(server.port, dialed, {"dustel_tenant": str(org["t"]["id"]), "user_name": user or org["u"],
-                                           "dustel_star": dialed[1:3], "dustel_star_args": dialed[3:]},
+                                           "dustel_star": dialed[:3], "dustel_star_args": dialed[3:]},
                      dtmf=list(dtmf or []))
     c.start()
     return c.wait()

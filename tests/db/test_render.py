@@ -239,5 +239,29 @@ def test_both_engines_take_the_same_dialled_forms(conn: psycopg.Connection, prov
     ctx = ET.fromstring(r["freeswitch"]["dialplan/t3.xml"])
     star = next(e for e in ctx.iter("extension") if e.get("name") == "star-codes").find("condition").get("expression")
     m = re.fullmatch(star, "*51*1*1234#")
-    assert m and (m.group(1), m.group(2)) == ("1", "*1*1234")
+    assert m and (m.group(1), m.group(2)) == ("*51", "*1*1234")
     assert codes.parse("*51*1*1234#") == codes.parse("*51*1*1234")
+
+
+def test_star_codes_are_the_providers(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """Issue 15.14: star codes were hard-coded; SPEC F-06 makes them
+    configurable per provider.  Both engines render the configured ones."""
+    from dataclasses import replace
+
+    from dustel.config import star_codes
+    s = replace(GOLDEN_SETTINGS, star_login="*71", star_logout="*72", star_pause="*73", star_unpause="*740")
+    with conn.transaction():
+        r = service.render_files(conn, s, ENGINES)
+    ext = r["asterisk"]["extensions.conf"]
+    assert "exten => _*71*.,1,Goto(dustel-star,${EXTEN},1)" in ext and "exten => *740,1,Goto" in ext
+    assert "*51" not in ext
+    ctx = ET.fromstring(r["freeswitch"]["dialplan/t3.xml"])
+    star = next(e for e in ctx.iter("extension") if e.get("name") == "star-codes").find("condition").get("expression")
+    assert re.fullmatch(star, "*71*1*1234") and re.fullmatch(star, "*740") and not re.fullmatch(star, "*51*1")
+    assert star_codes(s) == {"*71": "login", "*72": "logout", "*73": "pause", "*740": "unpause"}
+    from dustel.queue import codes
+    assert codes.parse("*71*1*1234", star_codes(s)).action == "login"
+    with pytest.raises(DustelError, match="star_logout"):
+        star_codes(replace(s, star_logout="*71"))
+    with pytest.raises(DustelError, match="star_pause"):
+        star_codes(replace(s, star_pause="53"))
