@@ -77,10 +77,23 @@ def request_from(data: Mapping[str, str]) -> CallRequest:
                        source_ip=data.get("variable_sip_network_ip") or None, **common)  # type: ignore[arg-type]
 
 
+def ddi_number(data: Mapping[str, str]) -> str:
+    """The number a call to a DDI block was dialled to, as the PBX behind gets
+    it: block head + extension, or + the central answering point's digits."""
+    block = data.get("variable_dustel_block", "")
+    if not block:
+        return ""
+    ext = data.get("variable_dustel_ddi", "") or data.get("variable_dustel_central", "")
+    return token(block + ext, "ddi number")
+
+
 def bridge_target(d: Decision, data: Mapping[str, str]) -> str:
     if d.route in ("internal", "inbound"):
-        domain = data.get("variable_dustel_domain") or data.get("variable_domain_name", "")
-        return f"user/{token(d.destination, 'destination')}@{token(domain, 'domain')}"
+        domain = token(data.get("variable_dustel_domain") or data.get("variable_domain_name", ""), "domain")
+        user = f"user/{token(d.destination, 'destination')}@{domain}"
+        ddi = ddi_number(data) if d.route == "inbound" else ""
+        # the PBX behind a DDI account learns the dialled extension from To
+        return f"{{sip_invite_to_uri=<sip:{ddi}@{domain}>}}{user}" if ddi else user
     # external and emergency leave through the carrier gateway
     return f"sofia/gateway/carrier/{token(d.destination, 'destination')}"
 

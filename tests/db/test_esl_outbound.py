@@ -409,3 +409,20 @@ def test_an_account_without_a_number_presents_one_of_the_tenant(server: Server, 
     calls.run_sync(conn, calls.topup(bare["id"], 100, "bank:bare"))
     c = outbound(server, {"tenant": bare, "user": user}, "01701234567", callee=("answer", 1))
     assert ("set", "effective_caller_id_number=anonymous") in c.executed
+
+
+def test_a_ddi_call_tells_the_pbx_its_extension(server: Server, conn: psycopg.Connection,
+                                                prepaid: dict[str, Any]) -> None:
+    """Issue 15.18 on FreeSWITCH: the public context hands the block, the
+    extension (or none: the head) and the central digits to the socket;
+    the bridge to the DDI account carries the dialled number in To."""
+    t = prepaid["tenant"]
+    base = {"dustel_tenant": str(t["id"]), "dustel_target_kind": "account", "dustel_target": prepaid["user"],
+            "dustel_domain": t["sip_domain"], "dustel_block": "+4921155560", "dustel_central": "0"}
+    for ddi, number in (("3", "+49211555603"), ("", "+49211555600")):
+        c = OutboundCall(server.port, "+4921155560" + ddi, {**base, "dustel_ddi": ddi}, caller="+4930555",
+                         callee=("answer", 2))
+        c.start()
+        c.wait()
+        assert ("bridge", f"{{sip_invite_to_uri=<sip:{number}@{t['sip_domain']}>}}"
+                           f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed

@@ -434,3 +434,50 @@ def test_queue_caller_times_out_after_the_queues_max_wait(stack: Stack) -> None:
     now = dt.datetime.now(dt.UTC)
     _, rows = stats.report(conn, tid, "support", now - dt.timedelta(hours=1), now + dt.timedelta(hours=1), "day")
     assert sum(r["timed_out"] for r in rows) == 1
+
+
+def test_ddi_block_reaches_the_pbx_with_its_extension_on_every_contact(stack: Stack) -> None:
+    """Issue 15.18: the dialled extension never reached the PBX behind a DDI
+    account, the block head was refused instead of reaching the central
+    answering point, and ``Dial(PJSIP/<user>)`` rang only the first contact."""
+    conn = stack.conn
+    with conn.transaction():
+        numbers.add(conn, stack.tenant_id, "+4921155560", block_size=10, central_ddi="0")
+        numbers.assign(conn, "+4921155560", "account", stack.user)
+    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
+    stack.asterisk.cli("dialplan reload")
+    phones, logs = [], []
+    try:
+        for i in range(2):                                  # the PBX registered twice (two contacts)
+            port = free_port()
+            reg = subprocess.run(
+                [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
+                 "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
+                 "-timeout", "15s", "-timeout_error", "-nostdin"], capture_output=True, text=True, timeout=30,
+                cwd=stack.tmp)
+            assert reg.returncode == 0, reg.stdout[-800:]
+            logs.append(stack.tmp / f"pbx-{i}.log")
+            phones.append(subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1",
+                                            "-p", str(port), "-mp", str(free_port()), "-trace_msg",
+                                            "-message_file", str(logs[-1]), "-nostdin"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp))
+        wait_for(lambda: stack.asterisk.cli("pjsip show contacts").count("Avail") >= 2, 15, "two contacts")
+
+        def invites() -> list[str]:
+            return [u for log in logs if log.exists()
+                    for u in re.findall(r"^INVITE sip:([^@ ]+)@", log.read_text(errors="replace"), re.M)]
+        r = stack.call("+49211555603", "carrier_call_until_bye.xml", user="+4930555000")
+        assert r.returncode == 0, r.stdout[-1500:]
+        wait_for(lambda: len(invites()) >= 2, 10, "both contacts rang")
+        assert invites() == ["+49211555603", "+49211555603"]              # the extension reached the PBX
+        r = stack.call("+4921155560", "carrier_call_until_bye.xml", user="+4930555000")
+        assert r.returncode == 0, r.stdout[-1500:]                        # the head is not refused …
+        wait_for(lambda: len(invites()) >= 4, 10, "the central answering point rang")
+        assert sorted(invites()) == ["+49211555600"] * 2 + ["+49211555603"] * 2   # … it reaches the central point
+    finally:
+        for p in phones:
+            p.terminate()
+            p.wait(10)
