@@ -436,6 +436,54 @@ def test_queue_caller_times_out_after_the_queues_max_wait(stack: Stack) -> None:
     assert sum(r["timed_out"] for r in rows) == 1
 
 
+def answering_phone(stack: Stack, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """The stack's account registers from a new port where a sipp UAS then
+    answers every call (its messages in the returned log)."""
+    port = free_port()
+    reg = subprocess.run(
+        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
+         "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
+         "-timeout", "15s", "-timeout_error", "-nostdin"], capture_output=True, text=True, timeout=30, cwd=stack.tmp)
+    assert reg.returncode == 0, reg.stdout[-800:]
+    log = stack.tmp / f"{name}.log"
+    proc = subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1", "-p", str(port),
+                             "-mp", str(free_port()), "-trace_msg", "-message_file", str(log), "-nostdin"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
+    return proc, log
+
+
+def test_hostile_caller_id_is_delivered_cleaned_and_takes_no_line(stack: Stack) -> None:
+    """Issue 15.7 on the real Asterisk: ``!`` and ``~`` are legal in a SIP
+    user part but not in the decision's MSet — the call was refused and its
+    line stayed taken.  Now the phone gets the cleaned number and the line
+    is free after the call."""
+    conn = stack.conn
+    with conn.transaction():
+        numbers.add(conn, stack.tenant_id, "+492115557000")
+        numbers.assign(conn, "+492115557000", "account", stack.user)
+    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
+    stack.asterisk.cli("dialplan reload")
+    phone, log = answering_phone(stack, "phone")
+    try:
+        wait_for(lambda: "Avail" in stack.asterisk.cli("pjsip show contacts"), 15, "phone reachable")
+        for _ in range(3):                                  # more calls than the tenant has inbound lines
+            r = stack.call("+492115557000", "carrier_call_until_bye.xml", user="+4930!555~1")
+            assert r.returncode == 0, r.stdout[-1500:]
+        wait_for(lambda: log.exists() and log.read_text(errors="replace").count("INVITE sip:") >= 3, 10,
+                 "three calls at the phone")
+        froms = re.findall(r"^INVITE sip:.*?^From: (.*?)$", log.read_text(errors="replace"), re.M | re.S)
+        assert len(froms) == 3 and all("<sip:+49305551@" in f and "!" not in f for f in froms), froms
+    finally:
+        phone.terminate()
+        phone.wait(10)
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0,
+             what="no line left taken")
+    assert conn.execute("SELECT count(*) AS n FROM calls WHERE direction = 'in'").fetchone()["n"] == 3
+
+
 def test_ddi_block_reaches_the_pbx_with_its_extension_on_every_contact(stack: Stack) -> None:
     """Issue 15.18: the dialled extension never reached the PBX behind a DDI
     account, the block head was refused instead of reaching the central
@@ -452,18 +500,9 @@ def test_ddi_block_reaches_the_pbx_with_its_extension_on_every_contact(stack: St
     phones, logs = [], []
     try:
         for i in range(2):                                  # the PBX registered twice (two contacts)
-            port = free_port()
-            reg = subprocess.run(
-                [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
-                 "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
-                 "-timeout", "15s", "-timeout_error", "-nostdin"], capture_output=True, text=True, timeout=30,
-                cwd=stack.tmp)
-            assert reg.returncode == 0, reg.stdout[-800:]
-            logs.append(stack.tmp / f"pbx-{i}.log")
-            phones.append(subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1",
-                                            "-p", str(port), "-mp", str(free_port()), "-trace_msg",
-                                            "-message_file", str(logs[-1]), "-nostdin"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp))
+            proc, log = answering_phone(stack, f"pbx-{i}")
+            phones.append(proc)
+            logs.append(log)
         wait_for(lambda: stack.asterisk.cli("pjsip show contacts").count("Avail") >= 2, 15, "two contacts")
 
         def invites() -> list[str]:
