@@ -59,7 +59,8 @@ def child(url: str, engine: str) -> None:
 
     t0 = time.perf_counter()
     with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
-        files = service.render_files(conn, Settings(state_dir=Path("/srv/dustel")), [engine])[engine]
+        s = Settings(state_dir=Path("/srv/dustel"), esl_password="bench-esl-secret", ami_secret="bench-ami-secret")
+        files = service.render_files(conn, s, [engine])[engine]
     secs = time.perf_counter() - t0
     size = sum(len(v) for v in files.values())
     print(json.dumps({"seconds": secs, "bytes": size, "files": len(files),
