@@ -59,7 +59,6 @@ class Runtime:
             return calls.run_sync(conn, flow)
 
 
-
 TONE_OK = "tone_stream://%(150,100,880);loops=2"
 TONE_ERROR = "tone_stream://%(400,200,425);loops=3"
 # min max tries timeout terminators prompt error-prompt variable regexp digit-timeout
@@ -96,7 +95,6 @@ class CallControl:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
         if event.headers.get("Application") in ("bridge", "callcenter"):
             self.bridge_done.set(event.headers)
-
 
     def _on_disconnect(self, event: ESLMessage) -> None:
         if event.headers.get("Content-Disposition") != "linger":

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..billing import calls
+from ..config import LOOPBACK
 from ..queue import agents, codes, hours, service, stats
 from . import variables as V
 from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
@@ -36,7 +37,6 @@ log = logging.getLogger("dustel.agi")
 
 MAX_REQUEST_BYTES = 16384
 POOL_TIMEOUT = 1.0       # seconds a request waits for a database connection
-LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 NODE = "dustel_node"     # the node a request came from, added after parsing (no agi_ prefix: never from the wire)
 REQUEST_TIMEOUT = 5.0
 
