@@ -259,3 +259,23 @@ def test_reconcile_finds_and_fixes_calls_whose_money_and_cdr_disagree(run: Any, 
     # what is left cannot be known: released reservations of calls no engine reported
     assert sorted((f["call_id"], f["problem"], f["action"]) for f in again) == sorted(
         [(ids["overdue"], "expired_without_cdr", "none"), (ids["unknown"], "expired_without_cdr", "none")])
+
+
+def test_a_late_settlement_takes_only_the_start_credit_still_left(conn: psycopg.Connection, tariff: Any) -> None:
+    """Issue 15.19: a settlement after the reservation expired charged free
+    seconds that another call had used meanwhile — a CHECK violation, the
+    settlement lost.  Now it uses what is left and charges the rest."""
+    t = tenant(conn, plan="starter")
+    u = account(conn, t["id"])
+    calls.run_sync(conn, calls.topup(t["id"], 1000, "bank:late"))
+    late = req(t, u, "030123456")
+    assert calls.run_sync(conn, calls.admit(late, tariff)).free_seconds == 1800
+    conn.execute("UPDATE calls SET expires_at = now() - interval '1 s'")
+    calls.run_sync(conn, calls.expire())                   # its 1800 free seconds go back to the pool …
+    other = req(t, u, "030123457")
+    assert calls.run_sync(conn, calls.admit(other, tariff)).free_seconds == 1800
+    calls.run_sync(conn, calls.settle("ast1", other.call_id, 1750))        # … and another call uses them
+    st = calls.run_sync(conn, calls.settle("ast1", late.call_id, 120))   # the late hangup: 50 s free, 70 s paid
+    assert (st.status, st.charged_cents) == ("settled", 2)                  # 70 s at 1 ct/min, rounded up
+    m = money(conn, t["id"])
+    assert (m["free_seconds"], m["reserved_free"], m["balance_cents"]) == (0, 0, 998)
