@@ -36,7 +36,7 @@ from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 log = logging.getLogger("dustel.agi")
 
 MAX_REQUEST_BYTES = 16384
-POOL_TIMEOUT = 1.0       # seconds a request waits for a database connection
+POOL_TIMEOUT = 1.0       # seconds admission waits for a connection before it asks whether the database is there
 NODE = "dustel_node"     # the node a request came from, added after parsing (no agi_ prefix: never from the wire)
 REQUEST_TIMEOUT = 5.0
 
@@ -92,7 +92,7 @@ class Context:
 
     async def _decide(self, batch: list[tuple[CallRequest, asyncio.Future[Decision]]]) -> None:
         try:
-            results = await self.run(calls.admit_many([r for r, _ in batch], self.tariffs))
+            results = await self.run_admission(calls.admit_many([r for r, _ in batch], self.tariffs))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # the database is unreachable: every call waiting now would wait
             # as long again — refuse them all at once (the dialplan answers
@@ -123,6 +123,27 @@ class Context:
     def close(self) -> None:
         for t in self._workers:
             t.cancel()
+
+    async def run_admission(self, flow: calls.Flow) -> Any:
+        """Admission waits for a connection as long as the database answers
+        (a busy pool is load: latency, never a refusal); when no connection
+        came within ``POOL_TIMEOUT`` and the database does not answer a
+        connection attempt either, it is gone (PoolTimeout)."""
+        while True:
+            try:
+                async with self.pool.connection(timeout=POOL_TIMEOUT) as conn:
+                    return await calls.run_async(conn, flow)
+            except PoolTimeout:
+                if not await self._database_answers():
+                    raise
+
+    async def _database_answers(self) -> bool:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.pool.conninfo, connect_timeout=1)
+        except psycopg.OperationalError:
+            return False
+        await conn.close()
+        return True
 
     async def run(self, flow: calls.Flow) -> Any:
         async with self.pool.connection() as conn:
@@ -390,9 +411,9 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
                 star_codes: Mapping[str, str] | None = None) -> None:
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
-    # short timeouts: with the database gone a caller hears a refusal within
-    # about a second instead of waiting for 30 s per call in front of it
-    async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False, timeout=POOL_TIMEOUT,
+    # with the database gone, admission fails after POOL_TIMEOUT (run_admission)
+    # and a caller hears a refusal within about a second, not 30 s per call
+    async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False,
                                    kwargs={"row_factory": dict_row, "connect_timeout": 2,
                                            **calls.POOL_KWARGS}) as pool:
         ctx = Context(pool, node, nodes=nodes)
