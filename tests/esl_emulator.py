@@ -176,6 +176,8 @@ class OutboundCall:
     closed_by_client: bool = False
     responded: int = 0
     talk: int = 0
+    bridged_us: int = 0
+    clock_us: int = 1795573675000000    # virtual time of the bridge (µs)
 
     queue: tuple = ("answered", 12)                          # what mod_callcenter does: answered | timeout
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
@@ -336,13 +338,19 @@ class OutboundCall:
                        variable_current_application=app_h["Application"])
             return
         talk = int(self.callee[1])
+        answered_before = self.answered
         self._answer()
         limit = None
-        on_answer = self.variables.get("execute_on_answer", "")
+        # the B-leg's own {execute_on_answer=…} of the dial string; the A-leg's
+        # fires only with its own answer (FreeSWITCH's execute_on_answer semantics)
+        leg_vars = bracket_vars(app_h.get("Application-Data", ""))
+        on_answer = leg_vars.get("execute_on_answer") or (
+            "" if answered_before else self.variables.get("execute_on_answer", ""))
         if on_answer.startswith("sched_hangup +"):
             limit = int(on_answer.split()[1][1:])
             self.executed.append(("sched_hangup", on_answer.split(" ", 1)[1]))
         self._emit("CHANNEL_BRIDGE")
+        self.bridged_us = self.clock_us
         if limit is not None and limit < talk:
             self.billsec = limit
             self._hangup(on_answer.split()[2], app_h)
@@ -406,8 +414,29 @@ class OutboundCall:
             self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h)
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_HANGUP"})
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_REPORTING"})
+        times = {}
+        if self.bridged_us:     # recording 06: bridge and hangup times (µs) in HANGUP_COMPLETE
+            times = {"Caller-Channel-Bridged-Time": str(self.bridged_us),
+                     "Caller-Channel-Hangup-Time": str(self.bridged_us + self.billsec * 1_000_000 + 250_000)}
         self._emit("CHANNEL_HANGUP_COMPLETE", variable_billsec=str(self.billsec),
-                   variable_duration=str(self.billsec), **{"Hangup-Cause": cause})
+                   variable_duration=str(self.billsec), **{"Hangup-Cause": cause}, **times)
+
+
+def bracket_vars(dial: str) -> dict[str, str]:
+    """The ``{k=v,k='v w'}`` channel variables in front of a dial string."""
+    if not dial.startswith("{") or "}" not in dial:
+        return {}
+    out, key, val, quoted, cur = {}, "", "", False, ""
+    for ch in dial[1:dial.index("}")] + ",":
+        if ch == "'":
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            key, _, val = cur.partition("=")
+            out[key] = val
+            cur = ""
+        else:
+            cur += ch
+    return out
 
 
 # ASSUMPTION (the recordings hold no refusal by respond): the hangup cause

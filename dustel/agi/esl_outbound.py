@@ -73,6 +73,15 @@ def queue_answered(done: Mapping[str, str]) -> bool:
     return done.get("Application") == "callcenter" and done.get("variable_cc_cause") == "answered"
 
 
+def bridged_seconds(hangup: Mapping[str, str]) -> int:
+    """Whole seconds from the bridge to the hangup (recording 06:
+    ``Caller-Channel-Bridged-Time`` / ``-Hangup-Time``, microseconds)."""
+    b, h = hangup.get("Caller-Channel-Bridged-Time", "0"), hangup.get("Caller-Channel-Hangup-Time", "0")
+    if not (b.isascii() and b.isdigit() and h.isascii() and h.isdigit()) or int(b) == 0 or int(h) < int(b):
+        return 0
+    return (int(h) - int(b)) // 1_000_000
+
+
 class CallControl:
     """One call on the outbound socket: decide, execute, settle."""
 
@@ -175,7 +184,24 @@ class CallControl:
             if not qs.open:     # no engine event will tell the statistics
                 Runtime.run(calls.execute(stats.not_queued(self.node(data), tenant, queue, data.get("Unique-ID", ""),
                                                            now)))
+            if not qs.open and qs.closed_target.startswith("+"):
+                return fs.actions(d, data, qs, self.leg(data, qs.closed_target))
         return fs.actions(d, data, qs)
+
+    def leg(self, data: dict[str, str], target: str) -> Decision | None:
+        """A closed queue's external target: an outbound call of the tenant,
+        decided and reserved as ``<call id>:leg`` (see fastagi.closed_leg)."""
+        req = replace(fs.request_from(data), node=self.node(data))
+        try:
+            leg = Runtime.run(calls.leg_request(req, target))
+        except calls.UnknownAccount as exc:
+            log.info("leg call=%s%s tenant=%s callee=%s admit=False reason=%s", req.call_id, calls.LEG,
+                     req.tenant_id, target, exc)
+            return None
+        d: Decision = Runtime.run(calls.admit(leg, Runtime.tariffs))
+        log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
+                 d.admit, d.reason, d.max_seconds)
+        return d
 
     def star(self, data: dict[str, str]) -> None:
         """The agent star codes (*51–*54): store, apply to mod_callcenter with
@@ -242,11 +268,16 @@ class CallControl:
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
         try:
             st = Runtime.run(calls.settle(self.node(data), call_id, billsec))
+            # a leg dustel placed for this call talked from the bridge to the hangup
+            leg = Runtime.run(calls.settle(self.node(data), call_id + calls.LEG, bridged_seconds(hangup)))
         except psycopg.Error as exc:
             log.warning("call=%s settle failed (reservation expires): %s", call_id, exc)
             return
         log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", call_id, billsec,
                  hangup.get("Hangup-Cause"), st.status, st.charged_cents)
+        if leg.status == "settled":
+            log.info("hangup call=%s%s billsec=%s status=%s charged=%s", call_id, calls.LEG, leg.billsec, leg.status,
+                     leg.charged_cents)
 
 
 class DustelESLServer(OutboundESLServer):

@@ -232,6 +232,8 @@ async def inbound(request: Request, ctx: Context) -> None:
                      V.CLOSED_DIAL: closed_dial(qs.closed_target), V.QUEUE_MAX_WAIT: str(qs.max_wait_seconds)}
             if not qs.open:     # no engine event will tell the statistics
                 await ctx.run(calls.execute(stats.not_queued(req.node, req.tenant_id, queue, req.call_id, req.now)))
+            if not qs.open and qs.closed_target.startswith("+"):
+                extra.update(await closed_leg(ctx, req, qs.closed_target))
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
@@ -271,6 +273,24 @@ async def queue_result(request: Request, ctx: Context) -> None:
              status, waited)
 
 
+async def closed_leg(ctx: Context, req: CallRequest, target: str) -> dict[str, str]:
+    """A closed queue's external target is an outbound call of the tenant:
+    the same decision (zones, rate, money, a line), its own reservation
+    (call id ``<id>:leg``, settled by the hangup handler)."""
+    try:
+        leg = await ctx.run(calls.leg_request(req, target))
+    except calls.UnknownAccount as exc:
+        log.info("leg call=%s%s tenant=%s callee=%s admit=False reason=%s", req.call_id, calls.LEG, req.tenant_id,
+                 target, exc)
+        return {V.CLOSED_DIAL: ""}
+    d = await ctx.admit(leg)
+    log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
+             d.admit, d.reason, d.max_seconds)
+    if not d.admit:
+        return {V.CLOSED_DIAL: ""}
+    return {V.CLOSED_DIAL: dial_string(d), V.CLOSED_MAX: str(d.max_seconds), V.CLOSED_CALLER_ID: d.caller_id}
+
+
 def closed_dial(target: str) -> str:
     if not target:
         return ""
@@ -282,9 +302,14 @@ async def hangup(request: Request, ctx: Context) -> None:
     h = request.headers
     raw = _arg(h, 1)
     billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
-    s = await ctx.run(calls.settle(h[NODE], h.get("agi_uniqueid", ""), billsec))
-    log.info("hangup call=%s billsec=%s status=%s charged=%s", h.get("agi_uniqueid"), billsec, s.status,
-             s.charged_cents)
+    uid = h.get("agi_uniqueid", "")
+    s = await ctx.run(calls.settle(h[NODE], uid, billsec))
+    log.info("hangup call=%s billsec=%s status=%s charged=%s", uid, billsec, s.status, s.charged_cents)
+    # a leg dustel placed for this call (a closed queue's external target) talked ANSWEREDTIME too
+    leg = await ctx.run(calls.settle(h[NODE], uid + calls.LEG, billsec))
+    if leg.status == "settled":
+        log.info("hangup call=%s billsec=%s status=%s charged=%s", uid + calls.LEG, billsec, leg.status,
+                 leg.charged_cents)
 
 
 TONE_OK = "!880/150,!0/100,!880/150"           # confirmation: two short high beeps

@@ -98,7 +98,8 @@ def bridge_target(d: Decision, data: Mapping[str, str]) -> str:
     return f"sofia/gateway/carrier/{token(d.destination, 'destination')}"
 
 
-def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None) -> list[Action]:
+def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None,
+            leg: Decision | None = None) -> list[Action]:
     """The applications to execute, in order, for a decision.
 
     Admitted: record the decision, present the caller ID, arm the time limit
@@ -123,8 +124,14 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         out.append(("answer", ""))
         if queue.closed_announce:
             out.append(("playback", token(queue.closed_announce, "announcement")))
-        if queue.closed_target.startswith("+"):
-            out.append(("bridge", f"sofia/gateway/carrier/{token(queue.closed_target, 'closed target')}"))
+        if queue.closed_target.startswith("+") and leg is not None and leg.admit:
+            # an outbound leg of the tenant: its own decision's limit (from its answer) and number
+            out.append(("set", "hangup_after_bridge=true"))
+            out.append(("bridge", f"{{origination_caller_id_number={token(leg.caller_id or 'anonymous', 'caller id')},"
+                                  f"execute_on_answer='sched_hangup +{int(leg.max_seconds)} ALLOTTED_TIMEOUT'}}"
+                                  f"sofia/gateway/carrier/{token(leg.destination, 'closed target')}"))
+        elif queue.closed_target.startswith("+"):
+            out.append(("hangup", "NORMAL_CLEARING"))          # the leg was refused (logged)
         elif queue.closed_target:
             domain = token(data.get("variable_dustel_domain", ""), "domain")
             out.append(("bridge", f"user/{token(queue.closed_target, 'closed target')}@{domain}"))

@@ -31,6 +31,12 @@ class CallRequest:
     node: str = ""
     call_id: str = ""
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    # a leg dustel itself places for the tenant (a closed queue's external
+    # target): an outbound call of the tenant like any other — zones, rate,
+    # money, lines — but from no device, so the IP rule does not apply; it
+    # presents the tenant's number, or the original caller with CLIP no
+    # screening (F-05)
+    leg: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,8 +231,8 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
     if em is not None:
         return Decision(admit=True, reason="emergency", route="emergency", destination=snap.psap_prefix + em,
                         caller_id=caller_id, max_seconds=0)
-    # 2. IP restriction.
-    if not _ip_allowed(req.source_ip, snap.allowed_nets):
+    # 2. IP restriction (of a device; a leg dustel places has none).
+    if not req.leg and not _ip_allowed(req.source_ip, snap.allowed_nets):
         return refuse("ip_not_allowed")
     # 3. Internal calls: no trunk line, no money.
     if snap.callee_account is not None:

@@ -17,6 +17,8 @@ REASON = "DUSTEL_REASON"            # policy result: reason code (logged, announ
 QUEUE_OPEN = "DUSTEL_QUEUE_OPEN"    # inbound to a queue: 1 open, 0 closed (opening hours)
 CLOSED_ANNOUNCE = "DUSTEL_CLOSED_ANNOUNCE"  # closed queue: sound to play
 CLOSED_DIAL = "DUSTEL_CLOSED_DIAL"  # closed queue: where to send the caller ('' hang up)
+CLOSED_MAX = "DUSTEL_CLOSED_MAX"    # closed queue, external target: the leg's time limit (its policy decision)
+CLOSED_CALLER_ID = "DUSTEL_CLOSED_CALLER_ID"  # … and the number it presents
 DDI_NUMBER = "DUSTEL_DDI_NUMBER"    # inbound to a DDI block: the dialled number the PBX behind gets (RURI/To)
 QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max wait (Queue() timeout)
 

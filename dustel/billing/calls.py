@@ -309,6 +309,21 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
     return Settlement("settled", cents, billsec)
 
 
+LEG = ":leg"     # the call id of a leg dustel places for a call: <call id>:leg
+
+
+def leg_request(req: CallRequest, callee: str) -> Flow:
+    """The request for a leg dustel places for call ``req`` of its tenant to
+    ``callee``: decided with the settings (zones, area) of the tenant's main
+    account — its oldest — and the original caller."""
+    rows = (yield Q("SELECT username FROM sip_accounts WHERE tenant_id = %(t)s ORDER BY id LIMIT 1",
+                    {"t": req.tenant_id}))
+    if not rows:
+        raise UnknownAccount(f"tenant {req.tenant_id} has no account to place a leg for")
+    return CallRequest(direction="out", tenant_id=req.tenant_id, account=rows[0]["username"], caller=req.caller,
+                       callee=callee, engine=req.engine, node=req.node, call_id=req.call_id + LEG, leg=True)
+
+
 def settle_from_cdr(node: str, call_id: str) -> Flow:
     """Settle a call from the controller's CDR of it (the engine's billsec):
     a settlement the policy server lost (restart, database error, missed

@@ -4,6 +4,7 @@ the FastAGI server (the app_queue applications), PIN lockout, bad input."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,8 +240,21 @@ def test_closed_queue_on_freeswitch_announces_and_forwards(server: Server, conn:
     c = OutboundCall(server.port, "+492111230000", dict(variables), caller="+4930555", callee=("answer", 5))
     c.start()
     c.wait()
+    # issue 15.15: no rate for the external target: the leg is refused like any outbound call of the tenant
+    tail = [a for a in c.executed if a[0] in ("answer", "playback", "bridge", "callcenter", "hangup")]
+    assert tail == [("answer", ""), ("playback", "dustel/closed"), ("hangup", "NORMAL_CLEARING")]
+    wait_for(lambda: any("leg call=" in line and "reason=no_rate" in line for line in server.log), what="logged")
+    conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1)")
+    c = OutboundCall(server.port, "+492111230000", dict(variables), caller="+4930555", callee=("answer", 65))
+    c.start()
+    c.wait()
     tail = [a for a in c.executed if a[0] in ("answer", "playback", "bridge", "callcenter")]
-    assert tail == [("answer", ""), ("playback", "dustel/closed"), ("bridge", "sofia/gateway/carrier/+4921155501")]
+    assert tail[:2] == [("answer", ""), ("playback", "dustel/closed")] and len(tail) == 3
+    assert re.fullmatch(r"\{origination_caller_id_number=[^,]+,execute_on_answer='sched_hangup \+\d+ "
+                        r"ALLOTTED_TIMEOUT'\}sofia/gateway/carrier/\+4921155501", tail[2][1]), tail[2]
+    leg = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id = %s", (c.uuid + ":leg",)).fetchone())
+                   and r["state"] == "settled" and r, what="the leg settled")
+    assert (leg["direction"], leg["account"], leg["billsec"], leg["charged_cents"]) == ("out", org["u"], 65, 2)
     with conn.transaction():
         targets.queue_hours(conn, t["id"], "support", [])          # always open again
     c = OutboundCall(server.port, "+492111230000", dict(variables), caller="+4930555", callee=("answer", 5))

@@ -183,7 +183,9 @@ def test_a_spoofed_carrier_is_refused(stack: Stack) -> None:
     finals = re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)
     assert finals and finals[-1] in ("401", "403"), r.stdout[-1500:]
     assert "inbound call=" not in stack.agi_log.read_text()
-    assert "No matching endpoint found" in stack.asterisk.log() or "Failed to authenticate" in stack.asterisk.log()
+    # Asterisk's logger writes asynchronously: wait for its line, do not read the log at once
+    wait_for(lambda: "No matching endpoint found" in stack.asterisk.log()
+             or "Failed to authenticate" in stack.asterisk.log(), 10, "Asterisk's log of the refusal")
 
 
 def test_ip_restricted_account_reaches_the_psap_from_anywhere(stack: Stack) -> None:
@@ -381,6 +383,7 @@ def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack
     conn = stack.conn
     t = tenant(conn, options={"acd": 1})
     tid = t["id"]
+    account(conn, tid)                    # the tenant's main account: the leg's zones and area
     with conn.transaction():
         targets.queue_add(conn, tid, "support", "1")
         numbers.add(conn, tid, "+492111230000")
@@ -397,8 +400,14 @@ def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack
     r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
     assert r.returncode == 0, r.stdout[-1500:]
     assert "queue_open=0" in stack.agi_log.read_text()
-    assert "Playing 'dustel/silence" in stack.asterisk.log()
+    wait_for(lambda: "Playing 'dustel/silence" in stack.asterisk.log(), 10, "the announcement in Asterisk's log")
     assert "INVITE sip:+4921155501@" in stack.carrier_log.read_text(errors="replace")
+    # issue 15.15: that external leg was an outbound call of the tenant — decided, limited, reserved, settled
+    leg = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id LIKE '%:leg'").fetchone())
+                   and r["state"] == "settled" and r, what="the leg settled")
+    assert (leg["tenant_id"], leg["direction"], leg["destination"], leg["max_seconds"]) == (
+        tid, "out", "+4921155501", 3)
+    assert re.search(r"leg call=\S+:leg tenant=\d+ callee=\+4921155501 admit=True", stack.agi_log.read_text())
     # issue 15.14: the caller the closed queue did not take is in the statistics
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events WHERE tenant_id = %s ORDER BY id",
                                              (tid,)).fetchall()]

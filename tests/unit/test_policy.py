@@ -22,7 +22,7 @@ SNAP = Snapshot(tenant_id=1, account="000387100001", area_code="211", psap_prefi
 
 
 def out(callee: str, **kw: object) -> CallRequest:
-    return CallRequest(direction="out", tenant_id=1, account="000387100001", caller="000387100001",
+    return CallRequest(direction="out", tenant_id=1, account="000387100001", caller=kw.pop("caller", "000387100001"),
                        callee=callee, source_ip=kw.pop("source_ip", "192.0.2.10"), **kw)  # type: ignore[arg-type]
 
 
@@ -216,3 +216,19 @@ def test_screening_compares_callers_in_e164() -> None:
     for form in ("+492111234", "00492111234", "02111234", "492111234"):
         assert decide(inbound(form), w, TARIFF).reason == "blacklisted", form
     assert decide(inbound("0301234"), w, TARIFF).admit
+
+
+def test_a_leg_dustel_places_is_an_outbound_call_without_a_device() -> None:
+    """Issue 15.15: a closed queue's external target went out with no rate,
+    no line, no reservation and the original caller's number.  As a leg it
+    is decided like any outbound call — only the device's IP rule does not
+    apply — and presents the tenant's number (the caller only with CLIP no
+    screening)."""
+    s = snap(allowed_nets=("192.0.2.0/24",), caller_id="+492111234567", available_cents=100)
+    leg = out("+4921155501", caller="+4930555", source_ip=None, leg=True)
+    d = decide(leg, s, TARIFF)
+    assert d.admit and d.caller_id == "+492111234567" and d.reserve_cents > 0
+    assert decide(out("+4921155501", caller="+4930555", source_ip=None), s, TARIFF).reason == "ip_not_allowed"
+    assert decide(leg, snap(caller_id="+492111234567", clip_no_screening=True), TARIFF).caller_id == "+4930555"
+    assert decide(leg, snap(active_out=2), TARIFF).reason == "line_limit"
+    assert decide(out("0900123456", leg=True), s, TARIFF).reason == "zone_blocked"
