@@ -130,6 +130,9 @@ class CallControl:
         try:
             s.myevents()
             s.linger()
+            if fs.route_of(data) == V.ROUTE_AGENT_LEG:
+                d = self.agent_leg(data)
+                return
             if fs.route_of(data) == V.ROUTE_AGENT:
                 try:
                     self.star(data)
@@ -187,6 +190,29 @@ class CallControl:
             if not qs.open and qs.closed_target.startswith("+"):
                 return fs.actions(d, data, qs, self.leg(data, qs.closed_target))
         return fs.actions(d, data, qs)
+
+    def agent_leg(self, data: dict[str, str]) -> Decision:
+        """mod_callcenter rings an agent on an external number through
+        ``loopback/<tenant>-<number>/dustel-agent-out``: an outbound leg of the
+        tenant, decided, limited and settled (``<uuid>:leg``) like any other."""
+        s = self.session
+        base = replace(fs.request_from(data), node=self.node(data))
+        try:
+            leg = Runtime.run(calls.leg_request(base, base.callee))
+            d: Decision = Runtime.run(calls.admit(leg, Runtime.tariffs))
+            plan = fs.actions(d, {**data, "variable_dustel_target_kind": ""}) if d.admit else \
+                [("set", f"{V.REASON.lower()}={d.reason}"), ("hangup", fs.cause_name(d.q850))]
+        except (ValueError, calls.UnknownAccount, psycopg.Error) as exc:
+            log.warning("leg call=%s refused: %s: %s", base.call_id, type(exc).__name__, exc)
+            d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
+        log.info("leg call=%s%s tenant=%s callee=%s admit=%s reason=%s max=%s", base.call_id, calls.LEG,
+                 base.tenant_id, base.callee, d.admit, d.reason, d.max_seconds)
+        for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
+            s.call_command(app, arg or None)
+        if d.admit:
+            self.bridge_done.get()
+            self.settle(data, self.hangup_complete.get())
+        return d
 
     def leg(self, data: dict[str, str], target: str) -> Decision | None:
         """A closed queue's external target: an outbound call of the tenant,

@@ -273,6 +273,20 @@ async def queue_result(request: Request, ctx: Context) -> None:
              status, waited)
 
 
+async def agent_leg(request: Request, ctx: Context) -> None:
+    """agi://…/agent_leg,<tenant>,<number>: app_queue rings an agent on an
+    external number — an outbound leg of the tenant (``<uniqueid>:leg``,
+    settled by the hangup handler)."""
+    h = request.headers
+    base = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account="", caller=_caller(h),
+                       callee=_arg(h, 2), engine="asterisk", node=h[NODE], call_id=h.get("agi_uniqueid", ""))
+    leg = await ctx.run(calls.leg_request(base, _arg(h, 2)))
+    d = await ctx.admit(leg)
+    log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, leg.tenant_id, leg.callee,
+             d.admit, d.reason, d.max_seconds)
+    await _answer(request, ctx, leg, d)
+
+
 async def closed_leg(ctx: Context, req: CallRequest, target: str) -> dict[str, str]:
     """A closed queue's external target is an outbound call of the tenant:
     the same decision (zones, rate, money, a line), its own reservation
@@ -379,8 +393,9 @@ async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str,
 
 Handler = Callable[[Request, Context], Awaitable[None]]
 ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
-                              V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result}
-REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND}
+                              V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result,
+                              V.ROUTE_AGENT_LEG: agent_leg}
+REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG}
 
 
 class DustelAGI(Application):

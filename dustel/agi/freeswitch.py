@@ -36,6 +36,8 @@ def route_of(data: Mapping[str, str]) -> str:
     """Which handler a socket connection belongs to."""
     if data.get("variable_dustel_star"):
         return V.ROUTE_AGENT
+    if data.get("variable_dustel_leg"):
+        return V.ROUTE_AGENT_LEG
     if data.get("variable_dustel_target_kind"):
         return V.ROUTE_INBOUND
     return V.ROUTE_OUTBOUND
@@ -67,6 +69,9 @@ def request_from(data: Mapping[str, str]) -> CallRequest:
                   call_id=data.get("Unique-ID", ""))
     if not common["call_id"]:
         raise ValueError("Unique-ID: missing from the channel data")
+    if route == V.ROUTE_AGENT_LEG:
+        return CallRequest(direction="out", account="", callee=data.get("variable_dustel_leg", ""),
+                           **common)  # type: ignore[arg-type]
     if route == V.ROUTE_INBOUND:
         kind, target = data.get("variable_dustel_target_kind", ""), data.get("variable_dustel_target", "")
         return CallRequest(direction="in", account=target if kind == "account" else "",

@@ -29,6 +29,7 @@ ROUTE_INBOUND = "inbound"
 ROUTE_AGENT = "agent"
 ROUTE_HANGUP = "hangup"
 ROUTE_QUEUE_RESULT = "queue_result"      # after Queue(): QUEUESTATUS for the statistics
+ROUTE_AGENT_LEG = "agent_leg"            # an agent on an external number: an outbound leg of the tenant
 
 # Star codes (F-06), configurable per provider in a later step.
 STAR_LOGIN = "*51"

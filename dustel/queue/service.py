@@ -45,7 +45,8 @@ def ast_interface(c: Change) -> str:
     if c.contact_user:
         return "PJSIP/" + P.token(c.contact_user, "contact")
     if c.contact_e164:
-        return f"Local/{P.token(c.contact_e164, 'contact')}@dustel-agent-out"
+        # <tenant>-<number>: dustel-agent-out asks the policy for an outbound leg of this tenant
+        return f"Local/{int(c.tenant_id)}-{P.token(c.contact_e164, 'contact')}@dustel-agent-out"
     raise ValueError("contact: the agent has no phone and no number")
 
 

@@ -67,7 +67,8 @@ def _agent_contact(t: Tenant, g: dict[str, Any]) -> str:
     if g["contact_user"]:
         return f"{{call_timeout=15}}user/{g['contact_user']}@{t.domain}"
     if g["contact_e164"]:
-        return f"{{call_timeout=20}}sofia/gateway/carrier/{g['contact_e164']}"
+        # through the dialplan context that hands the leg to the policy (an outbound call of the tenant)
+        return f"{{call_timeout=20}}loopback/{t.id}-{g['contact_e164']}/dustel-agent-out"
     return "error/user_not_registered"
 
 

@@ -426,3 +426,32 @@ def test_a_ddi_call_tells_the_pbx_its_extension(server: Server, conn: psycopg.Co
         c.wait()
         assert ("bridge", f"{{sip_invite_to_uri=<sip:{number}@{t['sip_domain']}>}}"
                            f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
+
+
+def test_an_external_agent_is_rung_as_an_outbound_leg_of_the_tenant(server: Server, conn: psycopg.Connection,
+                                                                    prepaid: dict[str, Any]) -> None:
+    """Issue 15.15: mod_callcenter rang agents on external numbers straight
+    through the carrier (no rate, no line, no reservation, the caller's
+    number).  The contact is now loopback/<tenant>-<number>/dustel-agent-out,
+    which hands the leg to the socket: decided, limited, presenting the
+    tenant's number, settled from the bridge."""
+    t = prepaid["tenant"]
+    c = OutboundCall(server.port, f"{t['id']}-+491701234567",
+                     {"dustel_tenant": str(t["id"]), "dustel_leg": "+491701234567"},
+                     caller="+4930555", callee=("answer", 60))
+    c.start()
+    c.wait()
+    assert ("set", "effective_caller_id_number=+492111234567") in c.executed        # the tenant's, not the caller's
+    assert ("set", "execute_on_answer=sched_hangup +666 ALLOTTED_TIMEOUT") in c.executed   # 100 ct at 9 ct/min
+    assert c.executed[-2:] == [("bridge", "sofia/gateway/carrier/+491701234567"), ("sched_hangup",
+                                                                                  "+666 ALLOTTED_TIMEOUT")]
+    leg = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id = %s", (c.uuid + ":leg",)).fetchone())
+                   and r["state"] == "settled" and r, what="the leg settled")
+    assert (leg["direction"], leg["destination"], leg["billsec"], leg["charged_cents"]) == (
+        "out", "+491701234567", 60, 9)
+    conn.execute("UPDATE tenant_money SET balance_cents = 0")
+    broke = OutboundCall(server.port, f"{t['id']}-+491701234567",
+                         {"dustel_tenant": str(t["id"]), "dustel_leg": "+491701234567"}, caller="+4930555")
+    broke.start()
+    broke.wait()
+    assert broke.executed[-1] == ("hangup", "CALL_REJECTED") and not any(a == "bridge" for a, _ in broke.executed)

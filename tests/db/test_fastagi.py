@@ -197,3 +197,23 @@ def test_with_the_database_down_every_waiting_call_is_refused_at_once(prepaid: d
     batches = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert batches and sum(int(r.getMessage().split(": ")[1].split()[0]) for r in batches) == 20
     assert len(batches) < 20                                           # refused together, not one by one
+
+
+def test_an_external_agent_leg_is_decided_and_settled(db_url: str, conn: psycopg.Connection,
+                                                      prepaid: dict[str, Any]) -> None:
+    """Issue 15.15 on Asterisk: app_queue's Local/<tenant>-<number> member
+    asks ``agent_leg``: an outbound leg of the tenant, settled by the hangup
+    handler as ``<uniqueid>:leg``."""
+    tid = prepaid["t"]["id"]
+
+    async def scenario(port: int) -> list[list[str]]:
+        a = await request(port, block("agent_leg", [str(tid), "+491701234567"], "loc-1;2", callee=f"{tid}-x"))
+        h = await request(port, block("hangup", ["60"], "loc-1;2"))
+        return [a, h]
+
+    admitted, _ = run_server(db_url, scenario)
+    d = decision(admitted)
+    assert (d["DUSTEL_ACTION"], d["DUSTEL_DIAL"], d["DUSTEL_MAX_SECONDS"]) == ("admit", "PJSIP/+491701234567@carrier",
+                                                                                "666")
+    leg = conn.execute("SELECT * FROM calls WHERE call_id = 'loc-1;2:leg'").fetchone()
+    assert (leg["state"], leg["billsec"], leg["charged_cents"]) == ("settled", 60, 9)

@@ -529,3 +529,23 @@ def test_ddi_block_reaches_the_pbx_with_its_extension_on_every_contact(stack: St
         for p in phones:
             p.terminate()
             p.wait(10)
+
+
+def test_an_external_agent_leg_goes_through_the_policy(stack: Stack) -> None:
+    """Issue 15.15 on the real Asterisk: the member interface app_queue rings
+    for an agent on an external number (Local/<tenant>-<number>@dustel-agent-out)
+    asks the policy: the carrier gets the tenant's number, the leg its limit
+    and its reservation, settled after the hangup."""
+    conn = stack.conn
+    with conn.transaction():
+        numbers.add(conn, stack.tenant_id, "+492115557100")
+    calls.run_sync(conn, calls.topup(stack.tenant_id, 100, "test:leg"))
+    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
+    stack.asterisk.cli(f"channel originate Local/{stack.tenant_id}-+4921155501@dustel-agent-out application Wait 5")
+    leg = wait_for(lambda: (r := conn.execute("SELECT * FROM calls WHERE call_id LIKE '%:leg'").fetchone())
+                   and r["state"] == "settled" and r, 30, "the agent leg settled")
+    assert (leg["tenant_id"], leg["destination"], leg["max_seconds"]) == (stack.tenant_id, "+4921155501", 2)
+    assert leg["billsec"] <= 3                                      # cut at its limit (the carrier never hangs up)
+    invite = re.search(r"^INVITE sip:\+4921155501@.*?^From: (.*?)$", stack.carrier_log.read_text(errors="replace"),
+                       re.M | re.S)
+    assert invite and "+492115557100" in invite.group(1)            # the tenant's number, not the queue caller's
