@@ -187,6 +187,7 @@ class OutboundCall:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self.bridged = threading.Event()
+        self.queued = threading.Event()
         t = threading.Thread(target=self._run, daemon=True)
         t.start()
         return t
@@ -366,6 +367,12 @@ class OutboundCall:
         the agent (``uuid_bridge``, CHANNEL_BRIDGE) and the call goes on —
         here until ``hangup_caller()`` (``hold``) or at once — while the
         client's commands are still read (a ``hangup`` now cuts the call)."""
+        if self.queue[0] == "wait":
+            # the caller waits (music on hold) until it hangs up: hangup_caller();
+            # then the callcenter application completes after the hangup
+            self._waiting_app = app_h
+            self.queued.set()
+            return
         if self.queue[0] != "answered":
             # ASSUMPTION (no recording of a timed-out member): mod_callcenter
             # sets cc_cause=cancel and cc_cancel_reason on the member channel
@@ -397,7 +404,8 @@ class OutboundCall:
         with self._lock:
             if not self.hangup_cause:
                 self.billsec = self.talk
-        self._hangup("NORMAL_CLEARING", {}, unbridge=True)
+        waiting = getattr(self, "_waiting_app", None)
+        self._hangup("NORMAL_CLEARING", waiting or {}, unbridge=waiting is None)
 
     def _hangup(self, cause: str, app_h: dict[str, str], unbridge: bool = False) -> None:
         with self._lock:

@@ -158,11 +158,18 @@ class CallControl:
                 d, plan = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})
             if not d.admit:
                 log.info("call=%s refused reason=%s sip=%s", data.get("Unique-ID"), d.reason, d.sip_code)
-            for app, arg in plan:
-                s.call_command(app, arg or None)
-            if not d.admit:
-                return
-            done = self.bridge_done.get()
+            queued = any(app == "callcenter" for app, _ in plan)
+            if queued:     # counted among the queue's waiting callers until callcenter ends
+                self.queue_waiting(data, True)
+            try:
+                for app, arg in plan:
+                    s.call_command(app, arg or None)
+                if not d.admit:
+                    return
+                done = self.bridge_done.get()
+            finally:
+                if queued:
+                    self.queue_waiting(data, False)
             if done is not None and queue_answered(done):
                 log.info("queue call=%s answered by agent leg=%s", data.get("Unique-ID"),
                          done.get("variable_cc_agent_uuid", ""))
@@ -184,12 +191,20 @@ class CallControl:
             queue = hours.queue_of(data.get("variable_dustel_target", ""), tenant)
             now = dt.datetime.now(dt.UTC)
             qs = Runtime.run(hours.state(tenant, queue, now))
-            if not qs.open:     # no engine event will tell the statistics
+            if not qs.open or qs.full:     # no engine event will tell the statistics
                 Runtime.run(calls.execute(stats.not_queued(self.node(data), tenant, queue, data.get("Unique-ID", ""),
                                                            now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 return fs.actions(d, data, qs, self.leg(data, qs.closed_target))
         return fs.actions(d, data, qs)
+
+    def queue_waiting(self, data: dict[str, str], joined: bool) -> None:
+        tenant = fs.request_from(data).tenant_id
+        queue = hours.queue_of(data.get("variable_dustel_target", ""), tenant)
+        try:
+            Runtime.run(hours.waiting(self.node(data), data.get("Unique-ID", ""), tenant, queue, joined))
+        except psycopg.Error as exc:     # a missed count is no reason to drop the call
+            log.warning("call=%s queue waiting count not updated: %s", data.get("Unique-ID"), exc)
 
     def agent_leg(self, data: dict[str, str]) -> Decision:
         """mod_callcenter rings an agent on an external number through

@@ -143,6 +143,10 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         else:
             out.append(("hangup", "NORMAL_CLEARING"))
         return out
+    if d.route == "inbound" and kind == "queue" and queue is not None and queue.full:
+        # mod_callcenter has no max callers: dustel supplies it (hours.state counts the waiting)
+        out.append(("respond", "486"))
+        return out
     if d.route == "inbound" and kind == "queue":
         out.append(("answer", ""))
         queue = token(data.get("variable_dustel_target", ""), "queue")

@@ -455,3 +455,23 @@ def test_an_external_agent_is_rung_as_an_outbound_leg_of_the_tenant(server: Serv
     broke.start()
     broke.wait()
     assert broke.executed[-1] == ("hangup", "CALL_REJECTED") and not any(a == "bridge" for a, _ in broke.executed)
+
+
+def test_a_full_queue_turns_callers_away_on_freeswitch(server: Server, conn: psycopg.Connection,
+                                                       business: dict[str, Any]) -> None:
+    """Issue 15.14: mod_callcenter has no max callers.  dustel counts the
+    callers waiting in the queue (from ``callcenter`` until it ends): one
+    more than ``max_callers`` gets 486 and is counted as not taken."""
+    conn.execute("UPDATE queues SET max_callers = 1 WHERE tenant_id = %s", (business["id"],))
+    first = queue_call(server, business, queue=("wait",), hold=True)
+    assert first.queued.wait(20)
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM queue_waiting").fetchone()["n"] == 1, what="waiting")
+    second = queue_call(server, business).wait()
+    assert second.executed[-1] == ("respond", "486") and not any(a == "callcenter" for a, _ in second.executed)
+    first.hangup_caller()
+    first.wait()
+    wait_for(lambda: conn.execute("SELECT count(*) AS n FROM queue_waiting").fetchone()["n"] == 0, what="left")
+    third = queue_call(server, business, queue=("answered", 3)).wait()
+    assert ("callcenter", f"t{business['id']}-support@{business['sip_domain']}") in third.executed
+    kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events ORDER BY id").fetchall()]
+    assert kinds == ["offered", "closed"]        # the turned-away caller (engine events: the controller)

@@ -76,3 +76,18 @@ INSERT INTO zone_prefixes VALUES ('49800', 'de_freephone'), ('4910', 'de_callbyc
                                  ('49181', 'de_service')
     ON CONFLICT (prefix) DO UPDATE SET zone = EXCLUDED.zone;
 UPDATE zone_presets SET zones = zones || '{de_freephone,de_public}' WHERE code <> 'none';
+
+-- Issue 15.14: mod_callcenter has no "max callers"; dustel supplies it on
+-- FreeSWITCH: a caller is a row here while it waits in a queue (from the
+-- callcenter application until it ends); rows older than the queue's max
+-- wait do not count (a server that died cannot leave a queue full).
+CREATE TABLE queue_waiting (
+    node      text NOT NULL,
+    call_id   text NOT NULL,
+    tenant_id bigint NOT NULL,
+    queue_id  bigint NOT NULL,
+    since     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (node, call_id),
+    FOREIGN KEY (tenant_id, queue_id) REFERENCES queues (tenant_id, id) ON DELETE CASCADE
+);
+CREATE INDEX queue_waiting_queue ON queue_waiting (queue_id, since);
