@@ -142,7 +142,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
         for key, value in _toml(sec_path, "secrets file").items():
             if key not in SECRETS:
                 raise DustelError(f"secrets file {key}", f"unknown secret (known: {', '.join(SECRETS)})")
-            data.setdefault(key, value)
+            data[key] = value          # the secrets file wins over the config file, the environment over both
 
     values: dict[str, object] = {}
     known = set(Settings.__dataclass_fields__) - {"state_dir", "extra", "esl_nodes", "ami_nodes"}

@@ -131,6 +131,12 @@ def test_no_default_secret_is_rendered_or_started(tmp_path: Path) -> None:
     s = load_settings(tmp_path, env={})
     assert len(s.esl_password) >= 20 and len(s.ami_secret) >= 20 and s.esl_password != s.ami_secret
     require_secrets(s, "esl_password", "ami_secret")
+    cfg = tmp_path / "dustel.toml"                       # the secrets file wins over the config file
+    cfg.write_text('esl_password = "from-config"\n')
+    cfg.chmod(0o600)
+    assert load_settings(tmp_path, env={}).esl_password == s.esl_password
+    assert load_settings(tmp_path, env={"DUSTEL_ESL_PASSWORD": "from-env"}).esl_password == "from-env"
+    cfg.unlink()
     secrets_file.chmod(0o640)
     with pytest.raises(DustelError, match="secrets file .*: holds secrets: must be mode 0600"):
         load_settings(tmp_path, env={})
