@@ -199,13 +199,13 @@ def _caller(h: dict[str, str]) -> str:
 
 
 async def outbound(request: Request, ctx: Context) -> None:
-    """agi://…/outbound,<tenant>,<account>,<remote addr>"""
+    """agi://…/outbound,<tenant>,<account>,<remote addr>,<secure: 1 over TLS>"""
     h = request.headers
     remote = _arg(h, 3)
     source_ip = remote.rsplit(":", 1)[0].strip("[]") if remote else None
     req = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account=_arg(h, 2), caller=_caller(h),
                       callee=h.get("agi_extension", ""), source_ip=source_ip, engine="asterisk", node=h[NODE],
-                      call_id=h.get("agi_uniqueid", ""))
+                      call_id=h.get("agi_uniqueid", ""), secure=_arg(h, 4) == "1")
     d = await ctx.admit(req)
     log.info("outbound call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", req.call_id,
              req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)

@@ -79,7 +79,9 @@ def request_from(data: Mapping[str, str]) -> CallRequest:
     # the authenticated SIP user (sofia sets user_name on digest auth)
     account = data.get("variable_user_name") or data.get("variable_sip_auth_username") or ""
     return CallRequest(direction="out", account=account, callee=data.get("Caller-Destination-Number", ""),
-                       source_ip=data.get("variable_sip_network_ip") or None, **common)  # type: ignore[arg-type]
+                       source_ip=data.get("variable_sip_network_ip") or None,
+                       secure=data.get("variable_sip_via_protocol", "").lower() in ("tls", "wss"),
+                       **common)  # type: ignore[arg-type]
 
 
 def ddi_number(data: Mapping[str, str]) -> str:

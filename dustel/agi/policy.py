@@ -37,6 +37,7 @@ class CallRequest:
     # presents the tenant's number, or the original caller with CLIP no
     # screening (F-05)
     leg: bool = False
+    secure: bool = False       # signalling over TLS (Asterisk CHANNEL(pjsip,secure), FS sip_via_protocol)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Snapshot:
     flats_in_use: Mapping[str, int] = field(default_factory=dict)   # zone -> calls using them
     free_seconds: int = 0                # start credit (DE fixed) left
     callee_account: str | None = None    # out: the callee is this account of the tenant
+    tls_required: bool = False           # the account is TLS+SRTP or TLS only (F-03)
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ REFUSALS: Mapping[str, tuple[int, int]] = {
     "anonymous_rejected": (433, 21),  # RFC 5079 Anonymity Disallowed
     "internal_error": (503, 41),      # the policy failed: fail closed, temporarily
     "call_conflict": (482, 25),       # the call id of another admitted call (SIP Loop Detected)
-    "node_unknown": (403, 21),        # a request from no configured engine node
+    "tls_required": (403, 21),        # a TLS account calling over a plain transport
 }
 
 
@@ -231,17 +233,20 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
     if em is not None:
         return Decision(admit=True, reason="emergency", route="emergency", destination=snap.psap_prefix + em,
                         caller_id=caller_id, max_seconds=0)
-    # 2. IP restriction (of a device; a leg dustel places has none).
+    # 2. TLS accounts only over TLS (F-03); a leg dustel places has no device.
+    if snap.tls_required and not req.secure and not req.leg:
+        return refuse("tls_required")
+    # 3. IP restriction (of a device; a leg dustel places has none).
     if not req.leg and not _ip_allowed(req.source_ip, snap.allowed_nets):
         return refuse("ip_not_allowed")
-    # 3. Internal calls: no trunk line, no money.
+    # 4. Internal calls: no trunk line, no money.
     if snap.callee_account is not None:
         return Decision(admit=True, reason="internal", route="internal", destination=snap.callee_account,
                         caller_id=caller_id, max_seconds=snap.max_call_seconds)
-    # 4. Lines out, live.
+    # 5. Lines out, live.
     if snap.active_out >= snap.lines_out:
         return refuse("line_limit")
-    # 5. Number and zone.
+    # 6. Number and zone.
     e164 = normalize(req.callee, snap.area_code)
     if e164 is None:
         return refuse("invalid_number")
@@ -254,7 +259,7 @@ def _outbound(req: CallRequest, snap: Snapshot, tariff: Tariff) -> Decision:
     if rkey is None:
         return refuse("no_rate", zone=zone)
     rate = tariff.rates[rkey]
-    # 6. Money and time.
+    # 7. Money and time.
     common = {"route": "external", "destination": e164, "caller_id": caller_id, "zone": zone,
               "increment": snap.increment}
     if snap.flats.get(zone, 0) > snap.flats_in_use.get(zone, 0):

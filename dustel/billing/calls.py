@@ -52,7 +52,7 @@ SELECT r.i, t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
        CASE WHEN o.per_minute_billing > 0 THEN 60 ELSE 1 END AS increment,
        o.flat_de_fixed, o.flat_de_mobile, o.clip_no_screening > 0 AS clip_ns,
        coalesce(a.username, '') AS username, coalesce(a.allowed_nets::text[], '{}') AS allowed_nets,
-       dustel_presented_number(t.id, a.id) AS caller_id,
+       dustel_presented_number(t.id, a.id) AS caller_id, coalesce(a.tls_mode, 'off') <> 'off' AS tls_required,
        coalesce(a.location_area_code, '') AS area_code, dustel_psap_prefix(a.location_area_code) AS psap_prefix,
        coalesce(a.max_call_seconds, t.max_call_seconds) AS max_call_seconds,
        coalesce((SELECT zones FROM zone_presets WHERE code = a.zone_preset) || a.extra_zones, '{}') AS zones,
@@ -152,7 +152,8 @@ def snapshot_from(row: dict[str, Any], money: dict[str, Any]) -> Snapshot:
         flats={"de_fixed": row["flat_de_fixed"], "de_mobile": row["flat_de_mobile"]},
         flats_in_use={"de_fixed": u.flats.get("de_fixed", 0), "de_mobile": u.flats.get("de_mobile", 0)},
         free_seconds=money["free_seconds"] - money["reserved_free"],
-        callee_account=row["callee_account"] if row["callee_account"] not in (None, row["username"]) else None)
+        callee_account=row["callee_account"] if row["callee_account"] not in (None, row["username"]) else None,
+        tls_required=bool(row["tls_required"]))
 
 
 def _from_call(c: dict[str, Any]) -> Decision:

@@ -7,6 +7,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from functools import cache
+from pathlib import PurePosixPath
 from typing import Any
 
 import jinja2
@@ -88,7 +89,8 @@ def _agent_wrapup(p: Provider) -> dict[int, int]:
 # ---------------------------------------------------------------- FreeSWITCH
 
 def fs_directory(p: Provider, t: Tenant) -> str:
-    return _render("freeswitch", "directory.xml.j2", t=t)
+    # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03)
+    return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file))
 
 
 def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:
@@ -117,8 +119,7 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
         "autoload_configs/local_stream.conf.xml": _render(
             "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir),
-        "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s,
-                                             tls_dir=str(s.state_dir / "tls")),
+        "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s)),
         "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s),
         "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p)),
     }
@@ -126,6 +127,19 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
         files[f"directory/{t.domain}.xml"] = fs_directory(p, t)
         files[f"dialplan/{t.context}.xml"] = fs_tenant_dialplan(p, t)
     return files
+
+
+def fs_tls_dir(s: Any) -> str:
+    """FreeSWITCH reads its certificate and key as ``agent.pem`` (and the CA
+    as ``cafile.pem``) from one directory: the directory of ``tls_cert_file``,
+    which must therefore be that ``agent.pem``."""
+    if not s.tls_cert_file:
+        return ""
+    path = PurePosixPath(s.tls_cert_file)
+    if path.name != "agent.pem" or not path.is_absolute():
+        raise escape.UnsafeValue("tls_cert_file", "FreeSWITCH reads the certificate and key as <dir>/agent.pem: "
+                                                  "name the absolute path of that agent.pem")
+    return str(path.parent)
 
 
 def _carrier_cidr(host: str) -> str:

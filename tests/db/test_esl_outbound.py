@@ -475,3 +475,16 @@ def test_a_full_queue_turns_callers_away_on_freeswitch(server: Server, conn: psy
     assert ("callcenter", f"t{business['id']}-support@{business['sip_domain']}") in third.executed
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events ORDER BY id").fetchall()]
     assert kinds == ["offered", "closed"]        # the turned-away caller (engine events: the controller)
+
+
+def test_a_tls_account_is_refused_over_a_plain_transport(server: Server, conn: psycopg.Connection,
+                                                         prepaid: dict[str, Any]) -> None:
+    """Issue 16.3 on FreeSWITCH: the channel's ``sip_via_protocol`` says how
+    the INVITE came; a TLS account's call over UDP is refused 403."""
+    conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_only'")
+    plain = outbound(server, prepaid, "01701234567", variables={"sip_via_protocol": "udp"})
+    assert plain.executed[-2:] == [("set", "dustel_reason=tls_required"), ("respond", "403")]
+    tls = outbound(server, prepaid, "01701234567", variables={"sip_via_protocol": "tls"}, callee=("answer", 1))
+    assert ("set", "dustel_action=admit") in tls.executed
+    emergency = outbound(server, prepaid, "112", variables={"sip_via_protocol": "udp"}, callee=("answer", 1))
+    assert ("set", "dustel_reason=emergency") in emergency.executed

@@ -53,8 +53,9 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
     assert "[t3-support]\nstrategy=leastrecent\nmusicclass=t3-jazz" in ast["queues.conf"]
     assert "dustel_target_kind=fax" in fs["dialplan/public.xml"]
     assert '<directory name="t3-jazz/16000"' in fs["autoload_configs/local_stream.conf.xml"]
-    assert "media_encryption=sdes" in ast["pjsip.conf"] and "t38_udptl=yes" in ast["pjsip.conf"]
-    assert 'name="rtp_secure_media" value="mandatory' in fs["directory/demo-starter.sip.dustel.de.xml"]
+    # no TLS transport configured: no SDES keys in clear-text SDP (issue 16.3)
+    assert "media_encryption=sdes" not in ast["pjsip.conf"] and "t38_udptl=yes" in ast["pjsip.conf"]
+    assert 'rtp_secure_media" value="mandatory' not in fs["directory/demo-starter.sip.dustel.de.xml"]
     assert 'name="t38_passthru" value="true"' in fs["directory/demo-business.sip.dustel.de.xml"]
     # IP restriction lives in the policy (after the emergency rule), never in a SIP-layer ACL (issue 16.2)
     assert "acct-" not in fs["autoload_configs/acl.conf.xml"] and "auth-acl" not in "".join(fs.values())
@@ -265,3 +266,24 @@ def test_star_codes_are_the_providers(conn: psycopg.Connection, provider: dict[s
         star_codes(replace(s, star_logout="*71"))
     with pytest.raises(DustelError, match="star_pause"):
         star_codes(replace(s, star_pause="53"))
+
+
+def test_srtp_only_over_tls_and_freeswitch_reads_the_configured_certificate(conn: psycopg.Connection,
+                                                                           provider: dict[str, str]) -> None:
+    """Issue 16.3 (rendering part): SDES keys were offered where no TLS
+    transport existed, and FreeSWITCH read its certificate from a directory
+    of its own instead of the configured one."""
+    from dataclasses import replace
+    s = replace(GOLDEN_SETTINGS, tls_cert_file="/etc/dustel/tls/agent.pem", tls_key_file="/etc/dustel/tls/agent.pem")
+    with conn.transaction():
+        r = service.render_files(conn, s, ENGINES)
+    pj = r["asterisk"]["pjsip.conf"]
+    tls_user = pj.split("media_encryption=sdes")[0].rsplit("\n[", 1)[1].split("]")[0]
+    assert "[transport-tls]" in pj and f"[{tls_user}](dustel-endpoint)" in pj
+    assert pj.split(f"[{tls_user}](dustel-endpoint)")[1].split("\n\n")[0].count("transport=transport-tls") == 1
+    assert 'rtp_secure_media" value="mandatory' in r["freeswitch"]["directory/demo-starter.sip.dustel.de.xml"]
+    params = {p.get("name"): p.get("value") for p in ET.fromstring(r["freeswitch"]["sip_profiles/internal.xml"]).iter(
+        "param")}
+    assert params["tls"] == "true" and params["tls-cert-dir"] == "/etc/dustel/tls"
+    with pytest.raises(DustelError, match="tls_cert_file: FreeSWITCH reads"), conn.transaction():
+        service.render_files(conn, replace(s, tls_cert_file="/etc/ssl/server.crt"), ["freeswitch"])

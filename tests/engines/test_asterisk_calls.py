@@ -162,6 +162,17 @@ def test_wrong_ip_refused(stack: Stack) -> None:
     assert "admit=False reason=ip_not_allowed" in stack.agi_log.read_text()
 
 
+def test_a_tls_account_is_refused_over_udp(stack: Stack) -> None:
+    """Issue 16.3 (calls): Asterisk tells the policy ``CHANNEL(pjsip,secure)``;
+    a TLS account calling over UDP is refused 403, its emergency call not."""
+    stack.conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_only'")
+    r = stack.call("0211123456", "call_hangup.xml")
+    assert re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)[-1] == "403"
+    assert "admit=False reason=tls_required" in stack.agi_log.read_text()
+    r = stack.call("112", "call_hangup.xml")
+    assert r.returncode == 0, r.stdout[-1500:]
+
+
 def test_emergency_passes_with_empty_balance(stack: Stack) -> None:
     stack.conn.execute("UPDATE sip_accounts SET zone_preset = 'none'")
     r = stack.call("112", "call_hangup.xml")

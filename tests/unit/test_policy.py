@@ -232,3 +232,13 @@ def test_a_leg_dustel_places_is_an_outbound_call_without_a_device() -> None:
     assert decide(leg, snap(caller_id="+492111234567", clip_no_screening=True), TARIFF).caller_id == "+4930555"
     assert decide(leg, snap(active_out=2), TARIFF).reason == "line_limit"
     assert decide(out("0900123456", leg=True), s, TARIFF).reason == "zone_blocked"
+
+
+def test_tls_accounts_call_only_over_tls_but_emergency_always() -> None:
+    """Issue 16.3: ``tls_only``/``tls_srtp`` accounts called over UDP/TCP."""
+    s = snap(tls_required=True)
+    d = decide(out("0211123456"), s, TARIFF)
+    assert (d.admit, d.reason, d.sip_code) == (False, "tls_required", 403)
+    assert decide(out("0211123456", secure=True), s, TARIFF).admit
+    assert decide(out("112"), s, TARIFF).reason == "emergency"
+    assert decide(out("0211123456"), snap(), TARIFF).admit                 # a plain account: any transport
