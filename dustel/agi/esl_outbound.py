@@ -90,6 +90,8 @@ class CallControl:
         self.hangup_complete: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self.bridge_done: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self.hung_up = gevent.event.Event()
+        self.settles_call = True            # the call of this channel has a reservation to settle
+        self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
         session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup_complete)
         session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
@@ -211,17 +213,14 @@ class CallControl:
         ``loopback/<tenant>-<number>/dustel-agent-out``: an outbound leg of the
         tenant, decided, limited and settled (``<uuid>:leg``) like any other."""
         s = self.session
-        base = replace(fs.request_from(data), node=self.node(data))
+        self.settles_call = False       # this channel is only the leg: no call of its own to settle
         try:
-            leg = Runtime.run(calls.leg_request(base, base.callee))
-            d: Decision = Runtime.run(calls.admit(leg, Runtime.tariffs))
-            plan = fs.actions(d, {**data, "variable_dustel_target_kind": ""}) if d.admit else \
+            d = self.leg(data, data.get("variable_dustel_leg", ""))
+            plan = fs.actions(d, data) if d.admit else \
                 [("set", f"{V.REASON.lower()}={d.reason}"), ("hangup", fs.cause_name(d.q850))]
-        except (ValueError, calls.UnknownAccount, psycopg.Error) as exc:
-            log.warning("leg call=%s refused: %s: %s", base.call_id, type(exc).__name__, exc)
+        except (ValueError, psycopg.Error) as exc:
+            log.warning("leg call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
             d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
-        log.info("leg call=%s%s tenant=%s callee=%s admit=%s reason=%s max=%s", base.call_id, calls.LEG,
-                 base.tenant_id, base.callee, d.admit, d.reason, d.max_seconds)
         for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
             s.call_command(app, arg or None)
         if d.admit:
@@ -229,19 +228,17 @@ class CallControl:
             self.settle(data, self.hangup_complete.get())
         return d
 
-    def leg(self, data: dict[str, str], target: str) -> Decision | None:
-        """A closed queue's external target: an outbound call of the tenant,
-        decided and reserved as ``<call id>:leg`` (see fastagi.closed_leg)."""
+    def leg(self, data: dict[str, str], target: str) -> Decision:
+        """A leg dustel places for this call (a closed queue's external target,
+        an agent's number): an outbound call of the tenant, decided and
+        reserved as ``<call id>:leg`` (calls.admit_leg), settled with the
+        call from the bridge to the hangup."""
         req = replace(fs.request_from(data), node=self.node(data))
-        try:
-            leg = Runtime.run(calls.leg_request(req, target))
-        except calls.UnknownAccount as exc:
-            log.info("leg call=%s%s tenant=%s callee=%s admit=False reason=%s", req.call_id, calls.LEG,
-                     req.tenant_id, target, exc)
-            return None
-        d: Decision = Runtime.run(calls.admit(leg, Runtime.tariffs))
+        leg, d = Runtime.run(calls.admit_leg(req, target, Runtime.tariffs))
         log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
                  d.admit, d.reason, d.max_seconds)
+        if d.admit:
+            self.legs.append(leg.call_id)
         return d
 
     def star(self, data: dict[str, str]) -> None:
@@ -307,18 +304,17 @@ class CallControl:
             return
         raw = hangup.get("variable_billsec", "0")
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
-        try:
-            st = Runtime.run(calls.settle(self.node(data), call_id, billsec))
-            # a leg dustel placed for this call talked from the bridge to the hangup
-            leg = Runtime.run(calls.settle(self.node(data), call_id + calls.LEG, bridged_seconds(hangup)))
-        except psycopg.Error as exc:
-            log.warning("call=%s settle failed (reservation expires): %s", call_id, exc)
-            return
-        log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", call_id, billsec,
-                 hangup.get("Hangup-Cause"), st.status, st.charged_cents)
-        if leg.status == "settled":
-            log.info("hangup call=%s%s billsec=%s status=%s charged=%s", call_id, calls.LEG, leg.billsec, leg.status,
-                     leg.charged_cents)
+        # the call from its answer; a leg dustel placed for it from the bridge to the hangup
+        todo = ([(call_id, billsec)] if self.settles_call else []) + [(leg, bridged_seconds(hangup))
+                                                                     for leg in self.legs]
+        for cid, secs in todo:
+            try:
+                st = Runtime.run(calls.settle(self.node(data), cid, secs))
+            except psycopg.Error as exc:
+                log.warning("call=%s settle failed (reservation expires): %s", cid, exc)
+                continue
+            log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", cid, secs,
+                     hangup.get("Hangup-Cause"), st.status, st.charged_cents)
 
 
 class DustelESLServer(OutboundESLServer):

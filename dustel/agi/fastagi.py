@@ -280,29 +280,26 @@ async def agent_leg(request: Request, ctx: Context) -> None:
     h = request.headers
     base = CallRequest(direction="out", tenant_id=int(_arg(h, 1)), account="", caller=_caller(h),
                        callee=_arg(h, 2), engine="asterisk", node=h[NODE], call_id=h.get("agi_uniqueid", ""))
-    leg = await ctx.run(calls.leg_request(base, _arg(h, 2)))
-    d = await ctx.admit(leg)
-    log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, leg.tenant_id, leg.callee,
+    leg, d = await _leg(ctx, base, _arg(h, 2))
+    await _answer(request, ctx, leg, d, {V.LEG: "1"})
+
+
+async def _leg(ctx: Context, req: CallRequest, callee: str) -> tuple[CallRequest, Decision]:
+    leg, d = await ctx.run_admission(calls.admit_leg(req, callee, ctx.tariffs))
+    log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, leg.tenant_id, callee,
              d.admit, d.reason, d.max_seconds)
-    await _answer(request, ctx, leg, d)
+    return leg, d
 
 
 async def closed_leg(ctx: Context, req: CallRequest, target: str) -> dict[str, str]:
     """A closed queue's external target is an outbound call of the tenant:
     the same decision (zones, rate, money, a line), its own reservation
     (call id ``<id>:leg``, settled by the hangup handler)."""
-    try:
-        leg = await ctx.run(calls.leg_request(req, target))
-    except calls.UnknownAccount as exc:
-        log.info("leg call=%s%s tenant=%s callee=%s admit=False reason=%s", req.call_id, calls.LEG, req.tenant_id,
-                 target, exc)
-        return {V.CLOSED_DIAL: ""}
-    d = await ctx.admit(leg)
-    log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
-             d.admit, d.reason, d.max_seconds)
+    _, d = await _leg(ctx, req, target)
     if not d.admit:
         return {V.CLOSED_DIAL: ""}
-    return {V.CLOSED_DIAL: dial_string(d), V.CLOSED_MAX: str(d.max_seconds), V.CLOSED_CALLER_ID: d.caller_id}
+    return {V.CLOSED_DIAL: dial_string(d), V.CLOSED_MAX: str(d.max_seconds), V.CLOSED_CALLER_ID: d.caller_id,
+            V.LEG: "1"}
 
 
 def closed_dial(target: str) -> str:
@@ -312,14 +309,16 @@ def closed_dial(target: str) -> str:
 
 
 async def hangup(request: Request, ctx: Context) -> None:
-    """agi://…/hangup,<answered seconds>: settle the call."""
+    """agi://…/hangup,<answered seconds>[,1: and the leg it placed]: settle the call."""
     h = request.headers
     raw = _arg(h, 1)
     billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
     uid = h.get("agi_uniqueid", "")
     s = await ctx.run(calls.settle(h[NODE], uid, billsec))
     log.info("hangup call=%s billsec=%s status=%s charged=%s", uid, billsec, s.status, s.charged_cents)
-    # a leg dustel placed for this call (a closed queue's external target) talked ANSWEREDTIME too
+    if _arg(h, 2) != "1":
+        return
+    # the leg dustel placed for this call (closed queue's target, agent's number) talked ANSWEREDTIME
     leg = await ctx.run(calls.settle(h[NODE], uid + calls.LEG, billsec))
     if leg.status == "settled":
         log.info("hangup call=%s billsec=%s status=%s charged=%s", uid + calls.LEG, billsec, leg.status,

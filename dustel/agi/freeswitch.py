@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from ..controller.protocol import header_value, token
 from ..queue.hours import QueueState
 from . import variables as V
-from .policy import CallRequest, Decision, clean_caller
+from .policy import REFUSALS, CallRequest, Decision, clean_caller
 
 # Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
 CAUSES = {
@@ -147,7 +147,7 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         return out
     if d.route == "inbound" and kind == "queue" and queue is not None and queue.full:
         # mod_callcenter has no max callers: dustel supplies it (hours.state counts the waiting)
-        out.append(("respond", "486"))
+        out.append(("respond", str(REFUSALS["queue_full"][0])))
         return out
     if d.route == "inbound" and kind == "queue":
         out.append(("answer", ""))

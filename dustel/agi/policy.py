@@ -110,6 +110,8 @@ REFUSALS: Mapping[str, tuple[int, int]] = {
     "internal_error": (503, 41),      # the policy failed: fail closed, temporarily
     "call_conflict": (482, 25),       # the call id of another admitted call (SIP Loop Detected)
     "tls_required": (403, 21),        # a TLS account calling over a plain transport
+    "queue_full": (486, 17),          # the queue holds max_callers waiting callers
+    "no_account": (403, 21),          # a leg for a tenant without an account to decide it with
 }
 
 
@@ -183,13 +185,9 @@ def caller_e164(caller: str) -> str:
     carriers send ``+49211…``, ``0049211…``, ``49211…`` or ``0211…`` for the
     same caller."""
     c = caller.strip()
-    if c.startswith("+"):
-        return c
-    if c.startswith("00"):
-        return "+" + c[2:]
-    if c.startswith("0"):
-        return "+49" + c[1:]
-    return "+" + c if c.isdigit() and len(c) >= 8 else c
+    if c[:1].isdigit() and not c.startswith("0"):     # 49211…: international without the +
+        c = "+" + c
+    return normalize(c, "") or c
 
 
 def matches(pattern: str, caller: str) -> bool:

@@ -20,6 +20,7 @@ CLOSED_DIAL = "DUSTEL_CLOSED_DIAL"  # closed queue: where to send the caller (''
 CLOSED_MAX = "DUSTEL_CLOSED_MAX"    # closed queue, external target: the leg's time limit (its policy decision)
 CLOSED_CALLER_ID = "DUSTEL_CLOSED_CALLER_ID"  # … and the number it presents
 DDI_NUMBER = "DUSTEL_DDI_NUMBER"    # inbound to a DDI block: the dialled number the PBX behind gets (RURI/To)
+LEG = "DUSTEL_LEG"                  # 1: this call placed a leg (<call id>:leg) the hangup handler settles too
 QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max wait (Queue() timeout)
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound

@@ -313,16 +313,20 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
 LEG = ":leg"     # the call id of a leg dustel places for a call: <call id>:leg
 
 
-def leg_request(req: CallRequest, callee: str) -> Flow:
-    """The request for a leg dustel places for call ``req`` of its tenant to
-    ``callee``: decided with the settings (zones, area) of the tenant's main
-    account — its oldest — and the original caller."""
+def admit_leg(req: CallRequest, callee: str, tariff: Tariff | TariffCache) -> Flow:
+    """A leg dustel places for call ``req`` of its tenant to ``callee`` (a
+    closed queue's target, an agent's external number): admitted like any
+    outbound call, with the settings (zones, area) of the tenant's main
+    account — its oldest — and the original caller, as ``<call id>:leg``.
+    Returns (the leg's request, its decision)."""
     rows = (yield Q("SELECT username FROM sip_accounts WHERE tenant_id = %(t)s ORDER BY id LIMIT 1",
                     {"t": req.tenant_id}))
+    leg = CallRequest(direction="out", tenant_id=req.tenant_id, account=rows[0]["username"] if rows else "",
+                      caller=req.caller, callee=callee, engine=req.engine, node=req.node, call_id=req.call_id + LEG,
+                      leg=True)
     if not rows:
-        raise UnknownAccount(f"tenant {req.tenant_id} has no account to place a leg for")
-    return CallRequest(direction="out", tenant_id=req.tenant_id, account=rows[0]["username"], caller=req.caller,
-                       callee=callee, engine=req.engine, node=req.node, call_id=req.call_id + LEG, leg=True)
+        return leg, refuse("no_account")
+    return leg, (yield from admit(leg, tariff))
 
 
 def settle_from_cdr(node: str, call_id: str) -> Flow:

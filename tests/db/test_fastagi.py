@@ -208,12 +208,12 @@ def test_an_external_agent_leg_is_decided_and_settled(db_url: str, conn: psycopg
 
     async def scenario(port: int) -> list[list[str]]:
         a = await request(port, block("agent_leg", [str(tid), "+491701234567"], "loc-1;2", callee=f"{tid}-x"))
-        h = await request(port, block("hangup", ["60"], "loc-1;2"))
+        h = await request(port, block("hangup", ["60", "1"], "loc-1;2"))     # ${DUSTEL_LEG} as the MSet left it
         return [a, h]
 
     admitted, _ = run_server(db_url, scenario)
     d = decision(admitted)
-    assert (d["DUSTEL_ACTION"], d["DUSTEL_DIAL"], d["DUSTEL_MAX_SECONDS"]) == ("admit", "PJSIP/+491701234567@carrier",
-                                                                                "666")
+    assert (d["DUSTEL_ACTION"], d["DUSTEL_DIAL"], d["DUSTEL_MAX_SECONDS"], d["DUSTEL_LEG"]) == (
+        "admit", "PJSIP/+491701234567@carrier", "666", "1")
     leg = conn.execute("SELECT * FROM calls WHERE call_id = 'loc-1;2:leg'").fetchone()
     assert (leg["state"], leg["billsec"], leg["charged_cents"]) == ("settled", 60, 9)

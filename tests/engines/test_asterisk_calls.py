@@ -472,20 +472,27 @@ def answering_phone(stack: Stack, name: str) -> tuple[subprocess.Popen[bytes], P
     return proc, log
 
 
+def route_to_the_account(stack: Stack, e164: str, **number: Any) -> None:
+    """A new number (or block) of the stack's tenant routed to its account,
+    calls cut after 2 s, the dialplan rendered and reloaded."""
+    conn = stack.conn
+    with conn.transaction():
+        numbers.add(conn, stack.tenant_id, e164, **number)
+        numbers.assign(conn, e164, "account", stack.user)
+    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
+    stack.asterisk.cli("dialplan reload")
+
+
 def test_hostile_caller_id_is_delivered_cleaned_and_takes_no_line(stack: Stack) -> None:
     """Issue 15.7 on the real Asterisk: ``!`` and ``~`` are legal in a SIP
     user part but not in the decision's MSet — the call was refused and its
     line stayed taken.  Now the phone gets the cleaned number and the line
     is free after the call."""
     conn = stack.conn
-    with conn.transaction():
-        numbers.add(conn, stack.tenant_id, "+492115557000")
-        numbers.assign(conn, "+492115557000", "account", stack.user)
-    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
-    stack.asterisk.cli("dialplan reload")
+    route_to_the_account(stack, "+492115557000")
     phone, log = answering_phone(stack, "phone")
     try:
         wait_for(lambda: "Avail" in stack.asterisk.cli("pjsip show contacts"), 15, "phone reachable")
@@ -508,15 +515,7 @@ def test_ddi_block_reaches_the_pbx_with_its_extension_on_every_contact(stack: St
     """Issue 15.18: the dialled extension never reached the PBX behind a DDI
     account, the block head was refused instead of reaching the central
     answering point, and ``Dial(PJSIP/<user>)`` rang only the first contact."""
-    conn = stack.conn
-    with conn.transaction():
-        numbers.add(conn, stack.tenant_id, "+4921155560", block_size=10, central_ddi="0")
-        numbers.assign(conn, "+4921155560", "account", stack.user)
-    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
-    stack.asterisk.cli("dialplan reload")
+    route_to_the_account(stack, "+4921155560", block_size=10, central_ddi="0")
     phones, logs = [], []
     try:
         for i in range(2):                                  # the PBX registered twice (two contacts)
