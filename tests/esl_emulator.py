@@ -528,6 +528,7 @@ class FreeSwitchEmulator:
         self.port = 0
         self.channels: dict[str, dict[str, Any]] = {}
         self.registrations: list[dict[str, str]] = []
+        self.flushed: list[str] = []
         self.commands: list[str] = []
         self.clients: list[_Client] = []
         self.api_results: dict[str, str] = {}     # command prefix -> canned body (e.g. callcenter_config)
@@ -664,6 +665,14 @@ class FreeSwitchEmulator:
             return "Reload XML [Success]\n+OK scan complete\n"
         if words[:1] == ["callcenter_config"]:
             return "+OK\n"
+        if words[:2] == ["sofia", "profile"] and words[3:4] == ["flush_inbound_reg"] and len(words) == 5:
+            # ASSUMPTION (not recorded; reply text from mod_sofia.c): flush_inbound_reg
+            # <call-id | user@realm> drops the matching bindings (sofia_reg_expire_call_id)
+            who = words[4]
+            self.registrations = [r for r in self.registrations
+                                  if who not in (r["token"], f"{r['reg_user']}@{r['realm']}")]
+            self.flushed.append(who)
+            return "+OK flushing all registrations matching specified call_id\n"
         if arg == "status":
             return "UP 0 years, 0 days\nFreeSWITCH (Version 1.10 emulator) is ready\n"
         return f"-ERR {words[0] if words else ''} Command not found!\n"
@@ -737,15 +746,25 @@ class FreeSwitchEmulator:
         self.emit(h)
         return h
 
-    def register(self, user: str, realm: str, ip: str = "192.0.2.20", expires_in: int = 300) -> None:
-        contact = f"sip:{user}@{ip}:5060"
-        self.registrations.append({"reg_user": user, "realm": realm, "url": contact,
+    def register(self, user: str, realm: str, ip: str = "192.0.2.20", expires_in: int = 300,
+                 transport: str = "udp") -> str:
+        """A phone registers; returns its Call-ID.
+        ASSUMPTION (no recording holds a registration): the headers are those
+        sofia_reg.c adds to sofia::register (profile-name, from-user,
+        from-host, contact, call-id, expires, network-ip, network-port,
+        username, realm, user-agent); ``contact`` is the phone's Contact,
+        which names its transport (``;transport=tls``) as a TLS phone's does;
+        ``show registrations`` gives the Call-ID as ``token``."""
+        call_id = f"reg-{user}-{len(self.registrations)}-{int(time.time() * 1000)}"
+        contact = f"sip:{user}@{ip}:5060" + ("" if transport == "udp" else f";transport={transport}")
+        self.registrations.append({"reg_user": user, "realm": realm, "token": call_id, "url": contact,
                                    "expires": str(int(time.time()) + expires_in), "network_ip": ip,
-                                   "network_port": "5060", "agent": "emulated phone"})
+                                   "network_port": "5060", "network_proto": transport, "agent": "emulated phone"})
         self.emit({"Event-Name": "CUSTOM", "Event-Subclass": "sofia::register", "profile-name": "internal",
                    "from-user": user, "from-host": realm, "username": user, "realm": realm, "contact": contact,
-                   "expires": str(expires_in), "network-ip": ip, "network-port": "5060",
+                   "call-id": call_id, "expires": str(expires_in), "network-ip": ip, "network-port": "5060",
                    "user-agent": "emulated phone"})
+        return call_id
 
     def unregister(self, user: str) -> None:
         self.registrations = [r for r in self.registrations if r["reg_user"] != user]

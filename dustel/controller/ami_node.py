@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 
 from ..billing.calls import Q
 from ..queue import agents, service, stats
-from . import state
+from . import commands, state
 
 log = logging.getLogger("dustel.controller.ami")
 
@@ -81,10 +81,39 @@ class AMINode:
             log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
                      st.billsec, st.charged_cents)
 
+    async def is_tls_account(self, check: Q) -> bool:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn, row_factory=dict_row,
+                                                                  connect_timeout=5)
+            async with self.conn.transaction():
+                return await (await self.conn.execute(check.sql, check.params)).fetchone() is not None
+        except psycopg.Error as exc:
+            log.warning("node=%s: could not read an account's TLS mode: %s", self.name, exc)
+            return False
+
+    async def refuse_plain(self, user: str, uri: str, contacts: list[dict[str, str]] | None = None) -> None:
+        """A TLS account's contact over UDP/TCP (F-03): drop it from Asterisk."""
+        check = state.tls_refused(user, uri)
+        if check is None or not await self.is_tls_account(check):
+            return
+        if contacts is None:
+            contacts = await self._list({"Action": "PJSIPShowContacts"}, "ContactList")
+        for c in contacts:
+            if c.get("Uri") == uri and (c.get("Aor") == user or c.get("Endpoint") == user):
+                await asyncio.wait_for(self.manager.send_action(commands.ast_drop_contact(c.get("ObjectName", ""))),
+                                       10)
+                log.warning("node=%s: refused registration user=%s contact=%s reason=tls_required", self.name,
+                            user, uri)
+                return
+        log.debug("node=%s: user=%s contact=%s: gone already", self.name, user, uri)
+
     async def rebuild(self) -> None:
         channels = await self._list({"Action": "CoreShowChannels"}, "CoreShowChannel")
         contacts = await self._list({"Action": "PJSIPShowContacts"}, "ContactList")
         await self.apply(state.ami_rebuild(self.name, channels, contacts))
+        for c in contacts:
+            await self.refuse_plain(c.get("Endpoint") or c.get("Aor", ""), c.get("Uri", ""), contacts)
         await self.reapply_queues()
         log.info("node=%s live state rebuilt: %s channels, %s contacts", self.name, len(channels), len(contacts))
 
@@ -117,9 +146,12 @@ class AMINode:
                 if item is REBUILD:
                     await self.rebuild()
                 else:
-                    if await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item)) \
-                            and item.get("Event") == "Hangup":
+                    applied = await self.apply(state.on_ami_event(self.name, item) + stats.from_ami(self.name, item))
+                    if applied and item.get("Event") == "Hangup":
                         await self.settle(item.get("Uniqueid", ""))
+                    elif item.get("Event") == "ContactStatus" and item.get("ContactStatus") not in ("", "Removed"):
+                        # a new contact shows first as NonQualified / Created / Reachable, as qualify says
+                        await self.refuse_plain(item.get("EndpointName") or item.get("AOR", ""), item.get("URI", ""))
             except (ValueError, KeyError, TimeoutError, ConnectionError) as exc:
                 log.warning("node=%s: event skipped: %s: %s", self.name, type(exc).__name__, exc)
             except Exception:     # noqa: BLE001 — one bad event must not stop the node

@@ -35,6 +35,17 @@ def fs_transfer(uuid: str, destination: str, context: str) -> bytes:
                  P.token(context, "context"))
 
 
+def fs_drop_registration(profile: str, call_id: str, user: str, realm: str) -> bytes:
+    """Drop one binding (``sofia profile P flush_inbound_reg <call-id>``).
+    The Call-ID comes from the phone: when it is not a plain token it cannot
+    name the binding safely, and every binding of the user goes instead."""
+    try:
+        which = P.token(call_id, "call-id")
+    except ValueError:
+        which = P.token(f"{user}@{realm}", "user")
+    return P.api("sofia", "profile", P.token(profile, "profile"), "flush_inbound_reg", which)
+
+
 # every rendered file that needs a reload of its own (a full reload)
 FS_ALL = ["autoload_configs/acl.conf.xml", "sip_profiles/internal.xml", "sip_profiles/carrier.xml",
           "autoload_configs/callcenter.conf.xml", "autoload_configs/local_stream.conf.xml"]
@@ -86,6 +97,18 @@ class ESLClient:
 
 
 # -------------------------------------------------------------------- Asterisk
+
+_CONTACT_ID = re.compile(r"[A-Za-z0-9_.@+\-]{1,80};@[0-9a-f]{32}")
+
+
+def ast_drop_contact(contact_id: str) -> dict[str, str]:
+    """Drop one registered contact (id ``<aor>;@<md5 of the URI>``).
+    Asterisk has no action for it; res_pjsip keeps dynamic contacts in its
+    astdb family ``registrar/contact`` (sorcery.conf default) and reads them
+    from there for every dial, so deleting the key deletes the contact."""
+    if not _CONTACT_ID.fullmatch(contact_id):
+        raise ValueError(f"contact: not a PJSIP contact id ({contact_id[:40]!r})")
+    return ami("DBDel", Family="registrar/contact", Key=contact_id)
 
 def ami(action: str, **fields: object) -> dict[str, str]:
     """An AMI action: ``Key: value`` lines, so no value may carry a line break

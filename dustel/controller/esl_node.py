@@ -22,8 +22,8 @@ from psycopg.rows import dict_row
 
 from ..billing.calls import Q
 from ..queue import agents, service, stats
+from . import commands, state
 from . import protocol as P
-from . import state
 from .esl_reader import DustelInbound, ESLMessage
 
 log = logging.getLogger("dustel.controller.esl")
@@ -49,6 +49,7 @@ class ESLNode:
         self.stats = {"events": 0, "skipped": 0, "connects": 0}
         self.watchdog = watchdog
         self.last_seen = time.monotonic()
+        self.esl: DustelInbound | None = None
 
     # ---------------------------------------------------------------- database
     def apply(self, ops: list[Q]) -> bool:
@@ -85,6 +86,36 @@ class ESLNode:
             return
         if self.apply(ops) and ev.name == "CHANNEL_HANGUP_COMPLETE":
             self.settle(ev.get("Unique-ID"))
+        elif ev.name == "sofia::register":
+            check = state.tls_refused(ev.get("username") or ev.get("from-user"), ev.get("contact"))
+            if check is not None and self.esl is not None and self.query(check):
+                # a command from the event greenlet would wait on itself: its own greenlet
+                gevent.spawn(self.refuse_plain, self.esl, ev)
+
+    def query(self, q: Q) -> dict[str, Any] | None:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5)
+            with self.conn.transaction():
+                return self.conn.execute(q.sql, q.params).fetchone()
+        except psycopg.Error as exc:
+            log.warning("node=%s: query failed: %s", self.name, exc)
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+            return None
+
+    def refuse_plain(self, esl: DustelInbound, ev: P.Event) -> None:
+        """A TLS account's binding over UDP/TCP (F-03): drop it from the profile."""
+        user = ev.get("username") or ev.get("from-user")
+        try:
+            cmd = commands.fs_drop_registration(ev.get("profile-name"), ev.get("call-id"), user,
+                                                ev.get("realm") or ev.get("from-host"))
+            esl.send(cmd.decode()[:-2])
+        except (ValueError, OSError, NotConnectedError) as exc:
+            log.warning("node=%s: could not drop user=%s's plain registration: %s", self.name, user, exc)
+            return
+        log.warning("node=%s: refused registration user=%s contact=%s reason=tls_required", self.name, user,
+                    ev.get("contact"))
 
     def settle(self, call_id: str) -> None:
         """Bill the call from its CDR too: a settlement the policy server
@@ -125,6 +156,7 @@ class ESLNode:
     def session(self) -> None:
         esl = DustelInbound(self.host, self.port, self.password, timeout=5)
         esl.connect()
+        self.esl = esl
         self.stats["connects"] += 1
         try:
             esl._process_esl_event_queue = False      # events wait until the state is rebuilt
@@ -163,6 +195,12 @@ class ESLNode:
                 continue
             tenants[uuid] = int(raw) if raw.isdigit() and len(raw) < 19 else None
         self.apply(state.fs_rebuild(self.name, channels, registrations, tenants))
+        for row in state.fs_rows(registrations):     # TLS accounts' bindings made over UDP/TCP meanwhile
+            check = state.tls_refused(row.get("reg_user", ""), row.get("url", ""))
+            if check is not None and self.query(check):
+                self.refuse_plain(esl, P.Event({"profile-name": "internal", "call-id": row.get("token", ""),
+                                                "username": row.get("reg_user", ""), "realm": row.get("realm", ""),
+                                                "contact": row.get("url", "")}))
         self.reapply_queues(esl)
 
     def reapply_queues(self, esl: DustelInbound) -> None:

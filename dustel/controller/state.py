@@ -75,7 +75,7 @@ _GONE = "DELETE FROM live_channels WHERE node = %(node)s AND call_id = %(call)s"
 _REGISTER = """
 INSERT INTO registrations (node, username, contact, tenant_id, source, user_agent, expires_at)
 SELECT %(node)s, %(user)s, %(contact)s, a.tenant_id, %(source)s, %(agent)s, %(expires)s
-  FROM sip_accounts a WHERE a.username = %(user)s
+  FROM sip_accounts a WHERE a.username = %(user)s AND (a.tls_mode = 'off' OR %(secure)s)
 ON CONFLICT (node, username, contact) DO UPDATE SET
     source = EXCLUDED.source, user_agent = EXCLUDED.user_agent, expires_at = EXCLUDED.expires_at,
     registered_at = now()
@@ -101,10 +101,35 @@ def ended(leg: Leg, ended_at: dt.datetime, billsec: int | None, cause: str) -> l
     return [Q(_CDR, p), Q(_GONE, p)]
 
 
+def secure_contact(contact: str) -> bool:
+    """A binding the engine reaches over TLS: the engine sends a call to
+    the stored contact URI, so its scheme/transport is what counts.
+    Asterisk (``rewrite_contact=yes``) stores the transport the REGISTER
+    came over (none for UDP, ``;transport=TLS`` for TLS), whatever the
+    phone wrote; FreeSWITCH keeps the phone's Contact — a phone that claims
+    TLS over UDP is then called over TLS, which it cannot answer."""
+    c = contact.lower()
+    return "sips:" in c or ";transport=tls" in c or ";transport=wss" in c
+
+
+# a TLS account's binding over a plain transport (F-03): never stored, and
+# the shell asks the engine to drop it (see tls_refused)
+TLS_ACCOUNT = "SELECT 1 AS tls FROM sip_accounts WHERE username = %(user)s AND tls_mode <> 'off'"
+
+
+def tls_refused(user: str, contact: str) -> Q | None:
+    """The query that tells the shell a fresh binding must be removed from
+    the engine: no engine can restrict one account to one transport, so a
+    TLS account's REGISTER over UDP/TCP is answered 200 by the engine and
+    then dropped by the controller at once — never stored, never dialled.
+    None: the binding is over TLS, nothing to check."""
+    return None if not user or secure_contact(contact) else Q(TLS_ACCOUNT, {"user": user})
+
+
 def registered(node: str, user: str, contact: str, source: str, agent: str,
                expires: dt.datetime | None) -> list[Q]:
     return [Q(_REGISTER, {"node": node, "user": user, "contact": contact, "source": source, "agent": agent,
-                          "expires": expires})]
+                          "expires": expires, "secure": secure_contact(contact)})]
 
 
 def unregistered(node: str, user: str, contact: str = "") -> list[Q]:

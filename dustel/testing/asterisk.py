@@ -107,6 +107,7 @@ class Asterisk:
                                 "dial=425\nbusy=425/480,0/480\nring=425/1000,0/4000\ncongestion=425/240,0/240\n",
         }
         for name, text in {**base, **files}.items():
+            (self.etc / name).parent.mkdir(mode=0o755, exist_ok=True)
             (self.etc / name).write_text(text)
             (self.etc / name).chmod(0o644)
 

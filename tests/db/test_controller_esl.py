@@ -114,6 +114,32 @@ def test_registrations_follow_the_engine(fs: FreeSwitchEmulator, controller: Con
              what="unregistration")
 
 
+def test_a_tls_account_registering_over_udp_is_dropped(fs: FreeSwitchEmulator, controller: Controller,
+                                                       conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    """Issue 16.3: no engine can tie one account to one transport, so the
+    controller drops a TLS account's binding made over UDP at once (by its
+    Call-ID, not the user's other bindings) and never stores it; over TLS it
+    stays.  A plain binding made while the controller was away goes at the
+    rebuild."""
+    conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_only' WHERE username = %s", (org["u"],))
+    over_tls = fs.register(org["u"], org["t"]["sip_domain"], transport="tls")
+    over_udp = fs.register(org["u"], org["t"]["sip_domain"], ip="192.0.2.66")
+    fs.register(org["v"], org["t"]["sip_domain"], ip="192.0.2.21")      # not a TLS account: UDP is fine
+    wait_for(lambda: over_udp in fs.flushed, what="the plain binding flushed")
+    wait_for(lambda: len(conn.execute("SELECT * FROM registrations").fetchall()) == 2, what="two bindings stored")
+    rows = conn.execute("SELECT username, contact FROM registrations ORDER BY username").fetchall()
+    assert sorted((r["username"], r["contact"]) for r in rows) == sorted(
+        [(org["u"], f"sip:{org['u']}@192.0.2.20:5060;transport=tls"), (org["v"], f"sip:{org['v']}@192.0.2.21:5060")])
+    assert [r["token"] for r in fs.registrations if r["reg_user"] == org["u"]] == [over_tls]
+    assert fs.flushed == [over_udp]
+
+    fs.stop(keep_channels=True)
+    late = fs.register(org["u"], org["t"]["sip_domain"], ip="192.0.2.67")
+    fs.start()
+    wait_for(lambda: late in fs.flushed, what="the plain binding made meanwhile flushed at the rebuild")
+    assert [r["token"] for r in fs.registrations if r["reg_user"] == org["u"]] == [over_tls]
+
+
 def test_engine_restart_mid_traffic_rebuilds_without_lost_or_doubled_cdrs(
         fs: FreeSwitchEmulator, controller: Controller, conn: psycopg.Connection, org: dict[str, Any]) -> None:
     calls = [fs.call(org["u"], f"0211{i}", out_vars(org)) for i in range(4)]

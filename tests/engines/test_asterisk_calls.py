@@ -27,6 +27,7 @@ from tests.engines.conftest import free_port
 from tests.esl_emulator import wait_for
 from tests.factories import PASSWORD, account, tenant
 from tests.render_fixture import GOLDEN_SETTINGS
+from tests.tls_relay import TLSRelay
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NODE = "ast-test"
@@ -46,19 +47,34 @@ class Stack:
     files: dict[str, str]
     settings: Any
     dirs: list[str]
+    relay: TLSRelay | None = None
 
     def call(self, dialed: str, scenario: str, timeout: int = 30, user: str | None = None,
-             port: int | None = None, source: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
+             port: int | None = None, source: str = "127.0.0.1", tls: bool = False) \
+            -> subprocess.CompletedProcess[str]:
         user = user or self.user
         log = self.tmp / f"uac-{dialed}-{time.monotonic_ns()}.log"
         r = subprocess.run(
-            [self.sipp, "-sf", str(DATA / scenario), f"127.0.0.1:{self.sip_port}", "-s", dialed,
+            [self.sipp, "-sf", str(DATA / scenario), self.target(tls), "-s", dialed, *self.transport(tls),
              "-set", "user", user, "-au", user, "-ap", PASSWORD, "-i", source,
              "-p", str(port or free_port()), "-mp", str(free_port()), "-m", "1", "-timeout", f"{timeout}s",
              "-timeout_error", "-trace_msg", "-message_file", str(log), "-nostdin"],
             capture_output=True, text=True, timeout=timeout + 15, cwd=self.tmp)
         r.stdout = log.read_text(errors="replace") if log.exists() else ""
         return r
+
+    def target(self, tls: bool) -> str:
+        """Where sipp sends: over TLS, a relay (tests/tls_relay.py: Debian's
+        sipp has no TLS) that carries its TCP stream over TLS to Asterisk."""
+        if not tls:
+            return f"127.0.0.1:{self.sip_port}"
+        if self.relay is None:
+            self.relay = TLSRelay(("127.0.0.1", self.settings.sip_tls_port))
+        return f"127.0.0.1:{self.relay.port}"
+
+    @staticmethod
+    def transport(tls: bool) -> list[str]:
+        return ["-t", "t1"] if tls else []
 
     def call_row(self, callee_like: str) -> dict[str, Any]:
         for _ in range(50):   # the hangup AGI runs right after the call ends
@@ -105,8 +121,11 @@ def stack(conn: psycopg.Connection, db_url: str, tmp_path: Path, asterisk: Aster
         _wait_port(agi_port, agi, "dustel agi serve")
         asterisk.add_moh_class_dir(f"{settings.moh_dir}/default/8000")
         asterisk.start(files, dirs=[settings.fax_spool_dir])
-        yield Stack(conn, asterisk, sipp, tmp_path, sip_port, carrier_log, agi_log, t["id"], user, files, settings,
-                    [settings.fax_spool_dir])
+        st = Stack(conn, asterisk, sipp, tmp_path, sip_port, carrier_log, agi_log, t["id"], user, files, settings,
+                   [settings.fax_spool_dir])
+        yield st
+        if st.relay is not None:
+            st.relay.close()
     finally:
         for p in (agi, carrier):
             p.terminate()
@@ -263,9 +282,9 @@ def controller(stack: Stack, db_url: str) -> Iterator[AMIController]:
     c.proc.wait(10)
 
 
-def register(stack: Stack) -> subprocess.CompletedProcess[str]:
+def register(stack: Stack, tls: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
+        [stack.sipp, "-sf", str(DATA / "register.xml"), stack.target(tls), "-s", stack.user, *stack.transport(tls),
          "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1",
          "-p", str(free_port()), "-m", "1", "-timeout", "15s", "-timeout_error", "-nostdin"],
         capture_output=True, text=True, timeout=30, cwd=stack.tmp)
@@ -293,6 +312,49 @@ def test_controller_follows_registrations_and_writes_one_cdr_per_leg(stack: Stac
     assert b["direction"] == "leg" and b["tenant_id"] == stack.tenant_id      # the account code is inherited
     assert {a["hangup_cause"], b["hangup_cause"]} <= {"NORMAL_CLEARING", "RECOVERY_ON_TIMER_EXPIRE", "16", "19"}
     assert stack.conn.execute("SELECT count(*) AS n FROM live_channels").fetchone()["n"] == 0
+
+
+def test_a_tls_account_registers_and_calls_over_tls_only(stack: Stack, controller: AMIController) -> None:
+    """Issue 16.3 on the real Asterisk: with a certificate configured the TLS
+    transport is rendered; a ``tls_only`` account registering over UDP gets
+    Asterisk's 200 (no engine ties an account to a transport) and the
+    controller drops the contact at once — never stored, never dialled; over
+    TLS it registers, stays, and its call is admitted, while the same call
+    over UDP is refused.  (The phone is sipp over TCP through a TLS relay:
+    Debian's sipp is built without OpenSSL, ``-t l1`` refuses to start.)"""
+    key, cert = stack.tmp / "key.pem", stack.tmp / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    stack.settings = replace(stack.settings, sip_tls_port=free_port(socket.SOCK_STREAM),
+                             tls_cert_file="/etc/asterisk/keys/agent.pem", tls_key_file="/etc/asterisk/keys/agent.key")
+    stack.conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_only'")
+    with stack.conn.transaction():
+        stack.files = {**service.render_files(stack.conn, stack.settings, ["asterisk"])["asterisk"],
+                       "keys/agent.pem": cert.read_text(), "keys/agent.key": key.read_text()}
+    assert "transport=transport-tls" in stack.files["pjsip.conf"]
+    controller.rebuilt()
+    stack.asterisk.stop()
+    stack.asterisk.start(stack.files, dirs=stack.dirs)
+    controller.rebuilt(2)
+
+    assert register(stack).returncode == 0          # Asterisk says 200 …
+    wait_for(lambda: "refused registration" in controller.log(), 20, "the controller dropping the contact")
+    assert "No objects found" in stack.asterisk.cli("pjsip show contacts") or \
+        stack.user not in stack.asterisk.cli("pjsip show contacts")         # … and the contact is gone
+    assert stack.conn.execute("SELECT count(*) AS n FROM registrations").fetchone()["n"] == 0
+
+    r = register(stack, tls=True)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr[-800:]
+    reg = wait_for(lambda: stack.conn.execute("SELECT * FROM registrations").fetchone(), 20, "the TLS contact")
+    assert "transport=tls" in reg["contact"].lower()
+    assert stack.user in stack.asterisk.cli("pjsip show contacts")
+    assert controller.log().count("refused registration") == 1
+
+    r = stack.call("0211123456", "call_hangup.xml", tls=True)
+    assert r.returncode == 0, r.stdout[-1500:]
+    assert "INVITE sip:+49211123456@" in stack.carrier_log.read_text(errors="replace")
+    r = stack.call("0211123457", "call_hangup.xml")
+    assert re.findall(r"^SIP/2\.0 ([3-6]\d\d)", r.stdout, re.M)[-1] == "403"
 
 
 def test_controller_survives_an_asterisk_restart(stack: Stack, controller: AMIController) -> None:
