@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..billing import calls
 from ..config import LOOPBACK
 from ..queue import agents, codes, hours, service, stats
+from . import divert
 from . import variables as V
 from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 
@@ -151,7 +152,7 @@ class Context:
 
 
 
-_MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=-]*")
+_MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=&-]*")
 
 
 def mset_command(values: dict[str, str]) -> str:
@@ -234,12 +235,14 @@ async def inbound(request: Request, ctx: Context) -> None:
                 await ctx.run(calls.execute(stats.not_queued(req.node, req.tenant_id, queue, req.call_id, req.now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 extra.update(await closed_leg(ctx, req, qs.closed_target))
+        elif d.admit and kind == "account":
+            extra = await stages(ctx, req, d)
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
     log.info("inbound call=%s tenant=%s target=%s:%s caller=%s admit=%s reason=%s%s", req.call_id, req.tenant_id,
              kind, target, req.caller, d.admit, d.reason,
-             f" queue_open={extra[V.QUEUE_OPEN]}" if extra else "")
+             f" queue_open={extra[V.QUEUE_OPEN]}" if V.QUEUE_OPEN in extra else "")
     await _answer(request, ctx, req, d, extra)
 
 
@@ -258,7 +261,41 @@ async def _answer(request: Request, ctx: Context, req: CallRequest, d: Decision,
 async def _release(ctx: Context, req: CallRequest, d: Decision) -> None:
     if d.admit:
         s = await ctx.run(calls.settle(req.node, req.call_id, 0))
+        await ctx.run(calls.settle_legs(req.node, req.call_id, 0, ""))
         log.warning("call=%s admitted but not executable: released (%s)", req.call_id, s.status)
+
+
+async def stages(ctx: Context, req: CallRequest, d: Decision) -> dict[str, str]:
+    """The stages of a call to an account (divert.plan) as dialplan
+    variables; each external target is an outbound leg of the tenant,
+    decided and reserved with the forwarding account's settings
+    (``<id>:leg``, ``<id>:leg2``) — a refused one is left out (logged)."""
+    diversion, tz = await ctx.run(divert.load(req.tenant_id, req.account))
+    plan = divert.plan(req.account, diversion, req.now, tz)
+    out: dict[str, str] = {V.EXT_CALLER_ID: ""}
+    placed = 0
+    for n in (1, 2):
+        stage = plan[n - 1] if n <= len(plan) else None
+        externals, limit = [], d.max_seconds
+        for e164 in stage.externals if stage else ():
+            leg, ld = await ctx.run_admission(calls.admit_leg(req, e164, ctx.tariffs, account=req.account,
+                                                              suffix=calls.leg_suffix(placed)))
+            log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, e164,
+                     ld.admit, ld.reason, ld.max_seconds)
+            if ld.admit:
+                placed += 1
+                externals.append(dial_string(ld))
+                limit = min(limit, ld.max_seconds) if limit else ld.max_seconds
+                out[V.EXT_CALLER_ID] = ld.caller_id
+        prefix = f"{V.STAGE}{n}_"
+        out.update({prefix + "ACCOUNTS": "&".join(stage.accounts) if stage else "",
+                    prefix + "EXTERNAL": "&".join(externals),
+                    prefix + "SECONDS": str(stage.seconds if stage else 0), prefix + "MAX": str(limit),
+                    prefix + "ON": "&".join(divert.engine_statuses("asterisk", stage.after))
+                    if stage and stage.after else ""})
+    if placed:
+        out[V.LEG] = "1"
+    return out
 
 
 async def queue_result(request: Request, ctx: Context) -> None:
@@ -309,7 +346,7 @@ def closed_dial(target: str) -> str:
 
 
 async def hangup(request: Request, ctx: Context) -> None:
-    """agi://…/hangup,<answered seconds>[,1: and the leg it placed]: settle the call."""
+    """agi://…/hangup,<answered seconds>[,1: and the legs it placed[,<answered peer>]]: settle the call."""
     h = request.headers
     raw = _arg(h, 1)
     billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
@@ -318,11 +355,16 @@ async def hangup(request: Request, ctx: Context) -> None:
     log.info("hangup call=%s billsec=%s status=%s charged=%s", uid, billsec, s.status, s.charged_cents)
     if _arg(h, 2) != "1":
         return
-    # the leg dustel placed for this call (closed queue's target, agent's number) talked ANSWEREDTIME
-    leg = await ctx.run(calls.settle(h[NODE], uid + calls.LEG, billsec))
-    if leg.status == "settled":
-        log.info("hangup call=%s billsec=%s status=%s charged=%s", uid + calls.LEG, billsec, leg.status,
-                 leg.charged_cents)
+    # the legs dustel placed for this call: the one answered (DIALEDPEERNUMBER) talked ANSWEREDTIME
+    peer = _arg(h, 3)
+    if not peer:     # the agent's leg (a Local channel): the one leg, for ANSWEREDTIME
+        legs = [(uid + calls.LEG, await ctx.run(calls.settle(h[NODE], uid + calls.LEG, billsec)))]
+    else:
+        legs = await ctx.run(calls.settle_legs(h[NODE], uid, billsec, peer))
+    for cid, leg in legs:
+        if leg.status == "settled":
+            log.info("hangup call=%s billsec=%s status=%s charged=%s", cid, leg.billsec, leg.status,
+                     leg.charged_cents)
 
 
 TONE_OK = "!880/150,!0/100,!880/150"           # confirmation: two short high beeps

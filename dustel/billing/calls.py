@@ -313,20 +313,45 @@ def settle(node: str, call_id: str, billsec: int) -> Flow:
 LEG = ":leg"     # the call id of a leg dustel places for a call: <call id>:leg
 
 
-def admit_leg(req: CallRequest, callee: str, tariff: Tariff | TariffCache) -> Flow:
+def admit_leg(req: CallRequest, callee: str, tariff: Tariff | TariffCache, account: str | None = None,
+              suffix: str = LEG) -> Flow:
     """A leg dustel places for call ``req`` of its tenant to ``callee`` (a
-    closed queue's target, an agent's external number): admitted like any
-    outbound call, with the settings (zones, area) of the tenant's main
-    account — its oldest — and the original caller, as ``<call id>:leg``.
-    Returns (the leg's request, its decision)."""
-    rows = (yield Q("SELECT username FROM sip_accounts WHERE tenant_id = %(t)s ORDER BY id LIMIT 1",
-                    {"t": req.tenant_id}))
+    closed queue's target, an agent's external number, a forwarding's
+    external target): admitted like any outbound call — zones, rate, money,
+    a line — with the settings of ``account`` (the forwarding account), or
+    of the tenant's main account (its oldest), and the original caller, as
+    ``<call id><suffix>``.  Returns (the leg's request, its decision)."""
+    rows = (yield Q("""SELECT username FROM sip_accounts WHERE tenant_id = %(t)s
+                        ORDER BY (username = %(a)s) DESC, id LIMIT 1""", {"t": req.tenant_id, "a": account or ""}))
+    if account is not None and rows and rows[0]["username"] != account:
+        rows = []
     leg = CallRequest(direction="out", tenant_id=req.tenant_id, account=rows[0]["username"] if rows else "",
-                      caller=req.caller, callee=callee, engine=req.engine, node=req.node, call_id=req.call_id + LEG,
-                      leg=True)
+                      caller=req.caller, callee=callee, engine=req.engine, node=req.node,
+                      call_id=req.call_id + suffix, leg=True)
     if not rows:
         return leg, refuse("no_account")
     return leg, (yield from admit(leg, tariff))
+
+
+def leg_suffix(i: int) -> str:
+    """The call id suffix of the i-th leg (0-based) dustel places for a call."""
+    return LEG if i == 0 else f"{LEG}{i + 1}"
+
+
+def settle_legs(node: str, call_id: str, billsec: int, answered: str) -> Flow:
+    """Settle every leg dustel placed for a call: the one the caller talked
+    to — its number in ``answered`` (the engine's answered peer, e.g.
+    Asterisk's DIALEDPEERNUMBER ``+49…@carrier``) — for ``billsec``, the
+    others (rang, never answered) for 0.  Returns the settlements."""
+    rows = (yield Q("""SELECT call_id, destination FROM calls
+                        WHERE node = %(node)s AND call_id LIKE %(like)s AND state = 'active' ORDER BY call_id""",
+                    {"node": node, "like": call_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                     + LEG + "%"}))
+    out = []
+    for r in rows:
+        talked = bool(answered) and bool(r["destination"]) and r["destination"] in answered
+        out.append((r["call_id"], (yield from settle(node, r["call_id"], billsec if talked else 0))))
+    return out
 
 
 def settle_from_cdr(node: str, call_id: str) -> Flow:

@@ -518,17 +518,20 @@ def test_queue_caller_times_out_after_the_queues_max_wait(stack: Stack) -> None:
     assert sum(r["timed_out"] for r in rows) == 1
 
 
-def answering_phone(stack: Stack, name: str) -> tuple[subprocess.Popen[bytes], Path]:
-    """The stack's account registers from a new port where a sipp UAS then
-    answers every call (its messages in the returned log)."""
+def answering_phone(stack: Stack, name: str, user: str | None = None,
+                    scenario: str = "agent_phone.xml") -> tuple[subprocess.Popen[bytes], Path]:
+    """An account (the stack's) registers from a new port where a sipp UAS
+    then answers every call — or only rings (``ringing_phone.xml``) — its
+    messages in the returned log."""
     port = free_port()
+    user = user or stack.user
     reg = subprocess.run(
-        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", stack.user,
-         "-au", stack.user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
+        [stack.sipp, "-sf", str(DATA / "register.xml"), f"127.0.0.1:{stack.sip_port}", "-s", user,
+         "-au", user, "-ap", PASSWORD, "-i", "127.0.0.1", "-p", str(port), "-m", "1",
          "-timeout", "15s", "-timeout_error", "-nostdin"], capture_output=True, text=True, timeout=30, cwd=stack.tmp)
     assert reg.returncode == 0, reg.stdout[-800:]
     log = stack.tmp / f"{name}.log"
-    proc = subprocess.Popen([stack.sipp, "-sf", str(DATA / "agent_phone.xml"), "-i", "127.0.0.1", "-p", str(port),
+    proc = subprocess.Popen([stack.sipp, "-sf", str(DATA / scenario), "-i", "127.0.0.1", "-p", str(port),
                              "-mp", str(free_port()), "-trace_msg", "-message_file", str(log), "-nostdin"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
     return proc, log
@@ -621,3 +624,104 @@ def test_an_external_agent_leg_goes_through_the_policy(stack: Stack) -> None:
     invite = re.search(r"^INVITE sip:\+4921155501@.*?^From: (.*?)$", stack.carrier_log.read_text(errors="replace"),
                        re.M | re.S)
     assert invite and "+492115557100" in invite.group(1)            # the tenant's number, not the queue caller's
+
+
+# ------------------------------------------------------------ forwarding (issue 13)
+
+def _invites(log: Path) -> int:
+    return len(re.findall(r"^INVITE sip:", log.read_text(errors="replace"), re.M)) if log.exists() else 0
+
+
+def _has(log: Path, what: str) -> bool:
+    return log.exists() and re.search(what, log.read_text(errors="replace"), re.M) is not None
+
+
+def test_forwarding_and_group_call_ring_what_the_plan_says(stack: Stack) -> None:
+    """Issue 13 on the real Asterisk, one diversion after another on the same
+    number, each read at call time (no render): not registered → the
+    target; group call → both phones ring, the first to answer wins and the
+    other gets CANCEL; no answer after 5 s → the target; immediate → only
+    the target; an external target → the carrier, with the tenant's number,
+    rated and settled as an outbound leg of the tenant; a schedule outside
+    its hours → no diversion."""
+    from dustel.provisioning import features
+    conn = stack.conn
+    a, b = stack.user, account(conn, stack.tenant_id)
+    route_to_the_account(stack, "+492115550101")
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
+    stack.asterisk.cli("module reload res_pjsip.so")
+
+    def divert(**kw: Any) -> None:
+        with conn.transaction():
+            features.clear_diversion(conn, a, "forward")
+            features.clear_diversion(conn, a, "group")
+            if kw:
+                features.set_diversion(conn, a, **kw)
+
+    def call() -> subprocess.CompletedProcess[str]:
+        return stack.call("+492115550101", "carrier_call_until_bye.xml", user="+4930555000", timeout=40)
+
+    procs = []
+    try:
+        b_proc, b_log = answering_phone(stack, "phone-b", user=b)
+        procs.append(b_proc)
+        wait_for(lambda: b in stack.asterisk.cli("pjsip show contacts"), 15, "B registered")
+        # 1. A not registered: forwarded to B
+        divert(kind="forward", mode="unregistered", targets=[b])
+        assert call().returncode == 0
+        assert _invites(b_log) == 1
+
+        a_proc, a_log = answering_phone(stack, "phone-a", scenario="ringing_phone.xml")
+        procs.append(a_proc)
+        wait_for(lambda: a in stack.asterisk.cli("pjsip show contacts"), 15, "A registered")
+        # 2. group call: A rings, B answers first, A is cancelled
+        divert(kind="group", targets=[b], timeout=20)
+        assert call().returncode == 0
+        wait_for(lambda: _has(a_log, r"^CANCEL sip:"), 10, "A cancelled")
+        assert _invites(a_log) == 1 and _invites(b_log) == 2
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    procs = []
+    try:
+        a_proc, a_log = answering_phone(stack, "phone-a2", scenario="ringing_phone.xml")
+        b_proc, b_log = answering_phone(stack, "phone-b2", user=b)
+        procs += [a_proc, b_proc]
+        # 3. no answer after 5 s: A rings, is cancelled, B answers
+        divert(kind="forward", mode="no_answer", timeout=5, targets=[b])
+        t0 = time.monotonic()
+        assert call().returncode == 0
+        assert _invites(a_log) == 1 and _has(a_log, r"^CANCEL sip:") and _invites(b_log) == 1
+        assert time.monotonic() - t0 >= 5
+        # 4. immediate: only B
+        divert(kind="forward", mode="immediate", targets=[b])
+        assert call().returncode == 0
+        assert _invites(a_log) == 1 and _invites(b_log) == 2
+        # 5. external: the carrier, with the tenant's number; an outbound leg, rated and settled
+        divert(kind="forward", mode="immediate", targets=["+4917012345678"])
+        calls.run_sync(conn, calls.topup(stack.tenant_id, 500, "test:5eur"))
+        r = call()
+        assert r.returncode == 0, r.stdout[-1500:]
+        carrier = stack.carrier_log.read_text(errors="replace")
+        invite = carrier[carrier.index("INVITE sip:+4917012345678@"):]
+        from_line = re.search(r"^From:.*$", invite, re.M).group(0)   # type: ignore[union-attr]
+        assert "+4930555000" not in from_line and "+49211555" in from_line, from_line
+        leg = wait_for(lambda: conn.execute("SELECT * FROM calls WHERE call_id LIKE '%:leg' AND state = 'settled'")
+                       .fetchone(), 10, "the external leg settled")
+        assert leg["destination"] == "+4917012345678" and leg["charged_cents"] > 0 and leg["billsec"] >= 1
+        assert _invites(a_log) == 1 and _invites(b_log) == 2
+        # 6. a schedule outside its hours (business flex): no diversion, A rings
+        conn.execute("UPDATE tenants SET plan = 'business_flex', customer_type = 'business' WHERE id = %s",
+                     (stack.tenant_id,))
+        divert(kind="forward", mode="immediate", targets=[b], when=["hol 00:00-00:01"])
+        r = stack.call("+492115550101", "carrier_call_until_bye.xml", user="+4930555000", timeout=4)
+        assert r.returncode != 0
+        wait_for(lambda: _invites(a_log) == 2, 10, "A rang")
+        assert _invites(b_log) == 2
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)

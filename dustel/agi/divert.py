@@ -1,0 +1,148 @@
+"""Forwarding and group call at call time (F-05): which legs of an inbound
+call to an account ring when, for how long, and what follows a no-answer.
+
+One pure decision (``plan``) for both engines, from the called account's
+diversion, its schedule in the tenant's time zone, and the time; the live
+registration state is the engine's own at dial time (Asterisk: the
+contacts ``PJSIP_DIAL_CONTACTS`` finds, ``DIALSTATUS=CHANUNAVAIL``;
+FreeSWITCH: ``user/`` → ``USER_NOT_REGISTERED``), never a stale table:
+the plan says *what to do* when a stage ends unanswered or unavailable,
+the engine says which it was (``OUTCOMES``).
+
+Rules: at most 10 targets, at most 2 external; a target's own diversion
+is never read (no forwarding behind forwarding), the account never rings
+itself as a target (no loop), a target is never listed twice.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..billing.calls import Flow, Q
+from ..provisioning import schedule as sched
+
+RING_SECONDS = 60          # an undiverted account, and a stage with no time of its own, rings this long
+MAX_TARGETS = 10
+MAX_EXTERNAL = 2
+
+
+@dataclass(frozen=True)
+class Diversion:
+    kind: str                          # forward | group
+    mode: str | None                   # forward: immediate | no_answer | unregistered
+    timeout: int | None                # no_answer: the account rings this long; group: all ring this long
+    targets: tuple[str, ...]           # SIP usernames of the tenant, or +E.164
+    schedule: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    accounts: tuple[str, ...]          # every registered contact of each rings
+    externals: tuple[str, ...]         # +E.164: each an outbound leg of the tenant
+    seconds: int
+    after: str = ""                    # '' the first stage; else the outcome class of the stage before
+                                       # that starts this one: 'unanswered' | 'unavailable'
+
+
+# the outcome of a stage, as each engine reports it
+OUTCOMES: Mapping[str, Mapping[str, str]] = {
+    "asterisk": {"ANSWER": "answered", "NOANSWER": "no_answer", "CHANUNAVAIL": "unavailable", "BUSY": "busy",
+                 "CONGESTION": "failed", "CANCEL": "caller_gone"},
+    "freeswitch": {"SUCCESS": "answered", "NO_ANSWER": "no_answer", "USER_NOT_REGISTERED": "unavailable",
+                   "SUBSCRIBER_ABSENT": "unavailable", "USER_BUSY": "busy", "CALL_REJECTED": "busy",
+                   "NORMAL_TEMPORARY_FAILURE": "failed", "ORIGINATOR_CANCEL": "caller_gone"},
+}
+# which outcomes of the stage before start a stage
+GOES_ON: Mapping[str, frozenset[str]] = {
+    "unanswered": frozenset({"no_answer", "unavailable", "busy", "failed"}),
+    "unavailable": frozenset({"unavailable"}),
+}
+
+
+def goes_on(after: str, outcome: str) -> bool:
+    return outcome in GOES_ON.get(after, frozenset())
+
+
+def engine_statuses(engine: str, after: str) -> list[str]:
+    """The engine's own status words that start a stage ``after`` (the
+    dialplan / socket shell compares these)."""
+    return sorted(k for k, v in OUTCOMES[engine].items() if goes_on(after, v))
+
+
+def is_external(target: str) -> bool:
+    return target.startswith("+")
+
+
+def clean_targets(account: str, targets: Iterable[str]) -> tuple[str, ...]:
+    """Targets in order: never the account itself, never twice, at most 10,
+    at most 2 external (the first two listed)."""
+    out: list[str] = []
+    external = 0
+    for t in targets:
+        if not t or t == account or t in out:
+            continue
+        if is_external(t):
+            if external >= MAX_EXTERNAL:
+                continue
+            external += 1
+        out.append(t)
+        if len(out) == MAX_TARGETS:
+            break
+    return tuple(out)
+
+
+def _stage(targets: Iterable[str], seconds: int, after: str = "") -> Stage:
+    ts = tuple(targets)
+    return Stage(accounts=tuple(t for t in ts if not is_external(t)),
+                 externals=tuple(t for t in ts if is_external(t)), seconds=seconds, after=after)
+
+
+def plan(account: str, diversion: Diversion | None, now: dt.datetime, tz: str = "Europe/Berlin") \
+        -> tuple[Stage, ...]:
+    """The stages of an inbound call to ``account``."""
+    plain = (_stage([account], RING_SECONDS),)
+    if diversion is None or not sched.active(dict(diversion.schedule) if diversion.schedule else None, now, tz):
+        return plain
+    targets = clean_targets(account, diversion.targets)
+    if not targets:
+        return plain
+    if diversion.kind == "group":
+        return (_stage((account, *targets), diversion.timeout or RING_SECONDS),)
+    if diversion.mode == "immediate":
+        return (_stage(targets, RING_SECONDS),)
+    if diversion.mode == "no_answer":
+        return (_stage([account], diversion.timeout or RING_SECONDS),
+                _stage(targets, RING_SECONDS, after="unanswered"))
+    if diversion.mode == "unregistered":
+        return (_stage([account], RING_SECONDS), _stage(targets, RING_SECONDS, after="unavailable"))
+    return plain
+
+
+# ------------------------------------------------------------------ loading
+
+_DIVERSION = """
+SELECT d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone,
+       coalesce(array_agg(coalesce(ta.username, dt.external_e164) ORDER BY dt.position)
+                FILTER (WHERE dt.position IS NOT NULL), '{}') AS targets
+  FROM sip_accounts a
+  JOIN tenants t ON t.id = a.tenant_id
+  JOIN diversions d ON d.account_id = a.id
+  LEFT JOIN diversion_targets dt ON dt.account_id = d.account_id
+  LEFT JOIN sip_accounts ta ON ta.id = dt.target_account_id
+ WHERE a.tenant_id = %(t)s AND a.username = %(u)s
+ GROUP BY d.account_id, d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone
+"""
+
+
+def load(tenant_id: int, account: str) -> Flow:
+    """The account's diversion and its tenant's time zone, read for every
+    call — a change through the CLI applies to the next call and the next
+    stage without a render.  Returns (Diversion | None, tz)."""
+    rows = (yield Q(_DIVERSION, {"t": tenant_id, "u": account}))
+    if not rows:
+        return None, "Europe/Berlin"
+    r = rows[0]
+    return Diversion(kind=r["kind"], mode=r["mode"], timeout=r["timeout_seconds"], targets=tuple(r["targets"]),
+                     schedule=r["schedule"]), r["timezone"]
