@@ -21,13 +21,12 @@ CLOSED_MAX = "DUSTEL_CLOSED_MAX"    # closed queue, external target: the leg's t
 CLOSED_CALLER_ID = "DUSTEL_CLOSED_CALLER_ID"  # … and the number it presents
 DDI_NUMBER = "DUSTEL_DDI_NUMBER"    # inbound to a DDI block: the dialled number the PBX behind gets (RURI/To)
 LEG = "DUSTEL_LEG"                  # 1: this call placed a leg (<call id>:leg) the hangup handler settles too
-QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"
+QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max wait (Queue() timeout)
 # inbound to an account: the stages of divert.plan, n = 1, 2 — DUSTEL_S<n>_ACCOUNTS (a&b: every registered
 # contact of each rings), _EXTERNAL (dial string of its admitted external legs), _SECONDS (ring time), _MAX
 # (time limit once answered), _ON (the DIALSTATUS words of stage n-1 that start stage n; '' never)
 STAGE = "DUSTEL_S"
-STAGE_FIELDS = ("ACCOUNTS", "EXTERNAL", "SECONDS", "MAX", "ON")
-EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)  # inbound to a queue: the queue's max wait (Queue() timeout)
+EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.
