@@ -56,7 +56,7 @@ def test_group_call_rings_the_account_and_all_targets_together() -> None:
     (dt.datetime(2026, 11, 30, 17, 30, tzinfo=UTC), False),   # Monday 18:30 CET
     (dt.datetime(2026, 11, 29, 9, 0, tzinfo=UTC), False),     # Sunday
     (dt.datetime(2026, 12, 25, 9, 0, tzinfo=UTC), False),     # Christmas (a Friday), a holiday in NW
-X
+    (dt.datetime(2027, 11, 1, 9, 0, tzinfo=UTC), False),      # All Saints' Day 2027 (a Monday), NW holiday
     (dt.datetime(2026, 6, 4, 8, 0, tzinfo=UTC), False),       # Corpus Christi (Thursday), NW holiday
     (dt.datetime(2026, 3, 30, 6, 30, tzinfo=UTC), True),      # Monday after the spring DST change: 08:30 CEST
     (dt.datetime(2026, 3, 27, 6, 30, tzinfo=UTC), False),     # the Friday before: 07:30 CET
