@@ -180,6 +180,9 @@ class OutboundCall:
     clock_us: int = 1795573675000000    # virtual time of the bridge (µs)
 
     queue: tuple = ("answered", 12)                          # what mod_callcenter does: answered | timeout
+    phones: dict = field(default_factory=dict)   # user / number -> what that leg does (see _bridge)
+    rang: list = field(default_factory=list)     # per bridge: the legs it rang
+    cancelled: list = field(default_factory=list)   # legs that rang and were cancelled
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
     source: str = "127.0.0.1"     # the address FreeSWITCH connects from
 
@@ -332,33 +335,56 @@ class OutboundCall:
             self._emit("CHANNEL_ANSWER")
 
     def _bridge(self, app_h: dict[str, str]) -> None:
-        what = self.callee[0]
-        if what != "answer":
-            cause = {"busy": "USER_BUSY", "noanswer": "NO_ANSWER"}[what]
-            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_originate_disposition=cause,
-                       variable_current_application=app_h["Application"])
+        """``bridge`` as recording 08 shows it.  Each leg of the dial string
+        (``,``: together) does what ``phones`` says for its user / number —
+        else what ``callee`` says: ``("absent",)`` (not registered),
+        ``("ring",)`` (rings, never answers), ``("answer", talk_seconds)``,
+        ``("busy",)``, ``("noanswer",)``.  All absent: EXECUTE_COMPLETE at
+        once with USER_NOT_REGISTERED; ringing only: CHANNEL_PROGRESS, then
+        after ``leg_timeout`` EXECUTE_COMPLETE with NO_ANSWER, the ringing
+        legs cancelled; one answers: it wins, the others are cancelled,
+        CHANNEL_ANSWER, CHANNEL_BRIDGE, the talk, the caller's hangup
+        (CHANNEL_HANGUP, notice, CHANNEL_UNBRIDGE, EXECUTE_COMPLETE …)."""
+        dial = app_h.get("Application-Data", "")
+        common = bracket_vars(dial)
+        legs = split_legs(dial[dial.index("}") + 1:] if dial.startswith("{") else dial)
+        self.rang.append([name for name, _ in legs])
+        outcome = [(name, own, self.phones.get(name, self.callee)) for name, own in legs]
+        winner = next(((n, own, what) for n, own, what in outcome if what[0] == "answer"), None)
+        ringing = [n for n, _, what in outcome if what[0] in ("ring", "noanswer") or (winner and what[0] == "answer")]
+        if winner is None:
+            if any(what[0] == "busy" for _, _, what in outcome):
+                disposition, dialstatus = "USER_BUSY", "BUSY"
+            elif ringing:
+                self._emit("CHANNEL_PROGRESS")
+                disposition, dialstatus = "NO_ANSWER", "NOANSWER"
+                self.cancelled += ringing
+            else:
+                disposition, dialstatus = "USER_NOT_REGISTERED", "USER_NOT_REGISTERED"
+            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_originate_disposition=disposition,
+                       variable_DIALSTATUS=dialstatus, variable_current_application=app_h["Application"])
             return
-        talk = int(self.callee[1])
+        name, own, what = winner
+        self.cancelled += [n for n in ringing if n != name]
+        talk = int(what[1])
         answered_before = self.answered
         self._answer()
         limit = None
-        # the B-leg's own {execute_on_answer=…} of the dial string; the A-leg's
+        # the B-leg's own [execute_on_answer=…] / {…} of the dial string; the A-leg's
         # fires only with its own answer (FreeSWITCH's execute_on_answer semantics)
-        leg_vars = bracket_vars(app_h.get("Application-Data", ""))
-        on_answer = leg_vars.get("execute_on_answer") or (
+        on_answer = own.get("execute_on_answer") or common.get("execute_on_answer") or (
             "" if answered_before else self.variables.get("execute_on_answer", ""))
         if on_answer.startswith("sched_hangup +"):
             limit = int(on_answer.split()[1][1:])
             self.executed.append(("sched_hangup", on_answer.split(" ", 1)[1]))
-        self._emit("CHANNEL_BRIDGE")
+        self._emit("CHANNEL_BRIDGE", **{"Other-Leg-Destination-Number": name, "Other-Leg-Unique-ID": new_uuid()})
         self.bridged_us = self.clock_us
         if limit is not None and limit < talk:
             self.billsec = limit
-            self._hangup(on_answer.split()[2], app_h)
+            self._hangup(on_answer.split()[2], app_h, unbridge=True)
         else:
             self.billsec = talk
-            self._emit("CHANNEL_UNBRIDGE")
-            self._hangup("NORMAL_CLEARING", app_h)
+            self._hangup("NORMAL_CLEARING", app_h, unbridge=True)
 
     def _callcenter(self, app_h: dict[str, str]) -> None:
         """mod_callcenter as recording 06 shows it: when an agent answers, the
@@ -428,6 +454,31 @@ class OutboundCall:
                      "Caller-Channel-Hangup-Time": str(self.bridged_us + self.billsec * 1_000_000 + 250_000)}
         self._emit("CHANNEL_HANGUP_COMPLETE", variable_billsec=str(self.billsec),
                    variable_duration=str(self.billsec), **{"Hangup-Cause": cause}, **times)
+
+
+def split_legs(dial: str) -> list[tuple[str, dict[str, str]]]:
+    """The legs of a dial string (``,`` outside quotes and brackets), each as
+    (its user or number, its own ``[k=v]`` variables)."""
+    legs, cur, depth, quoted = [], "", 0, False
+    for ch in dial + ",":
+        if ch == "'":
+            quoted = not quoted
+        elif ch in "[{" and not quoted:
+            depth += 1
+        elif ch in "]}" and not quoted:
+            depth -= 1
+        if ch == "," and not quoted and depth == 0:
+            legs.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out = []
+    for leg in legs:
+        own = bracket_vars("{" + leg[1:leg.index("]")] + "}") if leg.startswith("[") else {}
+        target = leg[leg.index("]") + 1:] if leg.startswith("[") else leg
+        name = target.split("/")[-1].split("@")[0] if target.startswith(("user/", "sofia/")) else target
+        out.append((name, own))
+    return out
 
 
 def bracket_vars(dial: str) -> dict[str, str]:

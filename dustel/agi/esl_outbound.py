@@ -37,7 +37,9 @@ from psycopg_pool import ConnectionPool
 from ..billing import calls
 from ..config import LOOPBACK
 from ..controller.esl_reader import DustelSession, ESLMessage
+from ..controller.protocol import header_value
 from ..queue import agents, codes, hours, service, stats
+from . import divert
 from . import freeswitch as fs
 from . import variables as V
 from .policy import INTERNAL_ERROR, Decision
@@ -92,6 +94,9 @@ class CallControl:
         self.hung_up = gevent.event.Event()
         self.settles_call = True            # the call of this channel has a reservation to settle
         self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
+        self.next_stage: tuple[str, str] | None = None   # (after, bridge) of divert.plan's second stage
+        self.bridged_to = ""                # the destination of the leg the caller was bridged to
+        session.register_handle("CHANNEL_BRIDGE", self._on_bridge)
         session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup_complete)
         session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
@@ -101,6 +106,9 @@ class CallControl:
         self.hung_up.set()
         self.hangup_complete.set(event.headers)
         self.bridge_done.set(None)
+
+    def _on_bridge(self, event: ESLMessage) -> None:
+        self.bridged_to = event.headers.get("Other-Leg-Destination-Number", "")
 
     def _on_execute_complete(self, event: ESLMessage) -> None:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
@@ -172,6 +180,13 @@ class CallControl:
             finally:
                 if queued:
                     self.queue_waiting(data, False)
+            if done is not None and self.next_stage is not None and not self.hung_up.is_set() and \
+                    done.get("variable_originate_disposition", "") in \
+                    divert.engine_statuses("freeswitch", self.next_stage[0]):
+                # the first stage ended unanswered / unavailable as the plan names: its second stage
+                self.bridge_done = gevent.event.AsyncResult()
+                s.call_command("bridge", self.next_stage[1])
+                done = self.bridge_done.get()
             if done is not None and queue_answered(done):
                 log.info("queue call=%s answered by agent leg=%s", data.get("Unique-ID"),
                          done.get("variable_cc_agent_uuid", ""))
@@ -198,7 +213,24 @@ class CallControl:
                                                            now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 return fs.actions(d, data, qs, self.leg(data, qs.closed_target))
+        if d.admit and d.route == "inbound" and data.get("variable_dustel_target_kind", "account") == "account":
+            return self.stages(d, data)
         return fs.actions(d, data, qs)
+
+    def stages(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
+        """A call to an account: divert.plan's stages; each external target
+        an outbound leg of the tenant with the forwarding account's settings."""
+        req = replace(fs.request_from(data), node=self.node(data))
+        diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
+        plan = divert.plan(req.account, diversion, req.now, tz)
+        legs: dict[str, Decision] = {}
+        for stage in plan:
+            for e164 in stage.externals:
+                legs[e164] = self.leg(data, e164, account=req.account, suffix=calls.leg_suffix(len(self.legs)))
+        if len(plan) > 1:
+            bridge = fs.stage_bridge(plan[1], d, data, legs)
+            self.next_stage = (plan[1].after, header_value(bridge, "bridge")) if bridge else None
+        return fs.actions(d, data, stage=plan[0], legs=legs)
 
     def queue_waiting(self, data: dict[str, str], joined: bool) -> None:
         tenant = fs.request_from(data).tenant_id
@@ -228,13 +260,14 @@ class CallControl:
             self.settle(data, self.hangup_complete.get())
         return d
 
-    def leg(self, data: dict[str, str], target: str) -> Decision:
+    def leg(self, data: dict[str, str], target: str, account: str | None = None, suffix: str = calls.LEG) \
+            -> Decision:
         """A leg dustel places for this call (a closed queue's external target,
         an agent's number): an outbound call of the tenant, decided and
         reserved as ``<call id>:leg`` (calls.admit_leg), settled with the
         call from the bridge to the hangup."""
         req = replace(fs.request_from(data), node=self.node(data))
-        leg, d = Runtime.run(calls.admit_leg(req, target, Runtime.tariffs))
+        leg, d = Runtime.run(calls.admit_leg(req, target, Runtime.tariffs, account=account, suffix=suffix))
         log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
                  d.admit, d.reason, d.max_seconds)
         if d.admit:
@@ -304,16 +337,20 @@ class CallControl:
             return
         raw = hangup.get("variable_billsec", "0")
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
-        # the call from its answer; a leg dustel placed for it from the bridge to the hangup
-        todo = ([(call_id, billsec)] if self.settles_call else []) + [(leg, bridged_seconds(hangup))
-                                                                     for leg in self.legs]
-        for cid, secs in todo:
-            try:
-                st = Runtime.run(calls.settle(self.node(data), cid, secs))
-            except psycopg.Error as exc:
-                log.warning("call=%s settle failed (reservation expires): %s", cid, exc)
-                continue
-            log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", cid, secs,
+        # the call from its answer; the legs dustel placed for it: the one bridged, from the bridge to the
+        # hangup, the others (rang, never answered) for 0
+        node = self.node(data)
+        try:
+            done = [(call_id, Runtime.run(calls.settle(node, call_id, billsec)))] if self.settles_call else []
+            if len(self.legs) == 1 and not self.bridged_to:    # a closed queue's / agent's one leg
+                done.append((self.legs[0], Runtime.run(calls.settle(node, self.legs[0], bridged_seconds(hangup)))))
+            elif self.legs:
+                done += Runtime.run(calls.settle_legs(node, call_id, bridged_seconds(hangup), self.bridged_to))
+        except psycopg.Error as exc:
+            log.warning("call=%s settle failed (reservation expires): %s", call_id, exc)
+            return
+        for cid, st in done:
+            log.info("hangup call=%s billsec=%s cause=%s status=%s charged=%s", cid, st.billsec,
                      hangup.get("Hangup-Cause"), st.status, st.charged_cents)
 
 

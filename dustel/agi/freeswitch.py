@@ -10,10 +10,12 @@ full`` after setting ``dustel_tenant`` (and, inbound, ``dustel_target_kind``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from ..controller.protocol import header_value, token
 from ..queue.hours import QueueState
 from . import variables as V
+from .divert import Stage
 from .policy import REFUSALS, CallRequest, Decision, clean_caller
 
 # Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
@@ -105,8 +107,32 @@ def bridge_target(d: Decision, data: Mapping[str, str]) -> str:
     return f"sofia/gateway/carrier/{token(d.destination, 'destination')}"
 
 
+def stage_bridge(stage: Stage, d: Decision, data: Mapping[str, str], legs: Mapping[str, Decision]) -> str:
+    """One stage of divert.plan as a ``bridge`` argument: its accounts
+    (``user/`` rings every registration, and fails at once with
+    USER_NOT_REGISTERED when there is none — recording 08) and its admitted
+    external legs (``legs``: E.164 → the leg's decision; each presents its
+    number and is limited from its own answer) ring together (``,``) for
+    the stage's time (``leg_timeout``).  '' when nothing can ring."""
+    parts = []
+    for a in stage.accounts:      # the called account keeps its DDI request user; a target does not
+        target = bridge_target(replace(d, destination=a),
+                               data if a == d.destination else {**data, "variable_dustel_block": ""})
+        # a leg's own variables are [..] inside a dial string whose {..} holds the common ones
+        parts.append("[" + target[1:].replace("}", "]", 1) if target.startswith("{") else target)
+    for e164 in stage.externals:
+        leg = legs.get(e164)
+        if leg is None or not leg.admit:
+            continue
+        parts.append(f"[origination_caller_id_number={token(leg.caller_id or 'anonymous', 'caller id')},"
+                     f"execute_on_answer='sched_hangup +{int(leg.max_seconds)} ALLOTTED_TIMEOUT']"
+                     f"sofia/gateway/carrier/{token(leg.destination, 'forwarding target')}")
+    return f"{{leg_timeout={int(stage.seconds)}}}" + ",".join(parts) if parts else ""
+
+
 def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None,
-            leg: Decision | None = None) -> list[Action]:
+            leg: Decision | None = None, stage: Stage | None = None,
+            legs: Mapping[str, Decision] | None = None) -> list[Action]:
     """The applications to execute, in order, for a decision.
 
     Admitted: record the decision, present the caller ID, arm the time limit
@@ -155,5 +181,10 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         out.append(("callcenter", f"{queue}@{token(data.get('variable_dustel_domain', ''), 'domain')}"))
         return out
     out.append(("set", "hangup_after_bridge=true"))
+    if stage is not None:          # an account's call: the plan's first stage (a second follows on its outcome)
+        out.append(("set", "continue_on_fail=true"))
+        bridge = stage_bridge(stage, d, data, legs or {})
+        out.append(("bridge", header_value(bridge, "bridge")) if bridge else ("respond", "480"))
+        return out
     out.append(("bridge", header_value(bridge_target(d, data), "bridge")))
     return out

@@ -162,7 +162,7 @@ def test_inbound_call_to_an_account(server: Server, conn: psycopg.Connection, pr
                      caller="+4930555", callee=("answer", 42))
     c.start()
     c.wait()
-    assert ("bridge", f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
+    assert ("bridge", f"{{leg_timeout=60}}user/{prepaid['user']}@{t['sip_domain']}") in c.executed
     row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
     assert (row["direction"], row["billsec"], row["charged_cents"]) == ("in", 42, 0)
 
@@ -320,7 +320,7 @@ def test_hostile_caller_id_is_cleaned_and_leaves_no_line_taken(server: Server, c
         c.start()
         c.wait()
         assert ("set", "dustel_action=admit") in c.executed, (hostile, c.executed)
-        assert ("bridge", f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
+        assert ("bridge", f"{{leg_timeout=60}}user/{prepaid['user']}@{t['sip_domain']}") in c.executed
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0,
              what="all settled")
     assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'settled'").fetchone()["n"] == 3
@@ -424,7 +424,7 @@ def test_a_ddi_call_tells_the_pbx_its_extension(server: Server, conn: psycopg.Co
                          callee=("answer", 2))
         c.start()
         c.wait()
-        assert ("bridge", f"{{sip_invite_to_uri=<sip:{number}@{t['sip_domain']}>}}"
+        assert ("bridge", f"{{leg_timeout=60}}[sip_invite_to_uri=<sip:{number}@{t['sip_domain']}>]"
                            f"user/{prepaid['user']}@{t['sip_domain']}") in c.executed
 
 
@@ -488,3 +488,75 @@ def test_a_tls_account_is_refused_over_a_plain_transport(server: Server, conn: p
     assert ("set", "dustel_action=admit") in tls.executed
     emergency = outbound(server, prepaid, "112", variables={"sip_via_protocol": "udp"}, callee=("answer", 1))
     assert ("set", "dustel_reason=emergency") in emergency.executed
+
+
+# ------------------------------------------------------------ forwarding (issue 13)
+
+def test_forwarding_and_group_call_bridge_as_recording_08_shows(server: Server, conn: psycopg.Connection,
+                                                                prepaid: dict[str, Any]) -> None:
+    """Issue 13 on FreeSWITCH, the emulator following recording 08: a
+    ``user/`` leg of a phone that is not registered completes at once with
+    USER_NOT_REGISTERED, one that only rings completes after ``leg_timeout``
+    with NO_ANSWER, a parallel group completes after the winner's call; the
+    second stage runs only on the outcome the plan names.  Each diversion is
+    read at call time: changed between calls, the next call obeys it."""
+    from dustel.provisioning import features
+    t, a = prepaid["tenant"], prepaid["user"]
+    b = account(conn, t["id"])
+    d = t["sip_domain"]
+
+    def divert(**kw: Any) -> None:
+        with conn.transaction():
+            features.clear_diversion(conn, a, "forward")
+            features.clear_diversion(conn, a, "group")
+            features.set_diversion(conn, a, **kw)
+
+    def call(phones: dict[str, tuple]) -> OutboundCall:
+        c = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "account",
+                                                          "dustel_target": a, "dustel_domain": d},
+                         caller="+4930555", phones=phones)
+        c.start()
+        return c.wait()
+
+    def bridges(c: OutboundCall) -> list[str]:
+        return [arg for app, arg in c.executed if app == "bridge"]
+
+    # not registered → the target (recording 08, bridge 1)
+    divert(kind="forward", mode="unregistered", targets=[b])
+    c = call({a: ("absent",), b: ("answer", 5)})
+    assert bridges(c) == [f"{{leg_timeout=60}}user/{a}@{d}", f"{{leg_timeout=60}}user/{b}@{d}"]
+    assert c.billsec == 5 and c.hangup_cause == "NORMAL_CLEARING"
+    # … but a registered phone that does not answer is no reason to go on
+    c = call({a: ("ring",), b: ("answer", 5)})
+    assert bridges(c) == [f"{{leg_timeout=60}}user/{a}@{d}"] and c.cancelled == [a]
+    # no answer after 4 s → the target (bridge 2)
+    divert(kind="forward", mode="no_answer", timeout=5, targets=[b])
+    c = call({a: ("ring",), b: ("answer", 5)})
+    assert bridges(c) == [f"{{leg_timeout=5}}user/{a}@{d}", f"{{leg_timeout=60}}user/{b}@{d}"]
+    assert c.cancelled == [a] and c.billsec == 5
+    # group call: both ring, the first to answer wins, the other is cancelled (bridge 3)
+    divert(kind="group", targets=[b], timeout=25)
+    c = call({a: ("ring",), b: ("answer", 7)})
+    assert bridges(c) == [f"{{leg_timeout=25}}user/{a}@{d},user/{b}@{d}"]
+    assert c.cancelled == [a] and c.billsec == 7
+    # immediate to an external number: an outbound leg of the tenant, with its number, limited and settled
+    divert(kind="forward", mode="immediate", targets=["+4917012345678"])
+    c = call({"+4917012345678": ("answer", 30)})
+    leg = call_row(conn, c.uuid + ":leg")
+    assert leg["destination"] == "+4917012345678" and leg["max_seconds"] > 0
+    assert bridges(c) == [f"{{leg_timeout=60}}[origination_caller_id_number=+492111234567,"
+                          f"execute_on_answer='sched_hangup +{leg['max_seconds']} ALLOTTED_TIMEOUT']"
+                          f"sofia/gateway/carrier/+4917012345678"]
+    leg = wait_for(lambda: (r := call_row(conn, c.uuid + ":leg")) and r["state"] == "settled" and r, what="leg")
+    assert leg["billsec"] == min(30, leg["max_seconds"]) and leg["charged_cents"] > 0
+    # two external targets together, one answers: only that one is charged (each leg reserves what it may
+    # cost — up to the 4 h call limit — so two legs need money for both)
+    calls.run_sync(conn, calls.topup(t["id"], 5000, "bank:2"))
+    divert(kind="group", targets=["+4917012345678", "+4915112345678"], timeout=20)
+    c = call({a: ("ring",), "+4917012345678": ("ring",), "+4915112345678": ("answer", 10)})
+    assert sorted(c.cancelled) == sorted([a, "+4917012345678"])
+    legs = wait_for(lambda: (rows := conn.execute("SELECT * FROM calls WHERE call_id LIKE %s ORDER BY call_id",
+                                                  (c.uuid + ":leg%",)).fetchall())
+                    and all(r["state"] == "settled" for r in rows) and rows, what="both legs settled")
+    assert [(r["destination"], r["billsec"]) for r in legs] == [("+4917012345678", 0), ("+4915112345678", 10)]
+    assert legs[0]["charged_cents"] == 0 and legs[1]["charged_cents"] > 0
