@@ -377,6 +377,8 @@ class OutboundCall:
         if on_answer.startswith("sched_hangup +"):
             limit = int(on_answer.split()[1][1:])
             self.executed.append(("sched_hangup", on_answer.split(" ", 1)[1]))
+        # recording 08: Other-Leg-Destination-Number is the answering user.  ASSUMPTION (no
+        # recording bridges a gateway leg): for sofia/gateway/<gw>/<number> it is the number
         self._emit("CHANNEL_BRIDGE", **{"Other-Leg-Destination-Number": name, "Other-Leg-Unique-ID": new_uuid()})
         self.bridged_us = self.clock_us
         if limit is not None and limit < talk:
