@@ -340,16 +340,18 @@ def leg_suffix(i: int) -> str:
 
 def settle_legs(node: str, call_id: str, billsec: int, answered: str) -> Flow:
     """Settle every leg dustel placed for a call: the one the caller talked
-    to — its number in ``answered`` (the engine's answered peer, e.g.
-    Asterisk's DIALEDPEERNUMBER ``+49…@carrier``) — for ``billsec``, the
-    others (rang, never answered) for 0.  Returns the settlements."""
+    to — ``answered``, the engine's answered peer: Asterisk's
+    DIALEDPEERNUMBER ``+49…@carrier``, FreeSWITCH's bridged destination
+    ``+49…`` — for ``billsec``, the others (rang, never answered) for 0.
+    Returns the settlements."""
+    peer = answered.split("@", 1)[0]
     rows = (yield Q("""SELECT call_id, destination FROM calls
                         WHERE node = %(node)s AND call_id LIKE %(like)s AND state = 'active' ORDER BY call_id""",
                     {"node": node, "like": call_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                      + LEG + "%"}))
     out = []
     for r in rows:
-        talked = bool(answered) and bool(r["destination"]) and r["destination"] in answered
+        talked = bool(peer) and r["destination"] == peer
         out.append((r["call_id"], (yield from settle(node, r["call_id"], billsec if talked else 0))))
     return out
 
