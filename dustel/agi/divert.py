@@ -120,6 +120,15 @@ def plan(account: str, diversion: Diversion | None, now: dt.datetime, tz: str = 
     return plain
 
 
+def group_plan(members: Iterable[str], ring_seconds: int, fallback: str | None) -> tuple[Stage, ...]:
+    """A number routed to a ring group: every member rings for the group's
+    ring time, then — when nobody answered — its fallback."""
+    ring = _stage(tuple(dict.fromkeys(m for m in members if m))[:MAX_TARGETS], ring_seconds)
+    if not fallback or fallback in ring.accounts:
+        return (ring,)
+    return ring, _stage([fallback], RING_SECONDS, after="unanswered")
+
+
 # ------------------------------------------------------------------ loading
 
 _DIVERSION = """
@@ -146,3 +155,21 @@ def load(tenant_id: int, account: str) -> Flow:
     r = rows[0]
     return Diversion(kind=r["kind"], mode=r["mode"], timeout=r["timeout_seconds"], targets=tuple(r["targets"]),
                      schedule=r["schedule"]), r["timezone"]
+
+
+_GROUP = """
+SELECT g.ring_seconds, coalesce(f.username, g.fallback_e164) AS fallback,
+       coalesce((SELECT array_agg(a.username ORDER BY a.id) FROM ring_group_members m
+                   JOIN sip_accounts a ON a.id = m.account_id WHERE m.group_id = g.id), '{}') AS members
+  FROM ring_groups g LEFT JOIN sip_accounts f ON f.id = g.fallback_account_id
+ WHERE g.tenant_id = %(t)s AND g.name = %(g)s
+"""
+
+
+def load_group(tenant_id: int, name: str) -> Flow:
+    """The stages of a call to ring group ``name`` (read per call)."""
+    rows = (yield Q(_GROUP, {"t": tenant_id, "g": name}))
+    if not rows:
+        return ()
+    r = rows[0]
+    return group_plan(r["members"], r["ring_seconds"], r["fallback"])

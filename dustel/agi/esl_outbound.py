@@ -213,20 +213,28 @@ class CallControl:
                                                            now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 return fs.actions(d, data, qs, self.leg(data, qs.closed_target))
-        if d.admit and d.route == "inbound" and data.get("variable_dustel_target_kind", "account") == "account":
+        if d.admit and d.route == "inbound" and data.get("variable_dustel_target_kind", "account") in ("account",
+                                                                                                        "group"):
             return self.stages(d, data)
         return fs.actions(d, data, qs)
 
     def stages(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
-        """A call to an account: divert.plan's stages; each external target
-        an outbound leg of the tenant with the forwarding account's settings."""
+        """A call to an account or a ring group: divert's stages; each
+        external target an outbound leg of the tenant with the forwarding
+        account's settings (a group's: the main account's)."""
         req = replace(fs.request_from(data), node=self.node(data))
-        diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
-        plan = divert.plan(req.account, diversion, req.now, tz)
+        if data.get("variable_dustel_target_kind") == "group":
+            plan = Runtime.run(divert.load_group(req.tenant_id, data.get("variable_dustel_target", "")))
+            account = None
+        else:
+            diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
+            plan, account = divert.plan(req.account, diversion, req.now, tz), req.account
+        if not plan:
+            return fs.actions(d, data, stage=divert.Stage((), (), 0), legs={})
         legs: dict[str, Decision] = {}
         for stage in plan:
             for e164 in stage.externals:
-                legs[e164] = self.leg(data, e164, account=req.account, suffix=calls.leg_suffix(len(self.legs)))
+                legs[e164] = self.leg(data, e164, account=account, suffix=calls.leg_suffix(len(self.legs)))
         if len(plan) > 1:
             bridge = fs.stage_bridge(plan[1], d, data, legs)
             self.next_stage = (plan[1].after, header_value(bridge, "bridge")) if bridge else None

@@ -236,7 +236,10 @@ async def inbound(request: Request, ctx: Context) -> None:
             if not qs.open and qs.closed_target.startswith("+"):
                 extra.update(await closed_leg(ctx, req, qs.closed_target))
         elif d.admit and kind == "account":
-            extra = await stages(ctx, req, d)
+            diversion, tz = await ctx.run(divert.load(req.tenant_id, req.account))
+            extra = await stages(ctx, req, d, divert.plan(req.account, diversion, req.now, tz), req.account)
+        elif d.admit and kind == "group":
+            extra = await stages(ctx, req, d, await ctx.run(divert.load_group(req.tenant_id, target)), None)
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
@@ -265,20 +268,20 @@ async def _release(ctx: Context, req: CallRequest, d: Decision) -> None:
         log.warning("call=%s admitted but not executable: released (%s)", req.call_id, s.status)
 
 
-async def stages(ctx: Context, req: CallRequest, d: Decision) -> dict[str, str]:
-    """The stages of a call to an account (divert.plan) as dialplan
-    variables; each external target is an outbound leg of the tenant,
-    decided and reserved with the forwarding account's settings
-    (``<id>:leg``, ``<id>:leg2``) — a refused one is left out (logged)."""
-    diversion, tz = await ctx.run(divert.load(req.tenant_id, req.account))
-    plan = divert.plan(req.account, diversion, req.now, tz)
+async def stages(ctx: Context, req: CallRequest, d: Decision, plan: tuple[divert.Stage, ...],
+                 account: str | None) -> dict[str, str]:
+    """The stages of a call to an account or ring group (divert) as
+    dialplan variables; each external target is an outbound leg of the
+    tenant, decided and reserved with the forwarding ``account``'s settings
+    (a group's: the main account's) as ``<id>:leg``, ``<id>:leg2`` — a
+    refused one is left out (logged)."""
     out: dict[str, str] = {V.EXT_CALLER_ID: ""}
     placed = 0
     for n in (1, 2):
         stage = plan[n - 1] if n <= len(plan) else None
         externals, limit = [], d.max_seconds
         for e164 in stage.externals if stage else ():
-            leg, ld = await ctx.run_admission(calls.admit_leg(req, e164, ctx.tariffs, account=req.account,
+            leg, ld = await ctx.run_admission(calls.admit_leg(req, e164, ctx.tariffs, account=account,
                                                               suffix=calls.leg_suffix(placed)))
             log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, e164,
                      ld.admit, ld.reason, ld.max_seconds)

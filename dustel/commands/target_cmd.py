@@ -51,13 +51,14 @@ ringgroup = click.Group("ringgroup", help="Ring groups: numbers routed to severa
 @click.argument("name")
 @click.option("--member", "members", multiple=True, required=True, help="SIP username; repeatable.")
 @click.option("--ring-seconds", type=INT, default=30, show_default=True)
+@click.option("--fallback", default=None, help="SIP username or +E.164 that rings when no member answers.")
 @json_option
 @pass_env
 def ringgroup_add(env: Env, as_json: bool, tenant_id: int, name: str, members: tuple[str, ...],
-                  ring_seconds: int) -> None:
+                  ring_seconds: int, fallback: str | None) -> None:
     """Add a ring group."""
     with env.tx() as conn:
-        row = targets.ring_group_add(conn, tenant_id, name, list(members), ring_seconds)
+        row = targets.ring_group_add(conn, tenant_id, name, list(members), ring_seconds, fallback)
     emit(row, as_json, lambda d: click.echo(f"ring group {d['name']} added"))
 
 

@@ -18,7 +18,7 @@ MAX_EXTERNAL = 2
 _USERNAME = re.compile(r"000387[0-9]{6}")
 
 
-def parse_targets(raw: list[str]) -> list[tuple[str | None, str | None]]:
+def parse_targets(raw: list[str], field: str = "targets") -> list[tuple[str | None, str | None]]:
     """Targets as (username, None) for internal or (None, e164) for external.
     Internal targets are SIP usernames, never numbers.  Count rules are
     checked here for a clear message and again by the database."""
@@ -30,7 +30,7 @@ def parse_targets(raw: list[str]) -> list[tuple[str | None, str | None]]:
         if _USERNAME.fullmatch(item):
             out.append((item, None))
         else:
-            out.append((None, v.e164("targets", item)))
+            out.append((None, v.e164(field, item)))
     if len(out) > MAX_TARGETS:
         raise DustelError("targets", f"at most {MAX_TARGETS} targets (F-05), got {len(out)}")
     if sum(1 for _, e in out if e) > MAX_EXTERNAL:

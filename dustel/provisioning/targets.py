@@ -46,14 +46,29 @@ def faxbox_add(conn: psycopg.Connection, tenant_id: int, name: str, email: str,
 
 
 def ring_group_add(conn: psycopg.Connection, tenant_id: int, name: str, members: list[str],
-                   ring_seconds: int = 30) -> dict[str, Any]:
+                   ring_seconds: int = 30, fallback: str | None = None) -> dict[str, Any]:
+    """A ring group: its members ring together for ``ring_seconds``, then
+    its fallback (an account of the tenant, or an external number) rings."""
     tenants.get(conn, tenant_id)
     if not members:
         raise DustelError("member", "a ring group needs at least one account")
     if len(members) > 10:
         raise DustelError("member", "at most 10 accounts")
-    g = conn.execute("INSERT INTO ring_groups (tenant_id, name, ring_seconds) VALUES (%s, %s, %s) RETURNING *",
-                     (tenant_id, v.slug("name", name), ring_seconds)).fetchone()
+    if not 5 <= ring_seconds <= 300:
+        raise DustelError("ring_seconds", "must be 5 to 300 seconds")
+    fb_account, fb_e164 = None, None
+    if fallback:
+        from .features import parse_targets
+        ((fb_user, fb_e164),) = parse_targets([fallback], "fallback")
+        if fb_user is not None:
+            acc = conn.execute("SELECT id FROM sip_accounts WHERE tenant_id = %s AND username = %s",
+                               (tenant_id, fb_user)).fetchone()
+            if acc is None:
+                raise NotFound("fallback", f"{fb_user} is not a SIP account of tenant {tenant_id}")
+            fb_account = acc["id"]
+    g = conn.execute("""INSERT INTO ring_groups (tenant_id, name, ring_seconds, fallback_account_id, fallback_e164)
+                        VALUES (%s, %s, %s, %s, %s) RETURNING *""",
+                     (tenant_id, v.slug("name", name), ring_seconds, fb_account, fb_e164)).fetchone()
     for m in members:
         acc = conn.execute("SELECT id FROM sip_accounts WHERE tenant_id = %s AND username = %s",
                            (tenant_id, v.username("member", m))).fetchone()

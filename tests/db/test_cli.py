@@ -87,6 +87,15 @@ def test_refusals_through_the_cli(run: Cli, provider: dict[str, str]) -> None:
     assert r.exit_code == 1 and "is a forwarding/group target of" in r.stderr
     r = run("queue", "add", "1", "hotline", "--code", "2")
     assert r.exit_code == 1 and "acd option" in r.stderr
+    # a ring group's fallback: an account of the tenant or an E.164 number; nothing half-written on error
+    r = run("ringgroup", "add", "2", "sales", "--member", provider["biz_user"], "--fallback", "x@y")
+    assert r.exit_code == 1 and r.stderr.startswith("error: fallback: must be a phone number"), r.stderr
+    r = run("ringgroup", "add", "2", "sales", "--member", provider["biz_user"], "--fallback", "000387999999")
+    assert r.exit_code == 1 and r.stderr.startswith("error: fallback: 000387999999 is not a SIP account"), r.stderr
+    r = run("ringgroup", "add", "2", "sales", "--member", provider["biz_user"], "--ring-seconds", "2")
+    assert r.exit_code == 1 and r.stderr == "error: ring_seconds: must be 5 to 300 seconds\n"
+    assert json.loads(run.ok("ringgroup", "add", "2", "sales", "--member", provider["biz_user"], "--fallback",
+                             "+4917012345678", "--json").stdout)["fallback_e164"] == "+4917012345678"
 
 
 def test_no_plaintext_password_in_database_or_output(run: Cli, provider: dict[str, str]) -> None:

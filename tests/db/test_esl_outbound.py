@@ -560,3 +560,28 @@ def test_forwarding_and_group_call_bridge_as_recording_08_shows(server: Server, 
                     and all(r["state"] == "settled" for r in rows) and rows, what="both legs settled")
     assert [(r["destination"], r["billsec"]) for r in legs] == [("+4917012345678", 0), ("+4915112345678", 10)]
     assert legs[0]["charged_cents"] == 0 and legs[1]["charged_cents"] > 0
+
+
+def test_a_ring_group_bridges_its_members_then_its_fallback(server: Server, conn: psycopg.Connection,
+                                                            prepaid: dict[str, Any]) -> None:
+    """Issue 13: FreeSWITCH refused every call to a ring group.  Now the
+    members ring together for the group's time; unanswered, the fallback —
+    here an external number, an outbound leg of the tenant — rings."""
+    from dustel.provisioning import targets
+    t, a = prepaid["tenant"], prepaid["user"]
+    b = account(conn, t["id"])
+    d = t["sip_domain"]
+    calls.run_sync(conn, calls.topup(t["id"], 5000, "bank:2"))
+    with conn.transaction():
+        targets.ring_group_add(conn, t["id"], "sales", [a, b], ring_seconds=8, fallback="+4917012345678")
+    c = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "group",
+                                                      "dustel_target": "sales", "dustel_domain": d},
+                     caller="+4930555", phones={a: ("ring",), b: ("absent",), "+4917012345678": ("answer", 6)})
+    c.start()
+    c.wait()
+    bridges = [arg for app, arg in c.executed if app == "bridge"]
+    assert bridges[0] == f"{{leg_timeout=8}}user/{a}@{d},user/{b}@{d}"
+    assert bridges[1].endswith("sofia/gateway/carrier/+4917012345678") and len(bridges) == 2
+    assert c.cancelled == [a] and c.billsec == 6
+    leg = wait_for(lambda: (r := call_row(conn, c.uuid + ":leg")) and r["state"] == "settled" and r, what="leg")
+    assert leg["billsec"] == 6 and leg["charged_cents"] > 0 and leg["account"] == a    # the main account's settings

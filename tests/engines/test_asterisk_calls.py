@@ -725,3 +725,39 @@ def test_forwarding_and_group_call_ring_what_the_plan_says(stack: Stack) -> None
         for p in procs:
             p.terminate()
             p.wait(10)
+
+
+def test_a_ring_group_rings_its_members_then_its_fallback(stack: Stack) -> None:
+    """Issue 13: a number routed to a ring group dialled ``PJSIP/`` (nothing).
+    Now every registered member rings for the group's ring time; nobody
+    answers, so the fallback account rings and answers."""
+    conn = stack.conn
+    a, b, c = stack.user, account(conn, stack.tenant_id), account(conn, stack.tenant_id)
+    with conn.transaction():
+        targets.ring_group_add(conn, stack.tenant_id, "sales", [a, b], ring_seconds=5, fallback=c)
+        numbers.add(conn, stack.tenant_id, "+492115550200")
+        numbers.assign(conn, "+492115550200", "group", "sales")
+    conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"], "extensions.conf": files["extensions.conf"]})
+    stack.asterisk.cli("module reload res_pjsip.so")
+    stack.asterisk.cli("dialplan reload")
+    procs = []
+    try:
+        for name, user, scenario in (("ga", a, "ringing_phone.xml"), ("gb", b, "ringing_phone.xml"),
+                                     ("gc", c, "agent_phone.xml")):
+            proc, log = answering_phone(stack, name, user=user, scenario=scenario)
+            procs.append((proc, log))
+        wait_for(lambda: all(u in stack.asterisk.cli("pjsip show contacts") for u in (a, b, c)), 15, "3 phones")
+        t0 = time.monotonic()
+        r = stack.call("+492115550200", "carrier_call_until_bye.xml", user="+4930555000", timeout=40)
+        assert r.returncode == 0, r.stdout[-1500:]
+        (_, a_log), (_, b_log), (_, c_log) = procs
+        assert _invites(a_log) == 1 and _invites(b_log) == 1 and _invites(c_log) == 1
+        assert _has(a_log, r"^CANCEL sip:") and _has(b_log, r"^CANCEL sip:")        # both rang 5 s, then …
+        assert _has(c_log, r"^BYE sip:") and time.monotonic() - t0 >= 5                # … the fallback answered
+    finally:
+        for p, _ in procs:
+            p.terminate()
+            p.wait(10)

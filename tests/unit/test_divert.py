@@ -107,3 +107,13 @@ def test_never_more_legs_than_the_rules_allow_and_never_a_loop(d: Diversion, now
     # the account rings at most once, and never in a stage after the first (no loop back to it)
     assert sum(s.accounts.count("a") for s in stages) <= 1 and all("a" not in s.accounts for s in stages[1:])
     assert all(s.seconds > 0 for s in stages)
+
+
+def test_a_ring_group_rings_its_members_then_its_fallback() -> None:
+    assert divert.group_plan(["a", "b", "a"], 20, None) == (Stage(("a", "b"), (), 20),)
+    assert divert.group_plan(["a", "b"], 20, "c") == (Stage(("a", "b"), (), 20),
+                                                      Stage(("c",), (), 60, after="unanswered"))
+    assert divert.group_plan(["a"], 15, "+4930123456") == (Stage(("a",), (), 15),
+                                                           Stage((), ("+4930123456",), 60, after="unanswered"))
+    # a fallback that is a member already rang
+    assert divert.group_plan(["a", "b"], 20, "b") == (Stage(("a", "b"), (), 20),)
