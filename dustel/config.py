@@ -63,6 +63,9 @@ class Settings:
     esl_host: str = "127.0.0.1"
     esl_port: int = 8021
     moh_dir: str = "/var/lib/dustel/moh"
+    logo_dir: str = "/var/lib/dustel/logo"     # sound logos, converted like hold music (provisioning/media.py)
+    media_max_bytes: int = 20_000_000          # an upload larger than this is refused
+    media_max_seconds: int = 900               # … and one that plays longer
     fax_spool_dir: str = "/var/spool/dustel/fax"
     # agent star codes (F-06: configurable per provider)
     star_login: str = "*51"
@@ -95,10 +98,12 @@ _ENV = {
     "sip_port": "DUSTEL_SIP_PORT",
     "ami_port": "DUSTEL_AMI_PORT",
     "moh_dir": "DUSTEL_MOH_DIR",
+    "logo_dir": "DUSTEL_LOGO_DIR",
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
 }
-_INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port"}
+_INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port",
+               "media_max_bytes", "media_max_seconds"}
 
 
 SECRETS = ("esl_password", "ami_secret", "database_url")

@@ -324,6 +324,10 @@ class OutboundCall:
         elif app == "callcenter":
             self._callcenter(app_h)
             return
+        elif app == "pre_answer":
+            # ASSUMPTION (no recording pre-answers): the application completes at once; the
+            # CHANNEL_PROGRESS_MEDIA it causes is not emitted (nothing here reads it)
+            pass
         elif app == "play_and_get_digits":
             var = arg.split()[7]
             self.variables[var] = self.dtmf.pop(0) if self.dtmf else ""

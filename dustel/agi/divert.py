@@ -173,3 +173,23 @@ def load_group(tenant_id: int, name: str) -> Flow:
         return ()
     r = rows[0]
     return group_plan(r["members"], r["ring_seconds"], r["fallback"])
+
+
+# ------------------------------------------------------------------ sound logo
+
+LOGO_KINDS = ("account", "group", "queue")     # a fax machine hears no sound logo
+
+_LOGO = """
+SELECT class, name FROM media_files
+ WHERE tenant_id = %(t)s AND kind = 'logo' AND class IN (%(number)s, 'tenant')
+ ORDER BY class = 'tenant', uploaded_at DESC LIMIT 1
+"""
+
+
+def load_logo(tenant_id: int, called: str) -> Flow:
+    """The sound logo a caller to ``called`` (E.164) hears before the call
+    is put through: the number's own, else the tenant's; (class, file name)
+    or None."""
+    number = called.lstrip("+") if called.lstrip("+").isdigit() else ""
+    rows = (yield Q(_LOGO, {"t": tenant_id, "number": number}))
+    return (rows[0]["class"], rows[0]["name"]) if rows else None

@@ -38,6 +38,7 @@ from ..billing import calls
 from ..config import LOOPBACK
 from ..controller.esl_reader import DustelSession, ESLMessage
 from ..controller.protocol import header_value
+from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
 from . import divert
 from . import freeswitch as fs
@@ -53,6 +54,7 @@ class Runtime:
     pool: ConnectionPool | None = None
     tariffs = calls.TariffCache()
     star_codes: dict[str, str] = dict(codes.ACTIONS)
+    logo_dir = "/var/lib/dustel/logo"        # settings.logo_dir ($DUSTEL_LOGO_DIR)
 
     @classmethod
     def run(cls, flow: calls.Flow) -> Any:
@@ -202,6 +204,17 @@ class CallControl:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
 
     def plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
+        acts = self._plan(d, data)
+        kind = data.get("variable_dustel_target_kind", "")
+        if d.admit and d.route == "inbound" and kind in divert.LOGO_KINDS:
+            tenant = fs.request_from(data).tenant_id
+            logo = Runtime.run(divert.load_logo(tenant, data.get("Caller-Destination-Number", "")))
+            if logo:
+                # FreeSWITCH resamples a file to the channel's rate: the 48 kHz one loses nothing
+                acts = fs.with_logo(acts, media.file_path(Runtime.logo_dir, tenant, "logo", *logo, 48000))
+        return acts
+
+    def _plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
         qs = None
         if d.admit and data.get("variable_dustel_target_kind") == "queue":
             tenant = fs.request_from(data).tenant_id
@@ -443,5 +456,6 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
     nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
     Runtime.star_codes = json.loads(os.environ.get("DUSTEL_STAR_CODES") or "{}") or dict(codes.ACTIONS)
+    Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     serve(dsn, args.host, args.port, nodes)
 

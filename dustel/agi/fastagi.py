@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..billing import calls
 from ..config import LOOPBACK
+from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
 from . import divert
 from . import variables as V
@@ -66,6 +67,7 @@ class Context:
         # under the node it came from, so no node can settle another's calls
         self.nodes = dict(nodes) if nodes else {ip: node for ip in LOOPBACK}
         self.tariffs = calls.TariffCache()
+        self.logo_dir = "/var/lib/dustel/logo"     # settings.logo_dir: where the engine reads sound logos
         self.max_batch = max_batch
         self._pending: list[tuple[CallRequest, asyncio.Future[Decision]]] = []
         self._wake = asyncio.Event()
@@ -240,6 +242,11 @@ async def inbound(request: Request, ctx: Context) -> None:
             extra = await stages(ctx, req, d, divert.plan(req.account, diversion, req.now, tz), req.account)
         elif d.admit and kind == "group":
             extra = await stages(ctx, req, d, await ctx.run(divert.load_group(req.tenant_id, target)), None)
+        if d.admit and kind in divert.LOGO_KINDS:
+            logo = await ctx.run(divert.load_logo(req.tenant_id, req.callee))
+            # Asterisk's Playback takes the file without its extension (it picks the format)
+            extra[V.LOGO] = media.file_path(ctx.logo_dir, req.tenant_id, "logo", logo[0], logo[1], 8000, ext=False) \
+                if logo else ""
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
@@ -492,7 +499,7 @@ class DustelAGI(Application):
 
 async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Event | None = None,
                 min_conn: int = 2, max_conn: int = 8, nodes: Mapping[str, str] | None = None,
-                star_codes: Mapping[str, str] | None = None) -> None:
+                star_codes: Mapping[str, str] | None = None, logo_dir: str | None = None) -> None:
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
     # with the database gone, admission fails after POOL_TIMEOUT (run_admission)
@@ -503,6 +510,8 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
         ctx = Context(pool, node, nodes=nodes)
         if star_codes:
             ctx.star_codes = dict(star_codes)
+        if logo_dir:
+            ctx.logo_dir = logo_dir
         app = DustelAGI(ctx, loop)
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
         log.info("fastagi listening on %s:%s nodes=%s", host, port,

@@ -130,6 +130,17 @@ def stage_bridge(stage: Stage, d: Decision, data: Mapping[str, str], legs: Mappi
     return f"{{leg_timeout={int(stage.seconds)}}}" + ",".join(parts) if parts else ""
 
 
+def with_logo(acts: list[Action], logo: str) -> list[Action]:
+    """The sound logo as early media (``pre_answer``, ``playback``) before the
+    call is put through: before the first answer, bridge or queue."""
+    if not logo:
+        return acts
+    i = next((n for n, (app, _) in enumerate(acts) if app in ("answer", "bridge", "callcenter")), None)
+    if i is None:
+        return acts
+    return [*acts[:i], ("pre_answer", ""), ("playback", header_value(logo, "logo")), *acts[i:]]
+
+
 def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None,
             leg: Decision | None = None, stage: Stage | None = None,
             legs: Mapping[str, Decision] | None = None) -> list[Action]:

@@ -26,6 +26,7 @@ QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max 
 # contact of each rings), _EXTERNAL (dial string of its admitted external legs), _SECONDS (ring time), _MAX
 # (time limit once answered), _ON (the DIALSTATUS words of stage n-1 that start stage n; '' never)
 STAGE = "DUSTEL_S"
+LOGO = "DUSTEL_LOGO"                # inbound: the sound logo to play before the call is put through ('' none)
 EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound

@@ -99,6 +99,19 @@ def queue_list(env: Env, as_json: bool, tenant_id: int) -> None:
     emit(rows, as_json, lambda r: table(r, ["name", "code", "strategy", "max_wait_seconds", "max_callers"]))
 
 
+@queue.command("set")
+@click.argument("tenant_id", type=INT)
+@click.argument("name")
+@click.option("--moh", "moh_class", required=True, help="Hold music class: default, or one of `dustel moh list`.")
+@json_option
+@pass_env
+def queue_set(env: Env, as_json: bool, tenant_id: int, name: str, moh_class: str) -> None:
+    """Change a queue's hold music (then `dustel render --reload`)."""
+    with env.tx() as conn:
+        row = targets.queue_set_moh(conn, tenant_id, name, moh_class)
+    emit(row, as_json, lambda d: click.echo(f"queue {d['name']}: hold music {d['moh_class']}"))
+
+
 agent = click.Group("agent", help="Queue agents: people with a PIN.")
 
 

@@ -79,6 +79,20 @@ def ring_group_add(conn: psycopg.Connection, tenant_id: int, name: str, members:
     return g
 
 
+def queue_set_moh(conn: psycopg.Connection, tenant_id: int, name: str, moh_class: str) -> dict[str, Any]:
+    """The hold music a queue's callers hear: 'default' or a class of the
+    tenant's (``dustel moh upload``)."""
+    cls = v.slug("moh", moh_class)
+    if cls != "default" and conn.execute("SELECT 1 FROM moh_classes WHERE tenant_id = %s AND name = %s",
+                                         (tenant_id, cls)).fetchone() is None:
+        raise NotFound("moh", f"tenant {tenant_id} has no hold music class {cls!r} (dustel moh upload)")
+    row = conn.execute("UPDATE queues SET moh_class = %s WHERE tenant_id = %s AND name = %s RETURNING name, moh_class",
+                       (cls, tenant_id, name)).fetchone()
+    if row is None:
+        raise NotFound("queue", f"tenant {tenant_id} has no queue {name!r}")
+    return row
+
+
 def queue_add(conn: psycopg.Connection, tenant_id: int, name: str, code: str, *,
               strategy: str = "ring_all", max_wait: int = 300, max_callers: int = 10,
               wrapup: int = 10, moh_class: str = "default") -> dict[str, Any]:

@@ -60,6 +60,9 @@ def _numbers(p: Provider) -> list[dict[str, Any]]:
     return sorted(out, key=lambda n: n["e164"])
 
 
+MOH_RATES = (8000, 16000, 32000, 48000)      # = provisioning.media.RATES: every rate a class is converted to
+
+
 def _moh_classes(p: Provider) -> list[str]:
     return ["default", *sorted({c for t in p.tenants for c in t.moh_classes})]
 
@@ -118,7 +121,7 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
             "freeswitch", "callcenter.conf.xml.j2", tenants=p.tenants, strategies=FS_STRATEGIES,
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
         "autoload_configs/local_stream.conf.xml": _render(
-            "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir),
+            "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir, rates=MOH_RATES),
         "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s)),
         "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s),
         "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p)),

@@ -585,3 +585,40 @@ def test_a_ring_group_bridges_its_members_then_its_fallback(server: Server, conn
     assert c.cancelled == [a] and c.billsec == 6
     leg = wait_for(lambda: (r := call_row(conn, c.uuid + ":leg")) and r["state"] == "settled" and r, what="leg")
     assert leg["billsec"] == 6 and leg["charged_cents"] > 0 and leg["account"] == a    # the main account's settings
+
+
+def test_the_sound_logo_plays_as_early_media_before_the_bridge(server: Server, conn: psycopg.Connection,
+                                                               prepaid: dict[str, Any], tmp_path: Any) -> None:
+    """Issue 13 / F-07 on FreeSWITCH: ``pre_answer`` + ``playback`` of the
+    48 kHz file before the bridge; a number's own logo wins over the
+    tenant's."""
+    import numpy as np
+    import soundfile
+
+    from dustel.provisioning import media
+    t = prepaid["tenant"]
+    conn.execute("UPDATE tenants SET plan = 'business_flex', customer_type = 'business' WHERE id = %s", (t["id"],))
+    names = {}
+    for cls, hz in (("tenant", 440), ("492111234567", 880)):
+        src = tmp_path / f"{cls}.wav"
+        tt = np.arange(16000) / 16000
+        soundfile.write(src, 0.1 * np.sin(2 * np.pi * hz * tt), 16000)
+        with conn.transaction():
+            with media.upload(conn, tmp_path / "logo", t["id"], "logo", cls, src.read_bytes(), max_bytes=10**7,
+                              max_seconds=60) as row:
+                names[cls] = row["name"]
+
+    def call(number: str, kind: str = "account") -> OutboundCall:
+        c = OutboundCall(server.port, number, {"dustel_tenant": str(t["id"]), "dustel_target_kind": kind,
+                                               "dustel_target": prepaid["user"], "dustel_domain": t["sip_domain"]},
+                         caller="+4930555", callee=("answer", 2))
+        c.start()
+        return c.wait()
+
+    c = call("+492111234567")
+    apps = [app for app, _ in c.executed]
+    i = apps.index("playback")
+    assert apps[i - 1:i + 2] == ["pre_answer", "playback", "bridge"]
+    assert c.executed[i][1] == f"/var/lib/dustel/logo/t{t['id']}-logo-492111234567/48000/{names['492111234567']}.wav"
+    c = call("+492111234568")                       # another number of the tenant: the tenant's logo
+    assert ("playback", f"/var/lib/dustel/logo/t{t['id']}-logo-tenant/48000/{names['tenant']}.wav") in c.executed

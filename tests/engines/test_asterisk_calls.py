@@ -761,3 +761,47 @@ def test_a_ring_group_rings_its_members_then_its_fallback(stack: Stack) -> None:
         for p, _ in procs:
             p.terminate()
             p.wait(10)
+
+
+def test_the_caller_hears_the_sound_logo_then_the_uploaded_hold_music(stack: Stack, tmp_path: Path) -> None:
+    """Issue 13 / F-07 on the real Asterisk: an uploaded sound logo plays as
+    early media before the call is put through, and the queue plays the
+    uploaded hold music class (``moh show classes`` lists it; the log says
+    which class played)."""
+    import numpy as np
+    import soundfile
+
+    from dustel.provisioning import media
+    conn = stack.conn
+    t = tenant(conn, options={"acd": 1})
+    tid = t["id"]
+    src = tmp_path / "jingle.ogg"
+    tt = np.arange(2 * 44100) / 44100
+    soundfile.write(src, 0.1 * np.sin(2 * np.pi * 523 * tt), 44100, format="OGG")
+    root = stack.asterisk.root
+    with conn.transaction():
+        with media.upload(conn, f"{root}{stack.settings.moh_dir}", tid, "moh", "jazz", src.read_bytes(),
+                          max_bytes=10**7, max_seconds=60) as moh:
+            pass
+        with media.upload(conn, f"{root}/var/lib/dustel/logo", tid, "logo", "tenant", src.read_bytes(),
+                          max_bytes=10**7, max_seconds=60) as logo:
+            pass
+        targets.queue_add(conn, tid, "support", "1")
+        targets.queue_set_moh(conn, tid, "support", "jazz")
+        numbers.add(conn, tid, "+492111230000")
+        numbers.assign(conn, "+492111230000", "queue", "support")
+    conn.execute("UPDATE queues SET max_wait_seconds = 10 WHERE tenant_id = %s", (tid,))
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.stop()
+    stack.asterisk.start(files, dirs=stack.dirs)
+    assert f"Class: t{tid}-jazz" in stack.asterisk.cli("moh show classes")
+    r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000", timeout=60)
+    assert r.returncode == 0, r.stdout[-1500:]
+    # Asterisk logs the file by the format it read it as (the 8 kHz WAV is signed linear: '.slin')
+    logo_file = f"/var/lib/dustel/logo/t{tid}-logo-tenant/8000/{logo['name']}."
+    wait_for(lambda: f"Playing '{logo_file}" in stack.asterisk.log(), 10, "the sound logo played")
+    wait_for(lambda: f"Started music on hold, class 't{tid}-jazz'" in stack.asterisk.log(), 10, "the class played")
+    log = stack.asterisk.log()
+    assert log.index(f"Playing '{logo_file}") < log.index(f"Started music on hold, class 't{tid}-jazz'")
+    assert moh["name"] == logo["name"]          # the same upload: the same checksum name
