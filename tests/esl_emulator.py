@@ -183,6 +183,7 @@ class OutboundCall:
     phones: dict = field(default_factory=dict)   # user / number -> what that leg does (see _bridge)
     rang: list = field(default_factory=list)     # per bridge: the legs it rang
     cancelled: list = field(default_factory=list)   # legs that rang and were cancelled
+    while_ringing: Any = None     # test hook: called with the bridge's number (0, 1 …) while its legs ring
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
     source: str = "127.0.0.1"     # the address FreeSWITCH connects from
 
@@ -353,6 +354,8 @@ class OutboundCall:
         common = bracket_vars(dial)
         legs = split_legs(dial[dial.index("}") + 1:] if dial.startswith("{") else dial)
         self.rang.append([name for name, _ in legs])
+        if self.while_ringing is not None:
+            self.while_ringing(len(self.rang) - 1)
         outcome = [(name, own, self.phones.get(name, self.callee)) for name, own in legs]
         winner = next(((n, own, what) for n, own, what in outcome if what[0] == "answer"), None)
         ringing = [n for n, _, what in outcome if what[0] in ("ring", "noanswer") or (winner and what[0] == "answer")]

@@ -65,12 +65,6 @@ def goes_on(after: str, outcome: str) -> bool:
     return outcome in GOES_ON.get(after, frozenset())
 
 
-def engine_statuses(engine: str, after: str) -> list[str]:
-    """The engine's own status words that start a stage ``after`` (the
-    dialplan / socket shell compares these)."""
-    return sorted(k for k, v in OUTCOMES[engine].items() if goes_on(after, v))
-
-
 def is_external(target: str) -> bool:
     return target.startswith("+")
 

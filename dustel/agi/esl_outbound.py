@@ -96,7 +96,7 @@ class CallControl:
         self.hung_up = gevent.event.Event()
         self.settles_call = True            # the call of this channel has a reservation to settle
         self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
-        self.next_stage: tuple[str, str] | None = None   # (after, bridge) of divert.plan's second stage
+        self.staged = False                 # a call to an account / ring group: divert's stages follow
         self.bridged_to = ""                # the destination of the leg the caller was bridged to
         session.register_handle("CHANNEL_BRIDGE", self._on_bridge)
         session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
@@ -182,13 +182,13 @@ class CallControl:
             finally:
                 if queued:
                     self.queue_waiting(data, False)
-            if done is not None and self.next_stage is not None and not self.hung_up.is_set() and \
-                    done.get("variable_originate_disposition", "") in \
-                    divert.engine_statuses("freeswitch", self.next_stage[0]):
-                # the first stage ended unanswered / unavailable as the plan names: its second stage
-                self.bridge_done = gevent.event.AsyncResult()
-                s.call_command("bridge", self.next_stage[1])
-                done = self.bridge_done.get()
+            if done is not None and self.staged and not self.hung_up.is_set() and not queue_answered(done):
+                # stage 1 ended unanswered: the plan is read again (a change made while it rang applies)
+                bridge = self.next_stage(d, data, done.get("variable_originate_disposition", ""))
+                if bridge:
+                    self.bridge_done = gevent.event.AsyncResult()
+                    s.call_command("bridge", bridge)
+                    done = self.bridge_done.get()
             if done is not None and queue_answered(done):
                 log.info("queue call=%s answered by agent leg=%s", data.get("Unique-ID"),
                          done.get("variable_cc_agent_uuid", ""))
@@ -231,27 +231,43 @@ class CallControl:
             return self.stages(d, data)
         return fs.actions(d, data, qs)
 
+    def current_plan(self, data: dict[str, str]) -> tuple[tuple[divert.Stage, ...], str | None]:
+        """The plan of a call to an account or ring group as the database says
+        now (read again for each stage), and the account its legs use."""
+        req = fs.request_from(data)
+        if data.get("variable_dustel_target_kind") == "group":
+            return Runtime.run(divert.load_group(req.tenant_id, data.get("variable_dustel_target", ""))), None
+        diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
+        return divert.plan(req.account, diversion, dt.datetime.now(dt.UTC), tz), req.account
+
+    def stage_legs(self, data: dict[str, str], stage: divert.Stage, account: str | None) -> dict[str, Decision]:
+        """The external legs of a stage, decided and reserved as it starts."""
+        return {e164: self.leg(data, e164, account=account, suffix=calls.leg_suffix(len(self.legs)))
+                for e164 in stage.externals}
+
     def stages(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
-        """A call to an account or a ring group: divert's stages; each
+        """A call to an account or a ring group: divert's first stage; each
         external target an outbound leg of the tenant with the forwarding
         account's settings (a group's: the main account's)."""
-        req = replace(fs.request_from(data), node=self.node(data))
-        if data.get("variable_dustel_target_kind") == "group":
-            plan = Runtime.run(divert.load_group(req.tenant_id, data.get("variable_dustel_target", "")))
-            account = None
-        else:
-            diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
-            plan, account = divert.plan(req.account, diversion, req.now, tz), req.account
-        if not plan:
-            return fs.actions(d, data, stage=divert.Stage((), (), 0), legs={})
-        legs: dict[str, Decision] = {}
-        for stage in plan:
-            for e164 in stage.externals:
-                legs[e164] = self.leg(data, e164, account=account, suffix=calls.leg_suffix(len(self.legs)))
-        if len(plan) > 1:
-            bridge = fs.stage_bridge(plan[1], d, data, legs)
-            self.next_stage = (plan[1].after, header_value(bridge, "bridge")) if bridge else None
-        return fs.actions(d, data, stage=plan[0], legs=legs)
+        plan, account = self.current_plan(data)
+        self.staged = True
+        stage = plan[0] if plan else divert.Stage((), (), 0)
+        return fs.actions(d, data, stage=stage, legs=self.stage_legs(data, stage, account))
+
+    def next_stage(self, d: Decision, data: dict[str, str], disposition: str) -> str:
+        """The bridge of stage 2 when the plan, read now, has one that this
+        outcome of stage 1 starts (divert.goes_on); '' none."""
+        try:
+            plan, account = self.current_plan(data)
+            outcome = divert.OUTCOMES["freeswitch"].get(disposition, "failed")
+            if len(plan) < 2 or not divert.goes_on(plan[1].after, outcome):
+                return ""
+            bridge = fs.stage_bridge(plan[1], d, data, self.stage_legs(data, plan[1], account))
+        except (ValueError, psycopg.Error) as exc:
+            log.warning("call=%s: no next stage: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
+            return ""
+        log.info("call=%s next stage after %s: %s", data.get("Unique-ID"), disposition, bridge or "nothing to ring")
+        return header_value(bridge, "bridge") if bridge else ""
 
     def queue_waiting(self, data: dict[str, str], joined: bool) -> None:
         tenant = fs.request_from(data).tenant_id

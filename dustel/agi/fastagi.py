@@ -237,11 +237,10 @@ async def inbound(request: Request, ctx: Context) -> None:
                 await ctx.run(calls.execute(stats.not_queued(req.node, req.tenant_id, queue, req.call_id, req.now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 extra.update(await closed_leg(ctx, req, qs.closed_target))
-        elif d.admit and kind == "account":
-            diversion, tz = await ctx.run(divert.load(req.tenant_id, req.account))
-            extra = await stages(ctx, req, d, divert.plan(req.account, diversion, req.now, tz), req.account)
-        elif d.admit and kind == "group":
-            extra = await stages(ctx, req, d, await ctx.run(divert.load_group(req.tenant_id, target)), None)
+        elif d.admit and kind in ("account", "group"):
+            plan, account = await current_plan(ctx, req, kind, target)
+            extra, _ = await stage_vars(ctx, req, d.max_seconds, plan[0] if plan else None, 1, account, 0)
+            extra.setdefault(V.EXT_CALLER_ID, "")
         if d.admit and kind in divert.LOGO_KINDS:
             logo = await ctx.run(divert.load_logo(req.tenant_id, req.callee))
             # Asterisk's Playback takes the file without its extension (it picks the format)
@@ -275,37 +274,65 @@ async def _release(ctx: Context, req: CallRequest, d: Decision) -> None:
         log.warning("call=%s admitted but not executable: released (%s)", req.call_id, s.status)
 
 
-async def stages(ctx: Context, req: CallRequest, d: Decision, plan: tuple[divert.Stage, ...],
-                 account: str | None) -> dict[str, str]:
-    """The stages of a call to an account or ring group (divert) as
-    dialplan variables; each external target is an outbound leg of the
-    tenant, decided and reserved with the forwarding ``account``'s settings
-    (a group's: the main account's) as ``<id>:leg``, ``<id>:leg2`` — a
-    refused one is left out (logged)."""
-    out: dict[str, str] = {V.EXT_CALLER_ID: ""}
-    placed = 0
-    for n in (1, 2):
-        stage = plan[n - 1] if n <= len(plan) else None
-        externals, limit = [], d.max_seconds
-        for e164 in stage.externals if stage else ():
-            leg, ld = await ctx.run_admission(calls.admit_leg(req, e164, ctx.tariffs, account=account,
-                                                              suffix=calls.leg_suffix(placed)))
-            log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, e164,
-                     ld.admit, ld.reason, ld.max_seconds)
-            if ld.admit:
-                placed += 1
-                externals.append(dial_string(ld))
-                limit = min(limit, ld.max_seconds) if limit else ld.max_seconds
-                out[V.EXT_CALLER_ID] = ld.caller_id
-        prefix = f"{V.STAGE}{n}_"
-        out.update({prefix + "ACCOUNTS": "&".join(stage.accounts) if stage else "",
-                    prefix + "EXTERNAL": "&".join(externals),
-                    prefix + "SECONDS": str(stage.seconds if stage else 0), prefix + "MAX": str(limit),
-                    prefix + "ON": "&".join(divert.engine_statuses("asterisk", stage.after))
-                    if stage and stage.after else ""})
+async def stage_vars(ctx: Context, req: CallRequest, limit: int, stage: divert.Stage | None, n: int,
+                     account: str | None, placed: int) -> tuple[dict[str, str], int]:
+    """Stage ``n`` as dialplan variables.  Each external target is an
+    outbound leg of the tenant, decided and reserved when its stage starts,
+    with the forwarding ``account``'s settings (a group's: the main
+    account's) as ``<id>:leg``, ``<id>:leg2`` — a refused one is left out
+    (logged).  Returns the variables and the legs placed so far."""
+    out: dict[str, str] = {}
+    externals = []
+    for e164 in stage.externals if stage else ():
+        leg, ld = await ctx.run_admission(calls.admit_leg(req, e164, ctx.tariffs, account=account,
+                                                          suffix=calls.leg_suffix(placed)))
+        log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, e164,
+                 ld.admit, ld.reason, ld.max_seconds)
+        if ld.admit:
+            placed += 1
+            externals.append(dial_string(ld))
+            limit = min(limit, ld.max_seconds) if limit else ld.max_seconds
+            out[V.EXT_CALLER_ID] = ld.caller_id
+    prefix = f"{V.STAGE}{n}_"
+    out.update({prefix + "ACCOUNTS": "&".join(stage.accounts) if stage else "",
+                prefix + "EXTERNAL": "&".join(externals),
+                prefix + "SECONDS": str(stage.seconds if stage else 0), prefix + "MAX": str(limit)})
     if placed:
         out[V.LEG] = "1"
-    return out
+    return out, placed
+
+
+async def current_plan(ctx: Context, req: CallRequest, kind: str, target: str) \
+        -> tuple[tuple[divert.Stage, ...], str | None]:
+    """The plan of a call to an account or ring group as the database says
+    *now* (read again for each stage) and the account its legs are decided with."""
+    if kind == "group":
+        return await ctx.run(divert.load_group(req.tenant_id, target)), None
+    diversion, tz = await ctx.run(divert.load(req.tenant_id, target))
+    return divert.plan(target, diversion, dt.datetime.now(dt.UTC), tz), target
+
+
+async def next_stage(request: Request, ctx: Context) -> None:
+    """agi://…/next_stage,<tenant>,<target kind>,<target>,<DIALSTATUS of stage 1>:
+    stage 1 ended unanswered; the plan is read again — a change made while
+    the call rang applies to its next leg — and stage 2 runs when the plan
+    has one that this outcome starts (divert.goes_on)."""
+    h = request.headers
+    kind, target, status = _arg(h, 2), _arg(h, 3), _arg(h, 4)
+    req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
+                      caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=h[NODE],
+                      call_id=h.get("agi_uniqueid", ""))
+    plan, account = await current_plan(ctx, req, kind, target)
+    outcome = divert.OUTCOMES["asterisk"].get(status, "failed")
+    call = await ctx.run(calls.call_limit_and_legs(req.node, req.call_id))
+    go = call is not None and len(plan) > 1 and divert.goes_on(plan[1].after, outcome)
+    values = {V.STAGE + "2_GO": "1" if go else "0"}
+    if go and call is not None:
+        more, _ = await stage_vars(ctx, req, call[0], plan[1], 2, account, call[1])
+        values.update(more)
+    log.info("next stage call=%s tenant=%s target=%s:%s after=%s go=%s", req.call_id, req.tenant_id, kind, target,
+             status, go)
+    await _set(request, values)
 
 
 async def queue_result(request: Request, ctx: Context) -> None:
@@ -445,7 +472,7 @@ async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str,
 Handler = Callable[[Request, Context], Awaitable[None]]
 ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
                               V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result,
-                              V.ROUTE_AGENT_LEG: agent_leg}
+                              V.ROUTE_AGENT_LEG: agent_leg, V.ROUTE_NEXT_STAGE: next_stage}
 REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG}
 
 

@@ -22,9 +22,9 @@ CLOSED_CALLER_ID = "DUSTEL_CLOSED_CALLER_ID"  # … and the number it presents
 DDI_NUMBER = "DUSTEL_DDI_NUMBER"    # inbound to a DDI block: the dialled number the PBX behind gets (RURI/To)
 LEG = "DUSTEL_LEG"                  # 1: this call placed a leg (<call id>:leg) the hangup handler settles too
 QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max wait (Queue() timeout)
-# inbound to an account: the stages of divert.plan, n = 1, 2 — DUSTEL_S<n>_ACCOUNTS (a&b: every registered
-# contact of each rings), _EXTERNAL (dial string of its admitted external legs), _SECONDS (ring time), _MAX
-# (time limit once answered), _ON (the DIALSTATUS words of stage n-1 that start stage n; '' never)
+# inbound to an account / ring group: the stages of divert, n = 1, 2 — DUSTEL_S<n>_ACCOUNTS (a&b: every
+# registered contact of each rings), _EXTERNAL (dial string of its admitted external legs), _SECONDS (ring
+# time), _MAX (time limit once answered); DUSTEL_S2_GO (1: stage 2 runs; set by next_stage after stage 1)
 STAGE = "DUSTEL_S"
 LOGO = "DUSTEL_LOGO"                # inbound: the sound logo to play before the call is put through ('' none)
 EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)
@@ -37,6 +37,7 @@ ROUTE_AGENT = "agent"
 ROUTE_HANGUP = "hangup"
 ROUTE_QUEUE_RESULT = "queue_result"      # after Queue(): QUEUESTATUS for the statistics
 ROUTE_AGENT_LEG = "agent_leg"            # an agent on an external number: an outbound leg of the tenant
+ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
 
 # Star codes (F-06), configurable per provider in a later step.
 STAR_LOGIN = "*51"

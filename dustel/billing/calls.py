@@ -338,6 +338,20 @@ def leg_suffix(i: int) -> str:
     return LEG if i == 0 else f"{LEG}{i + 1}"
 
 
+def _legs_like(call_id: str) -> str:
+    return call_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + LEG + "%"
+
+
+def call_limit_and_legs(node: str, call_id: str) -> Flow:
+    """(time limit, legs placed so far) of an active call admitted from
+    ``node``, or None: a later stage is only for a call this node runs."""
+    rows = (yield Q("""SELECT c.max_seconds,
+                              (SELECT count(*) FROM calls l WHERE l.node = c.node AND l.call_id LIKE %(like)s) AS legs
+                         FROM calls c WHERE c.node = %(node)s AND c.call_id = %(call)s AND c.state = 'active'""",
+                    {"node": node, "call": call_id, "like": _legs_like(call_id)}))
+    return (int(rows[0]["max_seconds"]), int(rows[0]["legs"])) if rows else None
+
+
 def settle_legs(node: str, call_id: str, billsec: int, answered: str) -> Flow:
     """Settle every leg dustel placed for a call: the one the caller talked
     to — ``answered``, the engine's answered peer: Asterisk's
@@ -347,8 +361,7 @@ def settle_legs(node: str, call_id: str, billsec: int, answered: str) -> Flow:
     peer = answered.split("@", 1)[0]
     rows = (yield Q("""SELECT call_id, destination FROM calls
                         WHERE node = %(node)s AND call_id LIKE %(like)s AND state = 'active' ORDER BY call_id""",
-                    {"node": node, "like": call_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                     + LEG + "%"}))
+                    {"node": node, "like": _legs_like(call_id)}))
     out = []
     for r in rows:
         talked = bool(peer) and r["destination"] == peer

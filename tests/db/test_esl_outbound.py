@@ -622,3 +622,27 @@ def test_the_sound_logo_plays_as_early_media_before_the_bridge(server: Server, c
     assert c.executed[i][1] == f"/var/lib/dustel/logo/t{t['id']}-logo-492111234567/48000/{names['492111234567']}.wav"
     c = call("+492111234568")                       # another number of the tenant: the tenant's logo
     assert ("playback", f"/var/lib/dustel/logo/t{t['id']}-logo-tenant/48000/{names['tenant']}.wav") in c.executed
+
+
+def test_a_forwarding_changed_while_the_phone_rings_applies_to_the_next_bridge(
+        server: Server, conn: psycopg.Connection, prepaid: dict[str, Any]) -> None:
+    """Issue 13 on FreeSWITCH: the plan is read again when stage 1 ends —
+    changed while A rang, the second bridge goes to the new target."""
+    from dustel.provisioning import features
+    t, a = prepaid["tenant"], prepaid["user"]
+    b, c = account(conn, t["id"]), account(conn, t["id"])
+    with conn.transaction():
+        features.set_diversion(conn, a, kind="forward", mode="no_answer", timeout=5, targets=[b])
+
+    def change(n: int) -> None:
+        if n == 0:
+            with conn.transaction():
+                features.set_diversion(conn, a, kind="forward", mode="no_answer", timeout=5, targets=[c])
+
+    call = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "account",
+                                                         "dustel_target": a, "dustel_domain": t["sip_domain"]},
+                        caller="+4930555", phones={a: ("ring",), b: ("answer", 3), c: ("answer", 4)},
+                        while_ringing=change)
+    call.start()
+    call.wait()
+    assert call.rang == [[a], [c]] and call.billsec == 4

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -805,3 +806,40 @@ def test_the_caller_hears_the_sound_logo_then_the_uploaded_hold_music(stack: Sta
     log = stack.asterisk.log()
     assert log.index(f"Playing '{logo_file}") < log.index(f"Started music on hold, class 't{tid}-jazz'")
     assert moh["name"] == logo["name"]          # the same upload: the same checksum name
+
+
+def test_a_forwarding_changed_while_the_phone_rings_applies_to_the_next_leg(stack: Stack) -> None:
+    """Issue 13: "a change through the CLI applies to the next leg of a call
+    already in progress".  A rings (no answer after 5 s → B); while it
+    rings the forwarding is changed to C; when A's time is up, C rings and
+    answers — B never rings.  No render, no reload."""
+    from dustel.provisioning import features
+    conn = stack.conn
+    a, b, c = stack.user, account(conn, stack.tenant_id), account(conn, stack.tenant_id)
+    route_to_the_account(stack, "+492115550101")
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+        features.set_diversion(conn, a, kind="forward", mode="no_answer", timeout=5, targets=[b])
+    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
+    stack.asterisk.cli("module reload res_pjsip.so")
+    procs = []
+    try:
+        for name, user, scenario in (("la", a, "ringing_phone.xml"), ("lb", b, "agent_phone.xml"),
+                                     ("lc", c, "agent_phone.xml")):
+            procs.append(answering_phone(stack, name, user=user, scenario=scenario))
+        (_, a_log), (_, b_log), (_, c_log) = procs
+        result: list[subprocess.CompletedProcess[str]] = []
+        caller = threading.Thread(target=lambda: result.append(
+            stack.call("+492115550101", "carrier_call_until_bye.xml", user="+4930555000", timeout=40)))
+        caller.start()
+        wait_for(lambda: _invites(a_log) == 1, 10, "A rings")
+        with conn.transaction():
+            features.set_diversion(conn, a, kind="forward", mode="no_answer", timeout=5, targets=[c])
+        caller.join(60)
+        assert result and result[0].returncode == 0, result[0].stdout[-1500:] if result else "no result"
+        assert _invites(c_log) == 1 and _has(c_log, r"^BYE sip:") and _invites(b_log) == 0
+        assert "next stage" in stack.agi_log.read_text() and "go=True" in stack.agi_log.read_text()
+    finally:
+        for p, _ in procs:
+            p.terminate()
+            p.wait(10)
