@@ -15,7 +15,11 @@ Prints, side by side in one run:
 - closed-loop throughput at concurrency 10 of dustel's decision, next to
   bare panoramisk with a trivial handler (one ``SET VARIABLE``) — the peer;
 - reserve+settle pairs/s under contention: 10 clients placing and hanging up
-  calls of one single prepaid tenant (every pair locks the same balance row).
+  calls of one single prepaid tenant (every pair locks the same balance row);
+- inbound decisions (issue 13) at concurrency 10, beside the plain outbound
+  admit: a call to an account without a diversion, and to an account with a
+  group call whose external target is an outbound leg decided and reserved
+  in the same request (divert plan + a second admission).
 
 Targets (DESIGN.md): p99 under 2 ms at 1 000 decisions/s; dustel's
 closed-loop figure at least half of bare panoramisk's.
@@ -33,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -60,6 +65,14 @@ def populate(url: str) -> None:
             for t in range(1, TENANTS + 1):
                 user = f"000387{t:06d}"
                 cp.write_row((t, user, hashlib.md5(f"{user}:t{t}.sip.dustel.de:pw".encode()).hexdigest(), "211"))
+        # half the tenants: a group call of the account with an external number (issue 13)
+        with c.cursor().copy("COPY diversions (account_id, tenant_id, kind, timeout_seconds) FROM STDIN") as cp:
+            for t in range(1, TENANTS // 2 + 1):
+                cp.write_row((t, t, "group", 20))
+        with c.cursor().copy("COPY diversion_targets (account_id, tenant_id, position, external_e164) FROM STDIN") \
+                as cp:
+            for t in range(1, TENANTS // 2 + 1):
+                cp.write_row((t, t, 1, "+4917012345678"))
         c.execute("SELECT setval('tenants_id_seq', %s)", (TENANTS,))
         c.commit()
         c.execute("ANALYZE")
@@ -162,6 +175,30 @@ async def closed_loop(port: int, concurrency: int, seconds: float, route: str, s
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return done / (time.perf_counter() - t0)
+
+
+async def latency_loop(port: int, concurrency: int, seconds: float, route: str,
+                       args: Callable[[int], list[str]], callee: str, tenants: range) -> dict[str, float]:
+    """Closed loop: requests/s and latency of one kind of decision."""
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.perf_counter() < stop:
+            tenant = tenants[(w * 997 + i) % len(tenants)]
+            i += 1
+            secs, _ = await agi_request(port, agi_block(route, args(tenant), f"lat-{os.getpid()}-{next(_UID)}",
+                                                        callee))
+            lat.append(secs)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return {"rate": len(lat) / (time.perf_counter() - t0), **pct("x", sorted(lat))}
+
+
+def inbound_args(tenant: int) -> list[str]:
+    return [str(tenant), "account", f"000387{tenant:06d}"]
 
 
 async def contention(port: int, clients: int, seconds: float) -> tuple[float, int]:
@@ -281,6 +318,17 @@ def main() -> None:
             m = c.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = 1").fetchone()
             left = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()[0]
         print(f"  tenant 1 afterwards: balance {m[0]} ct, reserved {m[1]} ct; calls still active: {left}")
+        print("\ndecisions by kind, closed loop, concurrency 10 (issue 13: the inbound plan beside the plain admit):")
+        print(f"  {'kind':<56} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}")
+        half = TENANTS // 2
+        for label, route, fn, callee, ts in (
+                ("outbound admit (plain)", "outbound", admit_args, "01701234567", range(1, TENANTS + 1)),
+                ("inbound to an account, no diversion", "inbound", inbound_args, "+492111234567",
+                 range(half + 1, TENANTS + 1)),
+                ("inbound, group call with an external leg (2 admissions)", "inbound", inbound_args,
+                 "+492111234567", range(1, half + 1))):
+            r = asyncio.run(latency_loop(port, 10, args.seconds, route, fn, callee, ts))
+            print(f"  {label:<56} {r['rate']:>7.0f} {r['x_p50_ms']:>7.2f} {r['x_p99_ms']:>7.2f}")
     finally:
         for p in (dustel, peer):
             p.terminate()

@@ -139,18 +139,6 @@ SELECT d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone,
 """
 
 
-def load(tenant_id: int, account: str) -> Flow:
-    """The account's diversion and its tenant's time zone, read for every
-    call — a change through the CLI applies to the next call and the next
-    stage without a render.  Returns (Diversion | None, tz)."""
-    rows = (yield Q(_DIVERSION, {"t": tenant_id, "u": account}))
-    if not rows:
-        return None, "Europe/Berlin"
-    r = rows[0]
-    return Diversion(kind=r["kind"], mode=r["mode"], timeout=r["timeout_seconds"], targets=tuple(r["targets"]),
-                     schedule=r["schedule"]), r["timezone"]
-
-
 _GROUP = """
 SELECT g.ring_seconds, coalesce(f.username, g.fallback_e164) AS fallback,
        coalesce((SELECT array_agg(a.username ORDER BY a.id) FROM ring_group_members m
@@ -158,15 +146,6 @@ SELECT g.ring_seconds, coalesce(f.username, g.fallback_e164) AS fallback,
   FROM ring_groups g LEFT JOIN sip_accounts f ON f.id = g.fallback_account_id
  WHERE g.tenant_id = %(t)s AND g.name = %(g)s
 """
-
-
-def load_group(tenant_id: int, name: str) -> Flow:
-    """The stages of a call to ring group ``name`` (read per call)."""
-    rows = (yield Q(_GROUP, {"t": tenant_id, "g": name}))
-    if not rows:
-        return ()
-    r = rows[0]
-    return group_plan(r["members"], r["ring_seconds"], r["fallback"])
 
 
 # ------------------------------------------------------------------ sound logo
@@ -180,10 +159,35 @@ SELECT class, name FROM media_files
 """
 
 
-def load_logo(tenant_id: int, called: str) -> Flow:
-    """The sound logo a caller to ``called`` (E.164) hears before the call
-    is put through: the number's own, else the tenant's; (class, file name)
-    or None."""
+# ------------------------------------------------------------------ one read per call / stage
+
+@dataclass(frozen=True)
+class Routing:
+    """What an inbound call does, read in one round trip: the stages (a call
+    to an account or ring group), the account its external legs are decided
+    with (None: the tenant's main account), and the sound logo."""
+    stages: tuple[Stage, ...]
+    leg_account: str | None
+    logo: tuple[str, str] | None
+
+
+def routing(tenant_id: int, kind: str, target: str, called: str, now: dt.datetime) -> Flow:
+    """Read per call, and again when stage 1 ends unanswered: a change made
+    through the CLI applies to the next call and to the next stage."""
     number = called.lstrip("+") if called.lstrip("+").isdigit() else ""
-    rows = (yield Q(_LOGO, {"t": tenant_id, "number": number}))
-    return (rows[0]["class"], rows[0]["name"]) if rows else None
+    logo_q = Q(_LOGO, {"t": tenant_id, "number": number})
+    if kind == "group":
+        rows, logos = (yield [Q(_GROUP, {"t": tenant_id, "g": target}), logo_q])
+        stages = group_plan(rows[0]["members"], rows[0]["ring_seconds"], rows[0]["fallback"]) if rows else ()
+        account = None
+    elif kind == "account":
+        rows, logos = (yield [Q(_DIVERSION, {"t": tenant_id, "u": target}), logo_q])
+        r = rows[0] if rows else None
+        diversion = Diversion(kind=r["kind"], mode=r["mode"], timeout=r["timeout_seconds"],
+                              targets=tuple(r["targets"]), schedule=r["schedule"]) if r else None
+        stages, account = plan(target, diversion, now, r["timezone"] if r else "Europe/Berlin"), target
+    else:
+        logos = (yield logo_q)
+        stages, account = (), None
+    logo = (logos[0]["class"], logos[0]["name"]) if logos and kind in LOGO_KINDS else None
+    return Routing(stages, account, logo)

@@ -97,6 +97,7 @@ class CallControl:
         self.settles_call = True            # the call of this channel has a reservation to settle
         self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
         self.staged = False                 # a call to an account / ring group: divert's stages follow
+        self.routing: divert.Routing | None = None
         self.bridged_to = ""                # the destination of the leg the caller was bridged to
         session.register_handle("CHANNEL_BRIDGE", self._on_bridge)
         session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
@@ -204,15 +205,24 @@ class CallControl:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
 
     def plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
-        acts = self._plan(d, data)
         kind = data.get("variable_dustel_target_kind", "")
-        if d.admit and d.route == "inbound" and kind in divert.LOGO_KINDS:
-            tenant = fs.request_from(data).tenant_id
-            logo = Runtime.run(divert.load_logo(tenant, data.get("Caller-Destination-Number", "")))
-            if logo:
-                # FreeSWITCH resamples a file to the channel's rate: the 48 kHz one loses nothing
-                acts = fs.with_logo(acts, media.file_path(Runtime.logo_dir, tenant, "logo", *logo, 48000))
+        self.routing = self.read_routing(data) if d.admit and d.route == "inbound" and kind in divert.LOGO_KINDS \
+            else None
+        acts = self._plan(d, data)
+        if self.routing is not None and self.routing.logo:
+            # FreeSWITCH resamples a file to the channel's rate: the 48 kHz one loses nothing
+            acts = fs.with_logo(acts, media.file_path(Runtime.logo_dir, fs.request_from(data).tenant_id, "logo",
+                                                      *self.routing.logo, 48000))
         return acts
+
+    @staticmethod
+    def read_routing(data: dict[str, str]) -> divert.Routing:
+        """The call's stages and sound logo as the database says now (read
+        again for each stage: a change made while a phone rings applies)."""
+        return Runtime.run(divert.routing(fs.request_from(data).tenant_id,
+                                          data.get("variable_dustel_target_kind", ""),
+                                          data.get("variable_dustel_target", ""),
+                                          data.get("Caller-Destination-Number", ""), dt.datetime.now(dt.UTC)))
 
     def _plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
         qs = None
@@ -231,15 +241,6 @@ class CallControl:
             return self.stages(d, data)
         return fs.actions(d, data, qs)
 
-    def current_plan(self, data: dict[str, str]) -> tuple[tuple[divert.Stage, ...], str | None]:
-        """The plan of a call to an account or ring group as the database says
-        now (read again for each stage), and the account its legs use."""
-        req = fs.request_from(data)
-        if data.get("variable_dustel_target_kind") == "group":
-            return Runtime.run(divert.load_group(req.tenant_id, data.get("variable_dustel_target", ""))), None
-        diversion, tz = Runtime.run(divert.load(req.tenant_id, req.account))
-        return divert.plan(req.account, diversion, dt.datetime.now(dt.UTC), tz), req.account
-
     def stage_legs(self, data: dict[str, str], stage: divert.Stage, account: str | None) -> dict[str, Decision]:
         """The external legs of a stage, decided and reserved as it starts."""
         return {e164: self.leg(data, e164, account=account, suffix=calls.leg_suffix(len(self.legs)))
@@ -249,20 +250,20 @@ class CallControl:
         """A call to an account or a ring group: divert's first stage; each
         external target an outbound leg of the tenant with the forwarding
         account's settings (a group's: the main account's)."""
-        plan, account = self.current_plan(data)
+        r = self.routing if self.routing is not None else self.read_routing(data)
         self.staged = True
-        stage = plan[0] if plan else divert.Stage((), (), 0)
-        return fs.actions(d, data, stage=stage, legs=self.stage_legs(data, stage, account))
+        stage = r.stages[0] if r.stages else divert.Stage((), (), 0)
+        return fs.actions(d, data, stage=stage, legs=self.stage_legs(data, stage, r.leg_account))
 
     def next_stage(self, d: Decision, data: dict[str, str], disposition: str) -> str:
         """The bridge of stage 2 when the plan, read now, has one that this
         outcome of stage 1 starts (divert.goes_on); '' none."""
         try:
-            plan, account = self.current_plan(data)
+            r = self.read_routing(data)
             outcome = divert.OUTCOMES["freeswitch"].get(disposition, "failed")
-            if len(plan) < 2 or not divert.goes_on(plan[1].after, outcome):
+            if len(r.stages) < 2 or not divert.goes_on(r.stages[1].after, outcome):
                 return ""
-            bridge = fs.stage_bridge(plan[1], d, data, self.stage_legs(data, plan[1], account))
+            bridge = fs.stage_bridge(r.stages[1], d, data, self.stage_legs(data, r.stages[1], r.leg_account))
         except (ValueError, psycopg.Error) as exc:
             log.warning("call=%s: no next stage: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
             return ""

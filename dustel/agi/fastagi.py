@@ -237,15 +237,15 @@ async def inbound(request: Request, ctx: Context) -> None:
                 await ctx.run(calls.execute(stats.not_queued(req.node, req.tenant_id, queue, req.call_id, req.now)))
             if not qs.open and qs.closed_target.startswith("+"):
                 extra.update(await closed_leg(ctx, req, qs.closed_target))
-        elif d.admit and kind in ("account", "group"):
-            plan, account = await current_plan(ctx, req, kind, target)
-            extra, _ = await stage_vars(ctx, req, d.max_seconds, plan[0] if plan else None, 1, account, 0)
-            extra.setdefault(V.EXT_CALLER_ID, "")
         if d.admit and kind in divert.LOGO_KINDS:
-            logo = await ctx.run(divert.load_logo(req.tenant_id, req.callee))
+            r = await ctx.run(divert.routing(req.tenant_id, kind, target, req.callee, req.now))
+            if kind in ("account", "group"):
+                more, _ = await stage_vars(ctx, req, d.max_seconds, r.stages[0] if r.stages else None, 1,
+                                           r.leg_account, 0)
+                extra.update({V.EXT_CALLER_ID: "", **more})
             # Asterisk's Playback takes the file without its extension (it picks the format)
-            extra[V.LOGO] = media.file_path(ctx.logo_dir, req.tenant_id, "logo", logo[0], logo[1], 8000, ext=False) \
-                if logo else ""
+            extra[V.LOGO] = media.file_path(ctx.logo_dir, req.tenant_id, "logo", *r.logo, 8000, ext=False) \
+                if r.logo else ""
     except (ValueError, psycopg.Error):
         await _release(ctx, req, d)
         raise
@@ -302,16 +302,6 @@ async def stage_vars(ctx: Context, req: CallRequest, limit: int, stage: divert.S
     return out, placed
 
 
-async def current_plan(ctx: Context, req: CallRequest, kind: str, target: str) \
-        -> tuple[tuple[divert.Stage, ...], str | None]:
-    """The plan of a call to an account or ring group as the database says
-    *now* (read again for each stage) and the account its legs are decided with."""
-    if kind == "group":
-        return await ctx.run(divert.load_group(req.tenant_id, target)), None
-    diversion, tz = await ctx.run(divert.load(req.tenant_id, target))
-    return divert.plan(target, diversion, dt.datetime.now(dt.UTC), tz), target
-
-
 async def next_stage(request: Request, ctx: Context) -> None:
     """agi://…/next_stage,<tenant>,<target kind>,<target>,<DIALSTATUS of stage 1>:
     stage 1 ended unanswered; the plan is read again — a change made while
@@ -322,13 +312,13 @@ async def next_stage(request: Request, ctx: Context) -> None:
     req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
                       caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=h[NODE],
                       call_id=h.get("agi_uniqueid", ""))
-    plan, account = await current_plan(ctx, req, kind, target)
+    r = await ctx.run(divert.routing(req.tenant_id, kind, target, req.callee, dt.datetime.now(dt.UTC)))
     outcome = divert.OUTCOMES["asterisk"].get(status, "failed")
     call = await ctx.run(calls.call_limit_and_legs(req.node, req.call_id))
-    go = call is not None and len(plan) > 1 and divert.goes_on(plan[1].after, outcome)
+    go = call is not None and len(r.stages) > 1 and divert.goes_on(r.stages[1].after, outcome)
     values = {V.STAGE + "2_GO": "1" if go else "0"}
     if go and call is not None:
-        more, _ = await stage_vars(ctx, req, call[0], plan[1], 2, account, call[1])
+        more, _ = await stage_vars(ctx, req, call[0], r.stages[1], 2, r.leg_account, call[1])
         values.update(more)
     log.info("next stage call=%s tenant=%s target=%s:%s after=%s go=%s", req.call_id, req.tenant_id, kind, target,
              status, go)
