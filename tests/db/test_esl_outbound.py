@@ -646,3 +646,36 @@ def test_a_forwarding_changed_while_the_phone_rings_applies_to_the_next_bridge(
     call.start()
     call.wait()
     assert call.rang == [[a], [c]] and call.billsec == 4
+
+
+def test_an_external_leg_presents_the_caller_only_with_clip_no_screening(server: Server,
+                                                                        conn: psycopg.Connection) -> None:
+    """F-05: an external forwarding leg presents the tenant's number — or the
+    original caller, only when the tenant has CLIP no screening."""
+    import datetime as dt
+
+    from dustel.provisioning import accounts, features, tenants
+    conn.execute(RATES)
+    b = tenant(conn, plan="business_flex")
+    with conn.transaction():
+        numbers.add(conn, b["id"], "+492111234567")
+    user = account(conn, b["id"])
+    with conn.transaction():
+        accounts.set_fields(conn, user, caller_id="+492111234567")
+        features.set_diversion(conn, user, kind="forward", mode="immediate", targets=["+4917012345678"])
+    calls.run_sync(conn, calls.topup(b["id"], 5000, "bank:1"))
+
+    def presented() -> str:
+        c = OutboundCall(server.port, "+492111234567", {"dustel_tenant": str(b["id"]), "dustel_target_kind": "account",
+                                                          "dustel_target": user, "dustel_domain": b["sip_domain"]},
+                         caller="+4930555123", callee=("answer", 1))
+        c.start()
+        c.wait()
+        (bridge,) = [arg for app, arg in c.executed if app == "bridge"]
+        return re.search(r"origination_caller_id_number=([^,\]]+)", bridge).group(1)   # type: ignore[union-attr]
+
+    assert presented() == "+492111234567"
+    with conn.transaction():
+        tenants.set_fields(conn, b["id"], clip_agreement_on=dt.date(2026, 1, 15))
+        tenants.set_option(conn, b["id"], "clip_no_screening", 1)
+    assert presented() == "+4930555123"
