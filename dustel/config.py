@@ -66,7 +66,12 @@ class Settings:
     logo_dir: str = "/var/lib/dustel/logo"     # sound logos, converted like hold music (provisioning/media.py)
     media_max_bytes: int = 20_000_000          # an upload larger than this is refused
     media_max_seconds: int = 900               # … and one that plays longer
-    fax_spool_dir: str = "/var/spool/dustel/fax"
+    fax_spool_dir: str = "/var/spool/dustel/fax"    # where the engines write received faxes
+    fax_read_dir: str = ""        # where the policy servers read them ('' = fax_spool_dir: one host, or shared)
+    smtp_host: str = "127.0.0.1"  # the mail relay fax mails go through
+    smtp_port: int = 25
+    mail_from: str = "fax@dustel.invalid"
+    mail_max_attempts: int = 6    # then the mail is failed and the tenant gets a failure report
     # agent star codes (F-06: configurable per provider)
     star_login: str = "*51"
     star_logout: str = "*52"
@@ -99,11 +104,15 @@ _ENV = {
     "ami_port": "DUSTEL_AMI_PORT",
     "moh_dir": "DUSTEL_MOH_DIR",
     "logo_dir": "DUSTEL_LOGO_DIR",
+    "fax_read_dir": "DUSTEL_FAX_READ_DIR",
+    "smtp_host": "DUSTEL_SMTP_HOST",
+    "smtp_port": "DUSTEL_SMTP_PORT",
+    "mail_from": "DUSTEL_MAIL_FROM",
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
 }
 _INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port",
-               "media_max_bytes", "media_max_seconds"}
+               "media_max_bytes", "media_max_seconds", "smtp_port", "mail_max_attempts"}
 
 
 SECRETS = ("esl_password", "ami_secret", "database_url")

@@ -55,6 +55,8 @@ class Runtime:
     tariffs = calls.TariffCache()
     star_codes: dict[str, str] = dict(codes.ACTIONS)
     logo_dir = "/var/lib/dustel/logo"        # settings.logo_dir ($DUSTEL_LOGO_DIR)
+    fax_spool_dir = "/var/spool/dustel/fax"  # settings.fax_spool_dir: where FreeSWITCH writes received faxes
+    fax_read_dir = "/var/spool/dustel/fax"   # settings.fax_read_dir: where this server reads them
 
     @classmethod
     def run(cls, flow: calls.Flow) -> Any:
@@ -115,7 +117,7 @@ class CallControl:
 
     def _on_execute_complete(self, event: ESLMessage) -> None:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
-        if event.headers.get("Application") in ("bridge", "callcenter"):
+        if event.headers.get("Application") in ("bridge", "callcenter", "rxfax"):
             self.bridge_done.set(event.headers)
 
     def _on_disconnect(self, event: ESLMessage) -> None:
@@ -190,6 +192,8 @@ class CallControl:
                     self.bridge_done = gevent.event.AsyncResult()
                     s.call_command("bridge", bridge)
                     done = self.bridge_done.get()
+            if done is not None and done.get("Application") == "rxfax":
+                self.fax_in(data, done)
             if done is not None and queue_answered(done):
                 log.info("queue call=%s answered by agent leg=%s", data.get("Unique-ID"),
                          done.get("variable_cc_agent_uuid", ""))
@@ -239,7 +243,7 @@ class CallControl:
         if d.admit and d.route == "inbound" and data.get("variable_dustel_target_kind", "account") in ("account",
                                                                                                         "group"):
             return self.stages(d, data)
-        return fs.actions(d, data, qs)
+        return fs.actions(d, data, qs, fax_spool_dir=Runtime.fax_spool_dir)
 
     def stage_legs(self, data: dict[str, str], stage: divert.Stage, account: str | None) -> dict[str, Decision]:
         """The external legs of a stage, decided and reserved as it starts."""
@@ -269,6 +273,25 @@ class CallControl:
             return ""
         log.info("call=%s next stage after %s: %s", data.get("Unique-ID"), disposition, bridge or "nothing to ring")
         return header_value(bridge, "bridge") if bridge else ""
+
+    def fax_in(self, data: dict[str, str], done: dict[str, str]) -> None:
+        """rxfax ended: the fax to e-mail (fax.inbound), read from fax_read_dir."""
+        from ..fax import inbound as fax_in
+        r = fs.fax_received(done, data, self.node(data))
+        try:
+            with open(f"{Runtime.fax_read_dir}/{r.call_id}.tif", "rb") as f:
+                tiff: bytes | None = f.read()
+        except OSError:
+            tiff = None
+        try:
+            assert Runtime.pool is not None
+            with Runtime.pool.connection() as conn, conn.transaction():
+                res = fax_in.received(conn, r, tiff)
+        except (psycopg.Error, LookupError) as exc:
+            log.warning("fax call=%s not recorded: %s: %s", r.call_id, type(exc).__name__, exc)
+            return
+        log.info("fax call=%s tenant=%s box=%s status=%s pages=%s", r.call_id, r.tenant_id, r.faxbox,
+                 res["status"], res["pages"])
 
     def queue_waiting(self, data: dict[str, str], joined: bool) -> None:
         tenant = fs.request_from(data).tenant_id
@@ -474,5 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
     Runtime.star_codes = json.loads(os.environ.get("DUSTEL_STAR_CODES") or "{}") or dict(codes.ACTIONS)
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
+    Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
+    Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
     serve(dsn, args.host, args.port, nodes)
 

@@ -68,6 +68,8 @@ class Context:
         self.nodes = dict(nodes) if nodes else {ip: node for ip in LOOPBACK}
         self.tariffs = calls.TariffCache()
         self.logo_dir = "/var/lib/dustel/logo"     # settings.logo_dir: where the engine reads sound logos
+        self.fax_read_dir = "/var/spool/dustel/fax"  # settings.fax_read_dir: where received faxes are read
+        self.dsn = ""
         self.max_batch = max_batch
         self._pending: list[tuple[CallRequest, asyncio.Future[Decision]]] = []
         self._wake = asyncio.Event()
@@ -302,6 +304,41 @@ async def stage_vars(ctx: Context, req: CallRequest, limit: int, stage: divert.S
     return out, placed
 
 
+_FAX_FILE = re.compile(r"[0-9]{1,20}\.[0-9]{1,10}\.tif")
+
+
+async def fax(request: Request, ctx: Context) -> None:
+    """agi://…/fax,<tenant>,<fax box>,<file>,<FAXOPT(status)>,<pages>,<rate>,<station>,<statusstr>:
+    ReceiveFAX ended (the hangup handler of the fax call): the TIFF becomes
+    a PDF mailed to the fax box through the outbox (fax.inbound)."""
+    from ..fax import inbound as fax_in
+    h = request.headers
+    name = _arg(h, 3)
+    if not _FAX_FILE.fullmatch(name) or name != h.get("agi_uniqueid", "") + ".tif":
+        raise ValueError(f"fax file: {name[:40]!r} is not this call's")
+    pages = _arg(h, 5)
+    rate = _arg(h, 6)
+    r = fax_in.Received(node=h[NODE], call_id=h.get("agi_uniqueid", ""), tenant_id=int(_arg(h, 1)),
+                        faxbox=_arg(h, 2), caller=_caller(h), success=_arg(h, 4) == "SUCCESS",
+                        pages=int(pages) if pages.isdigit() else 0, result=_arg(h, 8),
+                        bit_rate=int(rate) if rate.isdigit() else None, remote_station=_arg(h, 7))
+    path = f"{ctx.fax_read_dir}/{name}"
+    result = await asyncio.to_thread(_record_fax, ctx.dsn, r, path)
+    log.info("fax call=%s tenant=%s box=%s status=%s pages=%s", r.call_id, r.tenant_id, r.faxbox,
+             result["status"], result["pages"])
+
+
+def _record_fax(dsn: str, r: Any, path: str) -> dict[str, object]:
+    from ..fax import inbound as fax_in
+    try:
+        with open(path, "rb") as f:
+            tiff: bytes | None = f.read()
+    except OSError:
+        tiff = None            # nothing arrived: the mail says so
+    with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=5) as conn, conn.transaction():
+        return fax_in.received(conn, r, tiff)
+
+
 async def next_stage(request: Request, ctx: Context) -> None:
     """agi://…/next_stage,<tenant>,<target kind>,<target>,<DIALSTATUS of stage 1>:
     stage 1 ended unanswered; the plan is read again — a change made while
@@ -462,7 +499,7 @@ async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str,
 Handler = Callable[[Request, Context], Awaitable[None]]
 ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
                               V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result,
-                              V.ROUTE_AGENT_LEG: agent_leg, V.ROUTE_NEXT_STAGE: next_stage}
+                              V.ROUTE_AGENT_LEG: agent_leg, V.ROUTE_NEXT_STAGE: next_stage, V.ROUTE_FAX: fax}
 REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG}
 
 
@@ -516,7 +553,8 @@ class DustelAGI(Application):
 
 async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Event | None = None,
                 min_conn: int = 2, max_conn: int = 8, nodes: Mapping[str, str] | None = None,
-                star_codes: Mapping[str, str] | None = None, logo_dir: str | None = None) -> None:
+                star_codes: Mapping[str, str] | None = None, logo_dir: str | None = None,
+                fax_read_dir: str | None = None) -> None:
     """Run the FastAGI server until cancelled; expire stale reservations every minute."""
     loop = asyncio.get_running_loop()
     # with the database gone, admission fails after POOL_TIMEOUT (run_admission)
@@ -529,6 +567,9 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
             ctx.star_codes = dict(star_codes)
         if logo_dir:
             ctx.logo_dir = logo_dir
+        if fax_read_dir:
+            ctx.fax_read_dir = fax_read_dir
+        ctx.dsn = dsn
         app = DustelAGI(ctx, loop)
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
         log.info("fastagi listening on %s:%s nodes=%s", host, port,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from ..controller.protocol import header_value, token
+from ..fax.inbound import Received
 from ..queue.hours import QueueState
 from . import variables as V
 from .divert import Stage
@@ -130,6 +131,19 @@ def stage_bridge(stage: Stage, d: Decision, data: Mapping[str, str], legs: Mappi
     return f"{{leg_timeout={int(stage.seconds)}}}" + ",".join(parts) if parts else ""
 
 
+def fax_received(done: Mapping[str, str], data: Mapping[str, str], node: str) -> Received:
+    """What rxfax's EXECUTE_COMPLETE says (recording 09: ``variable_fax_success``,
+    ``fax_document_transferred_pages``, ``fax_result_text``, ``fax_transfer_rate``,
+    ``fax_remote_station_id``)."""
+    pages = done.get("variable_fax_document_transferred_pages", "")
+    rate = done.get("variable_fax_transfer_rate", "")
+    return Received(node=node, call_id=data.get("Unique-ID", ""), tenant_id=_tenant(data),
+                    faxbox=data.get("variable_dustel_target", ""), caller=_caller(data),
+                    success=done.get("variable_fax_success") == "1", pages=int(pages) if pages.isdigit() else 0,
+                    result=done.get("variable_fax_result_text", ""), bit_rate=int(rate) if rate.isdigit() else None,
+                    remote_station=done.get("variable_fax_remote_station_id", "")[:60])
+
+
 def with_logo(acts: list[Action], logo: str) -> list[Action]:
     """The sound logo as early media (``pre_answer``, ``playback``) before the
     call is put through: before the first answer, bridge or queue."""
@@ -143,7 +157,8 @@ def with_logo(acts: list[Action], logo: str) -> list[Action]:
 
 def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = None,
             leg: Decision | None = None, stage: Stage | None = None,
-            legs: Mapping[str, Decision] | None = None) -> list[Action]:
+            legs: Mapping[str, Decision] | None = None, fax_spool_dir: str = "/var/spool/dustel/fax") \
+        -> list[Action]:
     """The applications to execute, in order, for a decision.
 
     Admitted: record the decision, present the caller ID, arm the time limit
@@ -181,6 +196,12 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
             out.append(("bridge", f"user/{token(queue.closed_target, 'closed target')}@{domain}"))
         else:
             out.append(("hangup", "NORMAL_CLEARING"))
+        return out
+    if d.route == "inbound" and kind == "fax":
+        # mod_spandsp writes the TIFF; its result comes as variable_fax_* on rxfax's EXECUTE_COMPLETE
+        # (recording 09: the spandsp::rxfaxresult event does not reach a myevents socket)
+        out.append(("answer", ""))
+        out.append(("rxfax", f"{fax_spool_dir}/{token(data.get('Unique-ID', ''), 'call id')}.tif"))
         return out
     if d.route == "inbound" and kind == "queue" and queue is not None and queue.full:
         # mod_callcenter has no max callers: dustel supplies it (hours.state counts the waiting)

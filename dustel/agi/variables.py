@@ -37,6 +37,7 @@ ROUTE_AGENT = "agent"
 ROUTE_HANGUP = "hangup"
 ROUTE_QUEUE_RESULT = "queue_result"      # after Queue(): QUEUESTATUS for the statistics
 ROUTE_AGENT_LEG = "agent_leg"            # an agent on an external number: an outbound leg of the tenant
+ROUTE_FAX = "fax"                        # ReceiveFAX ended: the fax to e-mail (fax.inbound)
 ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
 
 # Star codes (F-06), configurable per provider in a later step.

@@ -104,7 +104,8 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
     nodes = node_sources(s.ami_nodes, s.agi_node)
     try:
         asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes,
-                                  star_codes=star_codes(s), logo_dir=s.logo_dir))
+                                  star_codes=star_codes(s), logo_dir=s.logo_dir,
+                                  fax_read_dir=s.fax_read_dir or s.fax_spool_dir))
     except KeyboardInterrupt:
         pass
 
@@ -126,7 +127,8 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
     # DSN and the node list go through the environment of the exec'd process
     child_env = {**os.environ, "DUSTEL_ESL_DSN": env.url,
                  "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, "")),
-                 "DUSTEL_STAR_CODES": json.dumps(star_codes(s)), "DUSTEL_LOGO_DIR": s.logo_dir}
+                 "DUSTEL_STAR_CODES": json.dumps(star_codes(s)), "DUSTEL_LOGO_DIR": s.logo_dir,
+                 "DUSTEL_FAX_SPOOL_DIR": s.fax_spool_dir, "DUSTEL_FAX_READ_DIR": s.fax_read_dir or s.fax_spool_dir}
     sys.stdout.flush()
     os.execve(sys.executable, argv, child_env)
 

@@ -3,6 +3,7 @@
 the carrier (F-04)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -110,7 +111,9 @@ def stack(conn: psycopg.Connection, db_url: str, tmp_path: Path, asterisk: Aster
     with conn.transaction():
         files = service.render_files(conn, settings, ["asterisk"])["asterisk"]
     agi_log = tmp_path / "agi.log"
-    env = {**os.environ, "DATABASE_URL": db_url, "DUSTEL_AGI_NODE": NODE}
+    env = {**os.environ, "DATABASE_URL": db_url, "DUSTEL_AGI_NODE": NODE,
+           # received faxes: Asterisk writes them in its chroot, the policy server reads them from outside
+           "DUSTEL_FAX_READ_DIR": f"{asterisk.root}{settings.fax_spool_dir}"}
     with agi_log.open("wb") as out:
         agi = subprocess.Popen([sys.executable, "-m", "dustel.cli", "agi", "serve", "--host", "127.0.0.1",
                                 "--port", str(agi_port)], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -843,3 +846,51 @@ def test_a_forwarding_changed_while_the_phone_rings_applies_to_the_next_leg(stac
         for p, _ in procs:
             p.terminate()
             p.wait(10)
+
+
+# ------------------------------------------------------------------ fax (issue 14)
+
+def test_a_real_fax_is_received_and_mailed_as_a_pdf(stack: Stack, tmp_path: Path) -> None:
+    """Issue 14 on the real Asterisk: SendFAX on one side of a Local channel
+    pair transmits a 2-page document (T.30 audio through res_fax_spandsp) to
+    a number routed to a fax box; ReceiveFAX writes the TIFF; the policy
+    server turns it into a PDF and queues the mail; the outbox delivers it to
+    an aiosmtpd server, where the PDF is parsed back: 2 pages of A4 fax
+    size, as sent."""
+    import pypdf
+
+    from dustel.fax import outbox
+    from tests.fax_support import Mailbox, fax_tiff
+    conn = stack.conn
+    tid = stack.tenant_id
+    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (tid,))
+    with conn.transaction():
+        targets.faxbox_add(conn, tid, "office", "fax@example.org")
+        numbers.add(conn, tid, "+492119876600")
+        numbers.assign(conn, "+492119876600", "fax", "office")
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
+    stack.asterisk.cli("dialplan reload")
+    sent = stack.asterisk.root / "tmp" / "page.tif"
+    sent.write_bytes(fax_tiff(2))
+    stack.asterisk.cli("channel originate Local/+492119876600@dustel-public application SendFAX /tmp/page.tif")
+    row = wait_for(lambda: conn.execute("SELECT * FROM faxes").fetchone(), 120, "the received fax")
+    assert (row["status"], row["pages"], row["faxbox"]) == ("received", 2, "office"), row
+
+    box = Mailbox(free_port(socket.SOCK_STREAM)).start()
+    try:
+        counts = outbox.deliver_due(conn, outbox.Smtp("127.0.0.1", box.port, "fax@dustel.test"))
+    finally:
+        box.stop()
+    assert counts == {"sent": 1, "retry": 0, "failed": 0}
+    (msg,) = box.messages
+    assert msg["To"] == "fax@example.org" and msg["Subject"].startswith("Fax from ") and "2 pages" in msg["Subject"]
+    (part,) = [p for p in msg.walk() if p.get_content_type() == "application/pdf"]
+    pdf = pypdf.PdfReader(io.BytesIO(part.get_payload(decode=True)))
+    assert len(pdf.pages) == 2
+    for page in pdf.pages:         # 1728 x 2292 px at 204 x 196 dpi: 610 x 842 pt (A4 is 595 x 842)
+        w, h = float(page.mediabox.width), float(page.mediabox.height)
+        assert abs(w - 1728 / 204 * 72) < 8 and abs(h - 2292 / 196 * 72) < 25, (w, h)
+    body = [p for p in msg.walk() if p.get_content_type() == "text/plain"][0].get_content()
+    assert "Pages: 2" in body and "Transmission: complete" in body
