@@ -142,7 +142,18 @@ def _templates() -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     return channel, events
 
 
+def _fax_result() -> dict[str, str]:
+    """The ``variable_fax_*`` headers of rxfax's EXECUTE_COMPLETE in recording 09."""
+    for f in fs_frames("09-outbound-socket-fax-receive"):
+        if f.content_type == "text/event-plain":
+            ev = P.parse_event(f)
+            if ev.name == "CHANNEL_EXECUTE_COMPLETE" and ev.headers.get("Application") == "rxfax":
+                return {k: v for k, v in ev.headers.items() if k.startswith("variable_fax_")}
+    raise RuntimeError("recording 09 holds no rxfax result")
+
+
 _CHANNEL, _EVENTS = _templates()
+FAX_RESULT = _fax_result()
 _SEQ = itertools.count(5000)
 _UUIDS = itertools.count(1)
 
@@ -184,6 +195,8 @@ class OutboundCall:
     rang: list = field(default_factory=list)     # per bridge: the legs it rang
     cancelled: list = field(default_factory=list)   # legs that rang and were cancelled
     while_ringing: Any = None     # test hook: called with the bridge's number (0, 1 …) while its legs ring
+    fax: tuple = (1, True)        # what rxfax receives: (pages, success)
+    fax_document: bytes = b""     # the TIFF rxfax "writes" to its argument
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
     source: str = "127.0.0.1"     # the address FreeSWITCH connects from
 
@@ -325,6 +338,9 @@ class OutboundCall:
         elif app == "callcenter":
             self._callcenter(app_h)
             return
+        elif app == "rxfax":
+            self._rxfax(app_h)
+            return
         elif app == "pre_answer":
             # ASSUMPTION (no recording pre-answers): the application completes at once; the
             # CHANNEL_PROGRESS_MEDIA it causes is not emitted (nothing here reads it)
@@ -333,6 +349,28 @@ class OutboundCall:
             var = arg.split()[7]
             self.variables[var] = self.dtmf.pop(0) if self.dtmf else ""
         self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **{"variable_current_application": app})
+
+    def _rxfax(self, app_h: dict[str, str]) -> None:
+        """mod_spandsp's rxfax as recording 09 shows it: EXECUTE_COMPLETE with
+        the result in ``variable_fax_*`` (the recording's, with ``fax`` —
+        (pages, success) — applied), then the caller hangs up.  ASSUMPTION:
+        the received document is written to the application's argument
+        (mod_spandsp does; the recording cannot show a file), here
+        ``fax_document`` (bytes), when set."""
+        path = app_h["Application-Data"]
+        if self.fax_document:
+            with open(path, "wb") as f:
+                f.write(self.fax_document)
+        pages, success = self.fax
+        result = {**FAX_RESULT, "variable_fax_filename": path,
+                  "variable_fax_document_transferred_pages": str(pages),
+                  "variable_fax_document_total_pages": str(pages),
+                  "variable_fax_success": "1" if success else "0",
+                  "variable_fax_result_code": "0" if success else "49",
+                  "variable_fax_result_text": "OK" if success else "The call dropped prematurely"}
+        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result, variable_current_application="rxfax")
+        self.billsec = 20
+        self._hangup("NORMAL_CLEARING", {})
 
     def _answer(self) -> None:
         if not self.answered:

@@ -110,7 +110,8 @@ class CallControl:
     def _on_hangup_complete(self, event: ESLMessage) -> None:
         self.hung_up.set()
         self.hangup_complete.set(event.headers)
-        self.bridge_done.set(None)
+        if not self.bridge_done.ready():       # an application's result that came first is kept
+            self.bridge_done.set(None)
 
     def _on_bridge(self, event: ESLMessage) -> None:
         self.bridged_to = event.headers.get("Other-Leg-Destination-Number", "")
@@ -123,7 +124,8 @@ class CallControl:
     def _on_disconnect(self, event: ESLMessage) -> None:
         if event.headers.get("Content-Disposition") != "linger":
             self.hangup_complete.set(None)
-            self.bridge_done.set(None)
+            if not self.bridge_done.ready():
+                self.bridge_done.set(None)
 
     def node(self, data: Mapping[str, str]) -> str:
         """The configured name of the node this connection came from, else

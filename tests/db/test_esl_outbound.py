@@ -25,8 +25,9 @@ RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917',
 
 
 class Server:
-    def __init__(self, db_url: str, nodes: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "DUSTEL_ESL_DSN": db_url, "DUSTEL_ESL_NODES": json.dumps(nodes or {})}
+    def __init__(self, db_url: str, nodes: dict[str, str] | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "DUSTEL_ESL_DSN": db_url, "DUSTEL_ESL_NODES": json.dumps(nodes or {}), **(extra_env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0"],
                                      stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
@@ -679,3 +680,34 @@ def test_an_external_leg_presents_the_caller_only_with_clip_no_screening(server:
         tenants.set_fields(conn, b["id"], clip_agreement_on=dt.date(2026, 1, 15))
         tenants.set_option(conn, b["id"], "clip_no_screening", 1)
     assert presented() == "+4930555123"
+
+
+def test_a_fax_is_received_with_rxfax_and_queued_as_mail(db_url: str, conn: psycopg.Connection,
+                                                        tmp_path: Any) -> None:
+    """Issue 14 on FreeSWITCH, the emulator following recording 09: the
+    server answers and executes ``rxfax <spool>/<uuid>.tif``; the result comes
+    in ``variable_fax_*`` on rxfax's EXECUTE_COMPLETE; the TIFF becomes a PDF
+    in a mail to the fax box."""
+    from tests.fax_support import fax_tiff
+    t = tenant(conn)
+    with conn.transaction():
+        targets.faxbox_add(conn, t["id"], "office", "fax@example.org")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    s = Server(db_url, extra_env={"DUSTEL_FAX_SPOOL_DIR": str(spool)})
+    try:
+        c = OutboundCall(s.port, "+492119876600", {"dustel_tenant": str(t["id"]), "dustel_target_kind": "fax",
+                                                  "dustel_target": "office", "dustel_domain": t["sip_domain"]},
+                         caller="+492111230000", fax=(3, True), fax_document=fax_tiff(3))
+        c.start()
+        c.wait()
+        assert [(a, x) for a, x in c.executed if a in ("answer", "rxfax")] == \
+            [("answer", ""), ("rxfax", f"{spool}/{c.uuid}.tif")]
+        fax = wait_for(lambda: conn.execute("SELECT * FROM faxes").fetchone(), what="the fax recorded")
+        assert (fax["status"], fax["pages"], fax["remote_number"], fax["bit_rate"]) == \
+            ("received", 3, "+492111230000", 14400)
+        mail = conn.execute("SELECT * FROM mail_outbox").fetchone()
+        assert mail["recipient"] == "fax@example.org" and mail["attachment"][:5] == b"%PDF-"
+        assert "Fax from +492111230000, 3 pages" == mail["subject"]
+    finally:
+        s.stop()

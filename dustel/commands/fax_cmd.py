@@ -1,0 +1,83 @@
+"""``dustel fax``: received faxes, their mails, and the outbox deliverer."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+
+from ..errors import DustelError, NotFound
+from ..fax import outbox
+from .common import INT, Env, emit, json_option, pass_env, table
+
+fax = click.Group("fax", help="Faxes (F-08): received faxes and the mail outbox.")
+
+_LIST = """SELECT f.id, f.created_at, f.direction, f.faxbox, f.remote_number, f.status, f.pages,
+                  (SELECT m.state FROM mail_outbox m WHERE m.fax_id = f.id ORDER BY m.id LIMIT 1) AS mail
+             FROM faxes f WHERE f.tenant_id = %s ORDER BY f.created_at DESC, f.id DESC"""
+
+
+@fax.command("list")
+@click.argument("tenant_id", type=INT)
+@json_option
+@pass_env
+def fax_list(env: Env, as_json: bool, tenant_id: int) -> None:
+    """A tenant's faxes, newest first, with the state of their mail."""
+    with env.tx() as conn:
+        rows = conn.execute(_LIST, (tenant_id,)).fetchall()
+    emit(rows, as_json, lambda d: table(d, ["id", "created_at", "faxbox", "remote_number", "status", "pages",
+                                            "mail"]))
+
+
+@fax.command("show")
+@click.argument("fax_id", type=INT)
+@json_option
+@pass_env
+def fax_show(env: Env, as_json: bool, fax_id: int) -> None:
+    """One fax and every mail about it (attempts, last error)."""
+    with env.tx() as conn:
+        f = conn.execute("SELECT * FROM faxes WHERE id = %s", (fax_id,)).fetchone()
+        if f is None:
+            raise NotFound("fax", f"no fax {fax_id}")
+        f["mails"] = conn.execute(
+            """SELECT id, kind, recipient, state, attempts, next_attempt_at, last_error, sent_at FROM mail_outbox
+                WHERE fax_id = %s ORDER BY id""", (fax_id,)).fetchall()
+    emit(f, as_json)
+
+
+@fax.command("retry")
+@click.argument("fax_id", type=INT)
+@json_option
+@pass_env
+def fax_retry(env: Env, as_json: bool, fax_id: int) -> None:
+    """Queue a fax's failed mail again (after the address was fixed)."""
+    with env.tx() as conn:
+        rows = conn.execute("""UPDATE mail_outbox SET state = 'queued', attempts = 0, next_attempt_at = now()
+                                WHERE fax_id = %s AND state = 'failed' RETURNING id""", (fax_id,)).fetchall()
+        if not rows:
+            raise DustelError("fax", f"fax {fax_id} has no failed mail to retry")
+    emit({"requeued": [r["id"] for r in rows]}, as_json, lambda d: click.echo(f"{len(rows)} mail(s) queued again"))
+
+
+@fax.command("deliver")
+@click.option("--loop", is_flag=True, help="Keep delivering (a service); default one pass.")
+@click.option("--interval", type=INT, default=10, show_default=True, help="Seconds between passes with --loop.")
+@json_option
+@pass_env
+def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
+    """Send the due mails of the outbox (settings smtp_host, smtp_port, mail_from)."""
+    s = env.settings
+    smtp = outbox.Smtp(s.smtp_host, s.smtp_port, s.mail_from, max_attempts=s.mail_max_attempts)
+    if not loop:
+        with env.tx() as conn:
+            emit(outbox.deliver_due(conn, smtp), as_json)
+        return
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    while True:
+        try:
+            with env.tx() as conn:
+                outbox.deliver_due(conn, smtp)
+        except DustelError as exc:          # the database away: log, wait, go on
+            logging.getLogger("dustel.fax").warning("delivery pass failed: %s", exc)
+        time.sleep(interval)
