@@ -68,6 +68,7 @@ class Settings:
     media_max_seconds: int = 900               # … and one that plays longer
     fax_spool_dir: str = "/var/spool/dustel/fax"    # where the engines write received faxes
     fax_read_dir: str = ""        # where the policy servers read them ('' = fax_spool_dir: one host, or shared)
+    asterisk_outgoing_dir: str = "/var/spool/asterisk/outgoing"   # call files: faxes to send (pbx_spool)
     smtp_host: str = "127.0.0.1"  # the mail relay fax mails go through
     smtp_port: int = 25
     mail_from: str = "fax@dustel.invalid"
@@ -105,6 +106,7 @@ _ENV = {
     "moh_dir": "DUSTEL_MOH_DIR",
     "logo_dir": "DUSTEL_LOGO_DIR",
     "fax_read_dir": "DUSTEL_FAX_READ_DIR",
+    "asterisk_outgoing_dir": "DUSTEL_ASTERISK_OUTGOING_DIR",
     "smtp_host": "DUSTEL_SMTP_HOST",
     "smtp_port": "DUSTEL_SMTP_PORT",
     "mail_from": "DUSTEL_MAIL_FROM",

@@ -339,6 +339,45 @@ def _record_fax(dsn: str, r: Any, path: str) -> dict[str, object]:
         return fax_in.received(conn, r, tiff)
 
 
+async def fax_out(request: Request, ctx: Context) -> None:
+    """agi://…/fax_out,<tenant>,<job>: the dialling half of a fax job's call.
+    An outbound leg of the tenant (zones, rate, money, a line: calls.admit_leg
+    as ``<id>:leg``, settled by the hangup handler), presenting the job's
+    number — one of the tenant's own, checked when it was queued."""
+    h = request.headers
+    tenant, job_id = int(_arg(h, 1)), int(_arg(h, 2))
+    job = await ctx.run(_fax_job(tenant, job_id))
+    if job is None:
+        raise ValueError(f"fax job {job_id} of tenant {tenant} is not being sent")
+    base = CallRequest(direction="out", tenant_id=tenant, account="", caller=job["from_number"],
+                       callee=job["to_number"], engine="asterisk", node=h[NODE], call_id=h.get("agi_uniqueid", ""))
+    leg, d = await _leg(ctx, base, job["to_number"])
+    if d.admit:
+        d = replace(d, caller_id=job["from_number"])
+    await _answer(request, ctx, leg, d, {V.LEG: "1"} if d.admit else None)
+
+
+def _fax_job(tenant: int, job_id: int) -> calls.Flow:
+    rows = (yield calls.Q("SELECT from_number, to_number FROM fax_jobs WHERE id = %(j)s AND tenant_id = %(t)s "
+                          "AND state = 'sending'", {"j": job_id, "t": tenant}))
+    return rows[0] if rows else None
+
+
+async def fax_result(request: Request, ctx: Context) -> None:
+    """agi://…/fax_result,<job>,<FAX|DIAL|REFUSED>,<status>[,<pages>,<text>]"""
+    from ..fax import outbound as fax_out_mod
+    h = request.headers
+    pages = _arg(h, 4)
+    state = await asyncio.to_thread(_fax_result_sync, ctx.dsn, int(_arg(h, 1)), _arg(h, 2), _arg(h, 3),
+                                    int(pages) if pages.isdigit() else 0, _arg(h, 5), fax_out_mod)
+    log.info("fax job=%s %s %s -> %s", _arg(h, 1), _arg(h, 2), _arg(h, 3), state)
+
+
+def _fax_result_sync(dsn: str, job: int, kind: str, status: str, pages: int, text: str, mod: Any) -> str:
+    with psycopg.connect(dsn, row_factory=dict_row, connect_timeout=5) as conn, conn.transaction():
+        return str(mod.result(conn, job, kind, status, pages, text))
+
+
 async def next_stage(request: Request, ctx: Context) -> None:
     """agi://…/next_stage,<tenant>,<target kind>,<target>,<DIALSTATUS of stage 1>:
     stage 1 ended unanswered; the plan is read again — a change made while
@@ -499,8 +538,9 @@ async def agent_hotline(request: Request, ctx: Context, tenant: int, queue: str,
 Handler = Callable[[Request, Context], Awaitable[None]]
 ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbound, V.ROUTE_HANGUP: hangup,
                               V.ROUTE_AGENT: agent, V.ROUTE_QUEUE_RESULT: queue_result,
-                              V.ROUTE_AGENT_LEG: agent_leg, V.ROUTE_NEXT_STAGE: next_stage, V.ROUTE_FAX: fax}
-REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG}
+                              V.ROUTE_AGENT_LEG: agent_leg, V.ROUTE_NEXT_STAGE: next_stage, V.ROUTE_FAX: fax,
+                              V.ROUTE_FAX_OUT: fax_out, V.ROUTE_FAX_RESULT: fax_result}
+REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG, V.ROUTE_FAX_OUT}
 
 
 class DustelAGI(Application):

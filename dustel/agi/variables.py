@@ -38,6 +38,9 @@ ROUTE_HANGUP = "hangup"
 ROUTE_QUEUE_RESULT = "queue_result"      # after Queue(): QUEUESTATUS for the statistics
 ROUTE_AGENT_LEG = "agent_leg"            # an agent on an external number: an outbound leg of the tenant
 ROUTE_FAX = "fax"                        # ReceiveFAX ended: the fax to e-mail (fax.inbound)
+ROUTE_FAX_OUT = "fax_out"                # a fax job's call: the policy decides it as an outbound leg of the tenant
+ROUTE_FAX_RESULT = "fax_result"          # a fax job's attempt ended: FAX / DIAL / REFUSED and its status
+FAX_JOB = "DUSTEL_FAX_JOB"               # the fax job a call-file call belongs to
 ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
 
 # Star codes (F-06), configurable per provider in a later step.

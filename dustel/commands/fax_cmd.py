@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from ..errors import DustelError, NotFound
-from ..fax import outbox
+from ..fax import outbound, outbox
 from .common import INT, Env, emit, json_option, pass_env, table
 
 fax = click.Group("fax", help="Faxes (F-08): received faxes and the mail outbox.")
@@ -60,24 +61,65 @@ def fax_retry(env: Env, as_json: bool, fax_id: int) -> None:
     emit({"requeued": [r["id"] for r in rows]}, as_json, lambda d: click.echo(f"{len(rows)} mail(s) queued again"))
 
 
+@fax.command("send")
+@click.argument("tenant_id", type=INT)
+@click.option("--from", "from_number", required=True, help="One of the tenant's numbers (+E.164).")
+@click.option("--to", "to_number", required=True, help="The fax number to send to.")
+@click.option("--report-to", default=None, help="Where the delivery report goes; default the tenant's address.")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+@pass_env
+def fax_send(env: Env, as_json: bool, tenant_id: int, from_number: str, to_number: str, report_to: str | None,
+             file: str) -> None:
+    """Queue FILE (a PDF) for sending; `fax deliver` places the call."""
+    try:
+        pdf = Path(file).read_bytes()
+    except OSError as exc:
+        raise DustelError("file", f"cannot read {file}: {exc.strerror}") from None
+    with env.tx() as conn:
+        row = outbound.queue(conn, tenant_id, from_number, to_number, pdf, report_to)
+    emit(row, as_json, lambda d: click.echo(f"fax job {d['id']}: {d['pages']} page(s) to {d['to_number']} queued"))
+
+
+@fax.command("jobs")
+@click.argument("tenant_id", type=INT)
+@json_option
+@pass_env
+def fax_jobs(env: Env, as_json: bool, tenant_id: int) -> None:
+    """A tenant's faxes to send, newest first."""
+    with env.tx() as conn:
+        rows = conn.execute("""SELECT id, created_at, from_number, to_number, pages, state, attempts, pages_sent,
+                                      last_result FROM fax_jobs WHERE tenant_id = %s ORDER BY id DESC""",
+                            (tenant_id,)).fetchall()
+    emit(rows, as_json, lambda d: table(d, ["id", "to_number", "pages", "state", "attempts", "last_result"]))
+
+
 @fax.command("deliver")
 @click.option("--loop", is_flag=True, help="Keep delivering (a service); default one pass.")
 @click.option("--interval", type=INT, default=10, show_default=True, help="Seconds between passes with --loop.")
 @json_option
 @pass_env
 def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
-    """Send the due mails of the outbox (settings smtp_host, smtp_port, mail_from)."""
+    """Place the calls of due fax jobs (Asterisk call files into
+    asterisk_outgoing_dir) and send the due mails of the outbox (settings
+    smtp_host, smtp_port, mail_from)."""
     s = env.settings
     smtp = outbox.Smtp(s.smtp_host, s.smtp_port, s.mail_from, max_attempts=s.mail_max_attempts)
-    if not loop:
+
+    def one_pass() -> dict[str, object]:
         with env.tx() as conn:
-            emit(outbox.deliver_due(conn, smtp), as_json)
+            started = outbound.start_due(conn, s.fax_read_dir or s.fax_spool_dir, s.fax_spool_dir,
+                                         s.asterisk_outgoing_dir)
+        with env.tx() as conn:
+            return {**outbox.deliver_due(conn, smtp), "faxes_started": started}
+
+    if not loop:
+        emit(one_pass(), as_json)
         return
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     while True:
         try:
-            with env.tx() as conn:
-                outbox.deliver_due(conn, smtp)
-        except DustelError as exc:          # the database away: log, wait, go on
+            one_pass()
+        except (DustelError, OSError) as exc:          # the database away: log, wait, go on
             logging.getLogger("dustel.fax").warning("delivery pass failed: %s", exc)
         time.sleep(interval)

@@ -33,7 +33,7 @@ MODULES = [
     "func_timeout.so", "func_callerid.so", "func_logic.so", "func_strings.so", "func_channel.so",
     "codec_ulaw.so", "codec_alaw.so", "codec_g722.so", "format_wav.so", "format_pcm.so", "format_gsm.so",
     "format_sln.so", "bridge_simple.so", "bridge_native_rtp.so", "bridge_softmix.so", "bridge_holding.so",
-    "res_stasis.so", "res_clioriginate.so", "func_cut.so",
+    "res_stasis.so", "res_clioriginate.so", "func_cut.so", "pbx_spool.so",
 ]
 
 ASTERISK_CONF = """[directories]

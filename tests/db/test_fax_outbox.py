@@ -144,7 +144,8 @@ def test_fax_list_show_retry_and_deliver_through_the_cli(run: Any, conn: psycopg
     assert r.exit_code == 1 and r.stderr == "error: fax: no fax 999999\n"
     mb = Mailbox(port).start()
     try:
-        assert json.loads(run.ok("fax", "deliver", "--json").stdout) == {"sent": 1, "retry": 0, "failed": 0}
+        assert json.loads(run.ok("fax", "deliver", "--json").stdout) == {"sent": 1, "retry": 0, "failed": 0,
+                                                                        "faxes_started": []}
     finally:
         mb.stop()
     assert len(mb.messages) == 1

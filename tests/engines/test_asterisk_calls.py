@@ -894,3 +894,61 @@ def test_a_real_fax_is_received_and_mailed_as_a_pdf(stack: Stack, tmp_path: Path
         assert abs(w - 1728 / 204 * 72) < 8 and abs(h - 2292 / 196 * 72) < 25, (w, h)
     body = [p for p in msg.walk() if p.get_content_type() == "text/plain"][0].get_content()
     assert "Pages: 2" in body and "Transmission: complete" in body
+
+
+def test_a_fax_is_sent_through_the_policy_and_received_on_the_other_side(stack: Stack, tmp_path: Path) -> None:
+    """Issue 14, sending, on the real Asterisk: ``fax send`` turns a 2-page
+    PDF into a fax TIFF and queues a job; the deliverer writes an Asterisk
+    call file; the dialling half asks the policy (an outbound leg of the
+    tenant, settled) and calls the carrier — here Asterisk itself, so the
+    call comes back in as the carrier to a number routed to a fax box —
+    while the other half runs SendFAX.  The job ends 'sent' with 2 pages,
+    the fax box receives 2 pages, and the sender's delivery report waits in
+    the outbox."""
+    from PIL import Image, ImageDraw
+
+    from dustel.fax import outbound
+    conn = stack.conn
+    tid = stack.tenant_id
+    calls.run_sync(conn, calls.topup(tid, 1000, "test:10eur"))
+    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (tid,))
+    with conn.transaction():
+        targets.faxbox_add(conn, tid, "office", "fax@example.org")
+        numbers.add(conn, tid, "+492119876600")
+        numbers.assign(conn, "+492119876600", "fax", "office")
+        numbers.add(conn, tid, "+492119876601")
+    stack.settings = replace(stack.settings, carrier_host=f"127.0.0.1:{stack.sip_port}")   # the carrier: itself
+    with conn.transaction():
+        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
+    stack.asterisk.stop()
+    stack.asterisk.start(files, dirs=stack.dirs)
+
+    pages = []
+    for n in range(2):
+        im = Image.new("L", (1240, 1754), 255)                  # A4 at 150 dpi
+        d = ImageDraw.Draw(im)
+        d.rectangle((100, 100, 1100, 300 + 100 * n), outline=0, width=6)
+        for y in range(400, 1600, 50):
+            d.line((120, y, 1100, y), fill=0, width=3)
+        pages.append(im)
+    pdf_path = tmp_path / "order.pdf"
+    pages[0].save(pdf_path, save_all=True, append_images=pages[1:], resolution=150)
+    with conn.transaction():
+        job = outbound.queue(conn, tid, "+492119876601", "+492119876600", pdf_path.read_bytes())
+    assert job["pages"] == 2
+    root = stack.asterisk.root
+    with conn.transaction():
+        started = outbound.start_due(conn, f"{root}{stack.settings.fax_spool_dir}", stack.settings.fax_spool_dir,
+                                     f"{root}/var/spool/asterisk/outgoing")
+    assert started == [job["id"]]
+    done = wait_for(lambda: (r := conn.execute("SELECT * FROM fax_jobs").fetchone())["state"] in ("sent", "failed")
+                    and r, 150, "the fax job's result")
+    assert (done["state"], done["pages_sent"], done["attempts"]) == ("sent", 2, 1), done
+    fax_in = conn.execute("SELECT * FROM faxes").fetchone()
+    assert (fax_in["status"], fax_in["pages"], fax_in["remote_number"]) == ("received", 2, "+492119876601")
+    report = conn.execute("SELECT * FROM mail_outbox WHERE kind = 'fax_report'").fetchone()
+    assert report["recipient"] == "chef@example.org" and report["subject"] == \
+        "Fax to +492119876600 delivered, 2 pages"
+    leg = wait_for(lambda: conn.execute("SELECT * FROM calls WHERE call_id LIKE '%:leg' AND state = 'settled'")
+                   .fetchone(), 20, "the fax call's leg settled")
+    assert leg["destination"] == "+492119876600" and leg["billsec"] > 0

@@ -1,0 +1,138 @@
+"""Sending a fax (issue 14): bad documents and bad numbers are refused with
+the rule and nothing is queued; an attempt's result retries busy / no
+answer / a failed transmission, never a refusal; the sender gets one
+report at the end."""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from PIL import Image
+
+from dustel.errors import DustelError
+from dustel.fax import outbound
+from dustel.provisioning import numbers
+from tests.factories import tenant
+
+
+def pdf(pages: int = 1) -> bytes:
+    frames = [Image.new("L", (1240, 1754), 255) for _ in range(pages)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PDF", save_all=True, append_images=frames[1:], resolution=150)
+    return buf.getvalue()
+
+
+def encrypted() -> bytes:
+    import pypdf
+    w = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(pdf())))
+    w.encrypt("secret", algorithm="RC4-128")
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+def test_a_pdf_becomes_a_fax_tiff() -> None:
+    tiff, pages = outbound.pdf_to_tiff(pdf(3))
+    assert pages == 3
+    with Image.open(io.BytesIO(tiff)) as im:
+        assert (im.n_frames, im.mode, im.width) == (3, "1", 1728)
+        assert im.info["compression"] == "group4" and tuple(round(x) for x in im.info["dpi"]) == (204, 196)
+        assert abs(im.height - 2292) <= 2       # A4 (11.69 in) at 196 dpi
+
+
+@pytest.mark.parametrize(("data", "rule"), [
+    (b"hello", "file: is not a PDF"),
+    (b"%PDF-1.4 broken", "file: is not a readable PDF"),
+    ("encrypted", "file: is encrypted"),
+    ("many", "file: has 4 pages; at most 3"),
+])
+def test_bad_documents_are_refused(data: Any, rule: str) -> None:
+    data = encrypted() if data == "encrypted" else pdf(4) if data == "many" else data
+    with pytest.raises(DustelError) as exc:
+        outbound.pdf_to_tiff(data, max_pages=3)
+    assert str(exc.value).startswith(rule), str(exc.value)
+
+
+@pytest.fixture
+def org(conn: psycopg.Connection) -> dict[str, Any]:
+    t = tenant(conn)
+    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (t["id"],))
+    with conn.transaction():
+        numbers.add(conn, t["id"], "+492119876601")
+    return t
+
+
+def test_fax_send_refuses_and_queues_nothing(run: Any, org: dict[str, Any], tmp_path: Any,
+                                             conn: psycopg.Connection) -> None:
+    good, bad = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    good.write_bytes(pdf(2))
+    bad.write_bytes(encrypted())
+    tid = str(org["id"])
+    for args, err in (
+            (["--from", "+4930123456", "--to", "+4940123456", str(good)], "error: from: +4930123456 is not an active "
+                                                                           "number of tenant"),
+            (["--from", "+492119876601", "--to", "fax-me", str(good)], "error: to:"),
+            (["--from", "+492119876601", "--to", "+4940123456", str(bad)], "error: file: is encrypted"),
+            (["--from", "+492119876601", "--to", "+4940123456", str(tmp_path / "none.pdf")], "error: file: cannot "
+                                                                                             "read")):
+        r = run("fax", "send", tid, *args)
+        assert r.exit_code == 1 and r.stderr.startswith(err), (args, r.stderr)
+    assert conn.execute("SELECT count(*) AS n FROM fax_jobs").fetchone()["n"] == 0
+    job = json.loads(run.ok("fax", "send", tid, "--from", "+492119876601", "--to", "0401234567", str(good),
+                            "--json").stdout)
+    assert (job["pages"], job["to_number"], job["state"], job["report_to"]) == (2, "+49401234567", "queued",
+                                                                                "chef@example.org")
+    (row,) = json.loads(run.ok("fax", "jobs", tid, "--json").stdout)
+    assert row["id"] == job["id"]
+
+
+def sending(conn: psycopg.Connection, org: dict[str, Any]) -> int:
+    with conn.transaction():
+        job = outbound.queue(conn, org["id"], "+492119876601", "+4940123456", pdf())
+    conn.execute("UPDATE fax_jobs SET state = 'sending', attempts = attempts + 1 WHERE id = %s", (job["id"],))
+    return int(job["id"])
+
+
+def again(conn: psycopg.Connection, job: int) -> None:
+    conn.execute("UPDATE fax_jobs SET state = 'sending', attempts = attempts + 1 WHERE id = %s", (job,))
+
+
+def reports(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM mail_outbox WHERE kind = 'fax_report' ORDER BY id").fetchall()
+
+
+def test_busy_is_retried_then_reported_once(conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    job = sending(conn, org)
+    for n in range(1, 4):           # attempts 1..3 fail: retried with growing waits
+        with conn.transaction():
+            assert outbound.result(conn, job, "DIAL", "BUSY") == "queued"
+        row = conn.execute("SELECT *, next_attempt_at - now() AS wait FROM fax_jobs WHERE id = %s", (job,)).fetchone()
+        assert abs(row["wait"].total_seconds() - outbound.RETRY_SECONDS[n - 1]) < 5
+        again(conn, job)
+    with conn.transaction():
+        assert outbound.result(conn, job, "FAX", "FAILED", 0, "The call dropped prematurely") == "failed"
+    with conn.transaction():        # a late second word on the same attempt changes nothing
+        assert outbound.result(conn, job, "DIAL", "BUSY") == "unknown"
+    (r,) = reports(conn)
+    assert r["subject"] == "Fax to +4940123456 NOT delivered" and "transmission failed" in r["body"]
+    assert "Attempts: 4" in r["body"]
+
+
+def test_a_refused_call_is_not_retried(conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    job = sending(conn, org)
+    with conn.transaction():
+        assert outbound.result(conn, job, "REFUSED", "insufficient_credit") == "failed"
+    (r,) = reports(conn)
+    assert "refused: insufficient_credit" in r["body"]
+
+
+def test_the_call_file_names_only_our_values(conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    job = conn.execute("SELECT * FROM fax_jobs WHERE id = %s", (sending(conn, org),)).fetchone()
+    text = outbound.call_file(job, "/var/spool/dustel/fax/out-1-1.tif")
+    assert text.splitlines()[:2] == ["Channel: Local/+4940123456@dustel-fax-out", "CallerID: <+492119876601>"]
+    assert f"Setvar: __DUSTEL_FAX_JOB={job['id']}" in text
+    with pytest.raises(DustelError):
+        outbound.call_file({**job, "to_number": "+49401\nChannel: Local/110@x"}, "/x")
