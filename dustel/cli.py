@@ -71,7 +71,7 @@ for command in (
     feature_cmd.forward, feature_cmd.group, feature_cmd.limits, feature_cmd.zones,
     feature_cmd.blacklist, feature_cmd.whitelist, feature_cmd.speeddial,
     target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent, media_cmd.moh, media_cmd.logo,
-    fax_cmd.fax,
+    fax_cmd.fax, fax_cmd.mailgw,
     billing_cmd.rates, billing_cmd.credit, billing_cmd.billing, billing_cmd.agi, billing_cmd.esl,
     controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo,

@@ -69,6 +69,9 @@ class Settings:
     fax_spool_dir: str = "/var/spool/dustel/fax"    # where the engines write received faxes
     fax_read_dir: str = ""        # where the policy servers read them ('' = fax_spool_dir: one host, or shared)
     asterisk_outgoing_dir: str = "/var/spool/asterisk/outgoing"   # call files: faxes to send (pbx_spool)
+    fax_mail_domain: str = "fax.dustel.invalid"   # e-mail to fax: <number>@<this>
+    mailgw_host: str = "127.0.0.1"
+    mailgw_port: int = 2525
     smtp_host: str = "127.0.0.1"  # the mail relay fax mails go through
     smtp_port: int = 25
     mail_from: str = "fax@dustel.invalid"
@@ -108,13 +111,16 @@ _ENV = {
     "fax_read_dir": "DUSTEL_FAX_READ_DIR",
     "asterisk_outgoing_dir": "DUSTEL_ASTERISK_OUTGOING_DIR",
     "smtp_host": "DUSTEL_SMTP_HOST",
+    "fax_mail_domain": "DUSTEL_FAX_MAIL_DOMAIN",
+    "mailgw_host": "DUSTEL_MAILGW_HOST",
+    "mailgw_port": "DUSTEL_MAILGW_PORT",
     "smtp_port": "DUSTEL_SMTP_PORT",
     "mail_from": "DUSTEL_MAIL_FROM",
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
 }
 _INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port",
-               "media_max_bytes", "media_max_seconds", "smtp_port", "mail_max_attempts"}
+               "media_max_bytes", "media_max_seconds", "smtp_port", "mail_max_attempts", "mailgw_port"}
 
 
 SECRETS = ("esl_password", "ami_secret", "database_url")

@@ -123,3 +123,21 @@ def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
         except (DustelError, OSError) as exc:          # the database away: log, wait, go on
             logging.getLogger("dustel.fax").warning("delivery pass failed: %s", exc)
         time.sleep(interval)
+
+
+mailgw = click.Group("mailgw", help="The e-mail to fax gateway (F-08).")
+
+
+@mailgw.command("serve")
+@click.option("--host", help="Listen address (default from settings: mailgw_host).")
+@click.option("--port", type=INT, help="Listen port (default from settings: mailgw_port).")
+@pass_env
+def mailgw_serve(env: Env, host: str | None, port: int | None) -> None:
+    """Accept mail to <fax number>@<fax_mail_domain> and fax its PDF; logs to stdout."""
+    from ..fax import mailgw as gw
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    s = env.settings
+    try:
+        gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain)
+    except KeyboardInterrupt:
+        pass

@@ -896,27 +896,33 @@ def test_a_real_fax_is_received_and_mailed_as_a_pdf(stack: Stack, tmp_path: Path
     assert "Pages: 2" in body and "Transmission: complete" in body
 
 
-def test_a_fax_is_sent_through_the_policy_and_received_on_the_other_side(stack: Stack, tmp_path: Path) -> None:
-    """Issue 14, sending, on the real Asterisk: ``fax send`` turns a 2-page
-    PDF into a fax TIFF and queues a job; the deliverer writes an Asterisk
-    call file; the dialling half asks the policy (an outbound leg of the
-    tenant, settled) and calls the carrier — here Asterisk itself, so the
-    call comes back in as the carrier to a number routed to a fax box —
-    while the other half runs SendFAX.  The job ends 'sent' with 2 pages,
-    the fax box receives 2 pages, and the sender's delivery report waits in
-    the outbox."""
+def test_a_mailed_pdf_is_faxed_through_the_policy_and_the_sender_gets_the_report(stack: Stack,
+                                                                                  tmp_path: Path) -> None:
+    """Issue 14, e-mail to fax end to end on the real Asterisk: a mail with a
+    2-page PDF, sent with smtplib to the running gateway (fax box PIN in the
+    subject, the sender the fax box's address), becomes a fax job; the
+    deliverer writes an Asterisk call file; the dialling half asks the
+    policy (an outbound leg of the tenant, settled) and calls the carrier —
+    here Asterisk itself, so the call comes back in as the carrier to the
+    fax box's number — while the other half runs SendFAX.  The job ends
+    'sent' with 2 pages, the fax box receives 2 pages, and the delivery
+    report reaches the sender's aiosmtpd mailbox."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from aiosmtpd.controller import Controller
     from PIL import Image, ImageDraw
 
-    from dustel.fax import outbound
+    from dustel.fax import mailgw, outbound, outbox
+    from tests.fax_support import Mailbox
     conn = stack.conn
     tid = stack.tenant_id
     calls.run_sync(conn, calls.topup(tid, 1000, "test:10eur"))
     conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (tid,))
     with conn.transaction():
-        targets.faxbox_add(conn, tid, "office", "fax@example.org")
+        targets.faxbox_add(conn, tid, "office", "office@example.org", pin="4711")
         numbers.add(conn, tid, "+492119876600")
         numbers.assign(conn, "+492119876600", "fax", "office")
-        numbers.add(conn, tid, "+492119876601")
     stack.settings = replace(stack.settings, carrier_host=f"127.0.0.1:{stack.sip_port}")   # the carrier: itself
     with conn.transaction():
         files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
@@ -931,11 +937,22 @@ def test_a_fax_is_sent_through_the_policy_and_received_on_the_other_side(stack: 
         for y in range(400, 1600, 50):
             d.line((120, y, 1100, y), fill=0, width=3)
         pages.append(im)
-    pdf_path = tmp_path / "order.pdf"
-    pages[0].save(pdf_path, save_all=True, append_images=pages[1:], resolution=150)
-    with conn.transaction():
-        job = outbound.queue(conn, tid, "+492119876601", "+492119876600", pdf_path.read_bytes())
-    assert job["pages"] == 2
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=150)
+    gw_port = free_port(socket.SOCK_STREAM)
+    gw = Controller(mailgw.Handler(stack.conn.info.dsn, "fax.example.net"), hostname="127.0.0.1", port=gw_port)
+    gw.start()
+    try:
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "office@example.org", "+492119876600@fax.example.net", "PIN 4711"
+        msg.set_content("Bestellung anbei")
+        msg.add_attachment(buf.getvalue(), maintype="application", subtype="pdf", filename="order.pdf")
+        with smtplib.SMTP("127.0.0.1", gw_port, timeout=30) as s:
+            s.send_message(msg)
+    finally:
+        gw.stop()
+    (job,) = conn.execute("SELECT * FROM fax_jobs").fetchall()
+    assert (job["pages"], job["from_number"], job["report_to"]) == (2, "+492119876600", "office@example.org")
     root = stack.asterisk.root
     with conn.transaction():
         started = outbound.start_due(conn, f"{root}{stack.settings.fax_spool_dir}", stack.settings.fax_spool_dir,
@@ -945,10 +962,17 @@ def test_a_fax_is_sent_through_the_policy_and_received_on_the_other_side(stack: 
                     and r, 150, "the fax job's result")
     assert (done["state"], done["pages_sent"], done["attempts"]) == ("sent", 2, 1), done
     fax_in = conn.execute("SELECT * FROM faxes").fetchone()
-    assert (fax_in["status"], fax_in["pages"], fax_in["remote_number"]) == ("received", 2, "+492119876601")
-    report = conn.execute("SELECT * FROM mail_outbox WHERE kind = 'fax_report'").fetchone()
-    assert report["recipient"] == "chef@example.org" and report["subject"] == \
-        "Fax to +492119876600 delivered, 2 pages"
+    assert (fax_in["status"], fax_in["pages"], fax_in["remote_number"]) == ("received", 2, "+492119876600")
     leg = wait_for(lambda: conn.execute("SELECT * FROM calls WHERE call_id LIKE '%:leg' AND state = 'settled'")
                    .fetchone(), 20, "the fax call's leg settled")
     assert leg["destination"] == "+492119876600" and leg["billsec"] > 0
+    box = Mailbox(free_port(socket.SOCK_STREAM)).start()
+    try:
+        outbox.deliver_due(conn, outbox.Smtp("127.0.0.1", box.port, "fax@dustel.test"))
+    finally:
+        box.stop()
+    # the box received its own fax (a mail with the PDF) and the sender's delivery report
+    assert sorted(m["Subject"] for m in box.messages if m["To"] == "office@example.org") == \
+        ["Fax from +492119876600, 2 pages", "Fax to +492119876600 delivered, 2 pages"]
+    report = [m for m in box.messages if m["Subject"].startswith("Fax to")]
+    assert "Pages: 2 of 2" in report[0].get_content()
