@@ -43,6 +43,34 @@ def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
     emit(rows, as_json, lambda r: table(r, ["id", "name", "email"]))
 
 
+@faxbox.command("set")
+@click.argument("tenant_id", type=INT)
+@click.argument("name")
+@click.option("--email", help="Where received faxes are mailed.")
+@click.option("--pin", help="New fax PIN for e-mail to fax (4-8 digits, stored hashed).")
+@click.option("--no-pin", "clear_pin", is_flag=True, help="Remove the PIN: no e-mail to fax from this box.")
+@json_option
+@pass_env
+def faxbox_set(env: Env, as_json: bool, tenant_id: int, name: str, email: str | None, pin: str | None,
+               clear_pin: bool) -> None:
+    """Change a fax box."""
+    with env.tx() as conn:
+        row = targets.faxbox_set(conn, tenant_id, name, email=email, pin=pin, clear_pin=clear_pin)
+    emit(row, as_json, lambda d: click.echo(f"fax box {d['name']} changed"))
+
+
+@faxbox.command("remove")
+@click.argument("tenant_id", type=INT)
+@click.argument("name")
+@json_option
+@pass_env
+def faxbox_remove(env: Env, as_json: bool, tenant_id: int, name: str) -> None:
+    """Remove a fax box (refused while a number is routed to it)."""
+    with env.tx() as conn:
+        targets.faxbox_remove(conn, tenant_id, name)
+    emit({"removed": name}, as_json, lambda d: click.echo(f"fax box {name} removed"))
+
+
 ringgroup = click.Group("ringgroup", help="Ring groups: numbers routed to several accounts at once.")
 
 

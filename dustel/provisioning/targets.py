@@ -45,6 +45,36 @@ def faxbox_add(conn: psycopg.Connection, tenant_id: int, name: str, email: str,
         (tenant_id, v.slug("name", name), v.email("email", email), pin_hash)).fetchone()
 
 
+def faxbox_set(conn: psycopg.Connection, tenant_id: int, name: str, *, email: str | None = None,
+               pin: str | None = None, clear_pin: bool = False) -> dict[str, Any]:
+    """Change a fax box's address or PIN (``clear_pin``: no e-mail to fax)."""
+    cols: dict[str, Any] = {}
+    if email is not None:
+        cols["email"] = v.email("email", email)
+    if pin is not None:
+        cols["pin_hash"] = hash_pin(v.digits("pin", pin, min_len=4, max_len=8))
+    if clear_pin:
+        cols["pin_hash"] = None
+    if not cols:
+        raise DustelError("faxbox", "nothing to change (--email, --pin or --no-pin)")
+    sets = ", ".join(f"{k} = %s" for k in cols)
+    row = conn.execute(f"UPDATE faxboxes SET {sets} WHERE tenant_id = %s AND name = %s RETURNING id, name, email",
+                       (*cols.values(), tenant_id, name)).fetchone()
+    if row is None:
+        raise NotFound("faxbox", f"tenant {tenant_id} has no fax box {name!r}")
+    return row
+
+
+def faxbox_remove(conn: psycopg.Connection, tenant_id: int, name: str) -> None:
+    box = conn.execute("SELECT id FROM faxboxes WHERE tenant_id = %s AND name = %s", (tenant_id, name)).fetchone()
+    if box is None:
+        raise NotFound("faxbox", f"tenant {tenant_id} has no fax box {name!r}")
+    used = conn.execute("SELECT e164 FROM numbers WHERE faxbox_id = %s ORDER BY e164 LIMIT 1", (box["id"],)).fetchone()
+    if used:
+        raise DustelError("faxbox", f"number {used['e164']} is routed to it; route the number elsewhere first")
+    conn.execute("DELETE FROM faxboxes WHERE id = %s", (box["id"],))
+
+
 def ring_group_add(conn: psycopg.Connection, tenant_id: int, name: str, members: list[str],
                    ring_seconds: int = 30, fallback: str | None = None) -> dict[str, Any]:
     """A ring group: its members ring together for ``ring_seconds``, then

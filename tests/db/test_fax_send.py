@@ -136,3 +136,23 @@ def test_the_call_file_names_only_our_values(conn: psycopg.Connection, org: dict
     assert f"Setvar: __DUSTEL_FAX_JOB={job['id']}" in text
     with pytest.raises(DustelError):
         outbound.call_file({**job, "to_number": "+49401\nChannel: Local/110@x"}, "/x")
+
+
+def test_faxbox_set_and_remove_through_the_cli(run: Any, org: dict[str, Any], conn: psycopg.Connection) -> None:
+    tid = str(org["id"])
+    run.ok("faxbox", "add", tid, "office", "--email", "fax@example.org")
+    r = run("faxbox", "set", tid, "office", "--pin", "12")
+    assert r.exit_code == 1 and r.stderr.startswith("error: pin:")
+    r = run("faxbox", "set", tid, "office")
+    assert r.exit_code == 1 and r.stderr == "error: faxbox: nothing to change (--email, --pin or --no-pin)\n"
+    row = json.loads(run.ok("faxbox", "set", tid, "office", "--email", "office@example.org", "--pin", "4711",
+                            "--json").stdout)
+    assert row["email"] == "office@example.org"
+    stored = conn.execute("SELECT pin_hash FROM faxboxes WHERE name = 'office'").fetchone()["pin_hash"]
+    assert stored.startswith("pbkdf2$") and "4711" not in stored
+    run.ok("number", "assign", "+492119876601", "--fax", "office")
+    r = run("faxbox", "remove", tid, "office")
+    assert r.exit_code == 1 and "number +492119876601 is routed to it" in r.stderr
+    conn.execute("UPDATE numbers SET target_kind = NULL, faxbox_id = NULL WHERE e164 = '+492119876601'")
+    run.ok("faxbox", "remove", tid, "office")
+    assert conn.execute("SELECT count(*) AS n FROM faxboxes").fetchone()["n"] == 0
