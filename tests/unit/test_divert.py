@@ -106,7 +106,14 @@ diversions = st.builds(
                                 timezones=st.just(UTC)))
 def test_never_more_legs_than_the_rules_allow_and_never_a_loop(d: Diversion, now: dt.datetime) -> None:
     stages = divert.plan("a", d, now)
-    assert 1 <= len(stages) <= 2 and stages[0].after == ""
+    # the shape follows from the rule alone: diverted only inside the schedule and with a target left
+    # that is not the account itself; then one stage (immediate, group) or two (no answer, unregistered)
+    active = schedule.active(dict(d.schedule) if d.schedule else None, now, "Europe/Berlin")
+    left = {t for t in d.targets if t != "a"}
+    expected_after = ("",) if not (active and left) or d.kind == "group" or d.mode == "immediate" else \
+        ("", {"no_answer": "unanswered", "unregistered": "unavailable"}[str(d.mode)])
+    assert tuple(s.after for s in stages) == expected_after
+    assert ("a" in stages[0].accounts) == (not (active and left) or d.kind == "group" or d.mode != "immediate")
     diverted = [t for s in stages for t in (*s.accounts, *s.externals) if t != "a"]
     assert len(diverted) <= divert.MAX_TARGETS and len(set(diverted)) == len(diverted)
     assert sum(len(s.externals) for s in stages) <= divert.MAX_EXTERNAL
