@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import DustelError
-from ..provisioning import media, tenants
+from ..provisioning import media
 from ..provisioning import validate as v
 from .common import INT, Env, emit, json_option, pass_env, table
 
@@ -20,14 +20,9 @@ def _read(path: str) -> bytes:
 
 
 def _upload(env: Env, tenant_id: int, kind: str, cls: str, path: str, root: str) -> dict:
-    data = _read(path)
     s = env.settings
-    with env.tx() as conn:
-        tenants.get(conn, tenant_id)
-        with media.upload(conn, root, tenant_id, kind, cls, data, max_bytes=s.media_max_bytes,
-                          max_seconds=s.media_max_seconds) as row:
-            pass
-    return row
+    return media.upload(env.tx, root, tenant_id, kind, cls, _read(path), max_bytes=s.media_max_bytes,
+                        max_seconds=s.media_max_seconds)
 
 
 def _remove(env: Env, tenant_id: int, kind: str, cls: str, root: str) -> list[str]:

@@ -8,17 +8,17 @@ resampled by ``soxr`` and loudness-normalised (ITU-R BS.1770 with
 ``pyloudnorm``) to -20 LUFS with peaks at most -1 dBFS.
 
 Nothing is left half-written: every file is first written under a
-temporary name next to its final place; the database row is written in the
-command's transaction; the files are renamed into place only when both
-succeeded (``Prepared.publish``), and removed otherwise (``discard``).
+temporary name next to its final place; the database row is written in its
+own transaction; the files are renamed into place only after it committed
+(``Prepared.publish``), and removed otherwise (``discard``).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import DustelError, NotFound
+from . import tenants
 from . import validate as v
 
 RATES = (8000, 16000, 32000, 48000)
@@ -141,6 +142,7 @@ def record(conn: psycopg.Connection, tenant_id: int, kind: str, cls: str, name: 
     """The database side of an upload (in the caller's transaction): the
     hold-music class (business flex only: the moh_classes trigger) and the
     file's row with its checksums."""
+    tenants.get(conn, tenant_id)
     if kind == "moh":
         conn.execute("INSERT INTO moh_classes (tenant_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                      (tenant_id, cls))
@@ -154,21 +156,30 @@ def record(conn: psycopg.Connection, tenant_id: int, kind: str, cls: str, name: 
          conv.source_bytes)).fetchone()
 
 
-@contextmanager
-def upload(conn: psycopg.Connection, root: str | Path, tenant_id: int, kind: str, cls: str, data: bytes, *,
-           max_bytes: int, max_seconds: int) -> Iterator[dict[str, Any]]:
-    """Convert, write, record; the files go into place when the ``with``
-    block (the command's transaction) ends without an error."""
+def upload(tx: Callable[[], AbstractContextManager[psycopg.Connection]], root: str | Path, tenant_id: int, kind: str,
+           cls: str, data: bytes, *, max_bytes: int, max_seconds: int) -> dict[str, Any]:
+    """Convert and write the files aside, record them in the transaction
+    ``tx()`` opens, and rename them into place only after it committed
+    (removed if anything failed): never a file without its row, nor a row
+    without its files."""
     cls = v.slug("class", cls)
     conv = convert(data, max_bytes=max_bytes, max_seconds=max_seconds)
     prepared, name = prepare(root, tenant_id, kind, cls, conv)
     try:
-        row = record(conn, tenant_id, kind, cls, name, conv)
-        yield dict(row)
+        with tx() as conn:
+            row = dict(record(conn, tenant_id, kind, cls, name, conv))
     except BaseException:
         prepared.discard()
         raise
     prepared.publish()
+    return row
+
+
+@contextmanager
+def within(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """``upload``'s ``tx`` for a caller that holds a connection (not in a transaction)."""
+    with conn.transaction():
+        yield conn
 
 
 def listing(conn: psycopg.Connection, tenant_id: int, kind: str) -> list[dict[str, Any]]:

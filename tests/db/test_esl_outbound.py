@@ -604,10 +604,8 @@ def test_the_sound_logo_plays_as_early_media_before_the_bridge(server: Server, c
         src = tmp_path / f"{cls}.wav"
         tt = np.arange(16000) / 16000
         soundfile.write(src, 0.1 * np.sin(2 * np.pi * hz * tt), 16000)
-        with conn.transaction():
-            with media.upload(conn, tmp_path / "logo", t["id"], "logo", cls, src.read_bytes(), max_bytes=10**7,
-                              max_seconds=60) as row:
-                names[cls] = row["name"]
+        names[cls] = media.upload(lambda: media.within(conn), tmp_path / "logo", t["id"], "logo", cls,
+                                  src.read_bytes(), max_bytes=10**7, max_seconds=60)["name"]
 
     def call(number: str, kind: str = "account") -> OutboundCall:
         c = OutboundCall(server.port, number, {"dustel_tenant": str(t["id"]), "dustel_target_kind": kind,
