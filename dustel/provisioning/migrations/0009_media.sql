@@ -19,12 +19,15 @@ CREATE TABLE media_files (
 );
 
 
-CREATE FUNCTION dustel_media_files_check() RETURNS trigger LANGUAGE plpgsql AS $$
+-- one rule for hold music classes and uploaded media (plans.own_hold_music):
+-- the moh_classes trigger's function, the field to name as its argument
+CREATE OR REPLACE FUNCTION dustel_moh_classes_check() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT (SELECT p.own_hold_music FROM tenants t JOIN plans p ON p.code = t.plan WHERE t.id = NEW.tenant_id) THEN
-        PERFORM dustel_refuse('tenant: hold music and sound logos of their own need business flex');
+        PERFORM dustel_refuse(coalesce(TG_ARGV[0], 'moh_class')
+                              || ': hold music and sound logos of their own need business flex');
     END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER media_files_check BEFORE INSERT ON media_files
-    FOR EACH ROW EXECUTE FUNCTION dustel_media_files_check();
+    FOR EACH ROW EXECUTE FUNCTION dustel_moh_classes_check('tenant');
