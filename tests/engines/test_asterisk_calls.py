@@ -65,6 +65,27 @@ class Stack:
         r.stdout = log.read_text(errors="replace") if log.exists() else ""
         return r
 
+    def render(self) -> dict[str, str]:
+        with self.conn.transaction():
+            self.files = service.render_files(self.conn, self.settings, ["asterisk"])["asterisk"]
+        return self.files
+
+    def restart(self, extra: dict[str, str] | None = None) -> None:
+        """Render the database as it is now and run Asterisk again with it."""
+        files = {**self.render(), **(extra or {})}
+        self.files = files
+        self.asterisk.stop()
+        self.asterisk.start(files, dirs=self.dirs)
+
+    RELOAD = {"pjsip.conf": "module reload res_pjsip.so", "extensions.conf": "dialplan reload"}
+
+    def reload(self, *names: str) -> None:
+        """Render and reload these files in the running Asterisk."""
+        files = self.render()
+        self.asterisk.update_config({n: files[n] for n in names})
+        for n in names:
+            self.asterisk.cli(self.RELOAD[n])
+
     def target(self, tls: bool) -> str:
         """Where sipp sends: over TLS, a relay (tests/tls_relay.py: Debian's
         sipp has no TLS) that carries its TCP stream over TLS to Asterisk."""
@@ -228,10 +249,7 @@ def test_ip_restricted_account_reaches_the_psap_from_anywhere(stack: Stack) -> N
     127.0.0.1, not in 192.0.2.0/24) reaches the PSAP; a landline is refused
     by the policy with 403."""
     stack.conn.execute("UPDATE sip_accounts SET allowed_nets = '{192.0.2.0/24}'")
-    with stack.conn.transaction():
-        files = service.render_files(stack.conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
-    stack.asterisk.cli("module reload res_pjsip.so")
+    stack.reload("pjsip.conf")
     r = stack.call("112", "call_hangup.xml")
     assert r.returncode == 0, r.stdout[-1500:]
     assert "INVITE sip:021111112@" in stack.carrier_log.read_text(errors="replace")
@@ -332,13 +350,9 @@ def test_a_tls_account_registers_and_calls_over_tls_only(stack: Stack, controlle
     stack.settings = replace(stack.settings, sip_tls_port=free_port(socket.SOCK_STREAM),
                              tls_cert_file="/etc/asterisk/keys/agent.pem", tls_key_file="/etc/asterisk/keys/agent.key")
     stack.conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_only'")
-    with stack.conn.transaction():
-        stack.files = {**service.render_files(stack.conn, stack.settings, ["asterisk"])["asterisk"],
-                       "keys/agent.pem": cert.read_text(), "keys/agent.key": key.read_text()}
-    assert "transport=transport-tls" in stack.files["pjsip.conf"]
     controller.rebuilt()
-    stack.asterisk.stop()
-    stack.asterisk.start(stack.files, dirs=stack.dirs)
+    stack.restart({"keys/agent.pem": cert.read_text(), "keys/agent.key": key.read_text()})
+    assert "transport=transport-tls" in stack.files["pjsip.conf"]
     controller.rebuilt(2)
 
     assert register(stack).returncode == 0          # Asterisk says 200 …
@@ -394,10 +408,7 @@ def test_agents_log_in_by_star_code_and_take_a_hotline_call(stack: Stack) -> Non
         numbers.add(conn, tid, "+492111230000")
         numbers.assign(conn, "+492111230000", "queue", "support")
     conn.execute("UPDATE tenants SET max_call_seconds = 3 WHERE id = %s", (tid,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.stop()
-    stack.asterisk.start(files, dirs=stack.dirs)
+    stack.restart()
     queue = f"t{tid}-support"
 
     def members() -> str:
@@ -469,11 +480,8 @@ def test_closed_queue_plays_its_announcement_and_goes_to_its_target(stack: Stack
         targets.queue_hours(conn, tid, "support", ["hol 00:00-00:01"], closed_announce="dustel/silence",
                             closed_target="+4921155501")
     conn.execute("UPDATE tenants SET max_call_seconds = 3 WHERE id = %s", (tid,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
     stack.asterisk.add_moh_class_dir("/usr/share/asterisk/sounds/dustel")      # dustel/silence.wav
-    stack.asterisk.stop()
-    stack.asterisk.start(files, dirs=stack.dirs)
+    stack.restart()
     r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000")
     assert r.returncode == 0, r.stdout[-1500:]
     assert "queue_open=0" in stack.agi_log.read_text()
@@ -507,10 +515,7 @@ def test_queue_caller_times_out_after_the_queues_max_wait(stack: Stack) -> None:
         numbers.assign(conn, "+492111230000", "queue", "support")
     conn.execute("UPDATE queues SET max_wait_seconds = 10 WHERE tenant_id = %s", (tid,))
     conn.execute("UPDATE tenants SET max_call_seconds = 600 WHERE id = %s", (tid,))    # not the limit that ends it
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.stop()
-    stack.asterisk.start(files, dirs=stack.dirs)
+    stack.restart()
     r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000", timeout=60)
     assert r.returncode == 0, r.stdout[-1500:]
     wait_for(lambda: "status=TIMEOUT" in stack.agi_log.read_text(), what="the queue result")
@@ -549,10 +554,7 @@ def route_to_the_account(stack: Stack, e164: str, **number: Any) -> None:
         numbers.add(conn, stack.tenant_id, e164, **number)
         numbers.assign(conn, e164, "account", stack.user)
     conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
-    stack.asterisk.cli("dialplan reload")
+    stack.reload("extensions.conf")
 
 
 def test_hostile_caller_id_is_delivered_cleaned_and_takes_no_line(stack: Stack) -> None:
@@ -652,10 +654,7 @@ def test_forwarding_and_group_call_ring_what_the_plan_says(stack: Stack) -> None
     conn = stack.conn
     a, b = stack.user, account(conn, stack.tenant_id)
     route_to_the_account(stack, "+492115550101")
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
-    stack.asterisk.cli("module reload res_pjsip.so")
+    stack.reload("pjsip.conf")
 
     def divert(**kw: Any) -> None:
         with conn.transaction():
@@ -742,11 +741,7 @@ def test_a_ring_group_rings_its_members_then_its_fallback(stack: Stack) -> None:
         numbers.add(conn, stack.tenant_id, "+492115550200")
         numbers.assign(conn, "+492115550200", "group", "sales")
     conn.execute("UPDATE tenants SET max_call_seconds = 2 WHERE id = %s", (stack.tenant_id,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"], "extensions.conf": files["extensions.conf"]})
-    stack.asterisk.cli("module reload res_pjsip.so")
-    stack.asterisk.cli("dialplan reload")
+    stack.reload("pjsip.conf", "extensions.conf")
     procs = []
     try:
         for name, user, scenario in (("ga", a, "ringing_phone.xml"), ("gb", b, "ringing_phone.xml"),
@@ -783,22 +778,17 @@ def test_the_caller_hears_the_sound_logo_then_the_uploaded_hold_music(stack: Sta
     tt = np.arange(2 * 44100) / 44100
     soundfile.write(src, 0.1 * np.sin(2 * np.pi * 523 * tt), 44100, format="OGG")
     root = stack.asterisk.root
+    moh = media.upload(lambda: media.within(conn), f"{root}{stack.settings.moh_dir}", tid, "moh", "jazz",
+                       src.read_bytes(), max_bytes=10**7, max_seconds=60)
+    logo = media.upload(lambda: media.within(conn), f"{root}/var/lib/dustel/logo", tid, "logo", "tenant",
+                        src.read_bytes(), max_bytes=10**7, max_seconds=60)
     with conn.transaction():
-        with media.upload(conn, f"{root}{stack.settings.moh_dir}", tid, "moh", "jazz", src.read_bytes(),
-                          max_bytes=10**7, max_seconds=60) as moh:
-            pass
-        with media.upload(conn, f"{root}/var/lib/dustel/logo", tid, "logo", "tenant", src.read_bytes(),
-                          max_bytes=10**7, max_seconds=60) as logo:
-            pass
         targets.queue_add(conn, tid, "support", "1")
         targets.queue_set_moh(conn, tid, "support", "jazz")
         numbers.add(conn, tid, "+492111230000")
         numbers.assign(conn, "+492111230000", "queue", "support")
     conn.execute("UPDATE queues SET max_wait_seconds = 10 WHERE tenant_id = %s", (tid,))
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.stop()
-    stack.asterisk.start(files, dirs=stack.dirs)
+    stack.restart()
     assert f"Class: t{tid}-jazz" in stack.asterisk.cli("moh show classes")
     r = stack.call("+492111230000", "carrier_call_until_bye.xml", user="+4930555000", timeout=60)
     assert r.returncode == 0, r.stdout[-1500:]
@@ -821,10 +811,8 @@ def test_a_forwarding_changed_while_the_phone_rings_applies_to_the_next_leg(stac
     a, b, c = stack.user, account(conn, stack.tenant_id), account(conn, stack.tenant_id)
     route_to_the_account(stack, "+492115550101")
     with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
         features.set_diversion(conn, a, kind="forward", mode="no_answer", timeout=5, targets=[b])
-    stack.asterisk.update_config({"pjsip.conf": files["pjsip.conf"]})
-    stack.asterisk.cli("module reload res_pjsip.so")
+    stack.reload("pjsip.conf")
     procs = []
     try:
         for name, user, scenario in (("la", a, "ringing_phone.xml"), ("lb", b, "agent_phone.xml"),
@@ -868,10 +856,7 @@ def test_a_real_fax_is_received_and_mailed_as_a_pdf(stack: Stack, tmp_path: Path
         targets.faxbox_add(conn, tid, "office", "fax@example.org")
         numbers.add(conn, tid, "+492119876600")
         numbers.assign(conn, "+492119876600", "fax", "office")
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.update_config({"extensions.conf": files["extensions.conf"]})
-    stack.asterisk.cli("dialplan reload")
+    stack.reload("extensions.conf")
     sent = stack.asterisk.root / "tmp" / "page.tif"
     sent.write_bytes(fax_tiff(2))
     stack.asterisk.cli("channel originate Local/+492119876600@dustel-public application SendFAX /tmp/page.tif")
@@ -924,10 +909,7 @@ def test_a_mailed_pdf_is_faxed_through_the_policy_and_the_sender_gets_the_report
         numbers.add(conn, tid, "+492119876600")
         numbers.assign(conn, "+492119876600", "fax", "office")
     stack.settings = replace(stack.settings, carrier_host=f"127.0.0.1:{stack.sip_port}")   # the carrier: itself
-    with conn.transaction():
-        files = service.render_files(conn, stack.settings, ["asterisk"])["asterisk"]
-    stack.asterisk.stop()
-    stack.asterisk.start(files, dirs=stack.dirs)
+    stack.restart()
 
     pages = []
     for n in range(2):
