@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import DustelError
@@ -69,6 +69,9 @@ class Settings:
     fax_spool_dir: str = "/var/spool/dustel/fax"    # where the engines write received faxes
     fax_read_dir: str = ""        # where the policy servers read them ('' = fax_spool_dir: one host, or shared)
     asterisk_outgoing_dir: str = "/var/spool/asterisk/outgoing"   # call files: faxes to send (pbx_spool)
+    fax_engine: str = "asterisk"  # which engine places fax jobs' calls: asterisk (call files) | freeswitch (ESL)
+    fax_max_attempts: int = 4     # tries per fax job (busy, no answer, a failed transmission)
+    fax_retry_seconds: int = 300  # wait after attempt n failed: n × this
     fax_mail_domain: str = "fax.dustel.invalid"   # e-mail to fax: <number>@<this>
     mailgw_host: str = "127.0.0.1"
     mailgw_port: int = 2525
@@ -110,6 +113,7 @@ _ENV = {
     "logo_dir": "DUSTEL_LOGO_DIR",
     "fax_read_dir": "DUSTEL_FAX_READ_DIR",
     "asterisk_outgoing_dir": "DUSTEL_ASTERISK_OUTGOING_DIR",
+    "fax_engine": "DUSTEL_FAX_ENGINE",
     "smtp_host": "DUSTEL_SMTP_HOST",
     "fax_mail_domain": "DUSTEL_FAX_MAIL_DOMAIN",
     "mailgw_host": "DUSTEL_MAILGW_HOST",
@@ -119,8 +123,7 @@ _ENV = {
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
 }
-_INT_FIELDS = {"agi_port", "esl_outbound_port", "sip_port", "sip_tls_port", "ami_port", "esl_port",
-               "media_max_bytes", "media_max_seconds", "smtp_port", "mail_max_attempts", "mailgw_port"}
+_INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
 
 
 SECRETS = ("esl_password", "ami_secret", "database_url")
@@ -182,7 +185,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
             try:
                 values[key] = int(values[key])  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise DustelError(key, "must be an integer port") from None
+                raise DustelError(key, "must be an integer") from None
         elif key.endswith("_dir") and values[key] is not None:
             values[key] = Path(str(values[key]))
         elif not isinstance(values[key], str):

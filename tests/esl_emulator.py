@@ -197,6 +197,7 @@ class OutboundCall:
     while_ringing: Any = None     # test hook: called with the bridge's number (0, 1 …) while its legs ring
     fax: tuple = (1, True)        # what rxfax receives: (pages, success)
     fax_document: bytes = b""     # the TIFF rxfax "writes" to its argument
+    sent_document: int = -1       # the pages of the TIFF txfax read (0: unreadable; -1: no txfax)
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
     source: str = "127.0.0.1"     # the address FreeSWITCH connects from
 
@@ -341,6 +342,9 @@ class OutboundCall:
         elif app == "rxfax":
             self._rxfax(app_h)
             return
+        elif app == "txfax":
+            self._txfax(app_h)
+            return
         elif app == "pre_answer":
             # ASSUMPTION (no recording pre-answers): the application completes at once; the
             # CHANNEL_PROGRESS_MEDIA it causes is not emitted (nothing here reads it)
@@ -369,6 +373,36 @@ class OutboundCall:
                   "variable_fax_result_code": "0" if success else "49",
                   "variable_fax_result_text": "OK" if success else "The call dropped prematurely"}
         self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result, variable_current_application="rxfax")
+        self.billsec = 20
+        self._hangup("NORMAL_CLEARING", {})
+
+    def _txfax(self, app_h: dict[str, str]) -> None:
+        """mod_spandsp's txfax.  ASSUMPTION (no recording sends over the
+        socket; recording 09's sender ran txfax outside it): its
+        EXECUTE_COMPLETE carries the same ``variable_fax_*`` as rxfax's in
+        recording 09 — mod_spandsp's phase E handler sets them for both
+        directions, ``fax_document_transferred_pages`` being the pages sent
+        (mod_spandsp_fax.c) — then the far end hangs up.  The pages are
+        those of the TIFF at the argument (read with Pillow); a file that
+        cannot be read fails as mod_spandsp fails it, with nothing sent.
+        ``fax`` (pages, success): success False cuts the transmission."""
+        from PIL import Image
+        path = app_h["Application-Data"]
+        try:
+            with Image.open(path) as im:
+                total = im.n_frames
+        except OSError:
+            total = 0
+        self.sent_document = total
+        ok = total > 0 and self.fax[1]
+        sent = total if ok else 0
+        result = {**FAX_RESULT, "variable_fax_filename": path,
+                  "variable_fax_document_transferred_pages": str(sent),
+                  "variable_fax_document_total_pages": str(total),
+                  "variable_fax_success": "1" if ok else "0",
+                  "variable_fax_result_code": "0" if ok else "49",
+                  "variable_fax_result_text": "OK" if ok else "The call dropped prematurely"}
+        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result, variable_current_application="txfax")
         self.billsec = 20
         self._hangup("NORMAL_CLEARING", {})
 
@@ -627,6 +661,7 @@ class FreeSwitchEmulator:
         self.channels: dict[str, dict[str, Any]] = {}
         self.registrations: list[dict[str, str]] = []
         self.flushed: list[str] = []
+        self.originated: list[str] = []      # the arguments of the originates placed
         self.commands: list[str] = []
         self.clients: list[_Client] = []
         self.api_results: dict[str, str] = {}     # command prefix -> canned body (e.g. callcenter_config)
@@ -771,6 +806,12 @@ class FreeSwitchEmulator:
                                   if who not in (r["token"], f"{r['reg_user']}@{r['realm']}")]
             self.flushed.append(who)
             return "+OK flushing all registrations matching specified call_id\n"
+        if words[:1] == ["originate"]:
+            # ASSUMPTION (recording 02 shows only failing originates, "-ERR <cause>"):
+            # a placed call answers "+OK <uuid>" (mod_commands.c originate_function); the
+            # call itself is played by the test (play_loopback_originate)
+            self.originated.append(arg)
+            return f"+OK {new_uuid()}\n"
         if arg == "status":
             return "UP 0 years, 0 days\nFreeSWITCH (Version 1.10 emulator) is ready\n"
         return f"-ERR {words[0] if words else ''} Command not found!\n"
@@ -868,3 +909,79 @@ class FreeSwitchEmulator:
         self.registrations = [r for r in self.registrations if r["reg_user"] != user]
         self.emit({"Event-Name": "CUSTOM", "Event-Subclass": "sofia::unregister", "profile-name": "internal",
                    "from-user": user, "username": user, "contact": ""})
+
+
+# ------------------------------------------------- dialplan and loopback calls
+
+def dialplan_variables(xml_text: str, context: str, destination: str) -> dict[str, str] | None:
+    """What a rendered XML dialplan sets before it hands a call to the socket:
+    the first extension of ``context`` whose ``destination_number`` condition
+    matches, its ``set``/``export`` actions applied in order (``$1``… from
+    the match) up to ``socket``.  None: nothing matches or hands it over."""
+    import re
+    import xml.etree.ElementTree as ET
+    for ctx in ET.fromstring(xml_text).iter("context"):
+        if ctx.get("name") != context:
+            continue
+        for ext in ctx.iter("extension"):
+            cond = ext.find("condition")
+            if cond is None or cond.get("field") != "destination_number":
+                continue
+            m = re.search(cond.get("expression", ""), destination)
+            if m is None:
+                continue
+            out: dict[str, str] = {}
+            groups = (m.group(0), *m.groups())
+            for act in cond.iter("action"):
+                app = act.get("application")
+                data = re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))] or "", act.get("data", ""))
+                if app in ("set", "export"):
+                    name, _, value = data.partition("=")
+                    out[name] = value
+                elif app == "socket":
+                    return out
+            return None
+    return None
+
+
+def play_loopback_originate(arg: str, port: int, dialplan: str, far_end: tuple = ("answer", 40),
+                            fax_ok: bool = True) -> tuple[OutboundCall, OutboundCall | None]:
+    """FreeSWITCH placing ``originate {vars}loopback/<dest>/<context> <exten>
+    XML <context2>`` through the rendered dialplan ``dialplan``:
+
+    - the B leg (``loopback/<dest>-b``) carries the ``{…}`` variables —
+      mod_loopback copies the originate's variable event onto it
+      (``__loopback_vars__``, mod_loopback.c; recording 03 shows the A leg
+      with them) — runs ``<context>`` and reaches the socket; the far end of
+      its bridge does ``far_end`` (see ``OutboundCall._bridge``);
+    - when that bridge answered, the A leg is answered (mod_loopback answers
+      A with B) and transferred by originate to ``<exten>`` in
+      ``<context2>`` (mod_commands.c), and reaches the socket in turn.
+
+    ASSUMPTION: the legs are played one after the other (the B leg's
+    bridge, talk and hangup, then the A leg) where FreeSWITCH runs them at
+    once; the server under test serves each connection on its own.
+    Returns (B leg, A leg or None when the B leg never answered)."""
+    import re
+    m = re.fullmatch(r"originate \{([^}]*)\}loopback/([^/ ]+)/(\S+) (\S+) XML (\S+)", arg)
+    if m is None:
+        raise AssertionError(f"not a loopback originate to an extension: {arg!r}")
+    variables = dict(kv.split("=", 1) for kv in m.group(1).split(","))
+    dest, context, exten, context2 = m.group(2, 3, 4, 5)
+    caller = variables.get("origination_caller_id_number", "")
+    b_vars = dialplan_variables(dialplan, context, dest)
+    if b_vars is None:
+        raise AssertionError(f"{dest} in context {context} reaches no socket")
+    b = OutboundCall(port, dest, {**variables, **b_vars, "loopback_leg": "B"}, caller=caller, callee=far_end)
+    b.start()
+    b.wait()
+    if not b.bridged_us:
+        return b, None
+    a_vars = dialplan_variables(dialplan, context2, exten)
+    if a_vars is None:
+        raise AssertionError(f"{exten} in context {context2} reaches no socket")
+    a = OutboundCall(port, exten, {**variables, **a_vars, "loopback_leg": "A"}, caller=caller, answered=True,
+                     fax=(0, fax_ok))
+    a.start()
+    a.wait()
+    return b, a

@@ -12,6 +12,14 @@ from aiosmtpd.controller import Controller
 from PIL import Image, ImageDraw
 
 
+def fax_pdf(pages: int = 1) -> bytes:
+    """A plain PDF of blank A4 pages (150 dpi), as a customer sends one."""
+    frames = [Image.new("L", (1240, 1754), 255) for _ in range(pages)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PDF", save_all=True, append_images=frames[1:], resolution=150)
+    return buf.getvalue()
+
+
 def fax_tiff(pages: int = 2) -> bytes:
     """A fax document: A4 at fax fine resolution (1728 x 2292 px, 204 x 196
     dpi), 1 bit, CCITT G4 — what SendFAX takes."""

@@ -118,7 +118,7 @@ class CallControl:
 
     def _on_execute_complete(self, event: ESLMessage) -> None:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
-        if event.headers.get("Application") in ("bridge", "callcenter", "rxfax"):
+        if event.headers.get("Application") in ("bridge", "callcenter", "rxfax", "txfax"):
             self.bridge_done.set(event.headers)
 
     def _on_disconnect(self, event: ESLMessage) -> None:
@@ -149,6 +149,12 @@ class CallControl:
             s.linger()
             if fs.route_of(data) == V.ROUTE_AGENT_LEG:
                 d = self.agent_leg(data)
+                return
+            if fs.route_of(data) == V.ROUTE_FAX_OUT:
+                d = self.fax_dial(data)
+                return
+            if fs.route_of(data) == V.ROUTE_FAX_SEND:
+                self.fax_send(data)
                 return
             if fs.route_of(data) == V.ROUTE_AGENT:
                 try:
@@ -322,6 +328,84 @@ class CallControl:
             self.bridge_done.get()
             self.settle(data, self.hangup_complete.get())
         return d
+
+    def fax_dial(self, data: dict[str, str]) -> Decision:
+        """The B leg of a fax job's loopback call (``dustel-fax-out``): an
+        outbound leg of the tenant presenting the job's number, decided,
+        limited and settled like an agent's leg, bridged to the carrier.
+        Refused or unanswered, the job hears it now (fax.outbound.result:
+        retried or final); answered, the A leg sends and reports."""
+        from ..fax import outbound as fax_out
+        s = self.session
+        self.settles_call = False
+        d = INTERNAL_ERROR
+        try:
+            req = replace(fs.request_from(data), node=self.node(data))
+            job_id = fs.fax_job(data)
+            job = Runtime.run(fax_out.sending_job(req.tenant_id, job_id))
+            if job is None or job["to_number"] != req.callee:
+                raise ValueError(f"fax job {job_id} of tenant {req.tenant_id} to {req.callee} is not being sent")
+            leg, d = Runtime.run(calls.admit_leg(replace(req, caller=job["from_number"]), job["to_number"],
+                                                 Runtime.tariffs))
+            log.info("fax job=%s leg=%s tenant=%s callee=%s admit=%s reason=%s max=%s", job_id, leg.call_id,
+                     req.tenant_id, req.callee, d.admit, d.reason, d.max_seconds)
+            if d.admit:
+                self.legs.append(leg.call_id)
+                plan = fs.actions(replace(d, caller_id=job["from_number"]), data)
+            else:
+                self._fax_result(job_id, "REFUSED", d.reason)
+                plan = [("set", f"{V.REASON.lower()}={d.reason}"), ("hangup", fs.cause_name(d.q850))]
+        except (ValueError, psycopg.Error) as exc:
+            log.warning("fax leg call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
+            if d.admit:     # admitted, but nothing can be executed: its line and money back
+                self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
+            s.call_command("hangup", fs.cause_name(INTERNAL_ERROR.q850))
+            return INTERNAL_ERROR
+        for app, arg in plan:
+            s.call_command(app, arg or None)
+        if d.admit:
+            done = self.bridge_done.get()
+            if not self.bridged_to:          # never answered: busy, no answer, congestion …
+                status = (done or {}).get("variable_originate_disposition", "") or "NO_ANSWER"
+                self._fax_result(job_id, "DIAL", status)
+                if not self.hung_up.is_set():    # the A leg's originate fails with the same cause
+                    s.call_command("hangup", status if status in fs.CAUSES.values() else "NORMAL_CLEARING")
+            self.settle(data, self.hangup_complete.get())
+        return d
+
+    def fax_send(self, data: dict[str, str]) -> None:
+        """The A leg of a fax job's call, answered when the far end answered
+        (``dustel-fax-send``): ``txfax`` of the attempt's file, the result
+        from ``variable_fax_*`` on its EXECUTE_COMPLETE to the job."""
+        from ..fax import outbound as fax_out
+        s = self.session
+        self.settles_call = False           # the B leg carries the money
+        try:
+            req = fs.request_from(data)
+            job_id = fs.fax_job(data)
+            job = Runtime.run(fax_out.sending_job(req.tenant_id, job_id))
+            if job is None:
+                raise ValueError(f"fax job {job_id} of tenant {req.tenant_id} is not being sent")
+        except (ValueError, psycopg.Error) as exc:
+            log.warning("fax send call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
+            s.call_command("hangup", "NORMAL_CLEARING")
+            return
+        s.call_command("txfax", fax_out.fax_send_path(Runtime.fax_spool_dir, job_id, int(job["attempts"])))
+        status, pages, text = fs.fax_sent(self.bridge_done.get())
+        self._fax_result(job_id, "FAX", status, pages, text)
+        if not self.hung_up.is_set():
+            s.call_command("hangup", "NORMAL_CLEARING")
+
+    def _fax_result(self, job_id: int, kind: str, status: str, pages: int = 0, text: str = "") -> None:
+        from ..fax import outbound as fax_out
+        try:
+            assert Runtime.pool is not None
+            with Runtime.pool.connection() as conn, conn.transaction():
+                state = fax_out.result(conn, job_id, kind, status, pages, text)
+        except psycopg.Error as exc:        # the deliverer counts a job with no result as a failed attempt
+            log.warning("fax job=%s result %s %s not recorded: %s", job_id, kind, status, exc)
+            return
+        log.info("fax job=%s %s %s pages=%s -> %s", job_id, kind, status, pages, state)
 
     def leg(self, data: dict[str, str], target: str, account: str | None = None, suffix: str = calls.LEG) \
             -> Decision:

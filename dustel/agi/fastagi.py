@@ -346,7 +346,8 @@ async def fax_out(request: Request, ctx: Context) -> None:
     number — one of the tenant's own, checked when it was queued."""
     h = request.headers
     tenant, job_id = int(_arg(h, 1)), int(_arg(h, 2))
-    job = await ctx.run(_fax_job(tenant, job_id))
+    from ..fax.outbound import sending_job
+    job = await ctx.run(sending_job(tenant, job_id))
     if job is None:
         raise ValueError(f"fax job {job_id} of tenant {tenant} is not being sent")
     base = CallRequest(direction="out", tenant_id=tenant, account="", caller=job["from_number"],
@@ -355,12 +356,6 @@ async def fax_out(request: Request, ctx: Context) -> None:
     if d.admit:
         d = replace(d, caller_id=job["from_number"])
     await _answer(request, ctx, leg, d, {V.LEG: "1"} if d.admit else None)
-
-
-def _fax_job(tenant: int, job_id: int) -> calls.Flow:
-    rows = (yield calls.Q("SELECT from_number, to_number FROM fax_jobs WHERE id = %(j)s AND tenant_id = %(t)s "
-                          "AND state = 'sending'", {"j": job_id, "t": tenant}))
-    return rows[0] if rows else None
 
 
 async def fax_result(request: Request, ctx: Context) -> None:

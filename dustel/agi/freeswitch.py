@@ -39,6 +39,11 @@ def route_of(data: Mapping[str, str]) -> str:
     """Which handler a socket connection belongs to."""
     if data.get("variable_dustel_star"):
         return V.ROUTE_AGENT
+    # a fax job's loopback call (fax.outbound.originate): the B leg dials, the answered A leg sends
+    if data.get("variable_dustel_fax_dial"):
+        return V.ROUTE_FAX_OUT
+    if data.get("variable_dustel_fax_send"):
+        return V.ROUTE_FAX_SEND
     if data.get("variable_dustel_leg"):
         return V.ROUTE_AGENT_LEG
     if data.get("variable_dustel_target_kind"):
@@ -74,6 +79,9 @@ def request_from(data: Mapping[str, str]) -> CallRequest:
         raise ValueError("Unique-ID: missing from the channel data")
     if route == V.ROUTE_AGENT_LEG:
         return CallRequest(direction="out", account="", callee=data.get("variable_dustel_leg", ""),
+                           **common)  # type: ignore[arg-type]
+    if route in (V.ROUTE_FAX_OUT, V.ROUTE_FAX_SEND):     # the caller is the job's number, read with the job
+        return CallRequest(direction="out", account="", callee=data.get("variable_dustel_fax_dial", ""),
                            **common)  # type: ignore[arg-type]
     if route == V.ROUTE_INBOUND:
         kind, target = data.get("variable_dustel_target_kind", ""), data.get("variable_dustel_target", "")
@@ -129,6 +137,31 @@ def stage_bridge(stage: Stage, d: Decision, data: Mapping[str, str], legs: Mappi
                      f"execute_on_answer='sched_hangup +{int(leg.max_seconds)} ALLOTTED_TIMEOUT']"
                      f"sofia/gateway/carrier/{token(leg.destination, 'forwarding target')}")
     return f"{{leg_timeout={int(stage.seconds)}}}" + ",".join(parts) if parts else ""
+
+
+def fax_job(data: Mapping[str, str]) -> int:
+    raw = data.get("variable_dustel_fax_job", "")
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValueError(f"dustel_fax_job: must be a job id (got {raw[:20]!r})")
+    return int(raw)
+
+
+def fax_sent(done: Mapping[str, str] | None) -> tuple[str, int, str]:
+    """(SUCCESS | FAILED, pages, text) of txfax's EXECUTE_COMPLETE: the same
+    ``variable_fax_*`` as rxfax's in recording 09 (mod_spandsp's phase E
+    handler sets them for both; pages are those transmitted).  No event
+    (the call ended first): FAILED."""
+    if done is None or done.get("Application") != "txfax":
+        return "FAILED", 0, "the call ended before the fax"
+    pages = done.get("variable_fax_document_transferred_pages", "")
+    return ("SUCCESS" if done.get("variable_fax_success") == "1" else "FAILED",
+            int(pages) if pages.isascii() and pages.isdigit() else 0,
+            clean_text(done.get("variable_fax_result_text", "")))
+
+
+def clean_text(value: str) -> str:
+    """The far end's words (result text, station id) as a report may show them."""
+    return "".join(c for c in value if c.isalnum() or c in " +-.,")[:80]
 
 
 def fax_received(done: Mapping[str, str], data: Mapping[str, str], node: str) -> Received:

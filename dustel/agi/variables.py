@@ -40,6 +40,7 @@ ROUTE_AGENT_LEG = "agent_leg"            # an agent on an external number: an ou
 ROUTE_FAX = "fax"                        # ReceiveFAX ended: the fax to e-mail (fax.inbound)
 ROUTE_FAX_OUT = "fax_out"                # a fax job's call: the policy decides it as an outbound leg of the tenant
 ROUTE_FAX_RESULT = "fax_result"          # a fax job's attempt ended: FAX / DIAL / REFUSED and its status
+ROUTE_FAX_SEND = "fax_send"              # FreeSWITCH: a fax job's answered call runs txfax (dustel-fax-send)
 FAX_JOB = "DUSTEL_FAX_JOB"               # the fax job a call-file call belongs to
 ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..config import EngineNode, Settings, node_secret
 from ..errors import DustelError, NotFound
 from ..fax import outbound, outbox
 from .common import INT, Env, emit, json_option, pass_env, table
@@ -76,8 +77,9 @@ def fax_send(env: Env, as_json: bool, tenant_id: int, from_number: str, to_numbe
         pdf = Path(file).read_bytes()
     except OSError as exc:
         raise DustelError("file", f"cannot read {file}: {exc.strerror}") from None
+    retry = outbound.Retry.of(env.settings)
     with env.tx() as conn:
-        row = outbound.queue(conn, tenant_id, from_number, to_number, pdf, report_to)
+        row = outbound.queue(conn, tenant_id, from_number, to_number, pdf, report_to, retry=retry)
     emit(row, as_json, lambda d: click.echo(f"fax job {d['id']}: {d['pages']} page(s) to {d['to_number']} queued"))
 
 
@@ -94,22 +96,33 @@ def fax_jobs(env: Env, as_json: bool, tenant_id: int) -> None:
     emit(rows, as_json, lambda d: table(d, ["id", "to_number", "pages", "state", "attempts", "last_result"]))
 
 
+def placer_of(s: Settings) -> outbound.CallFiles | outbound.EventSocket:
+    """How fax jobs' calls are placed (setting ``fax_engine``)."""
+    if s.fax_engine == "asterisk":
+        return outbound.CallFiles(s.asterisk_outgoing_dir)
+    if s.fax_engine == "freeswitch":
+        node = s.esl_nodes[0] if s.esl_nodes else EngineNode("freeswitch", s.esl_host, s.esl_port, "", "")
+        return outbound.EventSocket(node.host, node.port, node_secret(s, node, "freeswitch"))
+    raise DustelError("fax_engine", f"must be asterisk or freeswitch (got {s.fax_engine!r})")
+
+
 @fax.command("deliver")
 @click.option("--loop", is_flag=True, help="Keep delivering (a service); default one pass.")
 @click.option("--interval", type=INT, default=10, show_default=True, help="Seconds between passes with --loop.")
 @json_option
 @pass_env
 def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
-    """Place the calls of due fax jobs (Asterisk call files into
-    asterisk_outgoing_dir) and send the due mails of the outbox (settings
-    smtp_host, smtp_port, mail_from)."""
+    """Place the calls of due fax jobs (fax_engine asterisk: call files into
+    asterisk_outgoing_dir; freeswitch: an originate over the first of
+    esl_nodes) and send the due mails of the outbox (settings smtp_host,
+    smtp_port, mail_from)."""
     s = env.settings
     smtp = outbox.Smtp(s.smtp_host, s.smtp_port, s.mail_from, max_attempts=s.mail_max_attempts)
+    placer = placer_of(s)
 
     def one_pass() -> dict[str, object]:
         with env.tx() as conn:
-            started = outbound.start_due(conn, s.fax_read_dir or s.fax_spool_dir, s.fax_spool_dir,
-                                         s.asterisk_outgoing_dir)
+            started = outbound.start_due(conn, s.fax_read_dir or s.fax_spool_dir, s.fax_spool_dir, placer)
         with env.tx() as conn:
             return {**outbox.deliver_due(conn, smtp), "faxes_started": started}
 
@@ -138,6 +151,6 @@ def mailgw_serve(env: Env, host: str | None, port: int | None) -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     s = env.settings
     try:
-        gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain)
+        gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain, outbound.Retry.of(s))
     except KeyboardInterrupt:
         pass

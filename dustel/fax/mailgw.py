@@ -70,7 +70,8 @@ def _pdf(msg: EmailMessage) -> bytes | None:
     return None
 
 
-def process(conn: psycopg.Connection, sender: str, recipient: str, msg: EmailMessage, max_pages: int) -> Outcome:
+def process(conn: psycopg.Connection, sender: str, recipient: str, msg: EmailMessage, max_pages: int,
+            retry: outbound.Retry = outbound.DEFAULT_RETRY) -> Outcome:
     """One recipient of an accepted mail, in one transaction (the caller's).
     The sender's tenant was checked at RCPT time."""
     tenant_id = tenant_of_sender(conn, sender)
@@ -109,7 +110,8 @@ def process(conn: psycopg.Connection, sender: str, recipient: str, msg: EmailMes
         return _refused(conn, tenant_id, sender, msg, "the mail has no PDF attachment")
     try:
         with conn.transaction():
-            job = outbound.queue(conn, tenant_id, box["number"], to, document, report_to=sender, max_pages=max_pages)
+            job = outbound.queue(conn, tenant_id, box["number"], to, document, report_to=sender, max_pages=max_pages,
+                                   retry=retry)
     except DustelError as exc:
         return _refused(conn, tenant_id, sender, msg, f"the PDF cannot be faxed: {exc}")
     log.info("mailgw: fax job %s from %s (box %s) to %s, %s page(s)", job["id"], sender, box["name"], to,
@@ -128,8 +130,9 @@ def _refused(conn: psycopg.Connection, tenant_id: int, sender: str, msg: EmailMe
 class Handler:
     """aiosmtpd handler: RCPT checks the domain and the sender, DATA does the rest."""
 
-    def __init__(self, dsn: str, domain: str, max_pages: int = outbound.MAX_PAGES) -> None:
-        self.dsn, self.domain, self.max_pages = dsn, domain.lower(), max_pages
+    def __init__(self, dsn: str, domain: str, max_pages: int = outbound.MAX_PAGES,
+                 retry: outbound.Retry = outbound.DEFAULT_RETRY) -> None:
+        self.dsn, self.domain, self.max_pages, self.retry = dsn, domain.lower(), max_pages, retry
 
     def _sender_known(self, address: str) -> bool:
         with psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5) as conn:
@@ -155,7 +158,7 @@ class Handler:
         with psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5) as conn:
             for rcpt in rcpts:
                 with conn.transaction():
-                    out.append(process(conn, sender, rcpt, msg, self.max_pages))   # type: ignore[arg-type]
+                    out.append(process(conn, sender, rcpt, msg, self.max_pages, self.retry))   # type: ignore[arg-type]
         return out
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
@@ -167,10 +170,10 @@ class Handler:
         return "250 OK: queued (the result comes by mail)"
 
 
-def serve(dsn: str, host: str, port: int, domain: str) -> None:
+def serve(dsn: str, host: str, port: int, domain: str, retry: outbound.Retry = outbound.DEFAULT_RETRY) -> None:
     """Run the gateway in the foreground until interrupted."""
     from aiosmtpd.controller import Controller
-    controller = Controller(Handler(dsn, domain), hostname=host, port=port)
+    controller = Controller(Handler(dsn, domain, retry=retry), hostname=host, port=port)
     controller.start()
     log.info("mail gateway listening on %s:%s for *@%s", host, port, domain)
     try:

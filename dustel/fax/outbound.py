@@ -11,6 +11,8 @@ nothing charged.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -20,7 +22,30 @@ from ..provisioning import validate as v
 WIDTH = 1728                 # T.4 A4 line: 1728 pixels
 DPI_X, DPI_Y = 204, 196      # fine resolution
 MAX_PAGES = 50
-RETRY_SECONDS = (120, 300, 900)     # before attempt 2, 3, 4 (busy / no answer / failed transmission)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How often a job is tried (``fax_max_attempts``) and the wait before
+    attempt n+1 after attempt n failed: n × ``fax_retry_seconds`` (so 5, 10,
+    15 min with the default 300 s) — busy, no answer, congestion or a failed
+    transmission; a refusal by the policy is final.  Stored with the job."""
+
+    max_attempts: int = 4
+    seconds: int = 300
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 10:
+            raise DustelError("fax_max_attempts", f"must be 1 to 10 (got {self.max_attempts})")
+        if not 30 <= self.seconds <= 86400:
+            raise DustelError("fax_retry_seconds", f"must be 30 to 86400 seconds (got {self.seconds})")
+
+    @classmethod
+    def of(cls, settings: Any) -> Retry:
+        return cls(int(settings.fax_max_attempts), int(settings.fax_retry_seconds))
+
+
+DEFAULT_RETRY = Retry()
 
 
 def pdf_to_tiff(pdf: bytes, max_pages: int = MAX_PAGES, what: str = "file") -> tuple[bytes, int]:
@@ -62,8 +87,8 @@ def pdf_to_tiff(pdf: bytes, max_pages: int = MAX_PAGES, what: str = "file") -> t
 
 
 def queue(conn: psycopg.Connection, tenant_id: int, from_number: str, to_number: str, pdf: bytes,
-          report_to: str | None = None, max_pages: int = MAX_PAGES) -> dict[str, object]:
-    """Validate and queue a fax job (the caller's transaction)."""
+          report_to: str | None = None, max_pages: int = MAX_PAGES, retry: Retry = DEFAULT_RETRY) -> dict[str, object]:
+    """Validate and queue a fax job (the caller's transaction) with its retry rule."""
     t = conn.execute("SELECT id, email FROM tenants WHERE id = %s", (tenant_id,)).fetchone()
     if t is None:
         raise NotFound("tenant", f"no tenant {tenant_id}")
@@ -75,10 +100,11 @@ def queue(conn: psycopg.Connection, tenant_id: int, from_number: str, to_number:
     report = v.email("report_to", report_to) if report_to else t["email"]
     tiff, pages = pdf_to_tiff(pdf, max_pages)
     return conn.execute(
-        """INSERT INTO fax_jobs (tenant_id, from_number, to_number, pages, tiff, report_to)
-           VALUES (%s, %s, %s, %s, %s, %s)
-           RETURNING id, tenant_id, from_number, to_number, pages, state, report_to""",
-        (tenant_id, sender, dest, pages, tiff, report)).fetchone()
+        """INSERT INTO fax_jobs (tenant_id, from_number, to_number, pages, tiff, report_to, max_attempts,
+                                 retry_seconds)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+           RETURNING id, tenant_id, from_number, to_number, pages, state, report_to, max_attempts, retry_seconds""",
+        (tenant_id, sender, dest, pages, tiff, report, retry.max_attempts, retry.seconds)).fetchone()
 
 
 # ------------------------------------------------------------------ placing the calls (Asterisk)
@@ -104,12 +130,90 @@ def call_file(job: dict[str, object], engine_tiff: str) -> str:
             f"Setvar: __DUSTEL_FAX_FILE={engine_tiff}\n")
 
 
-def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, outgoing_local: str,
+class CallFiles:
+    """Asterisk: a call file per attempt into ``asterisk_outgoing_dir``,
+    written aside, then renamed in (pbx_spool never reads half a file)."""
+
+    def __init__(self, outgoing_local: str) -> None:
+        self.outgoing_local = outgoing_local
+
+    def place(self, job: dict[str, object], engine_tiff: str, attempt: int) -> None:
+        import os
+        tmp = f"{self.outgoing_local}/.fax-{job['id']}.call"
+        with open(tmp, "w") as f:
+            f.write(call_file(job, engine_tiff))
+        os.replace(tmp, f"{self.outgoing_local}/fax-{job['id']}-{attempt}.call")
+
+
+def originate(job: dict[str, object]) -> str:
+    """FreeSWITCH: the ``originate`` of one attempt.  ``loopback/<to>/dustel-fax-out``
+    hands its B leg — carrying the ``{…}`` variables (mod_loopback copies
+    them) — to the policy through the rendered context ``dustel-fax-out``:
+    an outbound leg of the tenant bridged to the carrier; once the far end
+    answered, the A leg is answered and transferred to ``fax-send`` in
+    context ``dustel-fax-send``, which hands it to the policy server to run
+    ``txfax``.  The file is the job's attempt's (``fax_send_path``: the policy
+    server derives it from the job, no path travels in a variable); every
+    value is a validated number or an id."""
+    for key in ("id", "tenant_id"):
+        if not str(job[key]).isdigit():
+            raise ValueError(f"{key}: not a number")
+    to = v.e164("to", str(job["to_number"]))
+    sender = v.e164("from", str(job["from_number"]))
+    return (f"originate {{dustel_tenant={job['tenant_id']},dustel_fax_job={job['id']},"
+            f"origination_caller_id_number={sender},origination_caller_id_name=Fax,fax_ident={sender},"
+            f"originate_timeout=120,ignore_early_media=true}}loopback/{to}/dustel-fax-out "
+            "fax-send XML dustel-fax-send")
+
+
+def fax_send_path(spool_engine: str, job_id: int, attempt: int) -> str:
+    """Where an attempt's TIFF lies for the engine (written by ``start_due``)."""
+    return f"{spool_engine}/out-{int(job_id)}-{int(attempt)}.tif"
+
+
+class EventSocket:
+    """FreeSWITCH: ``bgapi originate`` over the inbound Event Socket of one
+    node (auth, the command, ``+OK Job-UUID``, exit).  A blocking client of
+    a few lines: the deliverer is no gevent process."""
+
+    def __init__(self, host: str, port: int, password: str, timeout: float = 10) -> None:
+        self.host, self.port, self.password, self.timeout = host, port, password, timeout
+
+    def place(self, job: dict[str, object], engine_tiff: str, attempt: int) -> None:
+        import socket
+
+        from ..controller import protocol as P
+        reader = P.FrameReader()
+        frames: list[P.Frame] = []
+
+        def frame(sock: socket.socket) -> P.Frame:
+            while not frames:
+                data = sock.recv(65536)
+                if not data:
+                    raise OSError("the event socket closed")
+                frames.extend(f for f in reader.feed(data) if f.content_type != "text/event-plain")
+            return frames.pop(0)
+
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+            if frame(sock).content_type != "auth/request":
+                raise OSError("no auth/request greeting")
+            sock.sendall(P.command(f"auth {self.password}"))
+            if not frame(sock).ok:
+                raise OSError("the event socket refused the password")
+            sock.sendall(P.command("bgapi " + originate(job)))
+            reply = frame(sock)
+            if not reply.ok:
+                raise OSError(f"originate refused: {reply.reply_text}")
+            sock.sendall(P.command("exit"))
+
+
+def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, placer: CallFiles | EventSocket,
               limit: int = 20) -> list[int]:
-    """Place the calls of the due jobs: the TIFF into the fax spool, a call
-    file into Asterisk's outgoing directory (written aside, then renamed in:
-    pbx_spool never reads half a file).  Jobs stuck in 'sending' count as a
-    failed attempt first.  Returns the job ids started."""
+    """Place the calls of the due jobs: the TIFF into the fax spool, then the
+    call (``placer``: Asterisk call files or a FreeSWITCH originate).  Jobs
+    stuck in 'sending' count as a failed attempt first.  A job whose file or
+    call cannot be placed stays queued (its transaction rolls back).
+    Returns the job ids started."""
     import os
     conn.execute(
         """UPDATE fax_jobs SET state = 'queued', last_result = 'no result from the engine', updated_at = now()
@@ -121,27 +225,41 @@ def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, out
                                    ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED""").fetchone()
             if job is None:
                 break
-            if job["attempts"] > len(RETRY_SECONDS):
+            if job["attempts"] >= job["max_attempts"]:
                 finish(conn, job, ok=False, result=job["last_result"] or "no result from the engine")
                 continue
-            name = f"out-{job['id']}-{job['attempts'] + 1}.tif"
-            tmp = f"{outgoing_local}/.fax-{job['id']}.call"
+            attempt = int(job["attempts"]) + 1
+            local = fax_send_path(spool_local, job["id"], attempt)
             try:
-                with open(f"{spool_local}/{name}", "wb") as f:
+                with open(local, "wb") as f:
                     f.write(bytes(job["tiff"]))
-                os.chmod(f"{spool_local}/{name}", 0o644)
-                with open(tmp, "w") as f:
-                    f.write(call_file(job, f"{spool_engine}/{name}"))
-            except OSError as exc:         # the job stays queued (this transaction rolls back)
-                raise DustelError("fax_spool_dir", f"cannot write the fax or its call file: {exc}") from None
+                os.chmod(local, 0o644)
+            except OSError as exc:
+                raise DustelError("fax_spool_dir", f"cannot write the fax: {exc}") from None
             conn.execute("""UPDATE fax_jobs SET state = 'sending', attempts = attempts + 1, updated_at = now()
                              WHERE id = %s""", (job["id"],))
-            os.replace(tmp, f"{outgoing_local}/fax-{job['id']}-{job['attempts'] + 1}.call")
+            try:
+                placer.place(job, fax_send_path(spool_engine, job["id"], attempt), attempt)
+            except OSError as exc:
+                raise DustelError("fax", f"job {job['id']}: the call cannot be placed: {exc}") from None
             started.append(int(job["id"]))
     return started
 
 
-RETRYABLE = {"BUSY", "NOANSWER", "CONGESTION", "CHANUNAVAIL", "FAILED"}
+def sending_job(tenant: int, job_id: int) -> Any:
+    """A flow (billing.calls): the job of this tenant being sent now, or None."""
+    from ..billing.calls import Q
+    rows = (yield Q("SELECT id, from_number, to_number, attempts FROM fax_jobs WHERE id = %(j)s "
+                    "AND tenant_id = %(t)s AND state = 'sending'", {"j": job_id, "t": tenant}))
+    return rows[0] if rows else None
+
+
+# the attempts worth repeating: Asterisk's DIALSTATUS and FreeSWITCH's originate_disposition words for
+# busy, no answer, congestion and an unreachable network (an unallocated number or a refusal is final)
+RETRYABLE = {"BUSY", "NOANSWER", "CONGESTION", "CHANUNAVAIL", "FAILED",
+             "USER_BUSY", "NO_ANSWER", "NO_USER_RESPONSE", "NORMAL_CIRCUIT_CONGESTION", "SWITCH_CONGESTION",
+             "NORMAL_TEMPORARY_FAILURE", "DESTINATION_OUT_OF_ORDER", "NETWORK_OUT_OF_ORDER",
+             "RECOVERY_ON_TIMER_EXPIRE"}
 
 
 def result(conn: psycopg.Connection, job_id: int, kind: str, status: str, pages: int = 0, text: str = "") \
@@ -159,11 +277,11 @@ def result(conn: psycopg.Connection, job_id: int, kind: str, status: str, pages:
         return "sent"
     what = {"FAX": f"transmission failed: {text or status}", "DIAL": f"call not answered: {status}",
             "REFUSED": f"refused: {status}"}.get(kind, f"{kind} {status}")
-    retry = (kind == "FAX" or status in RETRYABLE) and job["attempts"] <= len(RETRY_SECONDS)
+    retry = (kind == "FAX" or status in RETRYABLE) and job["attempts"] < job["max_attempts"]
     if retry:
         conn.execute("""UPDATE fax_jobs SET state = 'queued', last_result = %s, updated_at = now(),
                                next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s""",
-                     (what, RETRY_SECONDS[job["attempts"] - 1], job_id))
+                     (what, job["attempts"] * job["retry_seconds"], job_id))
         return "queued"
     finish(conn, job, ok=False, result=what, pages=pages)
     return "failed"

@@ -709,3 +709,99 @@ def test_a_fax_is_received_with_rxfax_and_queued_as_mail(db_url: str, conn: psyc
         assert "Fax from +492111230000, 3 pages" == mail["subject"]
     finally:
         s.stop()
+
+
+@pytest.fixture
+def fax_sender(conn: psycopg.Connection) -> dict[str, Any]:
+    conn.execute(RATES)
+    t = tenant(conn, plan="starter")
+    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (t["id"],))
+    with conn.transaction():
+        numbers.add(conn, t["id"], "+492119876601")
+    account(conn, t["id"], caller_id="+492119876601")
+    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
+    return t
+
+
+def _public_xml(conn: psycopg.Connection) -> str:
+    from dustel.render import service
+    from tests.render_fixture import GOLDEN_SETTINGS
+    with conn.transaction():
+        return service.render_files(conn, GOLDEN_SETTINGS, ["freeswitch"])["freeswitch"]["dialplan/public.xml"]
+
+
+def test_a_fax_job_is_sent_from_freeswitch_through_the_policy(db_url: str, conn: psycopg.Connection,
+                                                              fax_sender: dict[str, Any], tmp_path: Any) -> None:
+    """Issue 14, sending on FreeSWITCH: the deliverer originates over the
+    inbound socket ``loopback/<to>/dustel-fax-out``; the rendered dialplan
+    hands the B leg to the policy (an outbound leg of the tenant, limited,
+    bridged to the carrier presenting the job's number) and, once answered,
+    the A leg to ``txfax`` of the attempt's file; the result in
+    ``variable_fax_*`` ends the job, the leg is billed, the sender gets a
+    report.  Busy is retried by the job's rule; no money is a final refusal."""
+    from dustel.fax import outbound as fax_out
+    from tests.esl_emulator import FreeSwitchEmulator, play_loopback_originate
+    from tests.fax_support import fax_pdf
+    t = fax_sender
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with conn.transaction():
+        job = fax_out.queue(conn, t["id"], "+492119876601", "+491701234567", fax_pdf(2),
+                            retry=fax_out.Retry(max_attempts=3, seconds=60))
+    fs = FreeSwitchEmulator(password="fax-pw")
+    fs.start()
+    s = Server(db_url, extra_env={"DUSTEL_FAX_SPOOL_DIR": str(spool)})
+    public = _public_xml(conn)
+    try:
+        with conn.transaction():
+            assert fax_out.start_due(conn, str(spool), str(spool),
+                                     fax_out.EventSocket("127.0.0.1", fs.port, "fax-pw")) == [job["id"]]
+        fs.wait_sessions_closed(1)
+        (arg,) = fs.originated
+        assert arg == fax_out.originate(job)
+        # attempt 1: the carrier is busy -> queued again, 1 x 60 s later; the leg's line given back
+        b, a = play_loopback_originate(arg, s.port, public, far_end=("busy",))
+        assert a is None
+        row = wait_for(lambda: (r := conn.execute("SELECT *, next_attempt_at - now() AS wait FROM fax_jobs")
+                                .fetchone())["state"] == "queued" and r, what="the busy attempt reported")
+        assert (row["attempts"], row["last_result"]) == (1, "call not answered: USER_BUSY")
+        assert 50 < row["wait"].total_seconds() <= 60
+        leg = wait_for(lambda: (r := call_row(conn, b.uuid + ":leg")) and r["state"] == "settled" and r,
+                       what="the busy leg settled")
+        assert (leg["billsec"], leg["charged_cents"], leg["destination"]) == (0, 0, "+491701234567")
+        # attempt 2: answered, 2 pages sent
+        conn.execute("UPDATE fax_jobs SET next_attempt_at = now() WHERE id = %s", (job["id"],))
+        with conn.transaction():
+            assert fax_out.start_due(conn, str(spool), str(spool),
+                                     fax_out.EventSocket("127.0.0.1", fs.port, "fax-pw")) == [job["id"]]
+        fs.wait_sessions_closed(2)
+        b, a = play_loopback_originate(fs.originated[1], s.port, public, far_end=("answer", 40))
+        assert a is not None
+        bridge = [x for app, x in b.executed if app == "bridge"]
+        assert bridge == ["sofia/gateway/carrier/+491701234567"], b.executed
+        assert ("set", "effective_caller_id_number=+492119876601") in b.executed
+        assert any(app == "set" and x.startswith("execute_on_answer=sched_hangup +") for app, x in b.executed)
+        assert a.executed[0] == ("txfax", f"{spool}/out-{job['id']}-2.tif") and a.sent_document == 2
+        done = wait_for(lambda: (r := conn.execute("SELECT * FROM fax_jobs").fetchone())["state"] == "sent" and r,
+                        what="the fax job sent")
+        assert (done["pages_sent"], done["attempts"]) == (2, 2)
+        leg = wait_for(lambda: (r := call_row(conn, b.uuid + ":leg")) and r["state"] == "settled" and r,
+                       what="the fax leg settled")
+        assert (leg["billsec"], leg["charged_cents"]) == (40, 6), leg      # 40 s at 9 ct/min, per second
+        (report,) = conn.execute("SELECT * FROM mail_outbox WHERE kind = 'fax_report'").fetchall()
+        assert (report["recipient"], report["subject"]) == ("chef@example.org",
+                                                            "Fax to +491701234567 delivered, 2 pages")
+        # no money left: the policy refuses the next job's leg -> failed at once, reported, never retried
+        conn.execute("UPDATE tenant_money SET balance_cents = 0 WHERE tenant_id = %s", (t["id"],))
+        with conn.transaction():
+            other = fax_out.queue(conn, t["id"], "+492119876601", "+491701234567", fax_pdf(1))
+            fax_out.start_due(conn, str(spool), str(spool), fax_out.EventSocket("127.0.0.1", fs.port, "fax-pw"))
+        fs.wait_sessions_closed(3)
+        b, a = play_loopback_originate(fs.originated[2], s.port, public)
+        assert a is None and not any(app == "bridge" for app, _ in b.executed)
+        failed = wait_for(lambda: (r := conn.execute("SELECT * FROM fax_jobs WHERE id = %s", (other["id"],))
+                                   .fetchone())["state"] == "failed" and r, what="the refused job failed")
+        assert failed["last_result"].startswith("refused: ")
+    finally:
+        s.stop()
+        fs.stop()

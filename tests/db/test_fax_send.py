@@ -16,13 +16,9 @@ from dustel.errors import DustelError
 from dustel.fax import outbound
 from dustel.provisioning import numbers
 from tests.factories import tenant
+from tests.fax_support import fax_pdf
 
-
-def pdf(pages: int = 1) -> bytes:
-    frames = [Image.new("L", (1240, 1754), 255) for _ in range(pages)]
-    buf = io.BytesIO()
-    frames[0].save(buf, format="PDF", save_all=True, append_images=frames[1:], resolution=150)
-    return buf.getvalue()
+pdf = fax_pdf
 
 
 def encrypted() -> bytes:
@@ -105,12 +101,12 @@ def reports(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def test_busy_is_retried_then_reported_once(conn: psycopg.Connection, org: dict[str, Any]) -> None:
-    job = sending(conn, org)
+    job = sending(conn, org)        # the default rule: 4 attempts, waits of 1, 2, 3 x 300 s
     for n in range(1, 4):           # attempts 1..3 fail: retried with growing waits
         with conn.transaction():
             assert outbound.result(conn, job, "DIAL", "BUSY") == "queued"
         row = conn.execute("SELECT *, next_attempt_at - now() AS wait FROM fax_jobs WHERE id = %s", (job,)).fetchone()
-        assert abs(row["wait"].total_seconds() - outbound.RETRY_SECONDS[n - 1]) < 5
+        assert abs(row["wait"].total_seconds() - n * 300) < 5
         again(conn, job)
     with conn.transaction():
         assert outbound.result(conn, job, "FAX", "FAILED", 0, "The call dropped prematurely") == "failed"
@@ -119,6 +115,55 @@ def test_busy_is_retried_then_reported_once(conn: psycopg.Connection, org: dict[
     (r,) = reports(conn)
     assert r["subject"] == "Fax to +4940123456 NOT delivered" and "transmission failed" in r["body"]
     assert "Attempts: 4" in r["body"]
+
+
+def test_the_retry_rule_comes_from_the_settings_and_stays_with_the_job(conn: psycopg.Connection,
+                                                                      org: dict[str, Any], run: Any,
+                                                                      tmp_path: Any) -> None:
+    """fax_max_attempts / fax_retry_seconds: stored with the job when it is
+    queued (the policy servers apply the rule the job came with); a rule out
+    of range is refused naming the setting, nothing queued."""
+    with conn.transaction():
+        job = int(outbound.queue(conn, org["id"], "+492119876601", "+4940123456", pdf(),
+                                 retry=outbound.Retry(max_attempts=2, seconds=45))["id"])
+    again(conn, job)
+    with conn.transaction():
+        assert outbound.result(conn, job, "DIAL", "NO_ANSWER") == "queued"     # FreeSWITCH's word, retried
+    row = conn.execute("SELECT *, next_attempt_at - now() AS wait FROM fax_jobs WHERE id = %s", (job,)).fetchone()
+    assert abs(row["wait"].total_seconds() - 45) < 5
+    again(conn, job)
+    with conn.transaction():
+        assert outbound.result(conn, job, "DIAL", "USER_BUSY") == "failed"     # attempt 2 of 2 was the last
+    with conn.transaction():
+        other = sending(conn, org)
+        assert outbound.result(conn, other, "DIAL", "UNALLOCATED_NUMBER") == "failed"   # no such number: final
+    for setting, value, rule in (("fax_max_attempts", 0, "must be 1 to 10"),
+                                 ("fax_retry_seconds", 5, "must be 30 to 86400 seconds")):
+        with pytest.raises(DustelError) as exc:
+            outbound.Retry(**{"max_attempts" if setting == "fax_max_attempts" else "seconds": value})
+        assert exc.value.field == setting and exc.value.rule.startswith(rule), str(exc.value)
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "dustel.toml").write_text("fax_max_attempts = 11\n")
+    f = tmp_path / "a.pdf"
+    f.write_bytes(pdf())
+    before = conn.execute("SELECT count(*) AS n FROM fax_jobs").fetchone()["n"]
+    r = run("fax", "send", str(org["id"]), "--from", "+492119876601", "--to", "+4940123456", str(f))
+    assert r.exit_code == 1 and r.stderr.startswith("error: fax_max_attempts: must be 1 to 10"), r.stderr
+    assert conn.execute("SELECT count(*) AS n FROM fax_jobs").fetchone()["n"] == before
+
+
+def test_the_originate_names_only_our_values(conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    job = conn.execute("SELECT * FROM fax_jobs WHERE id = %s", (sending(conn, org),)).fetchone()
+    assert outbound.originate(job) == (
+        f"originate {{dustel_tenant={org['id']},dustel_fax_job={job['id']},"
+        "origination_caller_id_number=+492119876601,origination_caller_id_name=Fax,fax_ident=+492119876601,"
+        "originate_timeout=120,ignore_early_media=true}loopback/+4940123456/dustel-fax-out "
+        "fax-send XML dustel-fax-send")
+    for bad in ({"to_number": "+49401 &bgapi hupall"}, {"from_number": "+4921,dustel_tenant=1"},
+                {"tenant_id": "1}x"}):
+        with pytest.raises((DustelError, ValueError)):
+            outbound.originate({**job, **bad})
 
 
 def test_a_refused_call_is_not_retried(conn: psycopg.Connection, org: dict[str, Any]) -> None:

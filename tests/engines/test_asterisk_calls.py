@@ -938,7 +938,7 @@ def test_a_mailed_pdf_is_faxed_through_the_policy_and_the_sender_gets_the_report
     root = stack.asterisk.root
     with conn.transaction():
         started = outbound.start_due(conn, f"{root}{stack.settings.fax_spool_dir}", stack.settings.fax_spool_dir,
-                                     f"{root}/var/spool/asterisk/outgoing")
+                                     outbound.CallFiles(f"{root}/var/spool/asterisk/outgoing"))
     assert started == [job["id"]]
     done = wait_for(lambda: (r := conn.execute("SELECT * FROM fax_jobs").fetchone())["state"] in ("sent", "failed")
                     and r, 150, "the fax job's result")
