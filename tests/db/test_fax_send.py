@@ -201,3 +201,16 @@ def test_faxbox_set_and_remove_through_the_cli(run: Any, org: dict[str, Any], co
     conn.execute("UPDATE numbers SET target_kind = NULL, faxbox_id = NULL WHERE e164 = '+492119876601'")
     run.ok("faxbox", "remove", tid, "office")
     assert conn.execute("SELECT count(*) AS n FROM faxboxes").fetchone()["n"] == 0
+
+
+def test_fax_deliver_names_a_bad_fax_engine_and_places_nothing(run: Any, org: dict[str, Any], tmp_path: Any,
+                                                                conn: psycopg.Connection) -> None:
+    job = sending(conn, org)
+    conn.execute("UPDATE fax_jobs SET state = 'queued' WHERE id = %s", (job,))
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    (state / "dustel.toml").write_text('fax_engine = "sip"\n')
+    r = run("fax", "deliver")
+    assert r.exit_code == 1 and r.stderr == "error: fax_engine: must be asterisk or freeswitch (got 'sip')\n"
+    assert conn.execute("SELECT state, attempts FROM fax_jobs WHERE id = %s", (job,)).fetchone() == \
+        {"state": "queued", "attempts": 1}
