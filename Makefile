@@ -8,7 +8,7 @@ STATE    ?= .dustel
 BIN       = $(VENV)/bin
 STAMP     = $(VENV)/.installed
 
-.PHONY: demo test venv system-deps lint bench clean
+.PHONY: demo test venv system-deps lint bench clean wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: venv
 
 test: venv system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# dustel's wheel and its dependencies' for the Ansible dustel role (offline install)
+wheelhouse: venv
+	scripts/wheelhouse.sh build/wheelhouse $(BIN)/pip
 
 lint: venv
 	$(BIN)/ruff check dustel tests bench

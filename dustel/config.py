@@ -59,6 +59,7 @@ class Settings:
     tls_cert_file: str = ""       # empty: no TLS transport rendered
     tls_key_file: str = ""
     ami_host: str = "127.0.0.1"
+    ami_acl: str = "127.0.0.1/32"   # who may log in to AMI (the controller's hosts): comma-separated CIDRs
     ami_port: int = 5038
     esl_host: str = "127.0.0.1"
     esl_port: int = 8021
@@ -105,6 +106,7 @@ _ENV = {
     "carrier_host": "DUSTEL_CARRIER_HOST",
     "carrier_match": "DUSTEL_CARRIER_MATCH",
     "esl_acl": "DUSTEL_ESL_ACL",
+    "ami_acl": "DUSTEL_AMI_ACL",
     "sip_bind_host": "DUSTEL_SIP_BIND_HOST",
     "sip_external_ip": "DUSTEL_SIP_EXTERNAL_IP",
     "sip_port": "DUSTEL_SIP_PORT",

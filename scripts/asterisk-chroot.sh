@@ -19,17 +19,8 @@ fi
 if ! command -v mmdebstrap >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
 fi
-sources=/etc/apt/sources.list.d/debian.sources
-mirror=""
-if [ -f "$sources" ]; then
-    # First "URIs:" of a stanza whose Suites are not the security archive.
-    mirror=$(awk '/^URIs:/ {u=$2} /^Suites:/ && $0 !~ /security/ && u != "" {print u; exit}' "$sources")
-fi
-if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1=="deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list)
-fi
-if [ -z "$mirror" ]; then
-    echo "asterisk chroot: no Debian mirror found in $sources" >&2
+if ! mirror=$("$(dirname "$0")/debian-mirror.sh"); then
+    echo "asterisk chroot: no Debian mirror" >&2
     exit 2
 fi
 rm -rf "$dir"

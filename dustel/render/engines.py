@@ -193,7 +193,9 @@ def musiconhold_conf(p: Provider) -> str:
 
 
 def manager_conf(p: Provider) -> str:
-    return _render("asterisk", "manager.conf.j2", s=p.settings)
+    # Asterisk's permit= takes <address>/<netmask>
+    permit = [f"{n.network_address}/{n.netmask}" for n in map(ipaddress.ip_network, cidrs(p.settings.ami_acl))]
+    return _render("asterisk", "manager.conf.j2", s=p.settings, permit=permit)
 
 
 ASTERISK: dict[str, Callable[[Provider], str]] = {

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -287,3 +288,24 @@ def test_srtp_only_over_tls_and_freeswitch_reads_the_configured_certificate(conn
     assert params["tls"] == "true" and params["tls-cert-dir"] == "/etc/dustel/tls"
     with pytest.raises(DustelError, match="tls_cert_file: FreeSWITCH reads"), conn.transaction():
         service.render_files(conn, replace(s, tls_cert_file="/etc/ssl/server.crt"), ["freeswitch"])
+
+
+def test_event_socket_and_ami_accept_the_configured_hosts_only(conn: psycopg.Connection,
+                                                                provider: dict[str, str]) -> None:
+    """esl_acl / ami_acl (the controller's hosts, set by the Ansible roles
+    from the application hosts): FreeSWITCH's dustel-esl list allows them
+    and denies the rest; Asterisk's manager user denies all, then permits
+    each; a value that is no network is refused and nothing is rendered."""
+    s = replace(GOLDEN_SETTINGS, esl_acl="192.0.2.20, 192.0.2.21/32", ami_acl="192.0.2.20,10.1.0.0/16")
+    with conn.transaction():
+        files = service.render_files(conn, s, ENGINES)
+    manager = files["asterisk"]["manager.conf"]
+    user = manager[manager.index("[dustel]"):]
+    assert [ln for ln in user.splitlines() if ln.startswith(("deny=", "permit="))] == \
+        ["deny=0.0.0.0/0.0.0.0", "permit=192.0.2.20/255.255.255.255", "permit=10.1.0.0/255.255.0.0"]
+    acl = files["freeswitch"]["autoload_configs/acl.conf.xml"]
+    esl = acl[acl.index('name="dustel-esl"'):]
+    esl = esl[:esl.index("</list>")]
+    assert 'default="deny"' in esl and 'cidr="192.0.2.20/32"' in esl and 'cidr="192.0.2.21/32"' in esl
+    with pytest.raises(DustelError), conn.transaction():
+        service.render_files(conn, replace(GOLDEN_SETTINGS, ami_acl="192.0.2.20; permit=0.0.0.0/0"), ENGINES)
