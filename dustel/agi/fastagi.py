@@ -54,9 +54,88 @@ def parse_request(raw: bytes) -> dict[str, str]:
     return headers
 
 
+class Batcher:
+    """Requests that arrive while the workers are busy share the next
+    transaction: each worker takes whatever is waiting (up to
+    ``max_batch``) and runs ``flow(items)`` — a batch flow returning one
+    result (or exception) per item — on a connection of its own, kept
+    across batches.  An idle server runs each request alone at once."""
+
+    def __init__(self, ctx: Context, name: str, flow: Callable[[list[Any]], calls.Flow], workers: int,
+                 max_batch: int) -> None:
+        self.ctx, self.name, self.flow, self.max_batch = ctx, name, flow, max_batch
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self.workers = [asyncio.create_task(self._worker()) for _ in range(workers)]
+
+    async def submit(self, item: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        self._wake.set()
+        return await fut
+
+    async def _worker(self) -> None:
+        held: list[Any] = [None]      # this worker's connection
+        try:
+            while True:
+                await self._wake.wait()
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                if not self._pending:
+                    self._wake.clear()
+                if batch:
+                    await self._run(batch, held)
+        finally:
+            if held[0] is not None:
+                await self.ctx.pool.putconn(held[0])
+
+    async def _held_run(self, held: list[Any], flow: calls.Flow) -> Any:
+        """Run a flow on the worker's own connection (taken from the pool
+        when it has none); a broken one goes back to the pool, which drops
+        it, and the error is the caller's."""
+        if held[0] is None or held[0].closed:
+            held[0] = await self.ctx.getconn()
+        try:
+            return await calls.run_async(held[0], flow)
+        except psycopg.OperationalError:
+            conn, held[0] = held[0], None
+            await self.ctx.pool.putconn(conn)
+            raise
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]], held: list[Any]) -> None:
+        try:
+            results = await self._held_run(held, self.flow([item for item, _ in batch]))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # the database is unreachable: every request waiting now would wait
+            # as long again — fail them all at once (a call is refused: the
+            # dialplan answers 503), not one pool timeout after another
+            waiting, self._pending = batch + self._pending, []
+            self._wake.clear()
+            log.warning("database unavailable (%s): %s waiting %s requests failed", type(exc).__name__,
+                        len(waiting), self.name)
+            for _, fut in waiting:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
+            if len(batch) > 1:       # one bad request must not fail its neighbours: run each alone
+                for one in batch:
+                    await self._run([one], held)
+                return
+            if not isinstance(exc, psycopg.Error | ValueError):
+                log.exception("%s failed", self.name)
+            results = [exc]
+        for (_, fut), res in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+
 class Context:
     """What handlers share: the pool, the tariff cache, the node name, and
-    the admission batcher."""
+    the admission and settlement batchers."""
 
     def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 2, max_batch: int = 64,
                  nodes: Mapping[str, str] | None = None) -> None:
@@ -71,62 +150,31 @@ class Context:
         self.fax_read_dir = "/var/spool/dustel/fax"  # settings.fax_read_dir: where received faxes are read
         self.dsn = ""
         self.max_batch = max_batch
-        self._pending: list[tuple[CallRequest, asyncio.Future[Decision]]] = []
-        self._wake = asyncio.Event()
-        self._workers = [asyncio.create_task(self._admitter()) for _ in range(workers)]
+        self._admit = Batcher(self, "admission", lambda reqs: calls.admit_many(reqs, self.tariffs), workers,
+                              max_batch)
+        self._settle = Batcher(self, "settlement", calls.settle_many, 1, max_batch)
 
     async def admit(self, req: CallRequest) -> Decision:
-        """Admit through the batcher: two workers each take whatever requests
-        are waiting (up to ``max_batch``) and decide them in one transaction
-        (``calls.admit_many``).  An idle server decides each request alone at
-        once; under load, requests that arrive while the workers are busy
-        share the next transaction instead of queueing for a connection."""
-        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append((req, fut))
-        self._wake.set()
-        return await fut
+        """Admit through the batcher (``calls.admit_many``): two workers, so a
+        batch is decided while the next one gathers."""
+        return await self._admit.submit(req)   # type: ignore[no-any-return]
 
-    async def _admitter(self) -> None:
+    async def settle(self, node: str, call_id: str, billsec: int) -> calls.Settlement:
+        """Settle through the batcher (``calls.settle_many``)."""
+        return await self._settle.submit((node, call_id, billsec))   # type: ignore[no-any-return]
+
+    async def getconn(self) -> Any:
+        """A connection of the pool; while none comes within POOL_TIMEOUT the
+        database is asked whether it is there (PoolTimeout when not)."""
         while True:
-            await self._wake.wait()
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-            if not self._pending:
-                self._wake.clear()
-            if batch:
-                await self._decide(batch)
-
-    async def _decide(self, batch: list[tuple[CallRequest, asyncio.Future[Decision]]]) -> None:
-        try:
-            results = await self.run_admission(calls.admit_many([r for r, _ in batch], self.tariffs))
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            # the database is unreachable: every call waiting now would wait
-            # as long again — refuse them all at once (the dialplan answers
-            # 503), not one pool timeout after another
-            waiting, self._pending = batch + self._pending, []
-            self._wake.clear()
-            log.warning("database unavailable (%s): %s waiting calls refused", type(exc).__name__, len(waiting))
-            for _, fut in waiting:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
-            if len(batch) > 1:       # one bad request must not refuse its neighbours: decide each alone
-                for one in batch:
-                    await self._decide([one])
-                return
-            if not isinstance(exc, psycopg.Error | ValueError):
-                log.exception("admission failed")
-            results = [exc]
-        for (_, fut), res in zip(batch, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(res, Exception):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
+            try:
+                return await self.pool.getconn(timeout=POOL_TIMEOUT)
+            except PoolTimeout:
+                if not await self._database_answers():
+                    raise
 
     def close(self) -> None:
-        for t in self._workers:
+        for t in (*self._admit.workers, *self._settle.workers):
             t.cancel()
 
     async def run_admission(self, flow: calls.Flow) -> Any:
@@ -134,13 +182,11 @@ class Context:
         (a busy pool is load: latency, never a refusal); when no connection
         came within ``POOL_TIMEOUT`` and the database does not answer a
         connection attempt either, it is gone (PoolTimeout)."""
-        while True:
-            try:
-                async with self.pool.connection(timeout=POOL_TIMEOUT) as conn:
-                    return await calls.run_async(conn, flow)
-            except PoolTimeout:
-                if not await self._database_answers():
-                    raise
+        conn = await self.getconn()
+        try:
+            return await calls.run_async(conn, flow)
+        finally:
+            await self.pool.putconn(conn)
 
     async def _database_answers(self) -> bool:
         try:
@@ -153,7 +199,6 @@ class Context:
     async def run(self, flow: calls.Flow) -> Any:
         async with self.pool.connection() as conn:
             return await calls.run_async(conn, flow)
-
 
 
 _MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=&-]*")
@@ -449,14 +494,14 @@ async def hangup(request: Request, ctx: Context) -> None:
     raw = _arg(h, 1)
     billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
     uid = h.get("agi_uniqueid", "")
-    s = await ctx.run(calls.settle(h[NODE], uid, billsec))
+    s = await ctx.settle(h[NODE], uid, billsec)
     log.info("hangup call=%s billsec=%s status=%s charged=%s", uid, billsec, s.status, s.charged_cents)
     if _arg(h, 2) != "1":
         return
     # the legs dustel placed for this call: the one answered (DIALEDPEERNUMBER) talked ANSWEREDTIME
     peer = _arg(h, 3)
     if not peer:     # the agent's leg (a Local channel): the one leg, for ANSWEREDTIME
-        legs = [(uid + calls.LEG, await ctx.run(calls.settle(h[NODE], uid + calls.LEG, billsec)))]
+        legs = [(uid + calls.LEG, await ctx.settle(h[NODE], uid + calls.LEG, billsec))]
     else:
         legs = await ctx.run(calls.settle_legs(h[NODE], uid, billsec, peer))
     for cid, leg in legs:

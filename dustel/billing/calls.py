@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from ..agi.policy import CallRequest, Decision, Snapshot, Tariff, decide, refuse
 from . import rating
@@ -34,42 +35,50 @@ class Q:
     params: dict[str, Any]
 
 
+class Last(list):  # type: ignore[type-arg]
+    """A flow's final step: statements whose rows it does not read (the
+    flow gets None)."""
+
+
 # A flow yields one query (and gets its rows) or a list of queries run in
 # order (and gets a list of row lists).  (psycopg's pipeline mode would send
 # a list in one round trip, but measured slower here: bench/policy.py.)
 Flow = Generator[Any, Any, Any]
 
 _LOCK = "SELECT * FROM tenant_money WHERE tenant_id = %(t)s FOR UPDATE"
-# a batch locks its tenants in id order, so batches never deadlock each other
-_LOCK_MANY = "SELECT * FROM tenant_money WHERE tenant_id = ANY(%(ts)s) ORDER BY tenant_id FOR UPDATE"
+# A batch locks its tenants' money rows in id order (so batches never
+# deadlock each other) and reads, in the same step, what changes with every
+# call: the money, the live line and flat counters (kept by a trigger on
+# calls), the version of the tenant's settings, and — only for a postpaid
+# tenant with a monthly credit limit — this month's charges.
+_LOCK_MANY = """
+SELECT m.*,
+       (SELECT CASE WHEN t.monthly_credit_limit_cents IS NOT NULL THEN
+                   (SELECT coalesce(-sum(amount_cents), 0)::bigint FROM ledger l
+                     WHERE l.tenant_id = t.id AND l.kind = 'charge'
+                       AND l.created_at >= date_trunc('month', now() AT TIME ZONE t.timezone) AT TIME ZONE t.timezone)
+               END
+          FROM tenants t WHERE t.id = m.tenant_id) AS month_charges,
+       (SELECT version FROM tariff_version) AS global_version,
+       (SELECT jsonb_agg(to_jsonb(c)) FROM unnest(%(node)s::text[], %(call)s::text[]) AS r(node, call)
+          JOIN calls c ON c.node = r.node AND c.call_id = r.call) AS existing
+  FROM tenant_money m
+ WHERE m.tenant_id = ANY(%(ts)s) ORDER BY m.tenant_id FOR UPDATE"""
+# (with it, in the same statement: the global version — tariff, plans, zone
+# presets, PSAPs — and earlier admits of the same (node, call id): retries)
 
-# One row per request of a batch (r.i: its position): the settings the
-# rules read, the tenant's active calls (counted by ``usage``), and the row
-# of an earlier admit of the same call (a retry).
-_SNAPSHOT_MANY = """
-SELECT r.i, t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
+# What changes rarely, cached per tenant (TariffCache.configs) and read again
+# when the tenant's config_version (bumped by triggers in the transaction of
+# the change) or the global version (plans, zone presets, PSAPs, tariff)
+# moved: the tenant's plan and options, and each account's settings; the
+# row with account NULL holds what a call without an account gets.
+_CONFIG_TENANTS = """
+SELECT t.id AS tenant_id, m.config_version, p.payment, t.monthly_credit_limit_cents,
        p.lines_in + o.extra_line AS lines_in, p.lines_out + o.extra_line AS lines_out,
        CASE WHEN o.per_minute_billing > 0 THEN 60 ELSE 1 END AS increment,
        o.flat_de_fixed, o.flat_de_mobile, o.clip_no_screening > 0 AS clip_ns,
-       coalesce(a.username, '') AS username, coalesce(a.allowed_nets::text[], '{}') AS allowed_nets,
-       dustel_presented_number(t.id, a.id) AS caller_id, coalesce(a.tls_mode, 'off') <> 'off' AS tls_required,
-       coalesce(a.location_area_code, '') AS area_code, dustel_psap_prefix(a.location_area_code) AS psap_prefix,
-       coalesce(a.max_call_seconds, t.max_call_seconds) AS max_call_seconds,
-       coalesce((SELECT zones FROM zone_presets WHERE code = a.zone_preset) || a.extra_zones, '{}') AS zones,
-       (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'black')
-           AS blacklist,
-       (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'white')
-           AS whitelist,
-       (SELECT coalesce(array_agg(c.direction || ':' || c.route || ':' || coalesce(c.flat_zone, '')), '{}')
-          FROM calls c WHERE c.tenant_id = t.id AND c.state = 'active') AS active,
-       (SELECT coalesce(-sum(amount_cents), 0)::bigint FROM ledger l WHERE l.tenant_id = t.id AND l.kind = 'charge'
-           AND l.created_at >= date_trunc('month', now() AT TIME ZONE t.timezone) AT TIME ZONE t.timezone)
-           AS month_charges,
-       (SELECT username FROM sip_accounts b WHERE b.tenant_id = t.id AND b.username = r.callee) AS callee_account,
-       (SELECT to_jsonb(c) FROM calls c WHERE c.node = r.node AND c.call_id = r.call) AS existing
-  FROM unnest(%(t)s::bigint[], %(account)s::text[], %(callee)s::text[], %(node)s::text[], %(call)s::text[])
-       WITH ORDINALITY AS r(t, account, callee, node, call, i)
-  JOIN tenants t ON t.id = r.t
+       t.max_call_seconds, dustel_presented_number(t.id, NULL) AS caller_id, dustel_psap_prefix(NULL) AS psap_prefix
+  FROM tenants t JOIN tenant_money m ON m.tenant_id = t.id
   JOIN plans p ON p.code = t.plan
   CROSS JOIN LATERAL (
        SELECT coalesce(sum(qty) FILTER (WHERE option = 'extra_line'), 0) AS extra_line,
@@ -78,8 +87,20 @@ SELECT r.i, t.id AS tenant_id, p.payment, t.monthly_credit_limit_cents,
               coalesce(sum(qty) FILTER (WHERE option = 'flat_de_mobile'), 0) AS flat_de_mobile,
               coalesce(sum(qty) FILTER (WHERE option = 'clip_no_screening'), 0) AS clip_no_screening
          FROM dustel_options(t.id)) o
-  LEFT JOIN sip_accounts a ON a.tenant_id = t.id AND a.username = r.account
-"""
+ WHERE t.id = ANY(%(ts)s)"""
+
+_CONFIG_ACCOUNTS = """
+SELECT a.tenant_id, a.username, coalesce(a.allowed_nets::text[], '{}') AS allowed_nets,
+       dustel_presented_number(a.tenant_id, a.id) AS caller_id, a.tls_mode <> 'off' AS tls_required,
+       coalesce(a.location_area_code, '') AS area_code, dustel_psap_prefix(a.location_area_code) AS psap_prefix,
+       coalesce(a.max_call_seconds, t.max_call_seconds) AS max_call_seconds,
+       coalesce((SELECT zones FROM zone_presets WHERE code = a.zone_preset) || a.extra_zones, '{}') AS zones,
+       (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'black')
+           AS blacklist,
+       (SELECT coalesce(array_agg(pattern), '{}') FROM screening s WHERE s.account_id = a.id AND list = 'white')
+           AS whitelist
+  FROM sip_accounts a JOIN tenants t ON t.id = a.tenant_id
+ WHERE a.tenant_id = ANY(%(ts)s)"""
 
 _EXISTING = "SELECT * FROM calls WHERE node = %(node)s AND call_id = %(call)s"
 
@@ -90,16 +111,15 @@ WITH c AS (
                        cents_per_minute, increment, max_seconds, reserved_cents, reserved_free, expires_at, callee)
     SELECT node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free,
            now() + make_interval(secs => ttl), callee
-      FROM unnest(%(node)s::text[], %(call)s::text[], %(t)s::bigint[], %(account)s::text[], %(dir)s::text[],
-                  %(route)s::text[], %(dest)s::text[], %(zone)s::text[], %(flat)s::text[], %(rate)s::int[],
-                  %(inc)s::int[], %(max)s::int[], %(cents)s::bigint[], %(free)s::int[], %(ttl)s::int[],
-                  %(callee)s::text[])
-           AS r(node, call, t, account, dir, route, dest, zone, flat, rate, inc, mx, cents, free, ttl, callee)
+      FROM jsonb_to_recordset(%(rows)s::jsonb)
+           AS r(node text, call text, t bigint, account text, dir text, route text, dest text, zone text, flat text,
+                rate int, inc int, mx int, cents bigint, free int, ttl int, callee text)
     RETURNING tenant_id, reserved_cents, reserved_free),
 s AS (SELECT tenant_id, sum(reserved_cents) AS c, sum(reserved_free) AS f FROM c GROUP BY tenant_id)
 UPDATE tenant_money m SET reserved_cents = m.reserved_cents + s.c, reserved_free = m.reserved_free + s.f
   FROM s WHERE m.tenant_id = s.tenant_id
 """
+# (the batch travels as one JSON parameter: one dump instead of sixteen arrays)
 
 # Reservations of calls whose hangup never came are released after their
 # maximum duration plus this grace; emergency calls (no limit) after 12 h.
@@ -107,53 +127,69 @@ GRACE_SECONDS = 3600
 EMERGENCY_TTL = 12 * 3600
 
 
-@dataclass(frozen=True)
-class Usage:
-    """What a tenant's active calls occupy: lines in and out, flat channels."""
-    lines_in: int
-    lines_out: int
-    flats: dict[str, int]
+def occupies(direction: str, route: str, flat_zone: str | None) -> tuple[int, int, str | None]:
+    """(inbound lines, outbound lines, flat zone) an active call holds: the
+    rule of the counters' trigger (migration 0014, dustel_count_call) for
+    the calls a batch admits before they are stored — every inbound call an
+    inbound line; an outbound call an outbound line unless it stays inside
+    the tenant; a flat call a channel of its zone.  test_money checks the
+    two agree."""
+    return (1 if direction == "in" else 0, 1 if direction == "out" and route != "internal" else 0, flat_zone)
 
 
-def usage(active: list[str]) -> Usage:
-    """The one definition of what counts: every inbound call takes an inbound
-    line; an outbound call takes an outbound line unless it stays inside the
-    tenant (internal); a flat-rate call holds a channel of its zone."""
-    lines_in = lines_out = 0
-    flats: dict[str, int] = {}
-    for a in active:
-        direction, route, flat = a.split(":")
-        if direction == "in":
-            lines_in += 1
-        elif route != "internal":
-            lines_out += 1
-        if flat:
-            flats[flat] = flats.get(flat, 0) + 1
-    return Usage(lines_in, lines_out, flats)
+@dataclass
+class TenantConfig:
+    """A tenant's settings as the policy reads them (``_CONFIG_TENANTS``),
+    its accounts' (``_CONFIG_ACCOUNTS``: username -> row), and the versions
+    they were read at."""
+    version: int
+    global_version: int
+    tenant: dict[str, Any]
+    accounts: dict[str, dict[str, Any]]
 
 
-def snapshot_from(row: dict[str, Any], money: dict[str, Any]) -> Snapshot:
+NO_ACCOUNT = {"username": "", "allowed_nets": [], "tls_required": False, "area_code": "", "zones": [],
+              "blacklist": [], "whitelist": []}
+
+
+def snapshot_from(cfg: TenantConfig, account: str, money: dict[str, Any], callee: str) -> Snapshot:
+    """The rules' view of one request: cached settings + the locked money row."""
+    t = cfg.tenant
+    a = cfg.accounts.get(account) if account else {**NO_ACCOUNT, "caller_id": t["caller_id"],
+                                                    "psap_prefix": t["psap_prefix"],
+                                                    "max_call_seconds": t["max_call_seconds"]}
+    assert a is not None
     # int(): money is integer cents; a numeric (Decimal) here would round differently
-    if row["payment"] == "prepaid":
+    if t["payment"] == "prepaid":
         available: int | None = int(money["balance_cents"]) - int(money["reserved_cents"])
-    elif row["monthly_credit_limit_cents"] is not None:
-        available = (int(row["monthly_credit_limit_cents"]) - int(row["month_charges"])
+    elif t["monthly_credit_limit_cents"] is not None:
+        available = (int(t["monthly_credit_limit_cents"]) - int(money["month_charges"] or 0)
                      - int(money["reserved_cents"]))
     else:
         available = None
-    u = usage(row["active"])
     return Snapshot(
-        tenant_id=row["tenant_id"], account=row["username"], area_code=row["area_code"],
-        psap_prefix=row["psap_prefix"], max_call_seconds=row["max_call_seconds"], lines_in=row["lines_in"],
-        lines_out=row["lines_out"], active_in=u.lines_in, active_out=u.lines_out,
-        allowed_nets=tuple(row["allowed_nets"]), caller_id=row["caller_id"], clip_no_screening=row["clip_ns"],
-        zones=frozenset(row["zones"]), blacklist=tuple(row["blacklist"]), whitelist=tuple(row["whitelist"]),
-        available_cents=available, increment=row["increment"],
-        flats={"de_fixed": row["flat_de_fixed"], "de_mobile": row["flat_de_mobile"]},
-        flats_in_use={"de_fixed": u.flats.get("de_fixed", 0), "de_mobile": u.flats.get("de_mobile", 0)},
+        tenant_id=t["tenant_id"], account=a["username"], area_code=a["area_code"],
+        psap_prefix=a["psap_prefix"], max_call_seconds=a["max_call_seconds"], lines_in=t["lines_in"],
+        lines_out=t["lines_out"], active_in=int(money["active_in"]), active_out=int(money["active_out"]),
+        allowed_nets=tuple(a["allowed_nets"]), caller_id=a["caller_id"], clip_no_screening=t["clip_ns"],
+        zones=frozenset(a["zones"]), blacklist=tuple(a["blacklist"]), whitelist=tuple(a["whitelist"]),
+        available_cents=available, increment=t["increment"],
+        flats={"de_fixed": t["flat_de_fixed"], "de_mobile": t["flat_de_mobile"]},
+        flats_in_use={"de_fixed": int(money["active_flat_de_fixed"]),
+                      "de_mobile": int(money["active_flat_de_mobile"])},
         free_seconds=money["free_seconds"] - money["reserved_free"],
-        callee_account=row["callee_account"] if row["callee_account"] not in (None, row["username"]) else None,
-        tls_required=bool(row["tls_required"]))
+        callee_account=callee if callee in cfg.accounts and callee != a["username"] else None,
+        tls_required=bool(a["tls_required"]))
+
+
+def load_configs(tenants: list[int], global_version: int) -> Flow:
+    """Read the settings of these tenants (one step, two statements)."""
+    rows, accounts = (yield [Q(_CONFIG_TENANTS, {"ts": tenants}), Q(_CONFIG_ACCOUNTS, {"ts": tenants})])
+    out = {r["tenant_id"]: TenantConfig(int(r["config_version"]), global_version, dict(r), {}) for r in rows}
+    for a in accounts:
+        if a["tenant_id"] in out:
+            out[a["tenant_id"]].accounts[a["username"]] = dict(a)
+    return out
 
 
 def _from_call(c: dict[str, Any]) -> Decision:
@@ -190,44 +226,55 @@ def admit(req: CallRequest, tariff: Tariff | TariffCache) -> Flow:
 
 def admit_many(reqs: list[CallRequest], tariff: Tariff | TariffCache) -> Flow:
     """Decide a batch of calls and reserve for the admitted ones, in one
-    transaction: lock the tenants' money rows (in id order), read every
-    snapshot in one query, decide each call in order — a call sees the
-    calls admitted before it in the batch as if they were already stored —
-    and store the admitted calls and reservations in one statement.
-    Returns a Decision, or an UnknownAccount for a request naming no
-    account of its tenant, per request."""
-    cols = {"t": [r.tenant_id for r in reqs], "account": [r.account for r in reqs],
-            "callee": [r.callee for r in reqs], "node": [r.node for r in reqs], "call": [r.call_id for r in reqs]}
-    money_rows, rows, version = (yield [Q(_LOCK_MANY, {"ts": sorted(set(cols["t"]))}), Q(_SNAPSHOT_MANY, cols),
-                                        Q(_TARIFF_VERSION, {})])
-    if isinstance(tariff, TariffCache):
+    transaction: lock the tenants' money rows (in id order) and read with
+    them the live counters and settings versions, the retries and the
+    global version (one step); read the settings of tenants whose cached
+    copy is stale (a second step, rare); decide each call in order — a call
+    sees the calls admitted before it in the batch as if they were already
+    stored — and store the admitted calls and reservations in one
+    statement.  Returns a Decision, or an UnknownAccount for a request
+    naming no account of its tenant, per request."""
+    cache = tariff if isinstance(tariff, TariffCache) else None
+    tenants = sorted({r.tenant_id for r in reqs})
+    money_rows = (yield Q(_LOCK_MANY, {"ts": tenants, "node": [r.node for r in reqs],
+                                       "call": [r.call_id for r in reqs]}))
+    if not money_rows:                  # no tenant of the batch exists
+        return [UnknownAccount(f"account {r.account!r} of tenant {r.tenant_id}") for r in reqs]
+    gv = int(money_rows[0]["global_version"])
+    if cache is not None:
         # the cached tariff is used only while it is the current one: a rate
         # change bumps the version in its own transaction, so the next call
         # after its commit is rated with it
-        if tariff.tariff is None or tariff.tariff.version != version[0]["version"]:
-            tariff.set((yield from load_tariff()))
-        tariff = tariff.tariff  # type: ignore[assignment]
+        if cache.tariff is None or cache.tariff.version != gv:
+            cache.set((yield from load_tariff()))
+        tariff = cache.tariff  # type: ignore[assignment]
+    assert isinstance(tariff, Tariff)
     money = {m["tenant_id"]: dict(m) for m in money_rows}
-    by_i = {row["i"]: row for row in rows}
-    active: dict[int, list[str]] = {}
+    configs = cache.configs if cache is not None else {}
+    stale = [t for t in money if (c := configs.get(t)) is None or c.version != money[t]["config_version"]
+             or c.global_version != gv]
+    if stale:
+        if cache is not None and len(configs) + len(stale) > cache.max_tenants:
+            configs.clear()          # a simple bound: the active tenants come back on their next call
+        configs.update((yield from load_configs(stale, gv)))
+    existing = {(c["node"], c["call_id"]): c for c in money_rows[0]["existing"] or []}
     seen: dict[tuple[str, str], tuple[dict[str, Any], Decision]] = {}
     results: list[Decision | Exception] = []
-    store: dict[str, list[Any]] = {k: [] for k in ("node", "call", "t", "account", "dir", "route", "dest", "zone",
-                                                   "flat", "rate", "inc", "max", "cents", "free", "ttl", "callee")}
-    for i, req in enumerate(reqs, 1):
-        row = by_i.get(i)
+    store: list[dict[str, Any]] = []
+    for req in reqs:
         key = (req.node, req.call_id)
-        if row is not None and row["existing"]:
-            results.append(_from_call(row["existing"]) if same_call(row["existing"], req) else CONFLICT)
+        if key in existing:
+            results.append(_from_call(existing[key]) if same_call(existing[key], req) else CONFLICT)
             continue
         if key in seen:
             results.append(seen[key][1] if same_call(seen[key][0], req) else CONFLICT)
             continue
-        if row is None or req.tenant_id not in money or (req.account and row["username"] != req.account):
+        cfg = configs.get(req.tenant_id)
+        if cfg is None or req.tenant_id not in money or (req.account and req.account not in cfg.accounts):
             results.append(UnknownAccount(f"account {req.account!r} of tenant {req.tenant_id}"))
             continue
-        row = {**row, "active": active.setdefault(req.tenant_id, list(row["active"]))}
-        d = decide(req, snapshot_from(row, money[req.tenant_id]), tariff)
+        m = money[req.tenant_id]
+        d = decide(req, snapshot_from(cfg, req.account, m, req.callee), tariff)
         results.append(d)
         if not d.admit:
             continue
@@ -237,19 +284,21 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff | TariffCache) -> Flow:
                                  "zone": d.zone, "cents_per_minute": d.cents_per_minute, "increment": d.increment,
                                  "flat_zone": d.flat_zone, "reserved_free": d.free_seconds,
                                  "reserved_cents": d.reserve_cents}))
-        active[req.tenant_id].append(f"{req.direction}:{d.route}:{d.flat_zone or ''}")
-        m = money[req.tenant_id]
+        # the next request of this tenant in the batch sees this call as stored
+        lines_in, lines_out, flat = occupies(req.direction, d.route, d.flat_zone)
+        m["active_in"] = int(m["active_in"]) + lines_in
+        m["active_out"] = int(m["active_out"]) + lines_out
+        if flat:
+            m[f"active_flat_{flat}"] = int(m[f"active_flat_{flat}"]) + 1
         m["reserved_cents"] = int(m["reserved_cents"]) + d.reserve_cents
         m["reserved_free"] = int(m["reserved_free"]) + d.free_seconds
         ttl = EMERGENCY_TTL if d.route == "emergency" else d.max_seconds + GRACE_SECONDS
-        for k, v in (("node", req.node), ("call", req.call_id), ("t", req.tenant_id), ("account", req.account),
-                     ("dir", req.direction), ("route", d.route), ("dest", d.destination), ("zone", d.zone),
-                     ("flat", d.flat_zone), ("rate", d.cents_per_minute), ("inc", d.increment),
-                     ("max", d.max_seconds), ("cents", d.reserve_cents), ("free", d.free_seconds), ("ttl", ttl),
-                     ("callee", req.callee)):
-            store[k].append(v)
-    if store["call"]:
-        yield Q(_INSERT_RESERVE_MANY, store)
+        store.append({"node": req.node, "call": req.call_id, "t": req.tenant_id, "account": req.account,
+                      "dir": req.direction, "route": d.route, "dest": d.destination, "zone": d.zone,
+                      "flat": d.flat_zone, "rate": d.cents_per_minute, "inc": d.increment, "mx": d.max_seconds,
+                      "cents": d.reserve_cents, "free": d.free_seconds, "ttl": ttl, "callee": req.callee})
+    if store:
+        yield Last([Q(_INSERT_RESERVE_MANY, {"rows": Jsonb(store)})])
     return results
 
 
@@ -276,38 +325,71 @@ def charge_for(call: dict[str, Any], billsec: int, free_left: int | None = None)
 
 def settle(node: str, call_id: str, billsec: int) -> Flow:
     """Charge what the call used and release the rest; a replay changes nothing."""
-    # the tenant's money row first (as every money move), found through the call
-    money, locked = (yield [Q("""SELECT * FROM tenant_money
-                                  WHERE tenant_id = (SELECT tenant_id FROM calls
-                                                      WHERE node = %(node)s AND call_id = %(call)s)
-                                    FOR UPDATE""", {"node": node, "call": call_id}),
-                            Q(_EXISTING + " FOR UPDATE", {"node": node, "call": call_id})])
-    if not locked or not money:
-        return Settlement("unknown")
-    call = locked[0]
-    tid = call["tenant_id"]
-    if call["state"] == "settled":
-        return Settlement("already", call["charged_cents"], call["billsec"])
-    billsec = max(0, billsec)
-    held = call["state"] == "active"   # an expired call's reservation was released already
-    m = money[0]
-    cents, free = charge_for(call, billsec, None if held else int(m["free_seconds"]) - int(m["reserved_free"]))
-    writes = [
-        Q("""UPDATE calls SET state = 'settled', billsec = %(b)s, charged_cents = %(c)s, settled_at = now()
-              WHERE node = %(node)s AND call_id = %(call)s""",
-          {"b": billsec, "c": cents, "node": node, "call": call_id}),
-        Q("""UPDATE tenant_money SET balance_cents = balance_cents - %(c)s,
-                    reserved_cents = reserved_cents - %(rc)s, reserved_free = reserved_free - %(rf)s,
-                    free_seconds = free_seconds - %(f)s
-              WHERE tenant_id = %(t)s""",
-          {"c": cents, "rc": call["reserved_cents"] if held else 0,
-           "rf": call["reserved_free"] if held else 0, "f": free, "t": tid})]
-    if cents:
-        writes.append(Q("""INSERT INTO ledger (tenant_id, amount_cents, kind, ref)
-                           VALUES (%(t)s, %(a)s, 'charge', %(ref)s)""",
-                        {"t": tid, "a": -cents, "ref": f"call:{node}:{call_id}"}))
-    yield writes
-    return Settlement("settled", cents, billsec)
+    (result,) = yield from settle_many([(node, call_id, billsec)])
+    return result
+
+
+# the money rows of the calls' tenants, locked in id order (as admission
+# locks them: batches never deadlock each other), then the calls
+_SETTLE_LOCK = """
+SELECT m.* FROM tenant_money m
+ WHERE m.tenant_id IN (SELECT c.tenant_id FROM unnest(%(node)s::text[], %(call)s::text[]) AS k(node, call)
+                         JOIN calls c ON c.node = k.node AND c.call_id = k.call)
+ ORDER BY m.tenant_id FOR UPDATE"""
+_SETTLE_CALLS = """
+SELECT c.* FROM unnest(%(node)s::text[], %(call)s::text[]) AS k(node, call)
+  JOIN calls c ON c.node = k.node AND c.call_id = k.call FOR UPDATE OF c"""
+# every write of a batch of settlements in one statement (one JSON parameter)
+_SETTLE_WRITE = """
+WITH r AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+                      AS r(node text, call text, t bigint, b int, c bigint, rc bigint, rf int, f int)),
+u AS (UPDATE calls c SET state = 'settled', billsec = r.b, charged_cents = r.c, settled_at = now()
+        FROM r WHERE c.node = r.node AND c.call_id = r.call),
+l AS (INSERT INTO ledger (tenant_id, amount_cents, kind, ref)
+      SELECT r.t, -r.c, 'charge', 'call:' || r.node || ':' || r.call FROM r WHERE r.c > 0),
+s AS (SELECT t, sum(c) AS c, sum(rc) AS rc, sum(rf) AS rf, sum(f) AS f FROM r GROUP BY t)
+UPDATE tenant_money m SET balance_cents = m.balance_cents - s.c, reserved_cents = m.reserved_cents - s.rc,
+       reserved_free = m.reserved_free - s.rf, free_seconds = m.free_seconds - s.f
+  FROM s WHERE m.tenant_id = s.t"""
+
+
+def settle_many(items: list[tuple[str, str, int]]) -> Flow:
+    """Settle a batch of calls — (node, call id, answered seconds) each — in
+    one transaction: lock the tenants' money rows and the calls (one step),
+    charge each call what it used and release the rest (its reservation;
+    an expired call's was released already, so its start credit counts only
+    where still left), and write everything in one statement.  A call
+    settled before, or twice in the batch, changes nothing (a replay).
+    Returns a Settlement per item."""
+    nodes, ids = [n for n, _, _ in items], [c for _, c, _ in items]
+    money_rows, locked = (yield [Q(_SETTLE_LOCK, {"node": nodes, "call": ids}),
+                                 Q(_SETTLE_CALLS, {"node": nodes, "call": ids})])
+    money = {m["tenant_id"]: dict(m) for m in money_rows}
+    calls_by_key = {(c["node"], c["call_id"]): dict(c) for c in locked}
+    out: list[Settlement] = []
+    writes: list[dict[str, Any]] = []
+    for node, call_id, billsec in items:
+        call = calls_by_key.get((node, call_id))
+        if call is None or call["tenant_id"] not in money:
+            out.append(Settlement("unknown"))
+            continue
+        if call["state"] == "settled":
+            out.append(Settlement("already", call["charged_cents"], call["billsec"]))
+            continue
+        billsec = max(0, billsec)
+        held = call["state"] == "active"   # an expired call's reservation was released already
+        m = money[call["tenant_id"]]
+        cents, free = charge_for(call, billsec, None if held else int(m["free_seconds"]) - int(m["reserved_free"]))
+        rc, rf = (int(call["reserved_cents"]), int(call["reserved_free"])) if held else (0, 0)
+        m["free_seconds"] = int(m["free_seconds"]) - free
+        m["reserved_free"] = int(m["reserved_free"]) - rf
+        call.update(state="settled", charged_cents=cents, billsec=billsec)    # a second item: "already"
+        writes.append({"node": node, "call": call_id, "t": call["tenant_id"], "b": billsec, "c": cents, "rc": rc,
+                       "rf": rf, "f": free})
+        out.append(Settlement("settled", cents, billsec))
+    if writes:
+        yield Last([Q(_SETTLE_WRITE, {"rows": Jsonb(writes)})])
+    return out
 
 
 LEG = ":leg"     # the call id of a leg dustel places for a call: <call id>:leg
@@ -418,12 +500,19 @@ def load_tariff() -> Flow:
 
 
 class TariffCache:
-    """The tariff (zones and rates) in the process; ``admit_many`` checks its
-    version against ``tariff_version`` (bumped by a trigger on every change
-    of rates or zone prefixes) in the admission transaction itself."""
+    """The tariff (zones and rates) and the tenants' settings in the
+    process; ``admit_many`` checks the tariff's version against
+    ``tariff_version`` (bumped by a trigger on every change of rates, zone
+    prefixes, plans, zone presets or PSAPs) and each tenant's against the
+    ``config_version`` of its locked money row, in the admission
+    transaction itself: a change committed before a decision's lock is seen
+    by that decision (a LISTEN/NOTIFY message could arrive after it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tenants: int = 50_000) -> None:
         self.tariff: Tariff | None = None
+        # and the tenants' settings (admit_many; keyed by their versions)
+        self.configs: dict[int, TenantConfig] = {}
+        self.max_tenants = max_tenants
 
     def set(self, tariff: Tariff) -> Tariff:
         self.tariff = tariff
@@ -449,12 +538,16 @@ def run_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:
                 for x in (q if isinstance(q, list) else [q]):
                     cur = conn.execute(x.sql, x.params)
                     rows.append(cur.fetchall() if cur.description is not None else [])
-                q = flow.send(rows if isinstance(q, list) else rows[0])
+                q = flow.send(None if isinstance(q, Last) else rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value
 
 
 async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
+    """Run a flow in one transaction on an async connection (dict rows).
+    (Pipeline mode was measured slower here: psycopg's pipeline machinery
+    costs more CPU than the round trips it saves on loopback with the two
+    or three statements a flow sends; README, Benchmarks.)"""
     async with conn.transaction():
         try:
             q = next(flow)
@@ -463,6 +556,6 @@ async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
                 for x in (q if isinstance(q, list) else [q]):
                     cur = await conn.execute(x.sql, x.params)
                     rows.append(await cur.fetchall() if cur.description is not None else [])
-                q = flow.send(rows if isinstance(q, list) else rows[0])
+                q = flow.send(None if isinstance(q, Last) else rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value

@@ -279,3 +279,94 @@ def test_a_late_settlement_takes_only_the_start_credit_still_left(conn: psycopg.
     assert (st.status, st.charged_cents) == ("settled", 2)                  # 70 s at 1 ct/min, rounded up
     m = money(conn, t["id"])
     assert (m["free_seconds"], m["reserved_free"], m["balance_cents"]) == (0, 0, 998)
+
+
+def test_a_cached_setting_is_stale_from_the_commit_of_a_change_in_another_connection(
+        db_url: str, conn: psycopg.Connection, tariff: Any) -> None:
+    """Issue 10: a server caches what changes rarely (TariffCache.configs),
+    keyed by the tenant's config_version, which triggers bump in the
+    transaction of the change.  A change committed in another connection —
+    a blacklist entry, the account's zones, a plan option, the plan's lines
+    — applies to the very next decision of a server holding the old copy,
+    and an unchanged tenant is not read again."""
+    t = tenant(conn, plan="business_flex")
+    user = account(conn, t["id"])
+    cache = calls.TariffCache()
+    loads: list[list[int]] = []
+    real = calls.load_configs
+
+    def counting(tenants: list[int], gv: int) -> Any:
+        loads.append(list(tenants))
+        return (yield from real(tenants, gv))
+
+    def decide(callee: str = "01701234567", **kw: Any) -> Any:
+        """One decision of the caching server; the call hangs up at once (its line is free again)."""
+        with psycopg.connect(db_url, row_factory=dict_row, autocommit=True) as server:
+            calls.load_configs = counting
+            try:
+                r = req(t, user, callee, **kw)
+                d = calls.run_sync(server, calls.admit(r, cache))
+                calls.run_sync(server, calls.settle(r.node, r.call_id, 0))
+                return d
+            finally:
+                calls.load_configs = real
+
+    with psycopg.connect(db_url, autocommit=True) as other:
+        assert decide().admit and decide().admit
+        assert loads == [[t["id"]]]                      # read once, then from the cache
+        # a blacklist entry for the callee, committed elsewhere, refuses the next inbound call
+        other.execute("INSERT INTO screening (account_id, list, pattern) SELECT id, 'black', '+4930111222' "
+                      "FROM sip_accounts WHERE username = %s", (user,))
+        d = decide("+4921155500", direction="in", caller="+4930111222")
+        assert (d.admit, d.reason) == (False, "blacklisted") and len(loads) == 2
+        # the account's zones: mobile taken away
+        other.execute("UPDATE sip_accounts SET zone_preset = 'none', extra_zones = '{de_fixed}' WHERE username = %s",
+                      (user,))
+        d = decide()
+        assert (d.admit, d.reason) == (False, "zone_blocked")
+        other.execute("UPDATE sip_accounts SET zone_preset = 'germany', extra_zones = '{}' WHERE username = %s",
+                      (user,))
+        assert decide("02111234567").admit
+        n_loads = len(loads)
+        # a plan change is global: every cached tenant is read again
+        other.execute("UPDATE plans SET lines_out = 0 WHERE code = 'business_flex'")
+        assert decide("02111234567").reason == "line_limit" and len(loads) == n_loads + 1
+
+
+def test_the_line_counters_equal_the_live_calls_after_any_mix_of_changes(conn: psycopg.Connection,
+                                                                         tariff: Any) -> None:
+    """The counters in the money row (trigger on calls) always equal a count
+    of the active calls as occupies() defines it: after batches of
+    admissions, settlements, a retry, expiry and deletion."""
+    t = tenant(conn, plan="business_flex")
+    user = account(conn, t["id"])
+
+    def check() -> None:
+        m = money(conn, t["id"])
+        rows = conn.execute("SELECT direction, route, flat_zone FROM calls WHERE tenant_id = %s AND state = 'active'",
+                            (t["id"],)).fetchall()
+        want = collections.Counter()
+        for r in rows:
+            i, o, flat = calls.occupies(r["direction"], r["route"], r["flat_zone"])
+            want["in"] += i
+            want["out"] += o
+            if flat:
+                want[flat] += 1
+        assert (m["active_in"], m["active_out"], m["active_flat_de_fixed"], m["active_flat_de_mobile"]) == \
+            (want["in"], want["out"], want["de_fixed"], want["de_mobile"])
+
+    batch = [req(t, user, "02111234567"), req(t, user, "01701234567"), req(t, "", "+4921155500", direction="in"),
+             req(t, user, user), req(t, user, "02111234568")]
+    results = calls.run_sync(conn, calls.admit_many(batch, tariff))
+    assert sum(1 for d in results if getattr(d, "admit", False)) >= 3
+    check()
+    calls.run_sync(conn, calls.admit_many([batch[0]], tariff))           # a retry: no second line
+    check()
+    calls.run_sync(conn, calls.settle_many([("ast1", batch[0].call_id, 30), ("ast1", batch[0].call_id, 30),
+                                            ("ast1", batch[2].call_id, 5)]))
+    check()
+    conn.execute("UPDATE calls SET expires_at = now() - interval '1 s' WHERE call_id = %s", (batch[1].call_id,))
+    calls.run_sync(conn, calls.expire())
+    check()
+    conn.execute("DELETE FROM calls WHERE call_id = %s", (batch[4].call_id,))
+    check()
