@@ -137,7 +137,7 @@ class Context:
     """What handlers share: the pool, the tariff cache, the node name, and
     the admission and settlement batchers."""
 
-    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 2, max_batch: int = 64,
+    def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 1, max_batch: int = 64,
                  nodes: Mapping[str, str] | None = None) -> None:
         self.pool = pool
         self.node = node
@@ -155,8 +155,10 @@ class Context:
         self._settle = Batcher(self, "settlement", calls.settle_many, 1, max_batch)
 
     async def admit(self, req: CallRequest) -> Decision:
-        """Admit through the batcher (``calls.admit_many``): two workers, so a
-        batch is decided while the next one gathers."""
+        """Admit through the batcher (``calls.admit_many``).  One worker: with
+        two, both locked the same hot tenant's row and waited for each other
+        (bench: 1 000/s paced p99 168 → 86 ms, one-tenant pairs 274 → 417/s
+        with one)."""
         return await self._admit.submit(req)   # type: ignore[no-any-return]
 
     async def settle(self, node: str, call_id: str, billsec: int) -> calls.Settlement:

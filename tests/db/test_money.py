@@ -236,10 +236,9 @@ def test_reconcile_finds_and_fixes_calls_whose_money_and_cdr_disagree(run: Any, 
                  (ids["expired"], ids["overdue"], ids["unknown"]))
     calls.run_sync(conn, calls.expire())                        # expired unbilled …
     cdr(ids["expired"], 120)                                    # … then the engine's record came
+    # a call active again (its reservation held again: the trigger on calls) and overdue
     conn.execute("UPDATE calls SET state = 'active', expires_at = now() - interval '1 s' WHERE call_id = %s",
                  (ids["overdue"],))
-    conn.execute("UPDATE tenant_money SET reserved_cents = reserved_cents + "
-                 "(SELECT reserved_cents FROM calls WHERE call_id = %s)", (ids["overdue"],))
     calls.run_sync(conn, calls.settle("ast1", ids["differs"], 60))   # settled with 60 s, the engine says 180
     cdr(ids["differs"], 180)
     found = json.loads(run.ok("billing", "reconcile", "--json").stdout)
@@ -333,19 +332,24 @@ def test_a_cached_setting_is_stale_from_the_commit_of_a_change_in_another_connec
         assert decide("02111234567").reason == "line_limit" and len(loads) == n_loads + 1
 
 
-def test_the_line_counters_equal_the_live_calls_after_any_mix_of_changes(conn: psycopg.Connection,
-                                                                         tariff: Any) -> None:
-    """The counters in the money row (trigger on calls) always equal a count
-    of the active calls as occupies() defines it: after batches of
+def test_the_money_row_holds_exactly_what_the_live_calls_hold_after_any_mix_of_changes(
+        conn: psycopg.Connection, tariff: Any) -> None:
+    """The counters and reservations in the money row (trigger on calls)
+    always equal what the active calls hold — lines and flats as occupies()
+    defines them, the sum of their reservations: after batches of
     admissions, settlements, a retry, expiry and deletion."""
-    t = tenant(conn, plan="business_flex")
+    t = tenant(conn, plan="starter")
     user = account(conn, t["id"])
+    conn.execute("UPDATE plans SET lines_out = 10, lines_in = 10 WHERE code = 'starter'")
+    calls.run_sync(conn, calls.topup(t["id"], 500, "bank:counters"))
 
     def check() -> None:
         m = money(conn, t["id"])
-        rows = conn.execute("SELECT direction, route, flat_zone FROM calls WHERE tenant_id = %s AND state = 'active'",
-                            (t["id"],)).fetchall()
-        want = collections.Counter()
+        rows = conn.execute("""SELECT direction, route, flat_zone, reserved_cents, reserved_free FROM calls
+                                WHERE tenant_id = %s AND state = 'active'""", (t["id"],)).fetchall()
+        assert (m["reserved_cents"], m["reserved_free"]) == (sum(r["reserved_cents"] for r in rows),
+                                                             sum(r["reserved_free"] for r in rows))
+        want: collections.Counter[str] = collections.Counter()
         for r in rows:
             i, o, flat = calls.occupies(r["direction"], r["route"], r["flat_zone"])
             want["in"] += i
@@ -360,6 +364,8 @@ def test_the_line_counters_equal_the_live_calls_after_any_mix_of_changes(conn: p
     results = calls.run_sync(conn, calls.admit_many(batch, tariff))
     assert sum(1 for d in results if getattr(d, "admit", False)) >= 3
     check()
+    m = money(conn, t["id"])
+    assert m["reserved_cents"] > 0 and m["reserved_free"] > 0 and m["active_out"] >= 2 and m["active_in"] == 1
     calls.run_sync(conn, calls.admit_many([batch[0]], tariff))           # a retry: no second line
     check()
     calls.run_sync(conn, calls.settle_many([("ast1", batch[0].call_id, 30), ("ast1", batch[0].call_id, 30),

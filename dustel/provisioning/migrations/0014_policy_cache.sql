@@ -48,40 +48,50 @@ ALTER TABLE tenant_money
 -- the flats the counters know (policy: a call holds a flat only of a zone with flat channels)
 ALTER TABLE calls ADD CONSTRAINT calls_flat_zone_known CHECK (flat_zone IN ('de_fixed', 'de_mobile'));
 
--- The one definition of what an active call occupies (was usage() in Python):
--- every inbound call an inbound line; an outbound call an outbound line unless
--- it stays inside the tenant (internal); a flat call a channel of its zone.
--- Statement-level triggers with transition tables: one UPDATE per tenant
--- and statement, however many calls a batch inserts or a sweep expires.
-CREATE FUNCTION dustel_count_calls(t bigint[], dir text[], route text[], flat text[], s integer[])
+-- The one definition of what an active call holds, kept in its tenant's
+-- money row by triggers on calls (in the transaction of every change of a
+-- call): every inbound call an inbound line; an outbound call an outbound
+-- line unless it stays inside the tenant (internal); a flat call a channel
+-- of its zone; and its reservation (cents and start-credit seconds).  A
+-- call that is inserted active takes them; one that stops being active
+-- (settled, expired) or is deleted gives them back.  Statement-level
+-- triggers with transition tables: one UPDATE per tenant and statement,
+-- however many calls a batch inserts or a sweep expires.
+CREATE FUNCTION dustel_count_calls(t bigint[], dir text[], route text[], flat text[], cents bigint[],
+                                   free integer[], s integer[])
 RETURNS void LANGUAGE sql AS $$
     WITH d AS (
         SELECT x.t,
                sum(CASE WHEN x.dir = 'in' THEN x.s ELSE 0 END) AS i,
                sum(CASE WHEN x.dir = 'out' AND x.route <> 'internal' THEN x.s ELSE 0 END) AS o,
                sum(CASE WHEN x.flat = 'de_fixed' THEN x.s ELSE 0 END) AS ff,
-               sum(CASE WHEN x.flat = 'de_mobile' THEN x.s ELSE 0 END) AS fm
-          FROM unnest(t, dir, route, flat, s) AS x(t, dir, route, flat, s) GROUP BY x.t)
+               sum(CASE WHEN x.flat = 'de_mobile' THEN x.s ELSE 0 END) AS fm,
+               sum(x.s * x.cents) AS rc, sum(x.s * x.free) AS rf
+          FROM unnest(t, dir, route, flat, cents, free, s) AS x(t, dir, route, flat, cents, free, s) GROUP BY x.t)
     UPDATE tenant_money m SET active_in = m.active_in + d.i, active_out = m.active_out + d.o,
                               active_flat_de_fixed = m.active_flat_de_fixed + d.ff,
-                              active_flat_de_mobile = m.active_flat_de_mobile + d.fm
-      FROM d WHERE m.tenant_id = d.t AND (d.i, d.o, d.ff, d.fm) <> (0, 0, 0, 0)
+                              active_flat_de_mobile = m.active_flat_de_mobile + d.fm,
+                              reserved_cents = m.reserved_cents + d.rc, reserved_free = m.reserved_free + d.rf
+      FROM d WHERE m.tenant_id = d.t
 $$;
 -- INSERT (+1) and DELETE (-1): the rows are the transition table dustel_calls_delta
 CREATE FUNCTION dustel_calls_count() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM dustel_count_calls(array_agg(tenant_id), array_agg(direction), array_agg(route), array_agg(flat_zone),
-                               array_agg(TG_ARGV[0]::integer))
+                               array_agg(reserved_cents), array_agg(reserved_free), array_agg(TG_ARGV[0]::integer))
        FROM dustel_calls_delta WHERE state = 'active';
     RETURN NULL;
 END $$;
 CREATE FUNCTION dustel_calls_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM dustel_count_calls(array_agg(x.tenant_id), array_agg(x.direction), array_agg(x.route),
-                               array_agg(x.flat_zone), array_agg(x.s))
-       FROM (SELECT tenant_id, direction, route, flat_zone, 1 AS s FROM dustel_new_calls WHERE state = 'active'
+                               array_agg(x.flat_zone), array_agg(x.reserved_cents), array_agg(x.reserved_free),
+                               array_agg(x.s))
+       FROM (SELECT tenant_id, direction, route, flat_zone, reserved_cents, reserved_free, 1 AS s
+               FROM dustel_new_calls WHERE state = 'active'
              UNION ALL
-             SELECT tenant_id, direction, route, flat_zone, -1 FROM dustel_old_calls WHERE state = 'active') x;
+             SELECT tenant_id, direction, route, flat_zone, reserved_cents, reserved_free, -1
+               FROM dustel_old_calls WHERE state = 'active') x;
     RETURN NULL;
 END $$;
 CREATE TRIGGER calls_count_insert AFTER INSERT ON calls REFERENCING NEW TABLE AS dustel_calls_delta
@@ -92,6 +102,7 @@ CREATE TRIGGER calls_count_update AFTER UPDATE ON calls
     REFERENCING OLD TABLE AS dustel_old_calls NEW TABLE AS dustel_new_calls
     FOR EACH STATEMENT EXECUTE FUNCTION dustel_calls_count_update();
 
+-- the counters of the calls active now (their reservations are in the row already)
 UPDATE tenant_money m SET
     active_in = c.i, active_out = c.o, active_flat_de_fixed = c.ff, active_flat_de_mobile = c.fm
   FROM (SELECT tenant_id, count(*) FILTER (WHERE direction = 'in') AS i,
