@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from greenswitch.esl import ESLEvent  # noqa: E402
 
-from dustel.controller import protocol as P  # noqa: E402
 from dustel.controller import state  # noqa: E402
+from dustel.wire import esl as P  # noqa: E402
 
 TRANSCRIPT = Path(__file__).resolve().parents[1] / "tests" / "data" / "esl-transcripts" / "03-call-events-plain.jsonl"
 

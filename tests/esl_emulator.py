@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dustel.controller import protocol as P
+from dustel.wire import esl as P
 
 # The recordings of real FreeSWITCH (../shared/esl-transcripts), kept in the
 # repository so a fresh clone tests against them; test_esl_protocol checks

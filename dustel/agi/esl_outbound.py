@@ -10,12 +10,12 @@ async full``.  For each connection greenswitch sends ``connect`` and gets the
 channel data; ``CallControl.run`` then subscribes to the call's events
 (``myevents``), asks FreeSWITCH to ``linger`` so the hangup events still
 arrive, admits the call through the same decision and money flows as the
-FastAGI server (``billing.calls``, run synchronously; psycopg cooperates with
+FastAGI server (``callpath.calls``, run synchronously; psycopg cooperates with
 gevent once patched), executes the applications ``agi.freeswitch.actions``
 lists, and settles the call from ``CHANNEL_HANGUP_COMPLETE``'s billsec.
 
-Sessions are greenswitch's, reading frames with ``controller.protocol``
-(``controller.esl_reader``: greenswitch's own reader would let an encoded
+Sessions are greenswitch's, reading frames with ``esl.protocol``
+(``esl.reader``: greenswitch's own reader would let an encoded
 line break in a caller name forge a header).
 """
 from __future__ import annotations
@@ -34,16 +34,15 @@ from greenswitch.esl import OutboundESLServer, OutboundSessionHasGoneAway
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from ..billing import calls
+from ..callpath import calls, divert
+from ..callpath import variables as V
+from ..callpath.policy import INTERNAL_ERROR, Decision
 from ..config import LOOPBACK
-from ..controller.esl_reader import DustelSession, ESLMessage
-from ..controller.protocol import header_value
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
-from . import divert
+from ..wire.esl import header_value
+from ..wire.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
-from . import variables as V
-from .policy import INTERNAL_ERROR, Decision
 
 log = logging.getLogger("dustel.esl")
 

@@ -27,13 +27,12 @@ from panoramisk.fast_agi import Application, Request
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..billing import calls
+from ..callpath import calls, divert
+from ..callpath import variables as V
+from ..callpath.policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 from ..config import LOOPBACK
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
-from . import divert
-from . import variables as V
-from .policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
 
 log = logging.getLogger("dustel.agi")
 

@@ -12,21 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from ..controller.protocol import header_value, token
+from ..callpath import variables as V
+from ..callpath.divert import Stage
+from ..callpath.policy import CAUSES, REFUSALS, CallRequest, Decision, clean_caller
 from ..fax.inbound import Received
 from ..queue.hours import QueueState
-from . import variables as V
-from .divert import Stage
-from .policy import REFUSALS, CallRequest, Decision, clean_caller
-
-# Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
-CAUSES = {
-    1: "UNALLOCATED_NUMBER", 16: "NORMAL_CLEARING", 17: "USER_BUSY", 18: "NO_USER_RESPONSE",
-    19: "NO_ANSWER", 21: "CALL_REJECTED", 27: "DESTINATION_OUT_OF_ORDER", 28: "INVALID_NUMBER_FORMAT",
-    31: "NORMAL_UNSPECIFIED", 34: "NORMAL_CIRCUIT_CONGESTION", 38: "NETWORK_OUT_OF_ORDER",
-    41: "NORMAL_TEMPORARY_FAILURE", 42: "SWITCH_CONGESTION", 57: "BEARERCAPABILITY_NOTAUTH",
-    102: "RECOVERY_ON_TIMER_EXPIRE",
-}
+from ..wire.esl import header_value, token
 
 Action = tuple[str, str]     # (application, argument)
 

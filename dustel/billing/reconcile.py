@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import calls
-from .calls import Flow, Q
+from ..callpath import calls
+from ..callpath.calls import Flow, Q
 
 _FIND = """
 SELECT c.*, d.billsec AS cdr_billsec, c.expires_at < now() AS overdue

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ..billing import calls
+from ..callpath import calls
 from ..config import node_sources, star_codes
 from ..errors import DustelError
 from ..provisioning import rates as rating_table

@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from ..config import EngineNode, Settings, node_secret
-from ..controller import commands as C
 from ..errors import DustelError
+from ..wire import commands as C
 from .common import INT, Env, emit, json_option, pass_env, table
 
 controller = click.Group("controller", help="The live controller: engine events -> live state and CDRs.")
@@ -107,7 +107,7 @@ def reload_nodes(env: Env, changed: dict[str, list[str] | None]) -> list[str]:
     out = []
     fs_cmds = C.fs_reload(changed["freeswitch"]) if "freeswitch" in changed else []
     if any(c.startswith(b"api reload mod_callcenter") for c in fs_cmds):
-        from ..billing.calls import run_sync
+        from ..callpath.calls import run_sync
         from ..queue import agents, service
         with env.tx() as conn:
             fs_cmds += [cmd for ch in run_sync(conn, agents.current()) for cmd in service.fs_commands(ch)]

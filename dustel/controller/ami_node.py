@@ -17,9 +17,10 @@ import psycopg
 from panoramisk import Manager
 from psycopg.rows import dict_row
 
-from ..billing.calls import Q
+from ..callpath.calls import Q
 from ..queue import agents, service, stats
-from . import commands, state
+from ..wire import commands
+from . import state
 
 log = logging.getLogger("dustel.controller.ami")
 
@@ -70,7 +71,7 @@ class AMINode:
 
     async def settle(self, call_id: str) -> None:
         """Bill the call from its CDR too (see esl_node.ESLNode.settle)."""
-        from ..billing.calls import run_async, settle_from_cdr
+        from ..callpath.calls import run_async, settle_from_cdr
         try:
             assert self.conn is not None
             st = await run_async(self.conn, settle_from_cdr(self.name, call_id))
@@ -119,7 +120,7 @@ class AMINode:
 
     async def reapply_queues(self) -> None:
         """The database is the truth: tell a (restarted) Asterisk who is logged in."""
-        from ..billing.calls import run_async
+        from ..callpath.calls import run_async
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = await psycopg.AsyncConnection.connect(self.dsn, row_factory=dict_row,

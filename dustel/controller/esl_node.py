@@ -20,11 +20,12 @@ import psycopg
 from greenswitch.esl import NotConnectedError, OutboundSessionHasGoneAway
 from psycopg.rows import dict_row
 
-from ..billing.calls import Q
+from ..callpath.calls import Q
 from ..queue import agents, service, stats
-from . import commands, state
-from . import protocol as P
-from .esl_reader import DustelInbound, ESLMessage
+from ..wire import commands
+from ..wire import esl as P
+from ..wire.esl_reader import DustelInbound, ESLMessage
+from . import state
 
 log = logging.getLogger("dustel.controller.esl")
 
@@ -120,7 +121,7 @@ class ESLNode:
     def settle(self, call_id: str) -> None:
         """Bill the call from its CDR too: a settlement the policy server
         lost still happens (a replay or the policy's own one is a no-op)."""
-        from ..billing.calls import run_sync, settle_from_cdr
+        from ..callpath.calls import run_sync, settle_from_cdr
         try:
             assert self.conn is not None
             st = run_sync(self.conn, settle_from_cdr(self.name, call_id))
@@ -209,7 +210,7 @@ class ESLNode:
             if self.conn is None or self.conn.closed:
                 self.conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5)
             with self.conn.transaction():
-                from ..billing.calls import run_sync
+                from ..callpath.calls import run_sync
                 changes = run_sync(self.conn, agents.current())
         except psycopg.Error as exc:
             log.warning("node=%s: could not read agent logins: %s", self.name, exc)

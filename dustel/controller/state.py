@@ -15,8 +15,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..billing.calls import Q
-from .protocol import Event
+from ..callpath.calls import Q
+from ..wire.esl import Event
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ def ami_leg(node: str, msg: Mapping[str, str]) -> Leg:
 
 
 def on_ami_event(node: str, msg: Mapping[str, str]) -> list[Q]:
-    from ..agi.freeswitch import CAUSES
+    from ..callpath.policy import CAUSES
     name = msg.get("Event", "")
     if name in ("Newchannel", "NewAccountCode", "Newstate"):
         leg = ami_leg(node, msg)

@@ -182,7 +182,7 @@ class EventSocket:
     def place(self, job: dict[str, object], engine_tiff: str, attempt: int) -> None:
         import socket
 
-        from ..controller import protocol as P
+        from ..wire import esl as P
         reader = P.FrameReader()
         frames: list[P.Frame] = []
 
@@ -247,8 +247,8 @@ def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, pla
 
 
 def sending_job(tenant: int, job_id: int) -> Any:
-    """A flow (billing.calls): the job of this tenant being sent now, or None."""
-    from ..billing.calls import Q
+    """A flow (callpath.calls): the job of this tenant being sent now, or None."""
+    from ..callpath.calls import Q
     rows = (yield Q("SELECT id, from_number, to_number, attempts FROM fax_jobs WHERE id = %(j)s "
                     "AND tenant_id = %(t)s AND state = 'sending'", {"j": job_id, "t": tenant}))
     return rows[0] if rows else None

@@ -1,4 +1,4 @@
-"""Agent sessions: the star codes' effect, as a sans-IO flow (``billing.calls``
+"""Agent sessions: the star codes' effect, as a sans-IO flow (``callpath.calls``
 drivers: sync for the FreeSWITCH socket, async for FastAGI).
 
 The database is the truth: a login, logout or pause is stored (with its
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..billing.calls import Flow, Q
+from ..callpath.calls import Flow, Q
 from ..provisioning.targets import check_pin
 from .codes import StarRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..agi import variables as V
+from ..callpath import variables as V
 
 ACTIONS = {V.STAR_LOGIN: "login", V.STAR_LOGOUT: "logout", V.STAR_PAUSE: "pause", V.STAR_UNPAUSE: "unpause"}
 MAX_DIGITS = 8

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from ..billing.calls import Flow, Q
+from ..callpath.calls import Flow, Q
 from ..provisioning import schedule
 
 

@@ -15,8 +15,8 @@ from inside a star-code call (FastAGI EXEC) or as AMI actions (re-apply
 after a restart)."""
 from __future__ import annotations
 
-from ..controller import commands as C
-from ..controller import protocol as P
+from ..wire import commands as C
+from ..wire import esl as P
 from .agents import Change
 
 

@@ -31,8 +31,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from ..billing.calls import Q
-from ..controller.protocol import Event
+from ..callpath.calls import Q
+from ..wire.esl import Event
 
 _INSERT = """
 INSERT INTO queue_events (tenant_id, queue_id, at, kind, call_id, agent_id, wait_ms, talk_ms, source_ref)

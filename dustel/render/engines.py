@@ -13,7 +13,7 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from ..agi import variables as V
+from ..callpath import variables as V
 from ..config import star_codes
 from . import escape
 from .context import Provider, Tenant, queue_name

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dustel.agi.policy import CallRequest
-from dustel.billing import calls
+from dustel.callpath import calls
+from dustel.callpath.policy import CallRequest
 from tests.factories import account, tenant
 
 _ids = itertools.count(1)

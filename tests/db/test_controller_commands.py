@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dustel.controller import commands as C
+from dustel.wire import commands as C
 from tests.conftest import Cli
 from tests.esl_emulator import FreeSwitchEmulator
 from tests.factories import tenant
@@ -112,7 +112,7 @@ def test_render_reload_sends_what_changed_and_reapplies_agent_logins(configured:
     ``reload mod_callcenter`` logs every agent out while the database says
     logged in.  Now the changed files' reloads go to every node, and the
     database's logins follow the callcenter reload in the same session."""
-    from dustel.billing.calls import run_sync
+    from dustel.callpath.calls import run_sync
     from dustel.queue import agents, codes
     configured.ok("demo")
     out = Path(configured.state_dir) / "live"

@@ -240,7 +240,7 @@ def test_dustel_reader_reads_the_recorded_api_session() -> None:
     real FreeSWITCH: every api reply, bgapi Job-UUID and the BACKGROUND_JOB."""
     import gevent
 
-    from dustel.controller.esl_reader import DustelInbound
+    from dustel.wire.esl_reader import DustelInbound
     rep = Replayer("02-api-commands")
     port = rep.serve()
     esl = DustelInbound("127.0.0.1", port, "ClueCon")
@@ -267,7 +267,7 @@ def test_dustel_reader_reads_the_recorded_api_session() -> None:
 def test_wrong_password_is_refused_cleanly() -> None:
     from greenswitch.esl import NotConnectedError
 
-    from dustel.controller.esl_reader import DustelInbound
+    from dustel.wire.esl_reader import DustelInbound
     rep = Replayer("01-inbound-auth-ok-and-bad")
     port = rep.serve()
     ok = DustelInbound("127.0.0.1", port, "ClueCon")
@@ -311,8 +311,8 @@ def test_a_lost_settlement_is_billed_from_the_controllers_cdr(fs: FreeSwitchEmul
     """Issue 15.8: a call whose settlement was lost (policy server restarted,
     hangup missed) expired unbilled.  The controller settles it from the
     engine's hangup (its CDR); a replayed hangup charges nothing more."""
-    from dustel.agi.policy import CallRequest
-    from dustel.billing import calls
+    from dustel.callpath import calls
+    from dustel.callpath.policy import CallRequest
     conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9)")
     calls.run_sync(conn, calls.topup(org["t"]["id"], 1000, "bank:cdr"))
     t0 = time.time() - 100

@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from dustel.billing import calls
-from dustel.controller import protocol as P
+from dustel.callpath import calls
 from dustel.provisioning import numbers, targets
+from dustel.wire import esl as P
 from tests.esl_emulator import OutboundCall, Replayer, load, wait_for
 from tests.factories import account, tenant
 
@@ -222,7 +222,7 @@ def test_session_reads_real_freeswitch_bytes() -> None:
     import gevent
     import gevent.socket
 
-    from dustel.controller.esl_reader import DustelSession
+    from dustel.wire.esl_reader import DustelSession
 
     sent = [data for d, data in load("05-outbound-socket") if d == "client->fs"]
     assert sent[3] == P.sendmsg("set", "dustel_decision=admit", lock=True)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from dustel.agi import fastagi
-from dustel.billing import calls
+from dustel.callpath import calls
 from tests.factories import account, tenant
 
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from dustel.agi.policy import CallRequest
-from dustel.billing import calls
+from dustel.callpath import calls
+from dustel.callpath.policy import CallRequest
 from dustel.provisioning import features
 from tests.factories import account, tenant
 
@@ -203,9 +203,9 @@ def test_demo_rates_and_a_rate_change_applies_to_the_next_call(conn: psycopg.Con
 def test_service_ranges_have_zones_of_their_own(conn: psycopg.Connection, dialed: str, zone: str) -> None:
     """Issue 15.17: 0800, 010xx, 0180x and 012 fell into de_fixed (covered by
     flats and start credit); short codes became local numbers."""
-    from dustel.agi.policy import normalize
+    from dustel.callpath.policy import normalize
     tariff = calls.run_sync(conn, calls.load_tariff())
-    from dustel.billing import rating
+    from dustel.callpath import rating
     e164 = normalize(dialed.replace(" ", ""), "211")
     assert e164 is not None
     assert tariff.zones[rating.longest_match(tariff.zones, e164[1:])] == zone

@@ -124,7 +124,7 @@ def test_a_spoofed_hotline_caller_locks_only_its_own_way_in(conn: psycopg.Connec
     claiming the agent's number locks that claim (for longer each time),
     never the agent's phone; a source guessing too fast is refused without
     its PIN being checked; every attempt is logged."""
-    from dustel.billing.calls import run_sync
+    from dustel.callpath.calls import run_sync
     tid = external["t"]["id"]
     for _ in range(agents.MAX_FAILURES):
         out = run_sync(conn, agents.hotline(tid, "support", "+4917012345", "0000"))
@@ -152,7 +152,7 @@ def test_a_spoofed_hotline_caller_locks_only_its_own_way_in(conn: psycopg.Connec
 
 
 def test_another_tenants_queue_is_unknown(conn: psycopg.Connection, org: dict[str, Any]) -> None:
-    from dustel.billing.calls import run_sync
+    from dustel.callpath.calls import run_sync
     other = tenant(conn, name="Other", options={"acd": 1})
     with conn.transaction():
         targets.queue_add(conn, other["id"], "secret", "7")

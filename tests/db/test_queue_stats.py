@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from dustel.billing.calls import run_sync
-from dustel.controller import protocol as P
+from dustel.callpath.calls import run_sync
 from dustel.provisioning import targets
 from dustel.queue import stats
+from dustel.wire import esl as P
 from tests.conftest import Cli
 from tests.esl_emulator import fs_frames
 from tests.factories import account, tenant

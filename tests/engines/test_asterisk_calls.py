@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dustel.agi.policy import REFUSALS
-from dustel.billing import calls
+from dustel.callpath import calls
+from dustel.callpath.policy import REFUSALS
 from dustel.provisioning import numbers, targets
 from dustel.render import service
 from dustel.testing.asterisk import Asterisk
@@ -262,7 +262,7 @@ def test_ami_user_reloads_but_cannot_run_commands_or_originate(stack: Stack) -> 
     """Issue 16.4 / 15.12: the rendered AMI user had read=all, write=all.
     Now it can do what the controller does (ModuleReload of each module,
     channel and contact lists) and nothing of command / originate."""
-    from dustel.controller import commands as C
+    from dustel.wire import commands as C
     s = stack.settings
     res = C.ami_run("127.0.0.1", s.ami_port, s.ami_username, s.ami_secret,
                     C.ast_reload() + [C.ami("CoreShowChannels"), C.ami("PJSIPShowContacts")])

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dustel.agi import divert
-from dustel.agi.divert import Diversion, Stage
+from dustel.callpath import divert
+from dustel.callpath.divert import Diversion, Stage
 from dustel.provisioning import schedule
 
 UTC = dt.UTC

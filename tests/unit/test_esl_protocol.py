@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dustel.controller import protocol as P
+from dustel.wire import esl as P
 from tests.esl_emulator import TRANSCRIPTS, load
 
 NAMES = sorted(p.stem for p in TRANSCRIPTS.glob("*.jsonl"))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dustel.agi.policy import CallRequest, Snapshot, Tariff, decide, emergency_number, matches, normalize
-from dustel.billing import rating
+from dustel.callpath import rating
+from dustel.callpath.policy import CallRequest, Snapshot, Tariff, decide, emergency_number, matches, normalize
 
 TARIFF = Tariff(
     zones={"49": "de_fixed", "4915": "de_mobile", "4916": "de_mobile", "4917": "de_mobile",
@@ -201,7 +201,7 @@ def test_reservation_never_exceeds_money(cents: int, rate: int, inc: int, limit:
 
 def test_german_short_codes_and_service_ranges() -> None:
     """Issue 15.17: 115 / 116xxx / 118xx became Düsseldorf subscriber numbers."""
-    from dustel.agi.policy import normalize
+    from dustel.callpath.policy import normalize
     assert normalize("115", "211") == "+49115"
     assert normalize("116117", "211") == "+49116117"
     assert normalize("11833", "211") == "+4911833" and normalize("118811", "211") == "+49118811"

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ..agi.policy import CallRequest, Decision, Snapshot, Tariff, decide, refuse
 from . import rating
+from .policy import CallRequest, Decision, Snapshot, Tariff, decide, refuse
 
 Rows = list[dict[str, Any]]
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..billing.calls import Flow, Q
 from ..provisioning import schedule as sched
+from .calls import Flow, Q
 
 RING_SECONDS = 60          # an undiverted account, and a stage with no time of its own, rings this long
 MAX_TARGETS = 10

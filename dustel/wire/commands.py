@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import protocol as P
+from . import esl as P
 
 FS_CAUSES = frozenset({"NORMAL_CLEARING", "CALL_REJECTED", "USER_BUSY", "NO_ANSWER", "ALLOTTED_TIMEOUT",
                        "MANAGER_REQUEST", "NORMAL_TEMPORARY_FAILURE", "RECOVERY_ON_TIMER_EXPIRE"})

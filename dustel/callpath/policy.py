@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..billing import rating
+from . import rating
 
 EMERGENCY = frozenset({"110", "112"})
 # What a phone may put in front of 110/112: trunk prefix, international
@@ -114,6 +114,16 @@ REFUSALS: Mapping[str, tuple[int, int]] = {
     "no_account": (403, 21),          # a leg for a tenant without an account to decide it with
 }
 
+
+# Hangup causes are stored with FreeSWITCH's names on both engines (CDRs, refusals):
+# Q.850 cause code -> FreeSWITCH cause name (switch_types.h, switch_channel.c)
+CAUSES = {
+    1: "UNALLOCATED_NUMBER", 16: "NORMAL_CLEARING", 17: "USER_BUSY", 18: "NO_USER_RESPONSE",
+    19: "NO_ANSWER", 21: "CALL_REJECTED", 27: "DESTINATION_OUT_OF_ORDER", 28: "INVALID_NUMBER_FORMAT",
+    31: "NORMAL_UNSPECIFIED", 34: "NORMAL_CIRCUIT_CONGESTION", 38: "NETWORK_OUT_OF_ORDER",
+    41: "NORMAL_TEMPORARY_FAILURE", 42: "SWITCH_CONGESTION", 57: "BEARERCAPABILITY_NOTAUTH",
+    102: "RECOVERY_ON_TIMER_EXPIRE",
+}
 
 def refuse(reason: str, **kw: object) -> Decision:
     sip_code, q850 = REFUSALS[reason]

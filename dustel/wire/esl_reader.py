@@ -13,7 +13,7 @@ from typing import Any
 
 from greenswitch.esl import InboundESL, OutboundSession, OutboundSessionHasGoneAway
 
-from . import protocol as P
+from . import esl as P
 
 log = logging.getLogger("dustel.esl")
 
