@@ -173,38 +173,20 @@ def fax_send_path(spool_engine: str, job_id: int, attempt: int) -> str:
 
 class EventSocket:
     """FreeSWITCH: ``bgapi originate`` over the inbound Event Socket of one
-    node (auth, the command, ``+OK Job-UUID``, exit).  A blocking client of
-    a few lines: the deliverer is no gevent process."""
+    node (``wire.commands.ESLClient``: blocking, one shot — the deliverer is
+    no gevent process)."""
 
     def __init__(self, host: str, port: int, password: str, timeout: float = 10) -> None:
         self.host, self.port, self.password, self.timeout = host, port, password, timeout
 
     def place(self, job: dict[str, object], engine_tiff: str, attempt: int) -> None:
-        import socket
-
-        from ..wire import esl as P
-        reader = P.FrameReader()
-        frames: list[P.Frame] = []
-
-        def frame(sock: socket.socket) -> P.Frame:
-            while not frames:
-                data = sock.recv(65536)
-                if not data:
-                    raise OSError("the event socket closed")
-                frames.extend(f for f in reader.feed(data) if f.content_type != "text/event-plain")
-            return frames.pop(0)
-
-        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
-            if frame(sock).content_type != "auth/request":
-                raise OSError("no auth/request greeting")
-            sock.sendall(P.command(f"auth {self.password}"))
-            if not frame(sock).ok:
-                raise OSError("the event socket refused the password")
-            sock.sendall(P.command("bgapi " + originate(job)))
-            reply = frame(sock)
-            if not reply.ok:
-                raise OSError(f"originate refused: {reply.reply_text}")
-            sock.sendall(P.command("exit"))
+        from ..wire import esl
+        from ..wire.commands import ESLClient
+        # its ConnectionError / PermissionError are OSErrors: start_due keeps the job queued
+        (reply,) = ESLClient(self.host, self.port, self.password, self.timeout).run(
+            [esl.command("bgapi " + originate(job))])
+        if not reply.ok:
+            raise OSError(f"originate refused: {reply.reply_text}")
 
 
 def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, placer: CallFiles | EventSocket,
