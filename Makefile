@@ -40,6 +40,7 @@ bench: venv
 	$(BIN)/python bench/esl_events.py
 	$(BIN)/python bench/queue_stats.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/esl_policy.py
 	$(BIN)/python bench/fax.py
 
 clean:
