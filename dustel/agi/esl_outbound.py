@@ -47,8 +47,60 @@ from . import freeswitch as fs
 log = logging.getLogger("dustel.esl")
 
 
+class Batch:
+    """Calls that arrive while the worker greenlet is busy share the next
+    transaction (as in the FastAGI server): ``flow(items)`` returns one
+    result or exception per item; a failing batch is run again one by one,
+    so one bad request never fails its neighbours; with the database
+    unreachable every waiting request fails at once."""
+
+    def __init__(self, flow: Any, max_batch: int = 64) -> None:
+        self.flow, self.max_batch = flow, max_batch
+        self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
+        self._wake = gevent.event.Event()
+        self._worker: Any = None
+
+    def submit(self, item: Any) -> Any:
+        if self._worker is None:
+            self._worker = gevent.spawn(self._loop)
+        result = gevent.event.AsyncResult()
+        self._pending.append((item, result))
+        self._wake.set()
+        return result.get()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            if not self._pending:
+                self._wake.clear()
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[tuple[Any, gevent.event.AsyncResult]]) -> None:
+        try:
+            results = Runtime.run(self.flow([item for item, _ in batch]))
+        except psycopg.OperationalError as exc:
+            waiting, self._pending = batch + self._pending, []
+            self._wake.clear()
+            for _, r in waiting:
+                r.set_exception(exc)
+            return
+        except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
+            if len(batch) > 1:
+                for one in batch:
+                    self._run([one])
+                return
+            results = [exc]
+        for (_, r), res in zip(batch, results, strict=True):
+            if isinstance(res, Exception):
+                r.set_exception(res)
+            else:
+                r.set(res)
+
+
 class Runtime:
-    """Process-wide: the database pool and the tariff cache."""
+    """Process-wide: the database pool, the tariff cache, the batches."""
 
     pool: ConnectionPool | None = None
     tariffs = calls.TariffCache()
@@ -56,6 +108,8 @@ class Runtime:
     logo_dir = "/var/lib/dustel/logo"        # settings.logo_dir ($DUSTEL_LOGO_DIR)
     fax_spool_dir = "/var/spool/dustel/fax"  # settings.fax_spool_dir: where FreeSWITCH writes received faxes
     fax_read_dir = "/var/spool/dustel/fax"   # settings.fax_read_dir: where this server reads them
+    admissions = Batch(lambda reqs: calls.admit_many(reqs, Runtime.tariffs))
+    settlements = Batch(calls.settle_many)
 
     @classmethod
     def run(cls, flow: calls.Flow) -> Any:
@@ -134,7 +188,7 @@ class CallControl:
     def decide(self, data: dict[str, str]) -> Decision:
         route = fs.route_of(data)
         req = replace(fs.request_from(data), node=self.node(data))
-        d: Decision = Runtime.run(calls.admit(req, Runtime.tariffs))
+        d: Decision = Runtime.admissions.submit(req)
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
                  req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
         return d
@@ -487,9 +541,9 @@ class CallControl:
         # hangup, the others (rang, never answered) for 0
         node = self.node(data)
         try:
-            done = [(call_id, Runtime.run(calls.settle(node, call_id, billsec)))] if self.settles_call else []
+            done = [(call_id, Runtime.settlements.submit((node, call_id, billsec)))] if self.settles_call else []
             if len(self.legs) == 1 and not self.bridged_to:    # a closed queue's / agent's one leg
-                done.append((self.legs[0], Runtime.run(calls.settle(node, self.legs[0], bridged_seconds(hangup)))))
+                done.append((self.legs[0], Runtime.settlements.submit((node, self.legs[0], bridged_seconds(hangup)))))
             elif self.legs:
                 done += Runtime.run(calls.settle_legs(node, call_id, bridged_seconds(hangup), self.bridged_to))
         except psycopg.Error as exc:
