@@ -26,14 +26,13 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._db import fresh_database  # noqa: E402
-from bench.policy import TENANTS, free_port, pct, populate  # noqa: E402
+from bench.policy import TENANTS, free_port, pace, pct, populate, start  # noqa: E402
 from dustel.wire import esl as P  # noqa: E402
 from tests.esl_emulator import _CHANNEL, _EVENTS  # noqa: E402
 
@@ -150,30 +149,18 @@ HANGUPS: dict[str, float] = {}    # uuid -> when HANGUP_COMPLETE was sent (wall 
 SETTLED: dict[str, float] = {}    # uuid -> when the server logged the settlement (its log line's time)
 
 
-def watch(p: subprocess.Popen[str]) -> None:
+def watch(line: str) -> None:
     """The server's log: ``… hangup call=<uuid> … status=settled`` lines, with
     their timestamps (milliseconds), are the settlement's end."""
     import datetime as dt
-    assert p.stdout is not None
-    for line in p.stdout:
-        if " hangup call=" in line:
-            stamp, _, rest = line.partition(" dustel.esl ")
-            uuid = rest.split("call=", 1)[1].split()[0]
-            SETTLED[uuid] = dt.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    if " hangup call=" in line:
+        stamp, _, rest = line.partition(" dustel.esl ")
+        uuid = rest.split("call=", 1)[1].split()[0]
+        SETTLED[uuid] = dt.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 async def paced(port: int, rate: int, seconds: float, hold: float) -> dict[str, float]:
-    n = int(rate * seconds)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
-    tasks = []
-    for i in range(n):
-        delay = start + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(fs_call(port, 1 + i % TENANTS, hold)))
-    sent_for = loop.time() - start
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results, achieved = await pace(rate, seconds, lambda t: fs_call(port, t, hold))
     ok = [r for r in results if isinstance(r, dict)]
     lat = [r["decision_ms"] / 1000 for r in ok if "decision_ms" in r]
     deadline = time.time() + 30
@@ -181,7 +168,7 @@ async def paced(port: int, rate: int, seconds: float, hold: float) -> dict[str, 
         await asyncio.sleep(0.05)         # the last settlements' log lines
     settle = [max(0.0, SETTLED[u] - t) for u, t in HANGUPS.items() if u in SETTLED]
     HANGUPS.clear()
-    return {"offered": rate, "achieved": n / max(sent_for, 1e-9), "n": n,
+    return {"offered": rate, "achieved": achieved, "n": len(results),
             "refused": sum(1 for r in ok if r.get("refused")) + (len(results) - len(ok)),
             **pct("decision", lat), **pct("settle", settle)}
 
@@ -208,19 +195,6 @@ def peer_server(port: int) -> None:
     server.listen()
 
 
-def start(cmd: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert p.stdout is not None
-    for line in p.stdout:
-        if ready in line:
-            break
-    else:
-        raise SystemExit("server did not start")
-    import threading
-    threading.Thread(target=watch, args=(p,), daemon=True).start()
-    return p
-
-
 def row(r: dict[str, float]) -> str:
     return (f"{r['offered']:>10} {r['achieved']:>11.0f} {r['n']:>6} {r['refused']:>8} "
             f"{r.get('decision_p50_ms', 0):>7.2f} {r.get('decision_p99_ms', 0):>7.2f} "
@@ -241,7 +215,7 @@ def main() -> None:
     populate(url)
     port, peer_port = free_port(), free_port()
     env = {**os.environ, "DUSTEL_ESL_DSN": url, "DUSTEL_ESL_NODES": json.dumps({"127.0.0.1": ""})}
-    dustel = start([sys.executable, "-m", "dustel.agi.esl_main", "--port", str(port)], env, "listening on")
+    dustel = start([sys.executable, "-m", "dustel.agi.esl_main", "--port", str(port)], env, "listening on", watch)
     peer = start([sys.executable, __file__, "--peer", str(peer_port)], env, "ready")
     try:
         print(f"FreeSWITCH policy benchmark (outbound Event Socket): {TENANTS} prepaid tenants, {args.seconds:.0f} s "

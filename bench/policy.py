@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -129,10 +130,10 @@ async def one_call(port: int, tenant: int, hold: float, lat: list[float], settle
     settle_lat.append(secs)
 
 
-async def paced(port: int, rate: int, seconds: float) -> dict[str, float]:
-    lat: list[float] = []
-    settle_lat: list[float] = []
-    refused: list[int] = []
+async def pace(rate: int, seconds: float, call: Callable[[int], Any]) -> tuple[list[Any], float]:
+    """Start ``call(tenant)`` ``rate`` times a second for ``seconds`` (open
+    loop: a slow answer never delays the next start); (results, the
+    achieved rate of starts)."""
     n = int(rate * seconds)
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
@@ -141,10 +142,19 @@ async def paced(port: int, rate: int, seconds: float) -> dict[str, float]:
         delay = start + i / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one_call(port, 1 + i % TENANTS, 1.0, lat, settle_lat, refused)))
+        tasks.append(asyncio.create_task(call(1 + i % TENANTS)))
     sent_for = loop.time() - start
-    await asyncio.gather(*tasks)
-    return {"offered": rate, "achieved": n / max(sent_for, 1e-9), "n": n, "refused": len(refused),
+    return await asyncio.gather(*tasks, return_exceptions=True), n / max(sent_for, 1e-9)
+
+
+async def paced(port: int, rate: int, seconds: float) -> dict[str, float]:
+    lat: list[float] = []
+    settle_lat: list[float] = []
+    refused: list[int] = []
+    results, achieved = await pace(rate, seconds,
+                                   lambda t: one_call(port, t, 1.0, lat, settle_lat, refused))
+    failed = [r for r in results if isinstance(r, BaseException)]
+    return {"offered": rate, "achieved": achieved, "n": len(results), "refused": len(refused) + len(failed),
             **pct("decision", lat), **pct("settle", settle_lat)}
 
 
@@ -248,7 +258,10 @@ def free_port() -> int:
     return port
 
 
-def start(cmd: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[str]:
+def start(cmd: list[str], env: dict[str, str], ready: str,
+          watch: Callable[[str], None] | None = None) -> subprocess.Popen[str]:
+    """Start a server and wait for its ``ready`` line; its output is drained
+    from then on (a full pipe would block it), each line given to ``watch``."""
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert p.stdout is not None
     for line in p.stdout:
@@ -256,9 +269,13 @@ def start(cmd: list[str], env: dict[str, str], ready: str) -> subprocess.Popen[s
             break
     else:
         raise SystemExit("server did not start")
-    # keep draining so the server never blocks on a full pipe
     import threading
-    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()  # type: ignore[union-attr]
+
+    def drain() -> None:
+        for line in p.stdout:  # type: ignore[union-attr]
+            if watch is not None:
+                watch(line)
+    threading.Thread(target=drain, daemon=True).start()
     return p
 
 

@@ -366,15 +366,7 @@ class OutboundCall:
             with open(path, "wb") as f:
                 f.write(self.fax_document)
         pages, success = self.fax
-        result = {**FAX_RESULT, "variable_fax_filename": path,
-                  "variable_fax_document_transferred_pages": str(pages),
-                  "variable_fax_document_total_pages": str(pages),
-                  "variable_fax_success": "1" if success else "0",
-                  "variable_fax_result_code": "0" if success else "49",
-                  "variable_fax_result_text": "OK" if success else "The call dropped prematurely"}
-        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result, variable_current_application="rxfax")
-        self.billsec = 20
-        self._hangup("NORMAL_CLEARING", {})
+        self._fax_ended(app_h, pages, pages, success)
 
     def _txfax(self, app_h: dict[str, str]) -> None:
         """mod_spandsp's txfax.  ASSUMPTION (no recording sends over the
@@ -395,14 +387,19 @@ class OutboundCall:
             total = 0
         self.sent_document = total
         ok = total > 0 and self.fax[1]
-        sent = total if ok else 0
-        result = {**FAX_RESULT, "variable_fax_filename": path,
-                  "variable_fax_document_transferred_pages": str(sent),
+        self._fax_ended(app_h, total if ok else 0, total, ok)
+
+    def _fax_ended(self, app_h: dict[str, str], transferred: int, total: int, ok: bool) -> None:
+        """rxfax / txfax completes with recording 09's ``variable_fax_*``
+        (these pages and outcome applied), then the far end hangs up."""
+        result = {**FAX_RESULT, "variable_fax_filename": app_h["Application-Data"],
+                  "variable_fax_document_transferred_pages": str(transferred),
                   "variable_fax_document_total_pages": str(total),
                   "variable_fax_success": "1" if ok else "0",
                   "variable_fax_result_code": "0" if ok else "49",
                   "variable_fax_result_text": "OK" if ok else "The call dropped prematurely"}
-        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result, variable_current_application="txfax")
+        self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, **result,
+                   variable_current_application=app_h["Application"])
         self.billsec = 20
         self._hangup("NORMAL_CLEARING", {})
 

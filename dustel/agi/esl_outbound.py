@@ -14,8 +14,8 @@ FastAGI server (``callpath.calls``, run synchronously; psycopg cooperates with
 gevent once patched), executes the applications ``agi.freeswitch.actions``
 lists, and settles the call from ``CHANNEL_HANGUP_COMPLETE``'s billsec.
 
-Sessions are greenswitch's, reading frames with ``esl.protocol``
-(``esl.reader``: greenswitch's own reader would let an encoded
+Sessions are greenswitch's, reading frames with ``wire.esl``
+(``wire.esl_reader``: greenswitch's own reader would let an encoded
 line break in a caller name forge a header).
 """
 from __future__ import annotations

@@ -57,8 +57,8 @@ class Batcher:
     """Requests that arrive while the workers are busy share the next
     transaction: each worker takes whatever is waiting (up to
     ``max_batch``) and runs ``flow(items)`` — a batch flow returning one
-    result (or exception) per item — on a connection of its own, kept
-    across batches.  An idle server runs each request alone at once."""
+    result (or exception) per item.  An idle server runs each request alone
+    at once."""
 
     def __init__(self, ctx: Context, name: str, flow: Callable[[list[Any]], calls.Flow], workers: int,
                  max_batch: int) -> None:
@@ -74,35 +74,17 @@ class Batcher:
         return await fut
 
     async def _worker(self) -> None:
-        held: list[Any] = [None]      # this worker's connection
-        try:
-            while True:
-                await self._wake.wait()
-                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-                if not self._pending:
-                    self._wake.clear()
-                if batch:
-                    await self._run(batch, held)
-        finally:
-            if held[0] is not None:
-                await self.ctx.pool.putconn(held[0])
+        while True:
+            await self._wake.wait()
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            if not self._pending:
+                self._wake.clear()
+            if batch:
+                await self._run(batch)
 
-    async def _held_run(self, held: list[Any], flow: calls.Flow) -> Any:
-        """Run a flow on the worker's own connection (taken from the pool
-        when it has none); a broken one goes back to the pool, which drops
-        it, and the error is the caller's."""
-        if held[0] is None or held[0].closed:
-            held[0] = await self.ctx.getconn()
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         try:
-            return await calls.run_async(held[0], flow)
-        except psycopg.OperationalError:
-            conn, held[0] = held[0], None
-            await self.ctx.pool.putconn(conn)
-            raise
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]], held: list[Any]) -> None:
-        try:
-            results = await self._held_run(held, self.flow([item for item, _ in batch]))
+            results = await self.ctx.run_admission(self.flow([item for item, _ in batch]))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # the database is unreachable: every request waiting now would wait
             # as long again — fail them all at once (a call is refused: the
@@ -118,7 +100,7 @@ class Batcher:
         except Exception as exc:     # noqa: BLE001 — the worker must outlive any request
             if len(batch) > 1:       # one bad request must not fail its neighbours: run each alone
                 for one in batch:
-                    await self._run([one], held)
+                    await self._run([one])
                 return
             if not isinstance(exc, psycopg.Error | ValueError):
                 log.exception("%s failed", self.name)
@@ -164,16 +146,6 @@ class Context:
         """Settle through the batcher (``calls.settle_many``)."""
         return await self._settle.submit((node, call_id, billsec))   # type: ignore[no-any-return]
 
-    async def getconn(self) -> Any:
-        """A connection of the pool; while none comes within POOL_TIMEOUT the
-        database is asked whether it is there (PoolTimeout when not)."""
-        while True:
-            try:
-                return await self.pool.getconn(timeout=POOL_TIMEOUT)
-            except PoolTimeout:
-                if not await self._database_answers():
-                    raise
-
     def close(self) -> None:
         for t in (*self._admit.workers, *self._settle.workers):
             t.cancel()
@@ -183,11 +155,13 @@ class Context:
         (a busy pool is load: latency, never a refusal); when no connection
         came within ``POOL_TIMEOUT`` and the database does not answer a
         connection attempt either, it is gone (PoolTimeout)."""
-        conn = await self.getconn()
-        try:
-            return await calls.run_async(conn, flow)
-        finally:
-            await self.pool.putconn(conn)
+        while True:
+            try:
+                async with self.pool.connection(timeout=POOL_TIMEOUT) as conn:
+                    return await calls.run_async(conn, flow)
+            except PoolTimeout:
+                if not await self._database_answers():
+                    raise
 
     async def _database_answers(self) -> bool:
         try:

@@ -41,11 +41,6 @@ class Q:
     params: dict[str, Any]
 
 
-class Last(list):  # type: ignore[type-arg]
-    """A flow's final step: statements whose rows it does not read (the
-    flow gets None)."""
-
-
 # A flow yields one query (and gets its rows) or a list of queries run in
 # order (and gets a list of row lists).  (psycopg's pipeline mode would send
 # a list in one round trip, but measured slower here: bench/policy.py.)
@@ -301,7 +296,7 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff | TariffCache) -> Flow:
                       "flat": d.flat_zone, "rate": d.cents_per_minute, "inc": d.increment, "mx": d.max_seconds,
                       "cents": d.reserve_cents, "free": d.free_seconds, "ttl": ttl, "callee": req.callee})
     if store:
-        yield Last([Q(_INSERT_RESERVE_MANY, {"rows": Jsonb(store)})])
+        yield Q(_INSERT_RESERVE_MANY, {"rows": Jsonb(store)})
     return results
 
 
@@ -390,7 +385,7 @@ def settle_many(items: list[tuple[str, str, int]]) -> Flow:
         writes.append({"node": node, "call": call_id, "t": call["tenant_id"], "b": billsec, "c": cents, "f": free})
         out.append(Settlement("settled", cents, billsec))
     if writes:
-        yield Last([Q(_SETTLE_WRITE, {"rows": Jsonb(writes)})])
+        yield Q(_SETTLE_WRITE, {"rows": Jsonb(writes)})
     return out
 
 
@@ -534,7 +529,7 @@ def run_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:
                 for x in (q if isinstance(q, list) else [q]):
                     cur = conn.execute(x.sql, x.params)
                     rows.append(cur.fetchall() if cur.description is not None else [])
-                q = flow.send(None if isinstance(q, Last) else rows if isinstance(q, list) else rows[0])
+                q = flow.send(rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value
 
@@ -552,6 +547,6 @@ async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
                 for x in (q if isinstance(q, list) else [q]):
                     cur = await conn.execute(x.sql, x.params)
                     rows.append(await cur.fetchall() if cur.description is not None else [])
-                q = flow.send(None if isinstance(q, Last) else rows if isinstance(q, list) else rows[0])
+                q = flow.send(rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value

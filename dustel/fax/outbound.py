@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from ..callpath.calls import Flow, Q
 from ..errors import DustelError, NotFound
 from ..provisioning import validate as v
 
@@ -228,9 +229,8 @@ def start_due(conn: psycopg.Connection, spool_local: str, spool_engine: str, pla
     return started
 
 
-def sending_job(tenant: int, job_id: int) -> Any:
+def sending_job(tenant: int, job_id: int) -> Flow:
     """A flow (callpath.calls): the job of this tenant being sent now, or None."""
-    from ..callpath.calls import Q
     rows = (yield Q("SELECT id, from_number, to_number, attempts FROM fax_jobs WHERE id = %(j)s "
                     "AND tenant_id = %(t)s AND state = 'sending'", {"j": job_id, "t": tenant}))
     return rows[0] if rows else None
