@@ -18,6 +18,7 @@ from .commands import (
     demo_cmd,
     fax_cmd,
     feature_cmd,
+    invoice_cmd,
     media_cmd,
     number_cmd,
     render_cmd,
@@ -75,8 +76,12 @@ for command in (
     billing_cmd.rates, billing_cmd.credit, billing_cmd.billing, billing_cmd.agi, billing_cmd.esl,
     controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo,
+    invoice_cmd.invoice, invoice_cmd.credit_note, invoice_cmd.payment, invoice_cmd.mandate,
+    invoice_cmd.sepa_group, invoice_cmd.ledger, invoice_cmd.scheduler,
 ):
     cli.add_command(command)
+billing_cmd.billing.add_command(invoice_cmd.billing_profile)
+number_cmd.group.add_command(invoice_cmd.number_cancel)
 
 
 def main() -> None:

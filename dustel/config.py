@@ -81,6 +81,22 @@ class Settings:
     mail_from: str = "fax@dustel.invalid"
     mail_max_attempts: int = 6    # then the mail is failed and the tenant gets a failure report
     # agent star codes (F-06: configurable per provider)
+    # billing (F-09): who issues the invoices and collects the direct debits;
+    # the demo's values are placeholders (a test creditor id, an example IBAN)
+    issuer_name: str = "DUStel GmbH"
+    issuer_street: str = "Musterstraße 1"
+    issuer_postcode: str = "40210"
+    issuer_city: str = "Düsseldorf"
+    issuer_vat_id: str = "DE999999999"
+    issuer_email: str = "rechnung@dustel.invalid"
+    issuer_phone: str = "+49 211 0000000"
+    issuer_iban: str = "DE89370400440532013000"
+    issuer_bic: str = "COBADEFFXXX"
+    sepa_creditor_id: str = "DE98ZZZ09999999999"
+    invoice_due_days: int = 14        # an invoice is due (and its direct debit collected) this many days after it
+    sepa_lead_days: int = 2           # an automatic top-up's debit is due this many days after the night
+    debit_return_fee_cents: int = 300  # charged when the bank takes a direct debit back
+    billing_timezone: str = "Europe/Berlin"   # the scheduler's nights and months
     star_login: str = "*51"
     star_logout: str = "*52"
     star_pause: str = "*53"

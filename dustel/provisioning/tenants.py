@@ -37,9 +37,10 @@ def add(conn: psycopg.Connection, *, name: str, customer_type: str, plan: str,
     domain = v.domain("domain", domain) if domain is not None else v.domain("domain", f"t{tid}.{domain_suffix}")
     return conn.execute(
         """INSERT INTO tenants (id, name, customer_type, plan, sip_domain, email, timezone,
-                                created_on, number_quota)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s, current_date), %s) RETURNING *""",
-        (tid, name, customer_type, plan, domain, email, timezone, created_on, number_quota),
+                                created_on, plan_since, number_quota)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s, current_date), coalesce(%s, current_date), %s)
+           RETURNING *""",
+        (tid, name, customer_type, plan, domain, email, timezone, created_on, created_on, number_quota),
     ).fetchone()
 
 
@@ -53,7 +54,7 @@ def _plan(conn: psycopg.Connection, plan: str) -> dict[str, Any]:
 
 def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict[str, Any]:
     """Change tenant fields; only keys given (not None) are touched."""
-    get(conn, tenant_id, lock=True)
+    te = get(conn, tenant_id, lock=True)
     cols: dict[str, Any] = {}
     if changes.get("name") is not None:
         cols["name"] = v.text("name", changes["name"], max_len=100)
@@ -67,6 +68,9 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict
         cols["customer_type"] = changes["customer_type"]
     if changes.get("plan") is not None:
         cols["plan"] = _plan(conn, changes["plan"])["code"]
+        if cols["plan"] != te["plan"]:
+            _check_min_term(conn, te, "plan")
+            cols["plan_since"] = dt.date.today()
     if "clip_agreement_on" in changes and changes["clip_agreement_on"] is not ...:
         cols["clip_agreement_on"] = changes["clip_agreement_on"]
     if changes.get("number_quota") is not None:
@@ -79,6 +83,21 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict
         sets = ", ".join(f"{c} = %s" for c in cols)
         conn.execute(f"UPDATE tenants SET {sets} WHERE id = %s", (*cols.values(), tenant_id))
     return get(conn, tenant_id)
+
+
+def min_term_end(conn: psycopg.Connection, te: dict[str, Any]) -> dt.date | None:
+    """The last day of the tenant's minimum term, or None when it has none."""
+    row = conn.execute("""SELECT (t.plan_since + make_interval(months => p.min_term_months))::date - 1 AS ends
+                            FROM tenants t JOIN plans p ON p.code = t.plan
+                           WHERE t.id = %s AND p.min_term_months > 0""", (te["id"],)).fetchone()
+    return row["ends"] if row else None
+
+
+def _check_min_term(conn: psycopg.Connection, te: dict[str, Any], field: str) -> None:
+    ends = min_term_end(conn, te)
+    if ends is not None and ends >= dt.date.today():
+        raise DustelError(field, f"the plan {te['plan']} has a minimum term running until {ends}; "
+                                 "it can be changed from the day after")
 
 
 def set_option(conn: psycopg.Connection, tenant_id: int, option: str, quantity: int) -> None:

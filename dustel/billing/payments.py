@@ -1,0 +1,202 @@
+"""Money that reaches us other than by direct debit (SPEC F-09): bank
+statement lines (CSV import), PayPal, Giropay and Klarna payments.
+
+Statement CSV: a header line with the columns ``date`` (YYYY-MM-DD or
+DD.MM.YYYY), ``amount`` (EUR, ``12.34`` or ``12,34``, negative for money
+going out), ``reference`` (what the payer wrote), ``transaction_id`` (the
+bank's id of the line; a line imported before is skipped), and optionally
+``name`` and ``iban``; comma or semicolon separated.  Every line is checked
+before anything is written: one bad line refuses the file, naming the line
+and the field.  Matching, in this order:
+
+1. ``DD-<n>`` with a negative amount: the bank returned direct debit n →
+   booked back with the return fee (``sepa.return_debit``);
+2. an invoice number ``RE-YYYY-NNNNNN``: a payment of that invoice;
+3. a customer number ``KD-<tenant>``: a top-up (prepaid) or a payment on
+   account (postpaid);
+4. anything else is kept as an ``unmatched`` payment for a person to look
+   at — never dropped.
+
+PayPal: a customer's first PayPal payment is held until it is cleared
+(``payment clear``); later ones, Giropay and Klarna are credited at once.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ..errors import DustelError
+from . import money, sepa
+
+METHODS = ("transfer", "paypal", "giropay", "klarna")
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    line: int
+    date: dt.date
+    cents: int
+    reference: str
+    transaction_id: str
+    name: str
+    iban: str
+
+
+def _date(field: str, text: str) -> dt.date:
+    for fmt in ("%Y-%m-%d", "%d.%m.%Y"):
+        try:
+            return dt.datetime.strptime(text.strip(), fmt).date()
+        except ValueError:
+            pass
+    raise DustelError(field, "must be a date YYYY-MM-DD or DD.MM.YYYY")
+
+
+def read_statement(data: bytes) -> list[StatementLine]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DustelError("statement", "must be UTF-8 text") from None
+    first = text.splitlines()[0] if text.strip() else ""
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    cols = {c.strip().lower() for c in (reader.fieldnames or [])}
+    missing = {"date", "amount", "reference", "transaction_id"} - cols
+    if missing:
+        raise DustelError("statement", f"the header lacks the column(s) {', '.join(sorted(missing))}")
+    out, seen = [], set()
+    for i, raw in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+        where = f"statement line {i}"
+        cents = money.signed_cents(f"{where} amount", row["amount"])
+        if cents == 0:
+            raise DustelError(f"{where} amount", "must not be 0")
+        tx = row["transaction_id"]
+        if not tx or len(tx) > 100:
+            raise DustelError(f"{where} transaction_id", "must be 1 to 100 characters")
+        if tx in seen:
+            raise DustelError(f"{where} transaction_id", f"{tx} is in the file twice")
+        seen.add(tx)
+        if len(row["reference"]) > 300:
+            raise DustelError(f"{where} reference", "must be at most 300 characters")
+        out.append(StatementLine(i, _date(f"{where} date", row["date"]), cents, row["reference"], tx,
+                                 row.get("name", "")[:140], row.get("iban", "")[:34]))
+    return out
+
+
+_INVOICE = re.compile(r"\bRE-\d{4}-\d{6}\b")
+_CUSTOMER = re.compile(r"\bKD-(\d{1,12})\b")
+_DEBIT = re.compile(r"\bDD-(\d{1,12})\b")
+
+
+def import_statement(conn: psycopg.Connection, lines: list[StatementLine], return_fee_cents: int) -> dict[str, Any]:
+    """Book the lines in the caller's transaction; returns what happened."""
+    result: dict[str, list[Any]] = {"paid": [], "topped_up": [], "returned": [], "unmatched": [], "skipped": []}
+    for ln in lines:
+        ref = f"bank:{ln.transaction_id}"
+        if conn.execute("SELECT 1 FROM payments WHERE ref = %s UNION ALL SELECT 1 FROM ledger WHERE ref = %s",
+                        (ref, ref)).fetchone():
+            result["skipped"].append(ln.transaction_id)
+            continue
+        d = _DEBIT.search(ln.reference)
+        if ln.cents < 0:
+            if d:
+                debit = conn.execute("SELECT * FROM direct_debits WHERE id = %s", (int(d.group(1)),)).fetchone()
+                if debit is not None and debit["amount_cents"] == -ln.cents and debit["state"] in ("collected",
+                                                                                                  "returned"):
+                    sepa.return_debit(conn, debit["id"], return_fee_cents)
+                    conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state,
+                                                          invoice_id, received_on)
+                                    VALUES (%s, 'transfer', %s, %s, %s, 'credited', %s, %s)""",
+                                 (debit["tenant_id"], ln.cents, ref, ln.reference, debit["invoice_id"], ln.date))
+                    result["returned"].append(debit["id"])
+                    continue
+            _unmatched(conn, ln, ref)
+            result["unmatched"].append(ln.line)
+            continue
+        inv = None
+        m = _INVOICE.search(ln.reference)
+        if m:
+            inv = conn.execute("SELECT id, tenant_id FROM invoices WHERE number = %s AND kind = 'invoice'",
+                               (m.group(0),)).fetchone()
+        tenant_id = inv["tenant_id"] if inv else None
+        if tenant_id is None:
+            c = _CUSTOMER.search(ln.reference)
+            if c and conn.execute("SELECT 1 FROM tenants WHERE id = %s", (int(c.group(1)),)).fetchone():
+                tenant_id = int(c.group(1))
+        if tenant_id is None:
+            _unmatched(conn, ln, ref)
+            result["unmatched"].append(ln.line)
+            continue
+        kind = _book(conn, tenant_id, ln.cents, "transfer", ref, ln.reference, inv["id"] if inv else None, ln.date)
+        result["paid" if kind == "payment" else "topped_up"].append(ln.line)
+    return result
+
+
+def _unmatched(conn: psycopg.Connection, ln: StatementLine, ref: str) -> None:
+    conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state, received_on)
+                    VALUES (NULL, 'transfer', %s, %s, %s, 'unmatched', %s)""",
+                 (ln.cents, ref, f"{ln.reference} [{ln.name} {ln.iban}]".strip(), ln.date))
+
+
+def _book(conn: psycopg.Connection, tenant_id: int, cents: int, method: str, ref: str, reference: str,
+          invoice_id: int | None, received_on: dt.date, held: bool = False) -> str:
+    prepaid = conn.execute("SELECT p.payment = 'prepaid' AS p FROM tenants t JOIN plans p ON p.code = t.plan "
+                           "WHERE t.id = %s", (tenant_id,)).fetchone()["p"]
+    kind = "topup" if prepaid else "payment"
+    conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state, invoice_id,
+                                          received_on)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                 (tenant_id, method, cents, ref, reference, "held" if held else "credited", invoice_id, received_on))
+    if not held:
+        money.post(conn, tenant_id, cents, kind, ref, invoice_id=invoice_id)
+    return kind
+
+
+def add(conn: psycopg.Connection, tenant_id: int, cents: int, method: str, transaction_id: str,
+        received_on: dt.date, invoice_number: str | None = None) -> dict[str, Any]:
+    """A payment reported by a payment provider (or a transfer by hand)."""
+    if method not in METHODS:
+        raise DustelError("method", f"must be one of {', '.join(METHODS)}")
+    if cents <= 0:
+        raise DustelError("amount", "must be more than 0")
+    if not transaction_id or len(transaction_id) > 100 or any(ord(c) < 33 for c in transaction_id):
+        raise DustelError("ref", "must be 1 to 100 characters without spaces")
+    if conn.execute("SELECT 1 FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
+        raise DustelError("tenant", f"no tenant {tenant_id}")
+    invoice_id = None
+    if invoice_number:
+        inv = conn.execute("SELECT id FROM invoices WHERE number = %s AND tenant_id = %s AND kind = 'invoice'",
+                           (invoice_number, tenant_id)).fetchone()
+        if inv is None:
+            raise DustelError("invoice", f"tenant {tenant_id} has no invoice {invoice_number}")
+        invoice_id = inv["id"]
+    ref = f"{method}:{transaction_id}"
+    old = conn.execute("SELECT * FROM payments WHERE ref = %s", (ref,)).fetchone()
+    if old is not None:
+        return {**old, "applied": False}
+    held = method == "paypal" and not conn.execute(
+        "SELECT 1 FROM payments WHERE tenant_id = %s AND method = 'paypal' AND state = 'credited'",
+        (tenant_id,)).fetchone()
+    _book(conn, tenant_id, cents, method, ref, transaction_id, invoice_id, received_on, held=held)
+    return {**conn.execute("SELECT * FROM payments WHERE ref = %s", (ref,)).fetchone(), "applied": True}
+
+
+def clear(conn: psycopg.Connection, payment_id: int) -> dict[str, Any]:
+    """A held payment cleared: credit it."""
+    p = conn.execute("SELECT * FROM payments WHERE id = %s FOR UPDATE", (payment_id,)).fetchone()
+    if p is None:
+        raise DustelError("payment", f"no payment {payment_id}")
+    if p["state"] != "held":
+        raise DustelError("payment", f"payment {payment_id} is {p['state']}, not held")
+    prepaid = conn.execute("SELECT p.payment = 'prepaid' AS p FROM tenants t JOIN plans p ON p.code = t.plan "
+                           "WHERE t.id = %s", (p["tenant_id"],)).fetchone()["p"]
+    conn.execute("UPDATE payments SET state = 'credited' WHERE id = %s", (payment_id,))
+    money.post(conn, p["tenant_id"], p["amount_cents"], "topup" if prepaid else "payment", p["ref"],
+               invoice_id=p["invoice_id"])
+    return {**p, "state": "credited"}

@@ -1,0 +1,209 @@
+"""Invoices (issue 11): what a month bills, VAT and rounding, gap-free
+numbers, re-runs, credit notes, and the documents (PDF with Factur-X,
+XRechnung) checked against the schemas and looked at as an image."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from PIL import Image
+
+from dustel.billing import invoices, money
+from dustel.provisioning import numbers
+
+from ..billing_support import at, old_tenant, settled_call
+from ..conftest import dump
+
+NOV = dt.date(2026, 11, 1)
+ISSUED = dt.date(2026, 12, 2)
+
+
+def _month(conn: psycopg.Connection) -> dict[str, dict]:
+    """A business flex tenant with options, numbers and calls; a complete
+    (private, gross prices) tenant whose plan started in November; a starter
+    tenant (prepaid: no invoice); a public body."""
+    b = old_tenant(conn, "business_flex", dt.date(2026, 10, 10), name="Müller Logistik GmbH", number_quota=200,
+                   options={"extra_line": 2, "acd": 1, "flat_de_fixed": 1})
+    c = old_tenant(conn, "complete", dt.date(2026, 11, 5), name="Familie Becker", options={"flat_de_mobile": 1})
+    s = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Anna Schmitz")
+    p = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), customer_type="public_body", name="Stadt Neuss")
+    with conn.transaction():
+        numbers.add(conn, b["id"], "+492115550001")
+        numbers.add(conn, b["id"], "+4921155501", block_size=100)
+        conn.execute("INSERT INTO billing_profiles (tenant_id, leitweg_id) VALUES (%s, '05162024-NEUSS-12')",
+                     (p["id"],))
+        conn.execute("""INSERT INTO sepa_mandates (tenant_id, reference, holder, iban, bic, signed_on)
+                        VALUES (%s, 'DUSTEL-B-1', 'Müller Logistik GmbH', 'DE89370400440532013000', 'COBADEFFXXX',
+                                '2026-10-01')""", (b["id"],))
+    settled_call(conn, b["id"], "de_mobile", 100, 15, at("2026-11-03 10:00"), "4915112345678")
+    settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-11-30 23:30"), "4915112345678")
+    settled_call(conn, b["id"], "eu_fixed", 60, 10, at("2026-11-12 09:00"), "33123456789")
+    settled_call(conn, b["id"], "de_fixed", 600, 0, at("2026-11-12 09:30"))     # on the flat: not billed
+    settled_call(conn, b["id"], "de_mobile", 60, 9, at("2026-12-01 00:10"))     # December in Berlin
+    settled_call(conn, c["id"], "eu_mobile", 300, 129, at("2026-11-20 18:00"), "4367612345")
+    settled_call(conn, s["id"], "de_mobile", 60, 9, at("2026-11-20 18:00"))
+    settled_call(conn, p["id"], "de_fixed", 120, 6, at("2026-11-02 08:00"))
+    return {"b": b, "c": c, "s": s, "p": p}
+
+
+def test_a_month_bills_usage_fees_and_vat_exactly_and_once(conn: psycopg.Connection) -> None:
+    t = _month(conn)
+    r = invoices.run(conn, NOV, ISSUED)
+    assert r.issued == 3 and r.numbers == ["RE-2026-000001", "RE-2026-000002", "RE-2026-000003"]
+    assert r.direct_debits == 1 and r.without_mandate == [t["c"]["id"]]
+
+    with conn.transaction():
+        b = invoices.get(conn, "RE-2026-000001")
+        c = invoices.get(conn, "RE-2026-000002")
+        p = invoices.get(conn, "RE-2026-000003")
+    assert b["tenant_id"] == t["b"]["id"] and c["tenant_id"] == t["c"]["id"] and p["tenant_id"] == t["p"]["id"]
+    lines = [(ln["kind"], ln["quantity"], ln["unit_cents"], ln["amount_cents"]) for ln in b["lines"]]
+    assert lines == [("usage", 1, 45, 45), ("usage", 1, 10, 10),            # de_mobile 15+30, eu_fixed
+                     ("base_fee", 1, 720, 720),
+                     ("option", 1, 832, 832), ("option", 2, 84, 168), ("option", 1, 832, 832),  # acd, lines, flat
+                     ("numbers", 1, 42, 42), ("numbers", 100, 36, 3600)]
+    assert "2 calls, 5:00 min" in b["lines"][0]["description"]
+    assert all(ln["period_start"] == dt.date(2026, 12, 1) for ln in b["lines"][2:])   # fees in advance
+    # business: net prices, VAT 19 % on the net sum, rounded half up
+    assert (b["net_cents"], b["vat_cents"], b["gross_cents"]) == (6249, 1187, 7436)
+    assert b["payment_means"] == "sepa_dd" and b["usage_cents"] == 55 and b["due_on"] == dt.date(2026, 12, 16)
+
+    # complete: gross prices; its plan started in November, so November's fees too
+    assert [(ln["kind"], ln["amount_cents"], ln["net_cents"], ln["period_start"].month) for ln in c["lines"]] == [
+        ("usage", 129, 108, 11), ("base_fee", 790, 664, 11), ("option", 690, 580, 11),
+        ("base_fee", 790, 664, 12), ("option", 690, 580, 12)]
+    assert (c["gross_cents"], c["net_cents"], c["vat_cents"]) == (3089, 2596, 493)
+    assert c["payment_means"] == "transfer"
+    assert p["payment_means"] == "transfer" and p["recipient"]["leitweg_id"] == "05162024-NEUSS-12"
+
+    for inv in (b, c, p):
+        assert sum(ln["net_cents"] for ln in inv["lines"]) == inv["net_cents"]
+        basis = inv["net_cents"] if inv["prices_net"] else inv["gross_cents"]
+        assert sum(ln["amount_cents"] for ln in inv["lines"]) == basis
+
+    # the ledger: the calls were booked as they happened, the invoice books the rest
+    rows = conn.execute("SELECT amount_cents, ref FROM ledger WHERE tenant_id = %s AND kind = 'invoice'",
+                        (t["b"]["id"],)).fetchall()
+    assert rows == [{"amount_cents": -(7436 - 55), "ref": "invoice:RE-2026-000001"}]
+    assert money.reconciles(conn) == []
+    debit = conn.execute("SELECT * FROM direct_debits").fetchone()
+    assert (debit["amount_cents"], debit["due_on"], debit["state"]) == (7436, dt.date(2026, 12, 16), "pending")
+
+    # a second run for the month, and a run on another day: nothing changes
+    before = dump(conn.info.dsn)
+    assert invoices.run(conn, NOV, ISSUED).issued == 0
+    assert invoices.run(conn, NOV, dt.date(2026, 12, 5)).issued == 0
+    assert dump(conn.info.dsn) == before
+
+
+def test_the_numbers_have_no_gap_and_a_month_not_ended_is_refused(conn: psycopg.Connection) -> None:
+    _month(conn)
+    with pytest.raises(Exception, match="month: 2026-11 has not ended"):
+        invoices.run(conn, NOV, dt.date(2026, 11, 30))
+    # a run in small batches numbers on where the last batch stopped
+    invoices.run(conn, dt.date(2026, 10, 1), dt.date(2026, 11, 2), batch=1)   # the two tenants of October
+    invoices.run(conn, NOV, ISSUED, batch=2)
+    got = [r["number"] for r in conn.execute("SELECT number FROM invoices ORDER BY number")]
+    assert got == [f"RE-2026-{i:06d}" for i in range(1, len(got) + 1)] and len(got) == 5
+    # a new year starts at 1
+    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2))
+    assert conn.execute("SELECT min(number) AS n FROM invoices WHERE issued_on >= '2027-01-01'").fetchone()["n"] \
+        == "RE-2027-000001"
+
+
+def test_a_credit_note_corrects_an_invoice_and_never_exceeds_it(conn: psycopg.Connection, run) -> None:
+    _month(conn)
+    invoices.run(conn, NOV, ISSUED)
+    r = run("credit-note", "RE-2026-000001", "--reason", "Störung 3. bis 5.11.", "--amount", "10.00", "--json")
+    assert r.exit_code == 0, r.output
+    cn = json.loads(r.output)
+    assert cn["number"].startswith("GS-") and (cn["net_cents"], cn["vat_cents"], cn["gross_cents"]) == (1000, 190, 1190)
+    with conn.transaction():
+        assert invoices.get(conn, "RE-2026-000001")["gross_cents"] == 7436      # the invoice itself unchanged
+    led = conn.execute("SELECT amount_cents FROM ledger WHERE kind = 'credit_note'").fetchall()
+    assert led == [{"amount_cents": 1190}]
+    assert conn.execute("SELECT amount_cents FROM direct_debits").fetchone()["amount_cents"] == 7436 - 1190
+    before = dump(conn.info.dsn)
+    r = run("credit-note", "RE-2026-000001", "--reason", "zu viel", "--amount", "99999")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "amount:" in r.stderr and "left uncredited" in r.stderr
+    r = run("credit-note", "RE-2026-000001", "--reason", "x", "--amount", "1.005")
+    assert r.exit_code == 1 and "amount: must be an amount in EUR" in r.stderr
+    assert dump(conn.info.dsn) == before
+    assert money.reconciles(conn) == []
+
+
+def test_the_pdf_shows_the_totals_and_carries_a_valid_en16931_invoice(conn: psycopg.Connection, run,
+                                                                       tmp_path: Path) -> None:
+    from facturx import get_xml_from_pdf, xml_check_xsd
+    from lxml import etree
+
+    _month(conn)
+    invoices.run(conn, NOV, ISSUED)
+    pdf = tmp_path / "re1.pdf"
+    run.ok("invoice", "pdf", "RE-2026-000001", "--out", str(pdf))
+    _, xml = get_xml_from_pdf(pdf.read_bytes(), check_xsd=True)
+    xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    tree = etree.fromstring(xml)
+    ns = {"rsm": "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100",
+          "ram": "urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100"}
+    assert tree.findtext(".//ram:GrandTotalAmount", namespaces=ns) == "74.36"
+    assert tree.findtext(".//ram:TaxBasisTotalAmount", namespaces=ns) == "62.49"
+    assert tree.findtext(".//ram:DirectDebitMandateID", namespaces=ns) == "DUSTEL-B-1"
+    assert tree.findtext(".//ram:BuyerTradeParty/ram:Name", namespaces=ns) == "Müller Logistik GmbH"
+    assert len(tree.findall(".//ram:IncludedSupplyChainTradeLineItem", namespaces=ns)) == 8
+
+    if shutil.which("pdftoppm") is None:
+        pytest.fail("pdftoppm missing: make test installs poppler-utils (scripts/system-deps.sh)")
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    for shown in ("Rechnung RE-2026-000001", "Summe netto", "62,49 EUR", "USt 19 %", "11,87 EUR",
+                  "Gesamtbetrag", "74,36 EUR", "Müller Logistik GmbH", "DUSTEL-B-1", "Leistungszeitraum"):
+        assert shown in text, shown
+    subprocess.run(["pdftoppm", "-png", "-r", "60", "-singlefile", str(pdf), str(tmp_path / "page")], check=True)
+    img = Image.open(tmp_path / "page.png").convert("L")
+    assert img.size[0] < img.size[1]                                  # A4 portrait
+    pages = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Pages:\s+1$", pages, re.M), pages
+    dark = int((np.asarray(img) < 128).sum())
+    assert dark > 2000                                                 # printed, not a blank page
+
+
+def test_public_bodies_get_an_xrechnung_that_needs_a_leitweg_id(conn: psycopg.Connection, run,
+                                                                 tmp_path: Path) -> None:
+    from facturx import xml_check_xsd
+
+    _month(conn)
+    invoices.run(conn, NOV, ISSUED)
+    out = tmp_path / "x.xml"
+    run.ok("invoice", "xml", "RE-2026-000003", "--out", str(out))
+    xml = out.read_bytes()
+    xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    assert b"urn:xeinkauf.de:kosit:xrechnung_3.0" in xml
+    assert b"<ram:BuyerReference>05162024-NEUSS-12</ram:BuyerReference>" in xml
+    assert b"<ram:TypeCode>58</ram:TypeCode>" in xml and b"DE89370400440532013000" in xml  # transfer to us
+    conn.execute("UPDATE invoices SET recipient = recipient - 'leitweg_id' WHERE number = 'RE-2026-000003'")
+    r = run("invoice", "xml", "RE-2026-000003", "--out", str(tmp_path / "y.xml"))
+    assert r.exit_code == 1 and r.stderr.startswith("error: leitweg_id:") and not (tmp_path / "y.xml").exists()
+
+
+def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
+    _month(conn)
+    r = run("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["issued"] == 3
+    again = json.loads(run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json").output)
+    assert again["issued"] == 0
+    rows = json.loads(run.ok("invoice", "list", "--month", "2026-11", "--json").output)
+    assert [x["gross_cents"] for x in rows] == [7436, 3089, rows[2]["gross_cents"]]
+    shown = run.ok("invoice", "show", "RE-2026-000002").output
+    assert "gross 30,89 EUR" in shown and "Base fee complete, 11/2026" in shown
+    for bad, msg in ((["--month", "11/2026"], "month: must be YYYY-MM"),
+                     (["--month", "2026-11", "--date", "2026-11-15"], "month: 2026-11 has not ended")):
+        r = run("invoice", "run", *bad)
+        assert r.exit_code == 1 and msg in r.stderr, r.stderr

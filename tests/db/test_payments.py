@@ -1,0 +1,261 @@
+"""Money coming in (issue 11): SEPA mandates and pain.008, collection and
+returns, automatic top-up once per night, bank statements, PayPal's held
+first payment, number and porting fees, minimum terms — and bad input
+refused with one line and nothing written."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+import xmlschema
+
+from dustel.billing import fees, invoices, money, sepa
+from dustel.billing.einvoice import Issuer
+from dustel.config import Settings
+from dustel.provisioning import numbers
+
+from ..billing_support import at, old_tenant, settled_call
+from ..conftest import dump
+
+IBAN = "DE89370400440532013000"
+ISSUER = Issuer.of(Settings(state_dir=Path(".")))
+
+
+def _mandate(conn: psycopg.Connection, tenant_id: int, ref: str) -> dict:
+    with conn.transaction():
+        return sepa.add_mandate(conn, tenant_id, holder="Anna Schmitz", iban=IBAN, bic=None,
+                                signed_on=dt.date(2026, 1, 2), reference=ref)
+
+
+def _starter_with_autotopup(conn: psycopg.Connection, name: str, balance: int) -> dict:
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5), name=name)
+    _mandate(conn, t["id"], f"M-{t['id']}")
+    with conn.transaction():
+        conn.execute("""INSERT INTO billing_profiles (tenant_id, autotopup_threshold_cents, autotopup_amount_cents)
+                        VALUES (%s, 500, 2000)""", (t["id"],))
+        if balance:
+            money.post(conn, t["id"], balance, "topup", f"seed:{t['id']}")
+    return t
+
+
+def test_mandates_check_iban_and_bic_and_refuse_bad_input_with_one_line(conn: psycopg.Connection, run) -> None:
+    t = old_tenant(conn, "complete", dt.date(2026, 1, 5))
+    pb = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), customer_type="public_body")
+    before = dump(run.url)
+    for args, msg in (
+            (["--iban", "DE89370400440532013001"], "iban: not a valid IBAN"),     # checksum
+            (["--iban", "DE8937040044053201"], "iban: not a valid IBAN"),
+            (["--iban", IBAN, "--bic", "COBAXXFF"], "bic: not a valid BIC"),
+            (["--iban", IBAN, "--signed", "2999-01-01"], "signed_on: must not be in the future"),
+            (["--iban", IBAN, "--signed", "1.1.2026"], "signed: must be a date")):
+        opts = {"--holder": "Becker", "--signed": "2026-01-02"}
+        argv = ["mandate", "add", str(t["id"])]
+        for k, v in opts.items():
+            if k not in args:
+                argv += [k, v]
+        r = run(*argv, *args)
+        assert r.exit_code != 0 and msg in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    r = run("mandate", "add", str(pb["id"]), "--holder", "Stadt", "--iban", IBAN, "--signed", "2026-01-02")
+    assert r.exit_code == 1 and "public bodies pay by invoice" in r.stderr
+    assert dump(run.url) == before
+    m = json.loads(run.ok("mandate", "add", str(t["id"]), "--holder", "Becker", "--iban", "de89 3704 0044 0532 0130 00",
+                          "--signed", "2026-01-02", "--json").output)
+    assert (m["iban"], m["bic"], m["reference"]) == (IBAN, "COBADEFFXXX", f"DUSTEL-{t['id']}-1")
+    r = run("mandate", "add", str(t["id"]), "--holder", "B", "--iban", IBAN, "--signed", "2026-01-02")
+    assert r.exit_code == 1 and "has an active mandate" in r.stderr
+
+
+def test_money_input_is_integer_cents_and_never_negative(conn: psycopg.Connection, run) -> None:
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5))
+    before = dump(run.url)
+    for argv, msg in ((["credit", "topup", str(t["id"]), "12.345", "--ref", "a"], "amount: must be an amount"),
+                      (["credit", "topup", "--ref", "a", "--", str(t["id"]), "-5"], "amount: must be an amount"),
+                      (["credit", "topup", str(t["id"]), "1e3", "--ref", "a"], "amount: must be an amount"),
+                      (["payment", "add", "--method", "giropay", "--ref", "x", "--", str(t["id"]), "-10"],
+                       "amount: must be an amount"),
+                      (["payment", "add", str(t["id"]), "0", "--method", "klarna", "--ref", "x"],
+                       "amount: must be more than 0"),
+                      (["billing", "profile", str(t["id"]), "--autotopup-below", "5", "--autotopup-amount", "20"],
+                       "has no SEPA mandate")):
+        r = run(*argv)
+        assert r.exit_code != 0 and msg in r.stderr and r.stderr.count("\n") == 1, (argv, r.stderr)
+    assert dump(run.url) == before
+
+
+def test_autotopup_debits_once_per_night_and_credits_on_the_due_date(conn: psycopg.Connection, run) -> None:
+    low = _starter_with_autotopup(conn, "Low", 300)          # below 5.00
+    ok = _starter_with_autotopup(conn, "Fine", 900)
+    night = dt.date(2026, 12, 2)
+    with conn.transaction():
+        first = sepa.autotopup(conn, night, 2)
+    with conn.transaction():
+        again = sepa.autotopup(conn, night, 2)
+    assert [(r["tenant_id"], r["amount_cents"], r["due_on"]) for r in first] == [(low["id"], 2000,
+                                                                                   dt.date(2026, 12, 4))]
+    assert again == []
+    # the next night the debit is on its way: counted, so no second one
+    with conn.transaction():
+        assert sepa.autotopup(conn, night + dt.timedelta(days=1), 2) == []
+    # the file for the bank: validated against pain.008.001.08, FRST for a new mandate
+    with conn.transaction():
+        ex = sepa.export(conn, dt.date(2026, 12, 4), ISSUER, today=dt.date(2026, 12, 2))
+    assert ex is not None and ex.count == 1 and ex.total_cents == 2000
+    xmlschema.XMLSchema(_pain_xsd()).validate(ex.xml.decode())
+    doc = ex.xml.decode()
+    assert "<SeqTp>FRST</SeqTp>" in doc and f"<MndtId>M-{low['id']}</MndtId>" in doc
+    assert "<EndToEndId>DD-1</EndToEndId>" in doc and '<InstdAmt Ccy="EUR">20.00</InstdAmt>' in doc
+    with conn.transaction():
+        assert sepa.collect(conn, dt.date(2026, 12, 3)) == []           # not yet due
+    with conn.transaction():
+        assert len(sepa.collect(conn, dt.date(2026, 12, 4))) == 1
+    bal = conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s", (low["id"],)).fetchone()
+    assert bal["balance_cents"] == 2300
+    # returned by the bank: booked back with the fee; the next debit of the mandate is RCUR
+    r = run.ok("sepa", "return", "1", "--json")
+    assert json.loads(r.output)["state"] == "returned"
+    bal = conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s", (low["id"],)).fetchone()
+    assert bal["balance_cents"] == 300 - 300
+    with conn.transaction():
+        assert len(sepa.autotopup(conn, dt.date(2026, 12, 5), 2)) == 1
+        ex2 = sepa.export(conn, dt.date(2026, 12, 8), ISSUER, today=dt.date(2026, 12, 5))
+    assert "<SeqTp>RCUR</SeqTp>" in ex2.xml.decode()
+    assert money.reconciles(conn) == []
+    assert ok["id"] not in [r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM direct_debits")]
+
+
+def _pain_xsd() -> str:
+    import sepaxml
+    return str(Path(sepaxml.__file__).parent / "schemas" / f"{sepa.SCHEMA}.xsd")
+
+
+def test_sepa_export_writes_the_file_or_nothing(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    _starter_with_autotopup(conn, "Low", 100)
+    with conn.transaction():
+        sepa.autotopup(conn, dt.date.today(), 2)
+    out = tmp_path / "dd.xml"
+    before = dump(run.url)
+    r = run("sepa", "export", "--date", dt.date.today().isoformat(), "--out", str(out))
+    assert r.exit_code == 1 and "date: the collection date must be after today" in r.stderr
+    assert not out.exists() and dump(run.url) == before
+    due = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    got = json.loads(run.ok("sepa", "export", "--date", due, "--out", str(out), "--json").output)
+    assert got["count"] == 1 and out.read_bytes().startswith(b"<?xml")
+    xmlschema.XMLSchema(_pain_xsd()).validate(out.read_text())
+    assert json.loads(run.ok("sepa", "export", "--date", due, "--json").output) == {"count": 0}
+
+
+def test_a_bank_statement_pays_invoices_tops_up_returns_and_keeps_the_unknown(conn: psycopg.Connection, run,
+                                                                             tmp_path: Path) -> None:
+    b = old_tenant(conn, "complete", dt.date(2026, 1, 5), name="Becker")
+    s = _starter_with_autotopup(conn, "Schmitz", 100)
+    settled_call(conn, b["id"], "de_mobile", 60, 19, at("2026-11-03 10:00"))
+    invoices.run(conn, dt.date(2026, 11, 1), dt.date(2026, 12, 2))
+    inv = conn.execute("SELECT number, gross_cents FROM invoices").fetchone()
+    with conn.transaction():
+        sepa.autotopup(conn, dt.date(2026, 12, 2), 2)
+        sepa.export(conn, dt.date(2026, 12, 4), ISSUER, dt.date(2026, 12, 2))
+        sepa.collect(conn, dt.date(2026, 12, 4))
+    csv = tmp_path / "konto.csv"
+    csv.write_text("date;amount;reference;name;iban;transaction_id\n"
+                   f"03.12.2026;{money.eur(inv['gross_cents'])};Rechnung {inv['number']} danke;Becker;{IBAN};tx1\n"
+                   f"2026-12-03;25,00;Guthaben KD-{s['id']};Schmitz;{IBAN};tx2\n"
+                   "2026-12-03;7,77;irgendwas;Fremd;;tx3\n"
+                   "2026-12-06;-20,00;RUECKLASTSCHRIFT DD-1 MD06;Bank;;tx4\n", encoding="utf-8")
+    got = json.loads(run.ok("payment", "import", str(csv), "--json").output)
+    assert (len(got["paid"]), len(got["topped_up"]), got["returned"], got["unmatched"]) == (1, 1, [1], [4])
+    led_b = conn.execute("SELECT coalesce(sum(amount_cents), 0) AS s FROM ledger WHERE tenant_id = %s",
+                         (b["id"],)).fetchone()["s"]
+    assert led_b == 0                                       # the invoice paid in full
+    bal_s = conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s", (s["id"],)).fetchone()
+    assert bal_s["balance_cents"] == 100 + 2000 + 2500 - 2000 - 300
+    unmatched = json.loads(run.ok("payment", "list", "--unmatched", "--json").output)
+    assert [(u["amount_cents"], u["tenant_id"]) for u in unmatched] == [(777, None)]
+    before = dump(run.url)
+    again = json.loads(run.ok("payment", "import", str(csv), "--json").output)
+    assert again["skipped"] == ["tx1", "tx2", "tx3", "tx4"] and dump(run.url) == before
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,amount,reference,transaction_id\n2026-12-03,5.00,KD-1,t9\n2026-12-03,12.345,KD-1,t10\n")
+    r = run("payment", "import", str(bad))
+    assert r.exit_code == 1 and "statement line 3 amount:" in r.stderr and r.stderr.count("\n") == 1
+    assert dump(run.url) == before
+    assert money.reconciles(conn) == []
+
+
+def test_a_first_paypal_payment_is_held_until_cleared(conn: psycopg.Connection, run) -> None:
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5))
+    p1 = json.loads(run.ok("payment", "add", str(t["id"]), "20", "--method", "paypal", "--ref", "PP-1",
+                           "--json").output)
+    assert p1["state"] == "held"
+    bal = lambda: conn.execute("SELECT balance_cents FROM tenant_money WHERE tenant_id = %s",  # noqa: E731
+                               (t["id"],)).fetchone()["balance_cents"]
+    assert bal() == 0
+    run.ok("payment", "clear", str(p1["id"]))
+    assert bal() == 2000
+    p2 = json.loads(run.ok("payment", "add", str(t["id"]), "10", "--method", "paypal", "--ref", "PP-2",
+                           "--json").output)
+    assert p2["state"] == "credited" and bal() == 3000
+    dup = json.loads(run.ok("payment", "add", str(t["id"]), "10", "--method", "paypal", "--ref", "PP-2",
+                            "--json").output)
+    assert dup["applied"] is False and bal() == 3000
+    gp = json.loads(run.ok("payment", "add", str(t["id"]), "5", "--method", "giropay", "--ref", "G-1",
+                           "--json").output)
+    assert gp["state"] == "credited" and bal() == 3500
+    r = run("payment", "clear", str(p2["id"]))
+    assert r.exit_code == 1 and "not held" in r.stderr
+    assert money.reconciles(conn) == []
+
+
+def test_number_fees_each_year_once_and_notice_14_days_before_the_year_ends(conn: psycopg.Connection) -> None:
+    t = old_tenant(conn, "starter", dt.date(2025, 1, 5))
+    with conn.transaction():
+        n = numbers.add(conn, t["id"], "+492115550001")
+        conn.execute("UPDATE numbers SET created_on = '2025-11-20' WHERE id = %s", (n["id"],))
+    with conn.transaction():
+        booked = fees.charge_due(conn, dt.date(2026, 11, 25))
+    assert sorted(r["ref"] for r in booked) == sorted([f"numfee:setup:{n['id']}", f"numfee:year:{n['id']}:2025-11-20",
+                                                      f"numfee:year:{n['id']}:2026-11-20"])
+    assert -sum(r["a"] for r in booked) == 990 + 490 + 490
+    with conn.transaction():
+        assert fees.charge_due(conn, dt.date(2026, 11, 26)) == []
+    # notice on 2026-11-25: the year ends 2027-11-19, more than 14 days away
+    with conn.transaction():
+        assert fees.cancel(conn, "+492115550001", dt.date(2026, 11, 25))["cancel_at"] == dt.date(2027, 11, 19)
+    with conn.transaction():
+        assert fees.charge_due(conn, dt.date(2027, 11, 20)) == []         # no year after the notice
+    # a notice 10 days before the year ends runs one more year
+    with conn.transaction():
+        m = numbers.add(conn, t["id"], "+492115550002")
+        conn.execute("UPDATE numbers SET created_on = '2025-12-05' WHERE id = %s", (m["id"],))
+        assert fees.cancel(conn, "+492115550002", dt.date(2026, 11, 24))["cancel_at"] == dt.date(2027, 12, 4)
+        with pytest.raises(Exception, match="cancelled already"):
+            fees.cancel(conn, "+492115550002", dt.date(2026, 11, 24))
+    assert money.reconciles(conn) == []
+
+
+def test_porting_fee_per_started_ten_numbers_and_old_tariffs_exempt(conn: psycopg.Connection) -> None:
+    new = old_tenant(conn, "starter", dt.date(2024, 3, 1), name="Neu")
+    old = old_tenant(conn, "starter", dt.date(2023, 6, 30), name="Alt")
+    with conn.transaction():
+        for t, base in ((new, "+4921155560"), (old, "+4921155570")):
+            for i in range(11):
+                numbers.add(conn, t["id"], f"{base}{i:02d}", origin="ported_in")
+        conn.execute("UPDATE numbers SET created_on = '2026-02-01'")
+    with conn.transaction():
+        booked = fees.charge_due(conn, dt.date(2026, 3, 1))
+    assert sorted((r["tenant_id"], r["ref"], r["a"]) for r in booked) == [
+        (new["id"], f"portfee:{new['id']}:2026-02-01:1", -500), (new["id"], f"portfee:{new['id']}:2026-02-01:2", -500)]
+
+
+def test_the_minimum_term_holds_plan_changes(conn: psycopg.Connection, run) -> None:
+    t = old_tenant(conn, "complete", dt.date.today() - dt.timedelta(days=100))
+    before = dump(run.url)
+    r = run("tenant", "set", str(t["id"]), "--plan", "starter")
+    assert r.exit_code == 1 and "plan: the plan complete has a minimum term running until" in r.stderr
+    assert dump(run.url) == before
+    conn.execute("UPDATE tenants SET plan_since = current_date - 400 WHERE id = %s", (t["id"],))
+    run.ok("tenant", "set", str(t["id"]), "--plan", "starter")
+    row = conn.execute("SELECT plan, plan_since FROM tenants WHERE id = %s", (t["id"],)).fetchone()
+    assert row == {"plan": "starter", "plan_since": dt.date.today()}
