@@ -405,7 +405,7 @@ def scheduler_run(env: Env, as_json: bool, once: bool, only: tuple[str, ...], no
     reservations, the mail outbox.  Each job runs once at start too."""
     from .. import scheduler as sch
 
-    logging.basicConfig(stream=sys.stdout if not as_json else sys.stderr, level=logging.INFO,
+    logging.basicConfig(stream=sys.stderr if once else sys.stdout, level=logging.INFO,   # --once prints JSON
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     tz = ZoneInfo(env.settings.billing_timezone)
     names = {j.name for j in sch.JOBS}
