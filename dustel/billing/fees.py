@@ -25,6 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import DustelError
+from ..provisioning import tenants
 from . import money
 
 NOTICE_DAYS = 14
@@ -46,27 +47,43 @@ SELECT n.tenant_id, -(p.new_number_once_cents * coalesce(n.block_size, 1)), 'fee
        'setup fee ' || n.e164
   FROM numbers n JOIN tenants t ON t.id = n.tenant_id JOIN plans p ON p.code = t.plan
  WHERE p.payment = 'prepaid' AND n.origin = 'new' AND n.status IN ('active', 'porting_out')
-   AND p.new_number_once_cents > 0 AND n.created_on <= %(today)s
-UNION ALL
-SELECT pt.tenant_id, -pt.fee, 'fee', 'portfee:' || pt.tenant_id || ':' || pt.starts || ':' || u,
-       'porting fee from ' || pt.starts || ', numbers ' || (u - 1) * pt.covers + 1 || '-' || u * pt.covers
-  FROM (SELECT t.id AS tenant_id, p.porting_fee_yearly_cents AS fee, p.porting_fee_covers AS covers,
-               count(*) AS ported, min(n.created_on) AS first_on
-          FROM numbers n JOIN tenants t ON t.id = n.tenant_id JOIN plans p ON p.code = t.plan
-         WHERE p.payment = 'prepaid' AND p.porting_fee_yearly_cents > 0 AND t.created_on >= p.porting_fee_since
-           AND n.origin = 'ported_in' AND n.status IN ('active', 'porting_out') AND n.created_on <= %(today)s
-         GROUP BY 1, 2, 3) pc
-  CROSS JOIN LATERAL generate_series(0, extract(year FROM age(%(today)s::date, pc.first_on))::int) AS k
-  CROSS JOIN LATERAL (SELECT pc.tenant_id, pc.fee, pc.covers,
-                             (pc.first_on + make_interval(years => k))::date AS starts) pt
-  CROSS JOIN LATERAL generate_series(1, ((pc.ported + pc.covers - 1) / pc.covers)::int) AS u
- WHERE pt.starts <= %(today)s"""
+   AND p.new_number_once_cents > 0 AND n.created_on <= %(today)s"""
+
+
+# ported-in numbers (block members counted) whose port is done, per prepaid
+# tenant, and the day the first of them came: its porting year starts then
+_PORTED = """
+SELECT t.id AS tenant_id, t.created_on, p.*, sum(coalesce(n.block_size, 1))::int AS ported,
+       min(n.created_on) AS first_on
+  FROM numbers n JOIN tenants t ON t.id = n.tenant_id JOIN plans p ON p.code = t.plan
+ WHERE p.payment = 'prepaid' AND n.origin = 'ported_in' AND n.status IN ('active', 'porting_out')
+   AND n.created_on <= %(today)s
+ GROUP BY t.id, p.code"""
+
+
+def _porting_due(conn: psycopg.Connection, today: dt.date) -> list[dict[str, Any]]:
+    """The porting fee (tenants.porting_fee_cents: the rule) of each porting
+    year begun by today, one row per started group of numbers."""
+    out = []
+    for r in conn.execute(_PORTED, {"today": today}):
+        yearly = tenants.porting_fee_cents(r, r["created_on"], r["ported"])
+        if not yearly:
+            continue
+        groups = yearly // r["porting_fee_yearly_cents"]
+        starts, k = r["first_on"], 0
+        while starts <= today:
+            for g in range(1, groups + 1):
+                out.append({"tenant_id": r["tenant_id"], "a": -r["porting_fee_yearly_cents"], "k": "fee",
+                            "ref": f"portfee:{r['tenant_id']}:{starts}:{g}"})
+            k += 1
+            starts = _add_years(r["first_on"], k)
+    return out
 
 
 def charge_due(conn: psycopg.Connection, today: dt.date) -> list[dict[str, Any]]:
     """Book every fee due by ``today`` not booked yet (in the caller's
     transaction); returns the ones booked now."""
-    rows = conn.execute(_DUE + " ORDER BY 1, 4", {"today": today}).fetchall()
+    rows = conn.execute(_DUE + " ORDER BY 1, 4", {"today": today}).fetchall() + _porting_due(conn, today)
     if not rows:
         return []
     refs = [r["ref"] for r in rows]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
 from ..config import ensure_demo_secrets
@@ -57,3 +59,10 @@ def _human(d: dict, env: Env) -> None:
     click.echo(f"  .venv/bin/dustel --state-dir {sd} agi serve   # call-time policy, Asterisk (esl serve: FreeSWITCH)")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} queue stats --tenant 3 --queue support --from 2026-11-01 "
                "--to 2026-12-01 --by day")
+    month = dt.date.today().replace(day=1)
+    issue = (month + dt.timedelta(days=32)).replace(day=1)
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice run --month {month:%Y-%m} --date {issue}"
+               "   # a preview of this month's invoices")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice pdf RE-{issue.year}-000001 --out /tmp/invoice.pdf"
+               "   # PDF with Factur-X; invoice xml: the XML")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} ledger 1   # a tenant's money movements")

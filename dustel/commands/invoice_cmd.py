@@ -268,13 +268,12 @@ def sepa_export(env: Env, as_json: bool, collection: str, out: Path | None) -> N
     on = v.date("date", collection)
     with env.tx() as conn:
         ex = sepa.export(conn, on, einvoice.Issuer.of(env.settings), _today(env))
-        if ex is not None and out is not None:
-            _write(out, ex.xml)
+        if ex is not None:
+            _write(out, ex.xml)        # inside the transaction: no file written, no debit marked
     if ex is None:
         emit({"count": 0}, as_json, lambda d: click.echo("no debits due"))
         return
     if out is None:
-        _write(None, ex.xml)
         return
     emit({"message_id": ex.message_id, "count": ex.count, "total_cents": ex.total_cents, "file": str(out)},
          as_json, lambda d: click.echo(f"{d['file']}: {d['count']} debits, {money.eur(d['total_cents'])} EUR, "

@@ -155,6 +155,8 @@ def test_plan_change_must_fit(conn: psycopg.Connection) -> None:
     ok(conn, lambda: tenants.set_fields(conn, c["id"], plan="complete"))   # 5 <= 10
     for _ in range(5):
         account(conn, c["id"])
+    refused(conn, lambda: tenants.set_fields(conn, c["id"], plan="starter"), "plan", "minimum term")
+    conn.execute("UPDATE tenants SET plan_since = current_date - 400 WHERE id = %s", (c["id"],))  # term served
     refused(conn, lambda: tenants.set_fields(conn, c["id"], plan="starter"), "plan", "allows 5")
     s = tenant(conn, plan="starter")
     ok(conn, lambda: tenants.set_option(conn, s["id"], "per_minute_billing", 1))
