@@ -84,7 +84,8 @@ def last_day(d: dt.date) -> dt.date:
 
 
 _TENANTS = """
-SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, p.name AS plan_name, p.prices_net, p.vat_percent,
+SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name AS plan_name,
+       p.prices_net, p.vat_percent,
        p.base_fee_cents, p.number_monthly_cents, p.number_monthly_large_cents, p.number_large_block_over,
        bp.leitweg_id, bp.vat_id,
        (SELECT to_jsonb(a) FROM addresses a WHERE a.tenant_id = t.id
@@ -93,22 +94,25 @@ SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, p.name AS plan_name
        (SELECT m.id FROM sepa_mandates m WHERE m.tenant_id = t.id AND m.revoked_on IS NULL) AS mandate_id
   FROM tenants t JOIN plans p ON p.code = t.plan
   LEFT JOIN billing_profiles bp ON bp.tenant_id = t.id
- WHERE p.payment = 'postpaid' AND t.created_on < %(m1)s
+ WHERE p.payment = 'postpaid' AND t.created_on < %(m1)s AND (t.cancel_at IS NULL OR t.cancel_at >= %(m0)s)
    AND (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)
    AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice')
  ORDER BY t.id"""
 
-# the month in each tenant's own time zone
+# the month in each tenant's own time zone: its bounds computed once per
+# tenant, the calls (one scan of the month's settled calls) joined to them
 _USAGE = """
-SELECT c.tenant_id, c.zone, coalesce(z.description, c.zone) AS zone_name,
-       count(*)::int AS calls, sum(c.billsec)::bigint AS seconds, sum(c.charged_cents)::bigint AS cents
-  FROM calls c JOIN tenants t ON t.id = c.tenant_id JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
-  LEFT JOIN zones z ON z.code = c.zone
- WHERE c.state = 'settled' AND c.charged_cents > 0
-   AND c.settled_at >= (%(m0)s::timestamp AT TIME ZONE t.timezone)
-   AND c.settled_at < (%(m1)s::timestamp AT TIME ZONE t.timezone)
-   AND (%(tenant)s::bigint IS NULL OR c.tenant_id = %(tenant)s)
- GROUP BY 1, 2, 3 ORDER BY 1, 2"""
+WITH tb AS (SELECT t.id, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
+                   (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi
+              FROM tenants t JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
+             WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)),
+u AS (SELECT c.tenant_id, c.zone, count(*)::int AS calls, sum(c.billsec)::bigint AS seconds,
+             sum(c.charged_cents)::bigint AS cents
+        FROM calls c JOIN tb ON tb.id = c.tenant_id
+       WHERE c.state = 'settled' AND c.charged_cents > 0 AND c.settled_at >= tb.lo AND c.settled_at < tb.hi
+       GROUP BY 1, 2)
+SELECT u.*, coalesce(z.description, u.zone) AS zone_name FROM u LEFT JOIN zones z ON z.code = u.zone
+ ORDER BY 1, 2"""
 
 _ADJUSTS = """
 SELECT l.tenant_id, (-sum(l.amount_cents))::bigint AS cents
@@ -174,6 +178,8 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
         if period <= t["plan_since"] < m1:
             months.insert(0, period)          # the first month, billed with the first invoice
         for start in months:
+            if t["cancel_at"] is not None and start > t["cancel_at"]:
+                continue                      # the contract has ended: no fees in advance
             end = next_month(start) - dt.timedelta(days=1)
             label = f"{start:%m/%Y}"
             if t["base_fee_cents"]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
 from ..provisioning import tenants
@@ -120,6 +122,21 @@ def set_(env: Env, as_json: bool, tenant_id: int, name: str | None, email: str |
             tenants.set_option(conn, tenant_id, opt, qty)
         out = tenants.show(conn, tenant_id)
     emit(out, as_json, _show_human)
+
+
+@group.command("cancel")
+@click.argument("tenant_id", type=INT)
+@click.option("--on", "on", help="Last day of the contract, YYYY-MM-DD (a month's last day; default: the "
+                                 "earliest allowed, the end of this month or of the minimum term).")
+@json_option
+@pass_env
+def cancel(env: Env, as_json: bool, tenant_id: int, on: str | None) -> None:
+    """Cancel a contract: it ends with a month, not before the minimum term
+    (complete: 12 months); no base fees or options are billed after it."""
+    end = v.date("on", on) if on else None
+    with env.tx() as conn:
+        out = tenants.cancel(conn, tenant_id, end, dt.date.today())
+    emit(out, as_json, lambda d: click.echo(f"tenant {d['id']} cancelled; the contract ends on {d['cancel_at']}"))
 
 
 @group.group("address")

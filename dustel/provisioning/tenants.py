@@ -100,6 +100,31 @@ def _check_min_term(conn: psycopg.Connection, te: dict[str, Any], field: str) ->
                                  "it can be changed from the day after")
 
 
+def cancel(conn: psycopg.Connection, tenant_id: int, on: dt.date | None, today: dt.date) -> dict[str, Any]:
+    """Cancel a tenant's contract: it ends on the last day of a month — the
+    current one by default — and never before its minimum term ends (the
+    default moves there; an earlier ``on`` is refused)."""
+    te = get(conn, tenant_id, lock=True)
+    if te["cancel_at"] is not None:
+        raise DustelError("tenant", f"tenant {tenant_id} is cancelled already, to {te['cancel_at']}")
+    def end_of_month(d: dt.date) -> dt.date:
+        return (d.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+
+    month_end = end_of_month(today)
+    term_end = min_term_end(conn, te)
+    earliest = max(month_end, end_of_month(term_end)) if term_end else month_end
+    if on is None:
+        on = earliest
+    elif on < earliest:
+        raise DustelError("on", f"the contract can end on {earliest} at the earliest"
+                                + (f" (minimum term of {te['plan']} to {term_end})" if term_end and
+                                   term_end >= month_end else ""))
+    elif (on + dt.timedelta(days=1)).day != 1:
+        raise DustelError("on", "must be the last day of a month")
+    conn.execute("UPDATE tenants SET cancel_at = %s WHERE id = %s", (on, tenant_id))
+    return get(conn, tenant_id)
+
+
 def set_option(conn: psycopg.Connection, tenant_id: int, option: str, quantity: int) -> None:
     """Book ``quantity`` units of an option (0 cancels it)."""
     te = get(conn, tenant_id, lock=True)

@@ -259,3 +259,34 @@ def test_the_minimum_term_holds_plan_changes(conn: psycopg.Connection, run) -> N
     run.ok("tenant", "set", str(t["id"]), "--plan", "starter")
     row = conn.execute("SELECT plan, plan_since FROM tenants WHERE id = %s", (t["id"],)).fetchone()
     assert row == {"plan": "starter", "plan_since": dt.date.today()}
+
+
+def test_a_cancellation_ends_with_a_month_and_not_before_the_minimum_term(conn: psycopg.Connection, run) -> None:
+    today = dt.date.today()
+    month_end = (today.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+    young = old_tenant(conn, "complete", today - dt.timedelta(days=40), name="Jung")
+    before = dump(run.url)
+    r = run("tenant", "cancel", str(young["id"]), "--on", month_end.isoformat())
+    assert r.exit_code == 1 and "on: the contract can end on" in r.stderr and "minimum term of complete" in r.stderr
+    r = run("tenant", "cancel", str(young["id"]), "--on", "2099-01-15")
+    assert r.exit_code == 1 and "on: must be the last day of a month" in r.stderr
+    assert dump(run.url) == before
+    got = json.loads(run.ok("tenant", "cancel", str(young["id"]), "--json").output)
+    ends = dt.date.fromisoformat(got["cancel_at"])
+    assert ends > today + dt.timedelta(days=300) and (ends + dt.timedelta(days=1)).day == 1   # 12 months on
+    flex = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), name="Flex")
+    got = json.loads(run.ok("tenant", "cancel", str(flex["id"]), "--json").output)
+    assert got["cancel_at"] == month_end.isoformat()                                          # 1 month term served
+    r = run("tenant", "cancel", str(flex["id"]))
+    assert r.exit_code == 1 and "cancelled already" in r.stderr
+
+
+def test_a_cancelled_contract_bills_its_last_usage_but_no_fees_after_it(conn: psycopg.Connection) -> None:
+    t = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), options={"extra_line": 1})
+    conn.execute("UPDATE tenants SET cancel_at = '2026-11-30' WHERE id = %s", (t["id"],))
+    settled_call(conn, t["id"], "de_mobile", 60, 9, at("2026-11-20 10:00"))
+    invoices.run(conn, dt.date(2026, 11, 1), dt.date(2026, 12, 2))
+    with conn.transaction():
+        inv = invoices.get(conn, "RE-2026-000001")
+    assert [ln["kind"] for ln in inv["lines"]] == ["usage"] and inv["net_cents"] == 9
+    assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2)).issued == 0     # ended

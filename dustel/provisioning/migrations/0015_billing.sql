@@ -141,7 +141,9 @@ CREATE TABLE job_runs (
     PRIMARY KEY (job, period)
 );
 
--- Plan changes start a new minimum term.
+-- Plan changes start a new minimum term; a cancelled contract ends on
+-- cancel_at (a month's last day, not before the minimum term's end).
+ALTER TABLE tenants ADD COLUMN cancel_at date;
 ALTER TABLE tenants ADD COLUMN plan_since date;
 UPDATE tenants SET plan_since = created_on;
 ALTER TABLE tenants ALTER COLUMN plan_since SET NOT NULL, ALTER COLUMN plan_since SET DEFAULT current_date;
