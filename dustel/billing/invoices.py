@@ -254,7 +254,7 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
     meanwhile (another run) are dropped before numbering."""
     if not batch:
         return [], 0
-    numbers = _take_numbers(conn, "RE", issued_on.year, 0)   # the lock first, then what is still to do
+    _take_numbers(conn, "RE", issued_on.year, 0)   # the counter's lock first, then what is still to do
     done = {r["tenant_id"] for r in conn.execute(
         "SELECT tenant_id FROM invoices WHERE kind = 'invoice' AND period = %s AND tenant_id = ANY(%s)",
         (batch[0].period, [d.tenant_id for d in batch]))}
@@ -335,13 +335,21 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
     reason_text = reason.strip()
     if not reason_text or len(reason_text) > 200 or any(ord(c) < 32 for c in reason_text):
         raise DustelError("reason", "must be 1 to 200 characters of text on one line")
-    credited = conn.execute("SELECT coalesce(sum(gross_cents), 0)::bigint AS s FROM invoices WHERE corrects = %s",
-                            (inv["id"],)).fetchone()["s"]
-    basis_total = inv["net_cents"] if inv["prices_net"] else inv["gross_cents"]
-    amount = basis_total if amount_cents is None else amount_cents
-    if amount <= 0:
-        raise DustelError("amount", "must be more than 0")
-    _, net, vat, gross = money.vat_split([amount], inv["prices_net"], inv["vat_percent"])
+    done = conn.execute("""SELECT coalesce(sum(gross_cents), 0)::bigint AS gross,
+                                  coalesce(sum(net_cents), 0)::bigint AS net
+                             FROM invoices WHERE corrects = %s""", (inv["id"],)).fetchone()
+    credited = done["gross"]
+    if amount_cents is None:          # all that is left: exactly, whatever the rounding of earlier notes
+        gross = inv["gross_cents"] - credited
+        net = inv["net_cents"] - done["net"]
+        vat = gross - net
+        amount = net if inv["prices_net"] else gross
+    else:
+        amount = amount_cents
+        _, net, vat, gross = money.vat_split([amount], inv["prices_net"], inv["vat_percent"])
+    if amount <= 0 or gross <= 0:
+        raise DustelError("amount", "must be more than 0" if amount_cents is not None
+                          else f"nothing of {number} is left uncredited")
     if gross + credited > inv["gross_cents"]:
         raise DustelError("amount", f"credits {money.eur(gross)} EUR gross, but only "
                                     f"{money.eur(inv['gross_cents'] - credited)} EUR of {number} are left uncredited")
@@ -358,10 +366,12 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
                  (row["id"], f"Credit for invoice {number}: {reason_text}", amount, amount, net,
                   inv["period"], last_day(inv["period"])))
     money.post(conn, inv["tenant_id"], gross, "credit_note", f"credit_note:{num}", invoice_id=row["id"])
-    # a credit for an invoice still to be collected lowers the debit
+    # a credit for an invoice still to be collected lowers the debit (or drops it)
     conn.execute("""UPDATE direct_debits SET amount_cents = amount_cents - %s
                      WHERE invoice_id = %s AND state = 'pending' AND amount_cents > %s""",
                  (gross, inv["id"], gross))
+    conn.execute("DELETE FROM direct_debits WHERE invoice_id = %s AND state = 'pending' AND amount_cents <= %s",
+                 (inv["id"], gross))
     return dict(row)
 
 

@@ -119,6 +119,8 @@ def test_the_numbers_have_no_gap_and_a_month_not_ended_is_refused(conn: psycopg.
 
 
 def test_a_credit_note_corrects_an_invoice_and_never_exceeds_it(conn: psycopg.Connection, run) -> None:
+    from facturx import xml_check_xsd
+
     _month(conn)
     invoices.run(conn, NOV, ISSUED)
     r = run("credit-note", "RE-2026-000001", "--reason", "Störung 3. bis 5.11.", "--amount", "10.00", "--json")
@@ -136,6 +138,15 @@ def test_a_credit_note_corrects_an_invoice_and_never_exceeds_it(conn: psycopg.Co
     r = run("credit-note", "RE-2026-000001", "--reason", "x", "--amount", "1.005")
     assert r.exit_code == 1 and "amount: must be an amount in EUR" in r.stderr
     assert dump(conn.info.dsn) == before
+    # the credit note as a document: type 381, naming the invoice it corrects
+    xml = run.ok("invoice", "xml", cn["number"]).stdout_bytes
+    xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    assert b"<ram:TypeCode>381</ram:TypeCode>" in xml and b"RE-2026-000001</ram:IssuerAssignedID>" in xml
+    # crediting the rest drops the pending debit: nothing is collected
+    run.ok("credit-note", "RE-2026-000001", "--reason", "Kulanz")
+    assert conn.execute("SELECT count(*) AS n FROM direct_debits").fetchone()["n"] == 0
+    assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s",
+                        (cn["tenant_id"],)).fetchone()["s"] == -9      # December's call: next invoice
     assert money.reconciles(conn) == []
 
 
