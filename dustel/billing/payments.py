@@ -1,7 +1,7 @@
 """Money that reaches us other than by direct debit (SPEC F-09): bank
 statement lines (CSV import), PayPal, Giropay and Klarna payments.
 
-Statement CSV: a header line with the columns ``date`` (YYYY-MM-DD or
+Statement CSV (UTF-8 or Windows-1252): a header line with the columns ``date`` (YYYY-MM-DD or
 DD.MM.YYYY), ``amount`` (EUR, ``12.34`` or ``12,34``, negative for money
 going out), ``reference`` (what the payer wrote), ``transaction_id`` (the
 bank's id of the line; a line imported before is skipped), and optionally
@@ -61,7 +61,10 @@ def read_statement(data: bytes) -> list[StatementLine]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise DustelError("statement", "must be UTF-8 text") from None
+        try:                                  # what German online banking exports as often
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            raise DustelError("statement", "must be UTF-8 or Windows-1252 text") from None
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = ";" if first.count(";") > first.count(",") else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from .. import db
 from ..billing import einvoice, fees, invoices, money, payments, sepa
-from ..errors import DustelError
+from ..errors import DustelError, db_errors
 from ..provisioning import tenants
 from ..provisioning import validate as v
 from .common import INT, Env, emit, json_option, pass_env, table
@@ -50,8 +51,7 @@ def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issu
     running it again changes nothing."""
     period = invoices.month_of(month)
     on = v.date("date", issued) if issued else _today(env)
-    from .. import db
-    with db.connect(env.url, autocommit=True) as conn:
+    with db_errors(), db.connect(env.url, autocommit=True) as conn:
         r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id)
     emit(invoices.as_dict(r), as_json, lambda d: click.echo(
         f"{d['issued']} invoices for {d['month']}, {money.eur(d['gross_cents'])} EUR gross, "

@@ -176,6 +176,11 @@ def test_a_bank_statement_pays_invoices_tops_up_returns_and_keeps_the_unknown(co
     before = dump(run.url)
     again = json.loads(run.ok("payment", "import", str(csv), "--json").output)
     assert again["skipped"] == ["tx1", "tx2", "tx3", "tx4"] and dump(run.url) == before
+    latin = tmp_path / "export-latin1.csv"        # as many German banks export it
+    latin.write_bytes(f"date;amount;reference;name;iban;transaction_id\n"
+                      f"04.12.2026;5,00;Überweisung KD-{s['id']};Schmitz;;tx5\n".encode("cp1252"))
+    assert len(json.loads(run.ok("payment", "import", str(latin), "--json").output)["topped_up"]) == 1
+    before = dump(run.url)
     bad = tmp_path / "bad.csv"
     bad.write_text("date,amount,reference,transaction_id\n2026-12-03,5.00,KD-1,t9\n2026-12-03,12.345,KD-1,t10\n")
     r = run("payment", "import", str(bad))
