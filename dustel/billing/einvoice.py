@@ -60,6 +60,9 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
     if xrechnung and not rcp.get("leitweg_id"):
         raise DustelError("leitweg_id", f"tenant {inv['tenant_id']} has none; XRechnung needs the buyer's "
                                         "Leitweg-ID (dustel billing profile --leitweg-id)")
+    if xrechnung and not rcp.get("email"):
+        raise DustelError("email", f"tenant {inv['tenant_id']} has none; XRechnung 3.0 needs the buyer's "
+                                   "electronic address (BT-49): dustel tenant set --email")
     credit = inv["kind"] == "credit_note"
     doc = Document()
     doc.context.guideline_parameter.id = XRECHNUNG_GUIDELINE if xrechnung else FACTURX_GUIDELINE

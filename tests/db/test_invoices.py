@@ -33,7 +33,8 @@ def _month(conn: psycopg.Connection) -> dict[str, dict]:
                    options={"extra_line": 2, "acd": 1, "flat_de_fixed": 1})
     c = old_tenant(conn, "complete", dt.date(2026, 11, 5), name="Familie Becker", options={"flat_de_mobile": 1})
     s = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Anna Schmitz")
-    p = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), customer_type="public_body", name="Stadt Neuss")
+    p = old_tenant(conn, "business_flex", dt.date(2026, 1, 5), customer_type="public_body", name="Stadt Neuss",
+                   email="rechnungseingang@neuss.example")
     with conn.transaction():
         numbers.add(conn, b["id"], "+492115550001")
         numbers.add(conn, b["id"], "+4921155501", block_size=100)
@@ -197,10 +198,15 @@ def test_public_bodies_get_an_xrechnung_that_needs_a_leitweg_id(conn: psycopg.Co
     xml_check_xsd(xml, flavor="factur-x", level="en16931")
     assert b"urn:xeinkauf.de:kosit:xrechnung_3.0" in xml
     assert b"<ram:BuyerReference>05162024-NEUSS-12</ram:BuyerReference>" in xml
+    assert b'<ram:URIID schemeID="EM">rechnungseingang@neuss.example</ram:URIID>' in xml      # BT-49
     assert b"<ram:TypeCode>58</ram:TypeCode>" in xml and b"DE89370400440532013000" in xml  # transfer to us
     conn.execute("UPDATE invoices SET recipient = recipient - 'leitweg_id' WHERE number = 'RE-2026-000003'")
     r = run("invoice", "xml", "RE-2026-000003", "--out", str(tmp_path / "y.xml"))
     assert r.exit_code == 1 and r.stderr.startswith("error: leitweg_id:") and not (tmp_path / "y.xml").exists()
+    conn.execute("""UPDATE invoices SET recipient = (recipient || '{"leitweg_id": "05162024-NEUSS-12"}'::jsonb)
+                                                    - 'email'::text WHERE number = 'RE-2026-000003'""")
+    r = run("invoice", "xml", "RE-2026-000003", "--out", str(tmp_path / "y.xml"))
+    assert r.exit_code == 1 and r.stderr.startswith("error: email:") and "BT-49" in r.stderr
 
 
 def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
