@@ -166,6 +166,6 @@ def serve(url: str, s: Settings) -> None:
     start = dt.datetime.now(tz)
     for job in JOBS:
         trigger = IntervalTrigger(**job.cron, timezone=tz) if job.interval else CronTrigger(**job.cron, timezone=tz)
-        sched.add_job(fire, trigger, args=[job], id=job.name, next_run_time=start)
+        sched.add_job(fire, trigger, args=[job], id=job.name, name=job.name, next_run_time=start)
     log.info("scheduler: %s", ", ".join(j.name for j in JOBS))
     sched.start()
