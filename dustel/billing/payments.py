@@ -110,8 +110,8 @@ def import_statement(conn: psycopg.Connection, lines: list[StatementLine], retur
         if ln.cents < 0:
             if d:
                 debit = conn.execute("SELECT * FROM direct_debits WHERE id = %s", (int(d.group(1)),)).fetchone()
-                if debit is not None and debit["amount_cents"] == -ln.cents and debit["state"] in ("collected",
-                                                                                                  "returned"):
+                # a collected debit of that amount; a second notice of a return is left to a person
+                if debit is not None and debit["amount_cents"] == -ln.cents and debit["state"] == "collected":
                     sepa.return_debit(conn, debit["id"], return_fee_cents)
                     conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state,
                                                           invoice_id, received_on)
