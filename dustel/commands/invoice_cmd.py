@@ -198,6 +198,7 @@ def payment_clear(env: Env, as_json: bool, payment_id: int) -> None:
 @json_option
 @pass_env
 def payment_list(env: Env, as_json: bool, tenant_id: int | None, unmatched: bool) -> None:
+    """Payments received (and statement lines nobody could match)."""
     with env.tx() as conn:
         rows = conn.execute(
             """SELECT id, tenant_id, method, amount_cents, state, reference, received_on FROM payments
@@ -234,6 +235,7 @@ def mandate_add(env: Env, as_json: bool, tenant_id: int, holder: str, iban: str,
 @json_option
 @pass_env
 def mandate_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
+    """Mandates, active and revoked."""
     with env.tx() as conn:
         rows = conn.execute("""SELECT id, tenant_id, reference, holder, iban, bic, signed_on, revoked_on
                                  FROM sepa_mandates WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)
@@ -285,6 +287,7 @@ def sepa_export(env: Env, as_json: bool, collection: str, out: Path | None) -> N
 @json_option
 @pass_env
 def sepa_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
+    """Direct debits: pending, exported, collected, returned."""
     with env.tx() as conn:
         rows = conn.execute("""SELECT id, tenant_id, purpose, ref, amount_cents, due_on, sequence, state, export_id
                                  FROM direct_debits WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)
