@@ -22,11 +22,12 @@ import datetime as dt
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from ..callpath import calls
 from ..errors import DustelError
 from ..provisioning import tenants
 from . import money
+from .months import last_day
 
 NOTICE_DAYS = 14
 
@@ -89,9 +90,7 @@ def charge_due(conn: psycopg.Connection, today: dt.date) -> list[dict[str, Any]]
     refs = [r["ref"] for r in rows]
     booked = {r["ref"] for r in conn.execute("SELECT ref FROM ledger WHERE ref = ANY(%s)", (refs,))}
     todo = [r for r in rows if r["ref"] not in booked]
-    if todo:
-        conn.execute(money.POST_MANY, {"rows": Jsonb([{"t": r["tenant_id"], "a": r["a"], "k": "fee", "ref": r["ref"],
-                                                        "inv": None, "at": None} for r in todo])})
+    money.post_many(conn, [calls.book_row(r["tenant_id"], r["a"], "fee", r["ref"]) for r in todo])
     return todo
 
 
@@ -127,6 +126,6 @@ def cancel(conn: psycopg.Connection, e164: str, today: dt.date) -> dict[str, Any
         if (end - today).days < NOTICE_DAYS:
             end = _add_years(end + dt.timedelta(days=1), 1) - dt.timedelta(days=1)
     else:                                    # billed monthly: to the end of the month
-        end = (today.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+        end = last_day(today)
     conn.execute("UPDATE numbers SET cancel_at = %s WHERE id = %s", (end, n["id"]))
     return {"e164": e164, "tenant_id": n["tenant_id"], "cancel_at": end}

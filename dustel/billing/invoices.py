@@ -24,14 +24,17 @@ transaction) so the money rows it locks are held briefly at night.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..callpath import calls
 from ..errors import DustelError
 from . import money
+from .months import last_day, next_month
 
 BATCH = 500
 
@@ -64,23 +67,6 @@ class Draft:
     @property
     def payment_means(self) -> str:
         return "sepa_dd" if self.mandate_id is not None else "transfer"
-
-
-def month_of(text: str) -> dt.date:
-    """'YYYY-MM' → its first day; anything else is refused naming the field."""
-    try:
-        d = dt.datetime.strptime(text.strip(), "%Y-%m").date()
-    except ValueError:
-        raise DustelError("month", "must be YYYY-MM, such as 2026-11") from None
-    return d
-
-
-def next_month(d: dt.date) -> dt.date:
-    return dt.date(d.year + (d.month == 12), d.month % 12 + 1, 1)
-
-
-def last_day(d: dt.date) -> dt.date:
-    return next_month(d) - dt.timedelta(days=1)
 
 
 _TENANTS = """
@@ -163,16 +149,16 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
         recipient = {"name": t["name"], "customer_type": t["customer_type"], "email": t["email"],
                      "street": addr.get("street", ""), "postcode": addr.get("postcode", ""),
                      "city": addr.get("city", ""), "country": "DE", "leitweg_id": t["leitweg_id"],
-                     "vat_id": t["vat_id"], "customer_number": customer_number(t["id"]), "plan": t["plan_name"]}
+                     "vat_id": t["vat_id"], "customer_number": money.customer_number(t["id"]), "plan": t["plan_name"]}
         d = Draft(t["id"], period, t["prices_net"], t["vat_percent"], recipient,
                   None if t["customer_type"] == "public_body" else t["mandate_id"])
         for u in by_tenant["usage"].get(t["id"], []):
             d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
-                                1, u["cents"], period, m1 - dt.timedelta(days=1)))
+                                1, u["cents"], period, last_day(period)))
             d.usage_cents += u["cents"]
         for a in by_tenant["adjust"].get(t["id"], []):
             d.lines.append(Line("usage", "Corrections of call charges (reconciled with the engines' records)",
-                                1, a["cents"], period, m1 - dt.timedelta(days=1)))
+                                1, a["cents"], period, last_day(period)))
             d.usage_cents += a["cents"]
         months = [m1]
         if period <= t["plan_since"] < m1:
@@ -180,7 +166,7 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
         for start in months:
             if t["cancel_at"] is not None and start > t["cancel_at"]:
                 continue                      # the contract has ended: no fees in advance
-            end = next_month(start) - dt.timedelta(days=1)
+            end = last_day(start)
             label = f"{start:%m/%Y}"
             if t["base_fee_cents"]:
                 d.lines.append(Line("base_fee", f"Base fee {t['plan_name']}, {label}", 1, t["base_fee_cents"],
@@ -200,18 +186,21 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
     return out
 
 
-def customer_number(tenant_id: int) -> str:
-    """The reference a customer writes on a transfer (statement import)."""
-    return f"KD-{tenant_id}"
+NUMBER = re.compile(r"\bRE-\d{4}-\d{6}\b")       # an invoice's number in a statement line
 
 
-def _take_numbers(conn: psycopg.Connection, series: str, year: int, n: int) -> list[str]:
-    """n consecutive numbers of a series, under the counter's row lock (held
-    to the end of the caller's transaction)."""
+def _counter(conn: psycopg.Connection, series: str, year: int) -> int:
+    """The last number of a series and year, under the counter's row lock
+    (held to the end of the caller's transaction: the numbers taken next
+    exist exactly when the caller's documents do)."""
     conn.execute("INSERT INTO document_counters (series, year, last) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
                  (series, year))
-    last = conn.execute("SELECT last FROM document_counters WHERE series = %s AND year = %s FOR UPDATE",
+    return conn.execute("SELECT last FROM document_counters WHERE series = %s AND year = %s FOR UPDATE",
                         (series, year)).fetchone()["last"]
+
+
+def _take(conn: psycopg.Connection, series: str, year: int, last: int, n: int) -> list[str]:
+    """The n numbers after ``last`` (read by ``_counter``), taken."""
     conn.execute("UPDATE document_counters SET last = %s WHERE series = %s AND year = %s", (last + n, series, year))
     return [f"{series}-{year}-{i:06d}" for i in range(last + 1, last + n + 1)]
 
@@ -254,14 +243,14 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
     meanwhile (another run) are dropped before numbering."""
     if not batch:
         return [], 0
-    _take_numbers(conn, "RE", issued_on.year, 0)   # the counter's lock first, then what is still to do
+    last = _counter(conn, "RE", issued_on.year)    # the counter's lock first, then what is still to do
     done = {r["tenant_id"] for r in conn.execute(
         "SELECT tenant_id FROM invoices WHERE kind = 'invoice' AND period = %s AND tenant_id = ANY(%s)",
         (batch[0].period, [d.tenant_id for d in batch]))}
     batch = [d for d in batch if d.tenant_id not in done]
     if not batch:
         return [], 0
-    numbers = _take_numbers(conn, "RE", issued_on.year, len(batch))
+    numbers = _take(conn, "RE", issued_on.year, last, len(batch))
     due_on = issued_on + dt.timedelta(days=due_days)
     rows, splits = [], []
     for d, number in zip(batch, numbers, strict=True):
@@ -285,15 +274,13 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                           "period_end": ln.period_end.isoformat()})
         beyond = row["gross_cents"] - d.usage_cents
         if beyond:
-            ledger.append({"t": d.tenant_id, "a": -beyond, "k": "invoice", "ref": f"invoice:{row['number']}",
-                           "inv": inv, "at": row["at"]})
+            ledger.append(calls.book_row(d.tenant_id, -beyond, "invoice", f"invoice:{row['number']}", inv, at))
         if d.mandate_id is not None and row["gross_cents"] > 0:
             debits.append({"t": d.tenant_id, "m": d.mandate_id, "ref": f"invoice:{row['number']}", "inv": inv,
                            "a": row["gross_cents"], "due": row["due_on"]})
     if lines:
         conn.execute(_STORE_LINES, {"rows": Jsonb(lines)})
-    if ledger:
-        conn.execute(money.POST_MANY, {"rows": Jsonb(ledger)})
+    money.post_many(conn, ledger)
     if debits:
         conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, invoice_id, amount_cents,
                                                    due_on)
@@ -353,7 +340,7 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
     if gross + credited > inv["gross_cents"]:
         raise DustelError("amount", f"credits {money.eur(gross)} EUR gross, but only "
                                     f"{money.eur(inv['gross_cents'] - credited)} EUR of {number} are left uncredited")
-    (num,) = _take_numbers(conn, "GS", issued_on.year, 1)
+    (num,) = _take(conn, "GS", issued_on.year, _counter(conn, "GS", issued_on.year), 1)
     row = conn.execute(
         """INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent,
                                  net_cents, vat_cents, gross_cents, corrects, reason, payment_means, recipient)

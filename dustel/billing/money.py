@@ -19,7 +19,9 @@ import re
 from decimal import Decimal
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from ..callpath import calls
 from ..errors import DustelError
 
 
@@ -69,30 +71,25 @@ def signed_cents(field: str, value: str) -> int:
     return -cents if m.group(1) else cents
 
 
+def customer_number(tenant_id: int) -> str:
+    """The reference a customer writes on a transfer (statement import)."""
+    return f"KD-{tenant_id}"
+
+
+CUSTOMER_NUMBER = re.compile(r"\bKD-(\d{1,12})\b")     # customer_number in a statement line
+
+
 def post(conn: psycopg.Connection, tenant_id: int, cents: int, kind: str, ref: str, *,
          invoice_id: int | None = None, at: dt.datetime | None = None) -> bool:
-    """Book one movement: the ledger row and the balance, in the caller's
-    transaction.  A reference booked before is a no-op (False)."""
-    row = conn.execute(
-        """INSERT INTO ledger (tenant_id, amount_cents, kind, ref, invoice_id, created_at)
-           VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()))
-           ON CONFLICT (ref) DO NOTHING RETURNING id""",
-        (tenant_id, cents, kind, ref, invoice_id, at)).fetchone()
-    if row is None:
-        return False
-    conn.execute("UPDATE tenant_money SET balance_cents = balance_cents + %s WHERE tenant_id = %s", (cents, tenant_id))
-    return True
+    """Book one movement (``calls.BOOK``: the ledger row and the balance) in
+    the caller's transaction.  A reference booked before is a no-op (False)."""
+    return post_many(conn, [calls.book_row(tenant_id, cents, kind, ref, invoice_id, at)]) > 0
 
 
-# bulk form of ``post`` for runs over many tenants: one statement per batch
-POST_MANY = """
-WITH r AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
-                      AS r(t bigint, a bigint, k text, ref text, inv bigint, at timestamptz)),
-l AS (INSERT INTO ledger (tenant_id, amount_cents, kind, ref, invoice_id, created_at)
-      SELECT t, a, k, ref, inv, coalesce(at, now()) FROM r
-      ON CONFLICT (ref) DO NOTHING RETURNING tenant_id, amount_cents),
-s AS (SELECT tenant_id, sum(amount_cents) AS a FROM l GROUP BY tenant_id)
-UPDATE tenant_money m SET balance_cents = m.balance_cents + s.a FROM s WHERE m.tenant_id = s.tenant_id"""
+def post_many(conn: psycopg.Connection, rows: list[dict]) -> int:
+    """Book many movements (``calls.book_row`` each) in one statement;
+    returns how many tenants' balances moved."""
+    return len(conn.execute(calls.BOOK, {"rows": Jsonb(rows)}).fetchall()) if rows else 0
 
 
 def reconciles(conn: psycopg.Connection, tenant_id: int | None = None) -> list[dict]:

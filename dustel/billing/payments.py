@@ -25,14 +25,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from ..errors import DustelError
-from . import money, sepa
+from . import invoices, money, sepa
 
 METHODS = ("transfer", "paypal", "giropay", "klarna")
 
@@ -92,9 +91,6 @@ def read_statement(data: bytes) -> list[StatementLine]:
     return out
 
 
-_INVOICE = re.compile(r"\bRE-\d{4}-\d{6}\b")
-_CUSTOMER = re.compile(r"\bKD-(\d{1,12})\b")
-_DEBIT = re.compile(r"\bDD-(\d{1,12})\b")
 
 
 def import_statement(conn: psycopg.Connection, lines: list[StatementLine], return_fee_cents: int) -> dict[str, Any]:
@@ -106,7 +102,7 @@ def import_statement(conn: psycopg.Connection, lines: list[StatementLine], retur
                         (ref, ref)).fetchone():
             result["skipped"].append(ln.transaction_id)
             continue
-        d = _DEBIT.search(ln.reference)
+        d = sepa.END_TO_END.search(ln.reference)
         if ln.cents < 0:
             if d:
                 debit = conn.execute("SELECT * FROM direct_debits WHERE id = %s", (int(d.group(1)),)).fetchone()
@@ -123,13 +119,13 @@ def import_statement(conn: psycopg.Connection, lines: list[StatementLine], retur
             result["unmatched"].append(ln.line)
             continue
         inv = None
-        m = _INVOICE.search(ln.reference)
+        m = invoices.NUMBER.search(ln.reference)
         if m:
             inv = conn.execute("SELECT id, tenant_id FROM invoices WHERE number = %s AND kind = 'invoice'",
                                (m.group(0),)).fetchone()
         tenant_id = inv["tenant_id"] if inv else None
         if tenant_id is None:
-            c = _CUSTOMER.search(ln.reference)
+            c = money.CUSTOMER_NUMBER.search(ln.reference)
             if c and conn.execute("SELECT 1 FROM tenants WHERE id = %s", (int(c.group(1)),)).fetchone():
                 tenant_id = int(c.group(1))
         if tenant_id is None:
@@ -147,11 +143,17 @@ def _unmatched(conn: psycopg.Connection, ln: StatementLine, ref: str) -> None:
                  (ln.cents, ref, f"{ln.reference} [{ln.name} {ln.iban}]".strip(), ln.date))
 
 
-def _book(conn: psycopg.Connection, tenant_id: int, cents: int, method: str, ref: str, reference: str,
-          invoice_id: int | None, received_on: dt.date, held: bool = False) -> str:
+def received_kind(conn: psycopg.Connection, tenant_id: int) -> str:
+    """Money received is prepaid credit (``topup``) or pays what a postpaid
+    tenant owes (``payment``)."""
     prepaid = conn.execute("SELECT p.payment = 'prepaid' AS p FROM tenants t JOIN plans p ON p.code = t.plan "
                            "WHERE t.id = %s", (tenant_id,)).fetchone()["p"]
-    kind = "topup" if prepaid else "payment"
+    return "topup" if prepaid else "payment"
+
+
+def _book(conn: psycopg.Connection, tenant_id: int, cents: int, method: str, ref: str, reference: str,
+          invoice_id: int | None, received_on: dt.date, held: bool = False) -> str:
+    kind = received_kind(conn, tenant_id)
     conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state, invoice_id,
                                           received_on)
                     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
@@ -197,9 +199,7 @@ def clear(conn: psycopg.Connection, payment_id: int) -> dict[str, Any]:
         raise DustelError("payment", f"no payment {payment_id}")
     if p["state"] != "held":
         raise DustelError("payment", f"payment {payment_id} is {p['state']}, not held")
-    prepaid = conn.execute("SELECT p.payment = 'prepaid' AS p FROM tenants t JOIN plans p ON p.code = t.plan "
-                           "WHERE t.id = %s", (p["tenant_id"],)).fetchone()["p"]
     conn.execute("UPDATE payments SET state = 'credited' WHERE id = %s", (payment_id,))
-    money.post(conn, p["tenant_id"], p["amount_cents"], "topup" if prepaid else "payment", p["ref"],
+    money.post(conn, p["tenant_id"], p["amount_cents"], received_kind(conn, p["tenant_id"]), p["ref"],
                invoice_id=p["invoice_id"])
     return {**p, "state": "credited"}

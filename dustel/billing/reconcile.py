@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from ..callpath import calls
 from ..callpath.calls import Flow, Q
 
@@ -85,13 +87,9 @@ def reconcile(tenant_id: int | None = None, fix: bool = False) -> Flow:
 def _adjust(row: dict[str, Any], due: int) -> Flow:
     diff = due - int(row["charged_cents"] or 0)
     ref = f"reconcile:{row['node']}:{row['call_id']}:{row['cdr_billsec']}"
-    yield Q("SELECT 1 FROM tenant_money WHERE tenant_id = %(t)s FOR UPDATE", {"t": row["tenant_id"]})
-    done = (yield Q("""INSERT INTO ledger (tenant_id, amount_cents, kind, ref) VALUES (%(t)s, %(a)s, 'adjust', %(r)s)
-                       ON CONFLICT (ref) DO NOTHING RETURNING id""", {"t": row["tenant_id"], "a": -diff, "r": ref}))
+    done = yield Q(calls.BOOK, {"rows": Jsonb([calls.book_row(row["tenant_id"], -diff, "adjust", ref)])})
     if done:
-        yield [Q("UPDATE tenant_money SET balance_cents = balance_cents - %(d)s WHERE tenant_id = %(t)s",
-                 {"d": diff, "t": row["tenant_id"]}),
-               Q("""UPDATE calls SET billsec = %(b)s, charged_cents = %(c)s
-                     WHERE node = %(n)s AND call_id = %(call)s""",
-                 {"b": row["cdr_billsec"], "c": due, "n": row["node"], "call": row["call_id"]})]
+        yield Q("""UPDATE calls SET billsec = %(b)s, charged_cents = %(c)s
+                    WHERE node = %(n)s AND call_id = %(call)s""",
+                {"b": row["cdr_billsec"], "c": due, "n": row["node"], "call": row["call_id"]})
     return f"adjusted {diff:+d} ct"

@@ -166,7 +166,8 @@ def export(conn: psycopg.Connection, collection_date: dt.date, issuer: Issuer, t
                 else f"Aufladung Guthaben {r['ref'].rsplit(':', 1)[1]}")
         sepa.add_payment({"name": r["holder"], "IBAN": r["iban"], "BIC": r["bic"], "amount": int(r["amount_cents"]),
                           "type": seq[r["id"]], "collection_date": collection_date, "mandate_id": r["mandate_ref"],
-                          "mandate_date": r["signed_on"], "description": f"{what} KD-{r['tenant_id']}",
+                          "mandate_date": r["signed_on"],
+                          "description": f"{what} {money.customer_number(r['tenant_id'])}",
                           "endtoend_id": end_to_end(r["id"])})
     try:
         xml = sepa.export(validate=True)
@@ -181,6 +182,9 @@ def export(conn: psycopg.Connection, collection_date: dt.date, issuer: Issuer, t
 def end_to_end(debit_id: int) -> str:
     """The end-to-end id of a debit; a return names it (statement import)."""
     return f"DD-{debit_id}"
+
+
+END_TO_END = re.compile(r"\bDD-(\d{1,12})\b")      # end_to_end's id in a statement line
 
 
 def collect(conn: psycopg.Connection, today: dt.date) -> list[dict[str, Any]]:

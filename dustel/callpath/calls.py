@@ -46,7 +46,6 @@ class Q:
 # a list in one round trip, but measured slower here: bench/policy.py.)
 Flow = Generator[Any, Any, Any]
 
-_LOCK = "SELECT * FROM tenant_money WHERE tenant_id = %(t)s FOR UPDATE"
 # A batch locks its tenants' money rows in id order (so batches never
 # deadlock each other) and reads, in the same step, what changes with every
 # call: the money, the live line and flat counters (kept by a trigger on
@@ -467,14 +466,31 @@ def expire() -> Flow:
     return rows[0]["n"]
 
 
+# Book money movements — rows (t tenant, a cents, k kind, ref, inv invoice
+# id, at time) as JSON — in one statement: the ledger rows, and each
+# tenant's balance by what was booked.  A reference booked before is a no-op;
+# RETURNING names the tenants whose balance moved.  The one way a movement
+# reaches the ledger outside settlement (which books in its own statement).
+BOOK = """
+WITH r AS (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+                      AS r(t bigint, a bigint, k text, ref text, inv bigint, at timestamptz)),
+l AS (INSERT INTO ledger (tenant_id, amount_cents, kind, ref, invoice_id, created_at)
+      SELECT t, a, k, ref, inv, coalesce(at, now()) FROM r
+      ON CONFLICT (ref) DO NOTHING RETURNING tenant_id, amount_cents),
+s AS (SELECT tenant_id, sum(amount_cents) AS a FROM l GROUP BY tenant_id)
+UPDATE tenant_money m SET balance_cents = m.balance_cents + s.a FROM s WHERE m.tenant_id = s.tenant_id
+RETURNING m.tenant_id"""
+
+
+def book_row(tenant_id: int, cents: int, kind: str, ref: str, invoice_id: int | None = None,
+             at: Any = None) -> dict[str, Any]:
+    return {"t": tenant_id, "a": cents, "k": kind, "ref": ref, "inv": invoice_id,
+            "at": at.isoformat() if at is not None else None}
+
+
 def topup(tenant_id: int, cents: int, ref: str) -> Flow:
     """Add prepaid credit; the reference makes it idempotent."""
-    yield Q(_LOCK, {"t": tenant_id})
-    done = (yield Q("""INSERT INTO ledger (tenant_id, amount_cents, kind, ref) VALUES (%(t)s, %(a)s, 'topup', %(r)s)
-                       ON CONFLICT (ref) DO NOTHING RETURNING id""", {"t": tenant_id, "a": cents, "r": ref}))
-    if done:
-        yield Q("UPDATE tenant_money SET balance_cents = balance_cents + %(a)s WHERE tenant_id = %(t)s",
-                {"a": cents, "t": tenant_id})
+    done = yield Q(BOOK, {"rows": Jsonb([book_row(tenant_id, cents, "topup", ref)])})
     return bool(done)
 
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from .. import db
-from ..billing import einvoice, fees, invoices, money, payments, sepa
+from ..billing import einvoice, fees, invoices, money, months, payments, sepa
 from ..errors import DustelError, db_errors
 from ..provisioning import tenants
 from ..provisioning import validate as v
@@ -49,7 +49,7 @@ invoice = click.Group("invoice", help="Invoices of postpaid tenants (PDF with Fa
 def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issued: str | None) -> None:
     """Invoice a month for every postpaid tenant not invoiced for it yet;
     running it again changes nothing."""
-    period = invoices.month_of(month)
+    period = months.month_of(month)
     on = v.date("date", issued) if issued else _today(env)
     with db_errors(), db.connect(env.url, autocommit=True) as conn:
         r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id)
@@ -68,7 +68,7 @@ def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issu
 def invoice_list(env: Env, as_json: bool, tenant_id: int | None, month: str | None) -> None:
     """Invoices and credit notes."""
     with env.tx() as conn:
-        rows = invoices.listing(conn, tenant_id, invoices.month_of(month) if month else None)
+        rows = invoices.listing(conn, tenant_id, months.month_of(month) if month else None)
     emit(rows, as_json, lambda r: table(r, ["number", "kind", "tenant_id", "period", "issued_on", "due_on",
                                             "net_cents", "vat_cents", "gross_cents", "payment_means"]))
 

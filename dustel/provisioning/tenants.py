@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from ..billing.months import last_day
 from ..errors import DustelError, NotFound
 from . import validate as v
 
@@ -107,12 +108,9 @@ def cancel(conn: psycopg.Connection, tenant_id: int, on: dt.date | None, today: 
     te = get(conn, tenant_id, lock=True)
     if te["cancel_at"] is not None:
         raise DustelError("tenant", f"tenant {tenant_id} is cancelled already, to {te['cancel_at']}")
-    def end_of_month(d: dt.date) -> dt.date:
-        return (d.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
-
-    month_end = end_of_month(today)
+    month_end = last_day(today)
     term_end = min_term_end(conn, te)
-    earliest = max(month_end, end_of_month(term_end)) if term_end else month_end
+    earliest = max(month_end, last_day(term_end)) if term_end else month_end
     if on is None:
         on = earliest
     elif on < earliest:

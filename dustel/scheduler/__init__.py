@@ -76,8 +76,8 @@ def _fees(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, 
 def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, Any]:
     """Every month up to the last one, for tenants not invoiced yet (after a
     long downtime each missed month gets its invoices)."""
-    from ..billing import invoices
-    last = invoices.month_of(_last_month(now))
+    from ..billing import invoices, months
+    last = months.month_of(_last_month(now))
     first = conn.execute("SELECT min(created_on) AS d FROM tenants").fetchone()["d"]
     out: dict[str, Any] = {"issued": 0}
     if first is None:
@@ -86,7 +86,7 @@ def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[s
     while month <= last:
         r = invoices.run(conn, month, now.date(), due_days=s.invoice_due_days)
         out["issued"] += r.issued
-        month = invoices.next_month(month)
+        month = months.next_month(month)
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 
 from dustel import scheduler
-from dustel.billing import einvoice, fees, invoices, money, payments, sepa
+from dustel.billing import einvoice, fees, invoices, money, months, payments, sepa
 from dustel.config import Settings
 from dustel.provisioning import demo, numbers
 
@@ -139,7 +139,7 @@ def test_a_simulated_year_adds_up_and_reruns_change_nothing(db_url: str, conn: p
     month = dt.date(2026, 1, 1)
     while month <= dt.date(2026, 12, 1):
         assert invoices.run(conn, month, dt.date(2027, 1, 3)).issued == 0
-        month = invoices.next_month(month)
+        month = months.next_month(month)
     with conn.transaction():
         assert fees.charge_due(conn, dt.date(2027, 1, 3)) == []
     for night in (dt.date(2026, 2, 1), dt.date(2026, 7, 15), dt.date(2026, 12, 1)):

@@ -1,0 +1,25 @@
+"""Calendar months, as billing counts them (invoices, cancellations)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from ..errors import DustelError
+
+
+def month_of(text: str) -> dt.date:
+    """'YYYY-MM' → its first day; anything else is refused naming the field."""
+    try:
+        d = dt.datetime.strptime(text.strip(), "%Y-%m").date()
+    except ValueError:
+        raise DustelError("month", "must be YYYY-MM, such as 2026-11") from None
+    return d
+
+
+def next_month(d: dt.date) -> dt.date:
+    """The first day of the month after the one holding ``d``."""
+    return dt.date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+
+
+def last_day(d: dt.date) -> dt.date:
+    """The last day of the month holding ``d``."""
+    return next_month(d) - dt.timedelta(days=1)
