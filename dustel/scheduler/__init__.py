@@ -13,7 +13,7 @@ After downtime every job runs once at start (APScheduler's coalesce: the
 missed firings become one), for the period the clock is in now: a top-up
 night missed is not made up (only tonight's is due), fees and invoices of
 earlier periods are (their job books everything due by today / every month
-not invoiced yet).
+since the last completed invoice run).
 """
 from __future__ import annotations
 
@@ -74,11 +74,16 @@ def _fees(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, 
 
 
 def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, Any]:
-    """Every month up to the last one, for tenants not invoiced yet (after a
-    long downtime each missed month gets its invoices)."""
+    """Every month since the last completed run up to the last month, for
+    tenants not invoiced yet (after a long downtime each missed month gets
+    its invoices; months a run completed are not read again)."""
     from ..billing import invoices, months
     last = months.month_of(_last_month(now))
-    first = conn.execute("SELECT min(created_on) AS d FROM tenants").fetchone()["d"]
+    done = conn.execute("SELECT max(period) AS p FROM job_runs WHERE job = 'invoice_run'").fetchone()["p"]
+    if done is not None:
+        first = months.next_month(months.month_of(done))
+    else:
+        first = conn.execute("SELECT min(created_on) AS d FROM tenants").fetchone()["d"]
     out: dict[str, Any] = {"issued": 0}
     if first is None:
         return out

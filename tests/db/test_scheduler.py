@@ -102,4 +102,11 @@ def test_a_catch_up_runs_each_job_once_and_a_second_start_changes_nothing(db_url
     second = scheduler.run_once(db_url, s, now + dt.timedelta(hours=1))
     assert second["autotopup"] is None and second["invoice_run"] is None and second["number_fees"] is None
     assert conn.execute("SELECT count(*) AS n FROM invoices").fetchone()["n"] == 3
+    # the next month's run starts after the last completed one: months done are not read again
+    # (a tenant entered later with a past start date is invoiced from then on; earlier months by hand)
+    late = old_tenant(conn, "complete", dt.date(2026, 10, 10), name="Spät")
+    third = scheduler.run_once(db_url, s, dt.datetime(2027, 1, 2, 9, 0, tzinfo=BERLIN), ["invoice_run"])
+    assert third["invoice_run"] == {"issued": 2}
+    got = conn.execute("SELECT period FROM invoices WHERE tenant_id = %s", (late["id"],)).fetchall()
+    assert got == [{"period": dt.date(2026, 12, 1)}]
     assert money.reconciles(conn) == []
