@@ -79,7 +79,7 @@ class Batch:
 
     def _run(self, batch: list[tuple[Any, gevent.event.AsyncResult]]) -> None:
         try:
-            results = Runtime.run(self.flow([item for item, _ in batch]))
+            results = Runtime.run_steps(self.flow([item for item, _ in batch]))
         except psycopg.OperationalError as exc:
             waiting, self._pending = batch + self._pending, []
             self._wake.clear()
@@ -116,6 +116,13 @@ class Runtime:
         assert cls.pool is not None
         with cls.pool.connection() as conn:
             return calls.run_sync(conn, flow)
+
+    @classmethod
+    def run_steps(cls, flow: calls.Flow) -> Any:
+        """Admission and settlement: one round trip per step (calls.run_steps_sync)."""
+        assert cls.pool is not None
+        with cls.pool.connection() as conn:
+            return calls.run_steps_sync(conn, flow)
 
 
 TONE_OK = "tone_stream://%(150,100,880);loops=2"
@@ -398,7 +405,7 @@ class CallControl:
             job = Runtime.run(fax_out.sending_job(req.tenant_id, job_id))
             if job is None or job["to_number"] != req.callee:
                 raise ValueError(f"fax job {job_id} of tenant {req.tenant_id} to {req.callee} is not being sent")
-            leg, d = Runtime.run(calls.admit_leg(replace(req, caller=job["from_number"]), job["to_number"],
+            leg, d = Runtime.run_steps(calls.admit_leg(replace(req, caller=job["from_number"]), job["to_number"],
                                                  Runtime.tariffs))
             log.info("fax job=%s leg=%s tenant=%s callee=%s admit=%s reason=%s max=%s", job_id, leg.call_id,
                      req.tenant_id, req.callee, d.admit, d.reason, d.max_seconds)
@@ -467,7 +474,7 @@ class CallControl:
         reserved as ``<call id>:leg`` (calls.admit_leg), settled with the
         call from the bridge to the hangup."""
         req = replace(fs.request_from(data), node=self.node(data))
-        leg, d = Runtime.run(calls.admit_leg(req, target, Runtime.tariffs, account=account, suffix=suffix))
+        leg, d = Runtime.run_steps(calls.admit_leg(req, target, Runtime.tariffs, account=account, suffix=suffix))
         log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, req.tenant_id, target,
                  d.admit, d.reason, d.max_seconds)
         if d.admit:
@@ -594,8 +601,8 @@ class DustelESLServer(OutboundESLServer):
 def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 1000) -> None:
     """``nodes``: source address -> node name of the FreeSWITCH nodes that may
     connect ('' name: the node is the call's ``FreeSWITCH-Switchname``)."""
-    Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs={"row_factory": dict_row, **calls.POOL_KWARGS},
-                                 open=True)
+    Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8,
+                                 kwargs={"row_factory": dict_row, "autocommit": True, **calls.POOL_KWARGS}, open=True)
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
                              max_connections=max_connections)
     server.nodes = dict(nodes)

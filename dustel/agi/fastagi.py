@@ -158,7 +158,7 @@ class Context:
         while True:
             try:
                 async with self.pool.connection(timeout=POOL_TIMEOUT) as conn:
-                    return await calls.run_async(conn, flow)
+                    return await calls.run_steps_async(conn, flow)
             except PoolTimeout:
                 if not await self._database_answers():
                     raise
@@ -615,7 +615,7 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
     # with the database gone, admission fails after POOL_TIMEOUT (run_admission)
     # and a caller hears a refusal within about a second, not 30 s per call
     async with AsyncConnectionPool(dsn, min_size=min_conn, max_size=max_conn, open=False,
-                                   kwargs={"row_factory": dict_row, "connect_timeout": 2,
+                                   kwargs={"row_factory": dict_row, "connect_timeout": 2, "autocommit": True,
                                            **calls.POOL_KWARGS}) as pool:
         ctx = Context(pool, node, nodes=nodes)
         if star_codes:

@@ -9,6 +9,10 @@ a replayed hangup a no-op.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+import weakref
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +43,9 @@ POOL_KWARGS: dict[str, Any] = {"options": "-c plan_cache_mode=force_generic_plan
 class Q:
     sql: str
     params: dict[str, Any]
+    # the flow ends after this step (its rows are not read): the step
+    # driver (run_steps_*) sends COMMIT in the same round trip
+    last: bool = False
 
 
 # A flow yields one query (and gets its rows) or a list of queries run in
@@ -295,7 +302,7 @@ def admit_many(reqs: list[CallRequest], tariff: Tariff | TariffCache) -> Flow:
                       "flat": d.flat_zone, "rate": d.cents_per_minute, "inc": d.increment, "mx": d.max_seconds,
                       "cents": d.reserve_cents, "free": d.free_seconds, "ttl": ttl, "callee": req.callee})
     if store:
-        yield Q(_INSERT_RESERVE_MANY, {"rows": Jsonb(store)})
+        yield Q(_INSERT_RESERVE_MANY, {"rows": Jsonb(store)}, last=True)
     return results
 
 
@@ -384,7 +391,7 @@ def settle_many(items: list[tuple[str, str, int]]) -> Flow:
         writes.append({"node": node, "call": call_id, "t": call["tenant_id"], "b": billsec, "c": cents, "f": free})
         out.append(Settlement("settled", cents, billsec))
     if writes:
-        yield Q(_SETTLE_WRITE, {"rows": Jsonb(writes)})
+        yield Q(_SETTLE_WRITE, {"rows": Jsonb(writes)}, last=True)
     return out
 
 
@@ -566,3 +573,162 @@ async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
                 q = flow.send(rows if isinstance(q, list) else rows[0])
         except StopIteration as stop:
             return stop.value
+
+
+# ---------------------------------------------------------------- the step driver
+#
+# The policy servers' batches (admit_many, settle_many, admit_leg) run with
+# one round trip per step of the flow: each step's statements go as one
+# simple-protocol string of EXECUTEs of statements prepared on the
+# connection (generic plans, see POOL_KWARGS), the first step with BEGIN in
+# front, the step marked ``last`` with COMMIT behind.  An admission is two
+# round trips (BEGIN + lock and read; insert + COMMIT) where the extended
+# protocol took four (BEGIN, lock, insert, COMMIT): on two shared cores each
+# round trip waits its turn for a CPU (bench/policy.py, README).  Values are
+# bound client-side by psycopg (ClientCursor: quoted literals), so no
+# value is ever part of the SQL text.
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    name: str
+    statement: str              # PREPARE <name> AS <the query with $n>
+    params: tuple[str, ...]     # the flow's parameter names, in $n order
+
+
+IDLE = psycopg.pq.TransactionStatus.IDLE
+_PREPARED: dict[str, Prepared] = {}
+# the statements prepared on each connection (a prepared statement lives as
+# long as its session and survives a rollback)
+_PREPARED_ON: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def prepared(sql: str) -> Prepared:
+    """The prepared form of a flow's query: ``%(name)s`` become ``$n``."""
+    p = _PREPARED.get(sql)
+    if p is None:
+        names: list[str] = []
+
+        def number(m: re.Match[str]) -> str:
+            if m.group(1) not in names:
+                names.append(m.group(1))
+            return f"${names.index(m.group(1)) + 1}"
+
+        name = "dustel_" + hashlib.sha1(sql.encode()).hexdigest()[:16]
+        p = Prepared(name, f"PREPARE {name} AS {_PARAM.sub(number, sql).replace('%%', '%')}", tuple(names))
+        _PREPARED[sql] = p
+    return p
+
+
+def step_sql(conn: Any, qs: list[Q], begin: bool, commit: bool) -> tuple[str, list[Any], int]:
+    """One step as one string: the PREPAREs this connection still lacks,
+    BEGIN, the EXECUTEs, COMMIT; its values; and how many results come
+    before the step's own."""
+    known = _PREPARED_ON.setdefault(conn, set())
+    parts: list[str] = []
+    for x in qs:
+        p = prepared(x.sql)
+        if p.name not in known:
+            parts.append(p.statement.replace("%", "%%"))
+            known.add(p.name)       # forgotten again if the step fails (run_steps_*)
+    if begin:
+        parts.append("BEGIN")
+    skip = len(parts)
+    values: list[Any] = []
+    for x in qs:
+        p = prepared(x.sql)
+        parts.append(f"EXECUTE {p.name}({', '.join(['%s'] * len(p.params))})" if p.params else f"EXECUTE {p.name}")
+        values += [x.params[n] for n in p.params]
+    if commit:
+        parts.append("COMMIT")
+    return "; ".join(parts), values, skip
+
+
+class _Steps:
+    """The bookkeeping both step drivers share."""
+
+    def __init__(self, conn: Any) -> None:
+        if not conn.autocommit:
+            raise ValueError("the step driver needs an autocommit connection (it sends BEGIN and COMMIT)")
+        self.conn, self.begun, self.committed = conn, False, False
+
+    def sql(self, q: Any) -> tuple[list[Q], str, list[Any], int]:
+        if self.committed:
+            raise RuntimeError("a flow went on after its last step")
+        qs = q if isinstance(q, list) else [q]
+        text, values, skip = step_sql(self.conn, qs, not self.begun, qs[-1].last)
+        self.begun, self.committed = True, qs[-1].last
+        return qs, text, values, skip
+
+    def failed(self) -> list[str]:
+        """What to send after a failed step: roll back, and forget the
+        statements prepared on this connection (a failed string may have
+        prepared some of its statements, or none) so the next step
+        prepares them again."""
+        _PREPARED_ON.pop(self.conn, None)
+        if self.conn.closed:
+            return []
+        return ["ROLLBACK", "DEALLOCATE ALL"] if self.conn.info.transaction_status != IDLE else ["DEALLOCATE ALL"]
+
+
+def run_steps_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:
+    """Run a flow in one transaction, one round trip per step (above), on
+    an autocommit connection (dict rows)."""
+    st = _Steps(conn)
+    cur = psycopg.ClientCursor(conn)
+    try:
+        q = next(flow)
+        while True:
+            if q == []:
+                q = flow.send([])
+                continue
+            qs, text, values, skip = st.sql(q)
+            cur.execute(text, values)
+            for _ in range(skip):
+                cur.nextset()
+            rows = []
+            for _ in qs:
+                rows.append(cur.fetchall() if cur.description is not None else [])
+                cur.nextset()
+            q = flow.send(rows if isinstance(q, list) else rows[0])
+    except StopIteration as stop:
+        if not st.committed:
+            conn.execute("COMMIT")
+        return stop.value
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            for command in st.failed():
+                conn.execute(command)
+        raise
+
+
+async def run_steps_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
+    """``run_steps_sync`` for an async connection."""
+    st = _Steps(conn)
+    cur = psycopg.AsyncClientCursor(conn)
+    try:
+        q = next(flow)
+        while True:
+            if q == []:
+                q = flow.send([])
+                continue
+            qs, text, values, skip = st.sql(q)
+            await cur.execute(text, values)
+            for _ in range(skip):
+                cur.nextset()
+            rows = []
+            for _ in qs:
+                rows.append(await cur.fetchall() if cur.description is not None else [])
+                cur.nextset()
+            q = flow.send(rows if isinstance(q, list) else rows[0])
+    except StopIteration as stop:
+        if not st.committed:
+            await conn.execute("COMMIT")
+        return stop.value
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            for command in st.failed():
+                await conn.execute(command)
+        raise

@@ -1,7 +1,6 @@
 """rates import/list, credit topup/show, agi serve, esl serve."""
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -96,6 +95,8 @@ agi = click.Group("agi", help="The call-time policy server for Asterisk (FastAGI
 @pass_env
 def agi_serve(env: Env, host: str | None, port: int | None) -> None:
     """Run the FastAGI server in the foreground, logging to stdout."""
+    import uvloop
+
     from ..agi import fastagi
 
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
@@ -103,9 +104,9 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
     s = env.settings
     nodes = node_sources(s.ami_nodes, s.agi_node)
     try:
-        asyncio.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes,
-                                  star_codes=star_codes(s), logo_dir=s.logo_dir,
-                                  fax_read_dir=s.fax_read_dir or s.fax_spool_dir))
+        uvloop.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes,
+                                 star_codes=star_codes(s), logo_dir=s.logo_dir,
+                                 fax_read_dir=s.fax_read_dir or s.fax_spool_dir))
     except KeyboardInterrupt:
         pass
 

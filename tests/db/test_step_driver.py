@@ -1,0 +1,168 @@
+"""The policy servers' step driver (calls.run_steps_sync / run_steps_async,
+issue 10): one round trip per step of a flow — an admission is two
+(BEGIN + lock and read; insert + COMMIT) — deciding exactly as the plain
+driver does, binding every value as a quoted literal, and leaving nothing
+half written when a step fails."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from dustel.callpath import calls
+from dustel.callpath.policy import CallRequest
+from tests.factories import account, tenant
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def tariff(conn: psycopg.Connection) -> Any:
+    conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)")
+    return calls.run_sync(conn, calls.load_tariff())
+
+
+def funded(conn: psycopg.Connection, cents: int, name: str) -> tuple[dict[str, Any], str]:
+    t = tenant(conn, plan="starter", name=name)
+    u = account(conn, t["id"])
+    calls.run_sync(conn, calls.topup(t["id"], cents, f"bank:{name}"))
+    return t, u
+
+
+def req(t: dict[str, Any], user: str, **kw: Any) -> CallRequest:
+    return CallRequest(direction="out", tenant_id=t["id"], account=user, caller=user,
+                       callee=kw.pop("callee", "01701234567"), node=kw.pop("node", "ast1"),
+                       call_id=kw.pop("call_id", f"s{next(_ids)}"), **kw)
+
+
+def shape(results: list[Any]) -> list[Any]:
+    return [type(r).__name__ if isinstance(r, Exception) else (r.admit, r.reason, r.max_seconds, r.reserve_cents)
+            for r in results]
+
+
+def queries_sent(trace: Path) -> int:
+    """Statements the client sent (libpq's trace): simple-protocol queries
+    (``F … Query``) and extended-protocol executions (``F … Bind``)."""
+    return len(re.findall(r"^(?:\S+ \S+\t)?F\t\d+\t(?:Query|Bind)\t", trace.read_text(), re.M))
+
+
+def test_the_step_driver_decides_as_the_plain_one(conn: psycopg.Connection, tariff: Any) -> None:
+    """The same batch for two identical tenants, one through each driver:
+    the same decisions (money, lines, retries, an unknown account) and the
+    same money rows afterwards."""
+    outcome = []
+    for run in (calls.run_sync, calls.run_steps_sync):
+        t, u = funded(conn, 5000, f"T-{run.__name__}")
+        batch = [req(t, u), req(t, u, call_id=f"{run.__name__}-same"), req(t, u, call_id=f"{run.__name__}-same"),
+                 req(t, u), req(t, "000387999999")]
+        results = run(conn, calls.admit_many(batch, calls.TariffCache()))
+        m = conn.execute("SELECT balance_cents, reserved_cents, active_out FROM tenant_money WHERE tenant_id = %s",
+                         (t["id"],)).fetchone()
+        outcome.append((shape(results), m))
+        settled = run(conn, calls.settle_many([("ast1", batch[0].call_id, 61), ("ast1", batch[0].call_id, 61),
+                                               ("ast1", "nothing", 5)]))
+        outcome.append([(s.status, s.charged_cents) for s in settled])
+    assert outcome[0] == outcome[2] and outcome[1] == outcome[3]
+    first, second, retry, fourth, unknown = outcome[0][0]
+    assert first[:2] == (True, "ok") and first[2] > 0 and first[3] > 0
+    assert second[:2] == (True, "ok") and retry == (True, "retry", *second[2:])
+    assert fourth == (False, "line_limit", 0, 0) and unknown == "UnknownAccount"   # starter: 2 outbound lines
+    assert outcome[0][1]["reserved_cents"] == first[3] + second[3] and outcome[0][1]["active_out"] == 2
+    assert outcome[1] == [("settled", 10), ("already", 10), ("unknown", 0)]      # 61 s at 9 ct/min
+
+
+def test_an_admission_and_a_settlement_are_two_round_trips_each(db_url: str, conn: psycopg.Connection,
+                                                                  tariff: Any, tmp_path: Path) -> None:
+    t, u = funded(conn, 100_000, "Trips")
+    cache = calls.TariffCache()
+    trace = tmp_path / "libpq.trace"
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, **calls.POOL_KWARGS) as c, \
+            trace.open("w") as f:
+        warm = req(t, u)
+        calls.run_steps_sync(c, calls.admit_many([warm], cache))           # prepares, fills the cache
+        calls.run_steps_sync(c, calls.settle_many([("ast1", warm.call_id, 0)]))
+        c.pgconn.trace(f.fileno())
+        c.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        batch = [req(t, u), req(t, u)]
+        results = calls.run_steps_sync(c, calls.admit_many(batch, cache))
+        c.pgconn.untrace()
+        f.flush()
+        assert [r.reason for r in results] == ["ok", "ok"]
+        assert queries_sent(trace) == 2
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE       # committed
+        m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (t["id"],)).fetchone()
+        assert m["active_out"] == 2 and m["reserved_cents"] == sum(r.reserve_cents for r in results) > 0
+        with (tmp_path / "settle.trace").open("w") as g:
+            c.pgconn.trace(g.fileno())
+            settled = calls.run_steps_sync(c, calls.settle_many([("ast1", b.call_id, 30) for b in batch]))
+            c.pgconn.untrace()
+        assert [s.status for s in settled] == ["settled"] * 2
+        assert queries_sent(tmp_path / "settle.trace") == 2
+    m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (t["id"],)).fetchone()
+    assert (m["active_out"], m["reserved_cents"]) == (0, 0)
+    assert m["balance_cents"] == 100_000 - 2 * 5                         # 2 × 30 s at 9 ct/min
+
+
+def test_hostile_values_are_bound_as_literals(conn: psycopg.Connection, tariff: Any) -> None:
+    """A call id and a node name reach the SQL string only as
+    quoted literals: quotes, semicolons, ``%s``, ``$1`` and backslashes are
+    stored as they came."""
+    t, u = funded(conn, 10_000, "Hostile")
+    evil_id = "x'); DELETE FROM calls; -- %s $1 \\' %(rows)s"
+    evil_node = "ast1'; COMMIT; DROP TABLE ledger; --"
+    (d,) = calls.run_steps_sync(conn, calls.admit_many([req(t, u, call_id=evil_id, node=evil_node)],
+                                                       calls.TariffCache()))
+    assert d.admit
+    row = conn.execute("SELECT node, call_id FROM calls").fetchone()
+    assert (row["node"], row["call_id"]) == (evil_node, evil_id)
+    (s,) = calls.run_steps_sync(conn, calls.settle_many([(evil_node, evil_id, 60)]))
+    assert s.status == "settled" and s.charged_cents == 9
+    assert conn.execute("SELECT count(*) AS n FROM ledger WHERE kind = 'charge'").fetchone()["n"] == 1
+
+
+def test_a_failing_step_writes_nothing_and_the_connection_goes_on(db_url: str, conn: psycopg.Connection,
+                                                                  tariff: Any) -> None:
+    t, u = funded(conn, 100_000, "Fails")
+
+    def topup_then_fail() -> calls.Flow:
+        yield calls.Q(calls.BOOK, {"rows": psycopg.types.json.Jsonb([calls.book_row(t["id"], 700, "topup", "x:1")])})
+        yield calls.Q("INSERT INTO calls (node, call_id, tenant_id) VALUES (%(n)s, %(c)s, %(t)s)",
+                      {"n": "ast1", "c": "broken", "t": t["id"]}, last=True)     # NOT NULL columns missing
+
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, **calls.POOL_KWARGS) as c:
+        (before,) = calls.run_steps_sync(c, calls.admit_many([req(t, u)], calls.TariffCache()))
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            calls.run_steps_sync(c, topup_then_fail())
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert c.execute("SELECT count(*) AS n FROM pg_prepared_statements").fetchone()["n"] == 0
+        # the next flow prepares what it needs again and runs
+        (d,) = calls.run_steps_sync(c, calls.admit_many([req(t, u)], calls.TariffCache()))
+        assert d.reason == "ok"
+    m = conn.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = %s",
+                     (t["id"],)).fetchone()
+    assert (m["balance_cents"], m["reserved_cents"]) == (100_000, before.reserve_cents + d.reserve_cents)
+    assert conn.execute("SELECT count(*) AS n FROM ledger WHERE ref = 'x:1'").fetchone()["n"] == 0
+
+
+def test_the_async_driver_and_its_refusals(db_url: str, conn: psycopg.Connection, tariff: Any) -> None:
+    t, u = funded(conn, 100, "Async")
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        async with await psycopg.AsyncConnection.connect(db_url, row_factory=dict_row, autocommit=True,
+                                                         **calls.POOL_KWARGS) as c:
+            a, b = req(t, u), req(t, u)
+            first = await calls.run_steps_async(c, calls.admit_many([a, b], calls.TariffCache()))
+            settled = await calls.run_steps_async(c, calls.settle_many([("ast1", a.call_id, 10)]))
+            return first, settled
+
+    first, settled = asyncio.run(main())
+    assert [r.reason for r in first] == ["ok", "insufficient_credit"]
+    assert [(s.status, s.charged_cents) for s in settled] == [("settled", 2)]
+    with psycopg.connect(db_url, row_factory=dict_row) as c, pytest.raises(ValueError, match="autocommit"):
+        calls.run_steps_sync(c, calls.settle_many([("ast1", "x", 1)]))
