@@ -7,15 +7,19 @@ with ``200 result=1``, until the server closes.
 
 Prints, side by side in one run:
 
-- paced (open-loop) runs at 100, 500 and 1 000 decisions/s: achieved
+- paced (open-loop) runs at 100, 500 and 1 000 decisions/s (and the same
+  rows for the peer below, whose "decision" and "hangup" are one SET
+  VARIABLE each: what AGI alone costs on this machine): achieved
   decisions/s, p50 / p99 / max latency of the decision (admit + money
   reservation, one transaction), and of the hangup request that settles each
   call one second later (so every call is admitted and settled, as in
   production: the server sees about twice the decision rate);
 - closed-loop throughput at concurrency 10 of dustel's decision, next to
-  bare panoramisk with a trivial handler (one ``SET VARIABLE``) — the peer;
+  bare panoramisk with a trivial handler (one ``SET VARIABLE``) — the peer,
+  on asyncio's loop as it ships, and on uvloop (which dustel's server runs on);
 - reserve+settle pairs/s under contention: 10 clients placing and hanging up
-  calls of one single prepaid tenant (every pair locks the same balance row);
+  calls of one single prepaid tenant (every pair locks the same balance row),
+  through AGI, and through the server's batches alone (the money path);
 - inbound decisions (issue 13) at concurrency 10, beside the plain outbound
   admit: a call to an account without a diversion, and to an account with a
   group call whose external target is an outbound leg decided and reserved
@@ -229,10 +233,58 @@ async def contention(port: int, clients: int, seconds: float) -> tuple[float, in
     return pairs / (time.perf_counter() - t0), pairs
 
 
+def money_path(url: str, clients: int, seconds: float) -> tuple[float, int, tuple[int, int]]:
+    """Reserve+settle pairs on tenant 2's balance through the FastAGI
+    server's own admission and settlement batches (fastagi.Context, its
+    pool and the step driver, on uvloop), without the AGI sessions around
+    them: what the money path itself sustains.  (pairs/s, pairs, the
+    tenant's balance and reservation afterwards)"""
+    import uvloop
+    from psycopg.rows import dict_row
+    from psycopg_pool import AsyncConnectionPool
+
+    from dustel.agi import fastagi
+    from dustel.callpath import calls
+    from dustel.callpath.policy import CallRequest
+
+    async def main() -> tuple[float, int]:
+        async with AsyncConnectionPool(url, min_size=2, max_size=8, open=False,
+                                       kwargs={"row_factory": dict_row, "autocommit": True,
+                                               **calls.POOL_KWARGS}) as pool:
+            ctx = fastagi.Context(pool, "bench")
+            pairs = 0
+            stop = time.perf_counter() + seconds
+
+            async def client(w: int) -> None:
+                nonlocal pairs
+                i = 0
+                while time.perf_counter() < stop:
+                    i += 1
+                    req = CallRequest(direction="out", tenant_id=2, account="000387000002", caller="u",
+                                      callee="01701234567", node="bench", call_id=f"mp-{w}-{i}")
+                    d = await ctx.admit(req)
+                    if d.admit:
+                        await ctx.settle("bench", req.call_id, 7)
+                        pairs += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(w) for w in range(clients)))
+            ctx.close()
+            return pairs / (time.perf_counter() - t0), pairs
+
+    rate, pairs = uvloop.run(main())
+    with psycopg.connect(url) as c:
+        m = c.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = 2").fetchone()
+    return rate, pairs, (m[0], m[1])
+
+
 # ------------------------------------------------------------------ servers
 
-def peer_server(port: int) -> None:
-    """Bare panoramisk: its own Application and handler, a trivial route."""
+def peer_server(port: int, loop: str) -> None:
+    """Bare panoramisk: its own Application and handler, a trivial route
+    (the same for the hangup request of the paced rows); on asyncio's own
+    loop (the peer as it ships) or on uvloop (the loop dustel's server runs
+    on)."""
     from panoramisk.fast_agi import Application
 
     async def trivial(request) -> None:  # type: ignore[no-untyped-def]
@@ -241,12 +293,17 @@ def peer_server(port: int) -> None:
     async def main() -> None:
         app = Application(loop=asyncio.get_running_loop())
         app.add_route("outbound", trivial)
+        app.add_route("hangup", trivial)
         server = await asyncio.start_server(app.handler, "127.0.0.1", port)
         print("ready", flush=True)
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    if loop == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def free_port() -> int:
@@ -296,18 +353,19 @@ def db_floor(url: str, n: int = 300) -> tuple[float, float]:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--peer":
-        peer_server(int(sys.argv[2]))
+    if len(sys.argv) == 4 and sys.argv[1] == "--peer":
+        peer_server(int(sys.argv[2]), sys.argv[3])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
     url = fresh_database("dustel_bench_policy")
     populate(url)
-    port, peer_port = free_port(), free_port()
+    port, peer_port, uv_port = free_port(), free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": url, "DUSTEL_AGI_PORT": str(port)}
     dustel = start([str(ROOT / ".venv/bin/dustel"), "agi", "serve"], env, "fastagi listening")
-    peer = start([sys.executable, __file__, "--peer", str(peer_port)], env, "ready")
+    peer = start([sys.executable, __file__, "--peer", str(peer_port), "asyncio"], env, "ready")
+    peer_uv = start([sys.executable, __file__, "--peer", str(uv_port), "uvloop"], env, "ready")
     try:
         asyncio.run(asyncio.sleep(0.5))
         print(f"FastAGI policy benchmark: {TENANTS} prepaid tenants, {args.seconds:.0f} s per step, "
@@ -318,16 +376,21 @@ def main() -> None:
               "settled by its hangup request 1 s later")
         print(f"{'offered/s':>10} {'achieved/s':>11} {'calls':>6} {'refused':>8} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'max ms':>7} | {'settle p50':>10} {'p99 ms':>7}")
-        for rate in (100, 500, 1000):
-            r = asyncio.run(paced(port, rate, args.seconds))
-            print(f"{r['offered']:>10} {r['achieved']:>11.0f} {r['n']:>6} {r['refused']:>8} "
-                  f"{r['decision_p50_ms']:>7.2f} {r['decision_p99_ms']:>7.2f} {r['decision_max_ms']:>7.1f} | "
-                  f"{r.get('settle_p50_ms', 0):>10.2f} {r.get('settle_p99_ms', 0):>7.2f}")
+        for who, p in (("", port), ("peer: bare panoramisk, trivial handler", peer_port)):
+            if who:
+                print(who)
+            for rate in (100, 500, 1000):
+                r = asyncio.run(paced(p, rate, args.seconds))
+                print(f"{r['offered']:>10} {r['achieved']:>11.0f} {r['n']:>6} {r['refused']:>8} "
+                      f"{r['decision_p50_ms']:>7.2f} {r['decision_p99_ms']:>7.2f} {r['decision_max_ms']:>7.1f} | "
+                      f"{r.get('settle_p50_ms', 0):>10.2f} {r.get('settle_p99_ms', 0):>7.2f}")
         ours = asyncio.run(closed_loop(port, 10, args.seconds, "outbound", settle=False))
         theirs = asyncio.run(closed_loop(peer_port, 10, args.seconds, "outbound", settle=False))
+        theirs_uv = asyncio.run(closed_loop(uv_port, 10, args.seconds, "outbound", settle=False))
         print("\nclosed loop, concurrency 10, requests/s:")
-        print(f"  dustel decision + reservation   {ours:8.0f}")
+        print(f"  dustel decision + reservation   {ours:8.0f}   (its server runs on uvloop)")
         print(f"  bare panoramisk, trivial handler {theirs:7.0f}   (dustel = {ours / theirs:.0%} of the peer)")
+        print(f"  the same peer on uvloop          {theirs_uv:7.0f}   (dustel = {ours / theirs_uv:.0%} of it)")
         rate, pairs = asyncio.run(contention(port, 10, args.seconds))
         print(f"\nreserve+settle under contention (10 clients, one tenant's balance): {rate:.0f} pairs/s "
               f"({pairs} pairs)")
@@ -335,6 +398,9 @@ def main() -> None:
             m = c.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = 1").fetchone()
             left = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()[0]
         print(f"  tenant 1 afterwards: balance {m[0]} ct, reserved {m[1]} ct; calls still active: {left}")
+        rate, pairs, m = money_path(url, 10, args.seconds)
+        print(f"  the money path alone (10 clients through the server's admission and settlement batches, "
+              f"no AGI): {rate:.0f} pairs/s ({pairs} pairs); balance {m[0]} ct, reserved {m[1]} ct")
         print("\ndecisions by kind, closed loop, concurrency 10 (issue 13: the inbound plan beside the plain admit):")
         print(f"  {'kind':<56} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}")
         half = TENANTS // 2
@@ -347,7 +413,7 @@ def main() -> None:
             r = asyncio.run(latency_loop(port, 10, args.seconds, route, fn, callee, ts))
             print(f"  {label:<56} {r['rate']:>7.0f} {r['x_p50_ms']:>7.2f} {r['x_p99_ms']:>7.2f}")
     finally:
-        for p in (dustel, peer):
+        for p in (dustel, peer, peer_uv):
             p.terminate()
             p.wait(10)
 

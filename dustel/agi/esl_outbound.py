@@ -291,10 +291,10 @@ class CallControl:
     def read_routing(data: dict[str, str]) -> divert.Routing:
         """The call's stages and sound logo as the database says now (read
         again for each stage: a change made while a phone rings applies)."""
-        return Runtime.run(divert.routing(fs.request_from(data).tenant_id,
-                                          data.get("variable_dustel_target_kind", ""),
-                                          data.get("variable_dustel_target", ""),
-                                          data.get("Caller-Destination-Number", ""), dt.datetime.now(dt.UTC)))
+        return Runtime.run_steps(divert.routing(fs.request_from(data).tenant_id,
+                                                data.get("variable_dustel_target_kind", ""),
+                                                data.get("variable_dustel_target", ""),
+                                                data.get("Caller-Destination-Number", ""), dt.datetime.now(dt.UTC)))
 
     def _plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
         qs = None

@@ -175,6 +175,11 @@ class Context:
         async with self.pool.connection() as conn:
             return await calls.run_async(conn, flow)
 
+    async def run_steps(self, flow: calls.Flow) -> Any:
+        """A flow of the call path, one round trip per step (calls.run_steps_async)."""
+        async with self.pool.connection() as conn:
+            return await calls.run_steps_async(conn, flow)
+
 
 _MSET_VALUE = re.compile(r"[A-Za-z0-9_+@/.:*#=&-]*")
 
@@ -260,7 +265,7 @@ async def inbound(request: Request, ctx: Context) -> None:
             if not qs.open and qs.closed_target.startswith("+"):
                 extra.update(await closed_leg(ctx, req, qs.closed_target))
         if d.admit and kind in divert.LOGO_KINDS:
-            r = await ctx.run(divert.routing(req.tenant_id, kind, target, req.callee, req.now))
+            r = await ctx.run_steps(divert.routing(req.tenant_id, kind, target, req.callee, req.now))
             if kind in ("account", "group"):
                 more, _ = await stage_vars(ctx, req, d.max_seconds, r.stages[0] if r.stages else None, 1,
                                            r.leg_account, 0)
@@ -403,7 +408,7 @@ async def next_stage(request: Request, ctx: Context) -> None:
     req = CallRequest(direction="in", tenant_id=int(_arg(h, 1)), account=target if kind == "account" else "",
                       caller=_caller(h), callee=h.get("agi_extension", ""), engine="asterisk", node=h[NODE],
                       call_id=h.get("agi_uniqueid", ""))
-    r = await ctx.run(divert.routing(req.tenant_id, kind, target, req.callee, dt.datetime.now(dt.UTC)))
+    r = await ctx.run_steps(divert.routing(req.tenant_id, kind, target, req.callee, dt.datetime.now(dt.UTC)))
     outcome = divert.OUTCOMES["asterisk"].get(status, "failed")
     call = await ctx.run(calls.call_limit_and_legs(req.node, req.call_id))
     go = call is not None and len(r.stages) > 1 and divert.goes_on(r.stages[1].after, outcome)

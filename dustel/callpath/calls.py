@@ -43,8 +43,8 @@ POOL_KWARGS: dict[str, Any] = {"options": "-c plan_cache_mode=force_generic_plan
 class Q:
     sql: str
     params: dict[str, Any]
-    # the flow ends after this step (its rows are not read): the step
-    # driver (run_steps_*) sends COMMIT in the same round trip
+    # the flow ends after this step: the step driver (run_steps_*) sends
+    # COMMIT in the same round trip (the step's rows still come back)
     last: bool = False
 
 

@@ -175,7 +175,7 @@ def routing(tenant_id: int, kind: str, target: str, called: str, now: dt.datetim
     """Read per call, and again when stage 1 ends unanswered: a change made
     through the CLI applies to the next call and to the next stage."""
     number = called.lstrip("+") if called.lstrip("+").isdigit() else ""
-    logo_q = Q(_LOGO, {"t": tenant_id, "number": number})
+    logo_q = Q(_LOGO, {"t": tenant_id, "number": number}, last=True)   # one step: with BEGIN and COMMIT
     if kind == "group":
         rows, logos = (yield [Q(_GROUP, {"t": tenant_id, "g": target}), logo_q])
         stages = group_plan(rows[0]["members"], rows[0]["ring_seconds"], rows[0]["fallback"]) if rows else ()
