@@ -577,8 +577,8 @@ async def run_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
 
 # ---------------------------------------------------------------- the step driver
 #
-# The policy servers' batches (admit_many, settle_many, admit_leg) run with
-# one round trip per step of the flow: each step's statements go as one
+# The policy servers' batches (admit_many, settle_many, admit_leg) and the
+# inbound plan (divert.routing) run with one round trip per step of the flow: each step's statements go as one
 # simple-protocol string of EXECUTEs of statements prepared on the
 # connection (generic plans, see POOL_KWARGS), the first step with BEGIN in
 # front, the step marked ``last`` with COMMIT behind.  An admission is two
