@@ -9,7 +9,6 @@ a replayed hangup a no-op.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import weakref
@@ -627,18 +626,17 @@ def step_sql(conn: Any, qs: list[Q], begin: bool, commit: bool) -> tuple[str, li
     BEGIN, the EXECUTEs, COMMIT; its values; and how many results come
     before the step's own."""
     known = _PREPARED_ON.setdefault(conn, set())
+    ps = [prepared(x.sql) for x in qs]
     parts: list[str] = []
-    for x in qs:
-        p = prepared(x.sql)
+    for p in ps:
         if p.name not in known:
             parts.append(p.statement.replace("%", "%%"))
-            known.add(p.name)       # forgotten again if the step fails (run_steps_*)
+            known.add(p.name)       # forgotten again if the step fails (_steps)
     if begin:
         parts.append("BEGIN")
     skip = len(parts)
     values: list[Any] = []
-    for x in qs:
-        p = prepared(x.sql)
+    for x, p in zip(qs, ps, strict=True):
         parts.append(f"EXECUTE {p.name}({', '.join(['%s'] * len(p.params))})" if p.params else f"EXECUTE {p.name}")
         values += [x.params[n] for n in p.params]
     if commit:
@@ -646,89 +644,94 @@ def step_sql(conn: Any, qs: list[Q], begin: bool, commit: bool) -> tuple[str, li
     return "; ".join(parts), values, skip
 
 
-class _Steps:
-    """The bookkeeping both step drivers share."""
+# What a step driver sends — (SQL string, values, results to skip, results
+# to read) — and what it gets back: the rows of each result read.
+Send = tuple[str, list[Any], int, int]
 
-    def __init__(self, conn: Any) -> None:
-        if not conn.autocommit:
-            raise ValueError("the step driver needs an autocommit connection (it sends BEGIN and COMMIT)")
-        self.conn, self.begun, self.committed = conn, False, False
 
-    def sql(self, q: Any) -> tuple[list[Q], str, list[Any], int]:
-        if self.committed:
-            raise RuntimeError("a flow went on after its last step")
-        qs = q if isinstance(q, list) else [q]
-        text, values, skip = step_sql(self.conn, qs, not self.begun, qs[-1].last)
-        self.begun, self.committed = True, qs[-1].last
-        return qs, text, values, skip
-
-    def failed(self) -> list[str]:
-        """What to send after a failed step: roll back, and forget the
-        statements prepared on this connection (a failed string may have
-        prepared some of its statements, or none) so the next step
-        prepares them again."""
-        _PREPARED_ON.pop(self.conn, None)
-        if self.conn.closed:
-            return []
-        return ["ROLLBACK", "DEALLOCATE ALL"] if self.conn.info.transaction_status != IDLE else ["DEALLOCATE ALL"]
+def _steps(conn: Any, flow: Flow) -> Generator[Send, list[Rows], Any]:
+    """The step drivers' logic, sans-IO: the strings to send for ``flow``
+    (a step's rows go back into the flow; COMMIT alone when the flow ended
+    without a ``last`` step).  When sending fails, the driver throws the
+    error in here: what comes out then is what cleans up (ROLLBACK, and
+    DEALLOCATE ALL — a failed string may have prepared some of its
+    statements — so the next step prepares them again), and the error is
+    raised when the driver sends the result back."""
+    if not conn.autocommit:
+        raise ValueError("the step driver needs an autocommit connection (it sends BEGIN and COMMIT)")
+    begun = committed = False
+    try:
+        q = next(flow)
+        while True:
+            if q == []:
+                q = flow.send([])
+                continue
+            if committed:
+                raise RuntimeError("a flow went on after its last step")
+            qs = q if isinstance(q, list) else [q]
+            text, values, skip = step_sql(conn, qs, not begun, qs[-1].last)
+            begun, committed = True, qs[-1].last
+            rows = yield text, values, skip, len(qs)
+            q = flow.send(rows if isinstance(q, list) else rows[0])
+    except StopIteration as stop:
+        if not committed:
+            yield "COMMIT", [], 0, 0
+        return stop.value
+    except BaseException:
+        _PREPARED_ON.pop(conn, None)
+        cleanup = [] if conn.closed else ["DEALLOCATE ALL"]
+        if cleanup and conn.info.transaction_status != IDLE:
+            cleanup.insert(0, "ROLLBACK")
+        for command in cleanup:
+            try:
+                yield command, [], 0, 0
+            except psycopg.Error:     # the connection is gone or busy: the pool discards it
+                break
+        raise
 
 
 def run_steps_sync(conn: psycopg.Connection[Any], flow: Flow) -> Any:
     """Run a flow in one transaction, one round trip per step (above), on
     an autocommit connection (dict rows)."""
-    st = _Steps(conn)
+    steps = _steps(conn, flow)
     cur = psycopg.ClientCursor(conn)
     try:
-        q = next(flow)
+        text, values, skip, n = next(steps)
         while True:
-            if q == []:
-                q = flow.send([])
+            try:
+                cur.execute(text, values)
+                for _ in range(skip):
+                    cur.nextset()
+                rows = []
+                for _ in range(n):
+                    rows.append(cur.fetchall() if cur.description is not None else [])
+                    cur.nextset()
+            except BaseException as exc:    # noqa: BLE001 — handed to _steps, which cleans up and re-raises
+                text, values, skip, n = steps.throw(exc)
                 continue
-            qs, text, values, skip = st.sql(q)
-            cur.execute(text, values)
-            for _ in range(skip):
-                cur.nextset()
-            rows = []
-            for _ in qs:
-                rows.append(cur.fetchall() if cur.description is not None else [])
-                cur.nextset()
-            q = flow.send(rows if isinstance(q, list) else rows[0])
+            text, values, skip, n = steps.send(rows)
     except StopIteration as stop:
-        if not st.committed:
-            conn.execute("COMMIT")
         return stop.value
-    except BaseException:
-        with contextlib.suppress(psycopg.Error):
-            for command in st.failed():
-                conn.execute(command)
-        raise
 
 
 async def run_steps_async(conn: psycopg.AsyncConnection[Any], flow: Flow) -> Any:
     """``run_steps_sync`` for an async connection."""
-    st = _Steps(conn)
+    steps = _steps(conn, flow)
     cur = psycopg.AsyncClientCursor(conn)
     try:
-        q = next(flow)
+        text, values, skip, n = next(steps)
         while True:
-            if q == []:
-                q = flow.send([])
+            try:
+                await cur.execute(text, values)
+                for _ in range(skip):
+                    cur.nextset()
+                rows = []
+                for _ in range(n):
+                    rows.append(await cur.fetchall() if cur.description is not None else [])
+                    cur.nextset()
+            except BaseException as exc:    # noqa: BLE001 — handed to _steps, which cleans up and re-raises
+                text, values, skip, n = steps.throw(exc)
                 continue
-            qs, text, values, skip = st.sql(q)
-            await cur.execute(text, values)
-            for _ in range(skip):
-                cur.nextset()
-            rows = []
-            for _ in qs:
-                rows.append(await cur.fetchall() if cur.description is not None else [])
-                cur.nextset()
-            q = flow.send(rows if isinstance(q, list) else rows[0])
+            text, values, skip, n = steps.send(rows)
     except StopIteration as stop:
-        if not st.committed:
-            await conn.execute("COMMIT")
         return stop.value
-    except BaseException:
-        with contextlib.suppress(psycopg.Error):
-            for command in st.failed():
-                await conn.execute(command)
-        raise

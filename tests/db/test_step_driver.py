@@ -166,3 +166,24 @@ def test_the_async_driver_and_its_refusals(db_url: str, conn: psycopg.Connection
     assert [(s.status, s.charged_cents) for s in settled] == [("settled", 2)]
     with psycopg.connect(db_url, row_factory=dict_row) as c, pytest.raises(ValueError, match="autocommit"):
         calls.run_steps_sync(c, calls.settle_many([("ast1", "x", 1)]))
+
+
+def test_a_flow_error_survives_a_connection_that_died_under_it(db_url: str, conn: psycopg.Connection,
+                                                               tariff: Any) -> None:
+    """The flow's own error is what the caller sees, even when the clean-up
+    after it (ROLLBACK) cannot reach the server any more."""
+    t, _ = funded(conn, 1000, "Dies")
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, **calls.POOL_KWARGS) as c:
+        pid = c.info.backend_pid
+
+        def dies() -> calls.Flow:
+            yield calls.Q("SELECT * FROM tenant_money WHERE tenant_id = %(t)s FOR UPDATE", {"t": t["id"]})
+            conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))    # returns once it is gone
+            raise ValueError("the flow refused")
+
+        with pytest.raises(ValueError, match="the flow refused"):
+            calls.run_steps_sync(c, dies())
+    # the lock went with the session: the row is free
+    with conn.transaction():
+        assert conn.execute("SELECT tenant_id FROM tenant_money WHERE tenant_id = %s FOR UPDATE NOWAIT",
+                            (t["id"],)).fetchone()["tenant_id"] == t["id"]
