@@ -187,3 +187,63 @@ def test_a_flow_error_survives_a_connection_that_died_under_it(db_url: str, conn
     with conn.transaction():
         assert conn.execute("SELECT tenant_id FROM tenant_money WHERE tenant_id = %s FOR UPDATE NOWAIT",
                             (t["id"],)).fetchone()["tenant_id"] == t["id"]
+
+
+def _index_entries_read(db_url: str, policy: psycopg.Connection) -> dict[str, int]:
+    """Index entries read so far through calls' and tenant_money's keys (the
+    policy connection's statistics flushed first: PostgreSQL reports them
+    before it answers the next query once a flush is forced)."""
+    policy.execute("SELECT pg_stat_force_next_flush()")
+    policy.execute("SELECT 1")
+    with psycopg.connect(db_url, autocommit=True) as c:
+        return dict(c.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes"
+                              " WHERE indexrelname IN ('calls_pkey', 'tenant_money_pkey')").fetchall())
+
+
+def test_plans_made_on_an_empty_calls_table_still_read_only_the_batchs_rows(db_url: str, conn: psycopg.Connection,
+                                                                             tariff: Any) -> None:
+    """A policy connection plans each statement once, at its first
+    execution (generic plans) — on a fresh installation with `calls` empty
+    and analysed, a table "of one row".  After calls has grown to thousands
+    of rows, an admission and a settlement still read only the batch's
+    calls and money rows by key: no scan of the whole calls index, no merge
+    join over every tenant's money row (bench/policy.py: 2 000 index entries
+    read per batch and a third of the closed loop lost before this)."""
+    # money rows a merge join in tenant order would read before it reaches the last tenant's
+    conn.execute("""INSERT INTO tenants (name, customer_type, plan, sip_domain)
+                    SELECT 'Other ' || i, 'private', 'starter', 'o' || i || '.sip.example'
+                      FROM generate_series(1, 2000) AS i""")
+    t, u = funded(conn, 10_000_000, "Grows")
+    for table in ("calls", "tenant_money"):     # no analyse re-plans mid-test
+        conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    conn.execute("ANALYZE calls")
+    conn.execute("ANALYZE tenant_money")
+    conn.commit()
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, **calls.POOL_KWARGS) as policy:
+        first = req(t, u)                   # the plans are made here, with calls empty
+        assert calls.run_steps_sync(policy, calls.admit_many([first], calls.TariffCache()))[0].admit
+        assert calls.run_steps_sync(policy, calls.settle_many([("ast1", first.call_id, 5)]))[0].status == "settled"
+        conn.execute("""INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination,
+                                           max_seconds, expires_at, state)
+                        SELECT 'ast1', 'old-' || i, %s, %s, 'out', 'external', '+4930123', 60, now(), 'settled'
+                          FROM generate_series(1, 3000) AS i""", (t["id"], u))
+        conn.commit()
+        before = _index_entries_read(db_url, policy)
+        batch = [req(t, u), req(t, u, callee="+4930123456")]
+        assert [d.reason for d in calls.run_steps_sync(policy, calls.admit_many(batch, calls.TariffCache()))] \
+            == ["ok", "ok"]
+        settled = calls.run_steps_sync(policy, calls.settle_many([("ast1", r.call_id, 61) for r in batch]))
+        assert [s.status for s in settled] == ["settled", "settled"]
+        read = {k: v - before[k] for k, v in _index_entries_read(db_url, policy).items()}
+    # by key: each call a few times (retry check, lock, settle), each money row a few times
+    assert read["calls_pkey"] <= 12, read
+    assert read["tenant_money_pkey"] <= 12, read
+    m = conn.execute("SELECT balance_cents, reserved_cents, active_out FROM tenant_money WHERE tenant_id = %s",
+                     (t["id"],)).fetchone()
+    assert (m["reserved_cents"], m["active_out"]) == (0, 0)
+    charges = conn.execute("SELECT charged_cents FROM calls WHERE tenant_id = %s AND call_id NOT LIKE 'old-%%'"
+                           " ORDER BY started_at, callee", (t["id"],)).fetchall()
+    # 5 s to a mobile at 9 ct/min; the batch (by callee): 61 s to a landline inside the starter plan's
+    # start credit, 61 s to a mobile
+    assert [c["charged_cents"] for c in charges] == [1, 0, 10]
+    assert m["balance_cents"] == 10_000_000 - 11
