@@ -432,17 +432,20 @@ def leg_suffix(i: int) -> str:
     return LEG if i == 0 else f"{LEG}{i + 1}"
 
 
-def _legs_like(call_id: str) -> str:
-    return call_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + LEG + "%"
+def _legs(call_id: str) -> dict[str, str]:
+    """The call ids of a call's legs: the bytewise range of the ids that
+    begin with ``<call id>:leg`` (index calls_legs, migration 0017)."""
+    return {"lo": call_id + LEG, "hi": call_id + LEG[:-1] + chr(ord(LEG[-1]) + 1)}
 
 
 def call_limit_and_legs(node: str, call_id: str) -> Flow:
     """(time limit, legs placed so far) of an active call admitted from
     ``node``, or None: a later stage is only for a call this node runs."""
     rows = (yield Q("""SELECT c.max_seconds,
-                              (SELECT count(*) FROM calls l WHERE l.node = c.node AND l.call_id LIKE %(like)s) AS legs
+                              (SELECT count(*) FROM calls l WHERE l.node = c.node
+                                  AND l.call_id ~>=~ %(lo)s AND l.call_id ~<~ %(hi)s) AS legs
                          FROM calls c WHERE c.node = %(node)s AND c.call_id = %(call)s AND c.state = 'active'""",
-                    {"node": node, "call": call_id, "like": _legs_like(call_id)}))
+                    {"node": node, "call": call_id, **_legs(call_id)}))
     return (int(rows[0]["max_seconds"]), int(rows[0]["legs"])) if rows else None
 
 
@@ -454,8 +457,9 @@ def settle_legs(node: str, call_id: str, billsec: int, answered: str) -> Flow:
     Returns the settlements."""
     peer = answered.split("@", 1)[0]
     rows = (yield Q("""SELECT call_id, destination FROM calls
-                        WHERE node = %(node)s AND call_id LIKE %(like)s AND state = 'active' ORDER BY call_id""",
-                    {"node": node, "like": _legs_like(call_id)}))
+                        WHERE node = %(node)s AND call_id ~>=~ %(lo)s AND call_id ~<~ %(hi)s AND state = 'active'
+                        ORDER BY call_id""",
+                    {"node": node, **_legs(call_id)}))
     out = []
     for r in rows:
         talked = bool(peer) and r["destination"] == peer

@@ -197,7 +197,26 @@ def _index_entries_read(db_url: str, policy: psycopg.Connection) -> dict[str, in
     policy.execute("SELECT 1")
     with psycopg.connect(db_url, autocommit=True) as c:
         return dict(c.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes"
-                              " WHERE indexrelname IN ('calls_pkey', 'tenant_money_pkey')").fetchall())
+                              " WHERE indexrelname IN ('calls_pkey', 'calls_legs', 'tenant_money_pkey')").fetchall())
+
+
+def _fresh_install(conn: psycopg.Connection) -> None:
+    """calls empty and analysed, as on a fresh installation; no autovacuum
+    analyses it again (and makes the plans anew) while a test runs."""
+    for table in ("calls", "tenant_money"):
+        conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    conn.execute("ANALYZE calls")
+    conn.execute("ANALYZE tenant_money")
+    conn.commit()
+
+
+def _grow_calls(conn: psycopg.Connection, t: dict[str, Any], user: str) -> None:
+    """3 000 settled calls of one node: a few days' history."""
+    conn.execute("""INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination,
+                                       max_seconds, expires_at, state)
+                    SELECT 'ast1', 'old-' || i, %s, %s, 'out', 'external', '+4930123', 60, now(), 'settled'
+                      FROM generate_series(1, 3000) AS i""", (t["id"], user))
+    conn.commit()
 
 
 def test_plans_made_on_an_empty_calls_table_still_read_only_the_batchs_rows(db_url: str, conn: psycopg.Connection,
@@ -214,20 +233,12 @@ def test_plans_made_on_an_empty_calls_table_still_read_only_the_batchs_rows(db_u
                     SELECT 'Other ' || i, 'private', 'starter', 'o' || i || '.sip.example'
                       FROM generate_series(1, 2000) AS i""")
     t, u = funded(conn, 10_000_000, "Grows")
-    for table in ("calls", "tenant_money"):     # no analyse re-plans mid-test
-        conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-    conn.execute("ANALYZE calls")
-    conn.execute("ANALYZE tenant_money")
-    conn.commit()
+    _fresh_install(conn)
     with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, **calls.POOL_KWARGS) as policy:
         first = req(t, u)                   # the plans are made here, with calls empty
         assert calls.run_steps_sync(policy, calls.admit_many([first], calls.TariffCache()))[0].admit
         assert calls.run_steps_sync(policy, calls.settle_many([("ast1", first.call_id, 5)]))[0].status == "settled"
-        conn.execute("""INSERT INTO calls (node, call_id, tenant_id, account, direction, route, destination,
-                                           max_seconds, expires_at, state)
-                        SELECT 'ast1', 'old-' || i, %s, %s, 'out', 'external', '+4930123', 60, now(), 'settled'
-                          FROM generate_series(1, 3000) AS i""", (t["id"], u))
-        conn.commit()
+        _grow_calls(conn, t, u)
         before = _index_entries_read(db_url, policy)
         batch = [req(t, u), req(t, u, callee="+4930123456")]
         assert [d.reason for d in calls.run_steps_sync(policy, calls.admit_many(batch, calls.TariffCache()))] \
@@ -247,3 +258,39 @@ def test_plans_made_on_an_empty_calls_table_still_read_only_the_batchs_rows(db_u
     # start credit, 61 s to a mobile
     assert [c["charged_cents"] for c in charges] == [1, 0, 10]
     assert m["balance_cents"] == 10_000_000 - 11
+
+
+def test_a_calls_legs_are_found_by_an_index_range(db_url: str, conn: psycopg.Connection, tariff: Any) -> None:
+    """The legs dustel placed for a call (``<id>:leg``, ``<id>:leg2``) are
+    counted and settled by a range of an index (migration 0017), not by
+    reading every call the node stored (LIKE with a parameter: no index
+    range in a generic plan); ids that only look alike are no legs."""
+    conn.execute("UPDATE plans SET lines_out = 10 WHERE code = 'starter'")    # the call, 4 look-alikes, 2 legs
+    t, u = funded(conn, 10_000_000, "Legs")
+    _grow_calls(conn, t, u)
+    conn.execute("ANALYZE calls")
+    conn.commit()
+    cache = calls.TariffCache()
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True, prepare_threshold=0,
+                         **calls.POOL_KWARGS) as policy:
+        # the servers run these two on the plain driver, which prepares a statement it ran five times
+        # (here: at once) — a generic plan (POOL_KWARGS)
+        assert calls.run_sync(policy, calls.call_limit_and_legs("ast1", "none")) is None
+        assert calls.run_sync(policy, calls.settle_legs("ast1", "none", 0, "")) == []
+        parent = req(t, u, call_id="1700000000.42")
+        lookalikes = [req(t, u, call_id=parent.call_id + s) for s in (":le", ":leh", "x:leg", "0:leg")]
+        assert all(d.admit for d in calls.run_steps_sync(policy, calls.admit_many([parent, *lookalikes], cache)))
+        for i, callee in enumerate(("+4930123456", "01701234567")):
+            _, d = calls.run_steps_sync(policy, calls.admit_leg(parent, callee, cache, suffix=calls.leg_suffix(i)))
+            assert d.admit
+        before = _index_entries_read(db_url, policy)
+        limit_and_legs = calls.run_sync(policy, calls.call_limit_and_legs("ast1", parent.call_id))
+        settled = calls.run_sync(policy, calls.settle_legs("ast1", parent.call_id, 61, "+491701234567@carrier"))
+        read = {k: v - before[k] for k, v in _index_entries_read(db_url, policy).items()}
+    assert limit_and_legs is not None and limit_and_legs[1] == 2
+    assert [(cid.removeprefix(parent.call_id), s.status, s.billsec, s.charged_cents) for cid, s in settled] == \
+        [(":leg", "settled", 0, 0), (":leg2", "settled", 61, 10)]     # the mobile leg talked: 61 s at 9 ct/min
+    active = conn.execute("SELECT call_id FROM calls WHERE tenant_id = %s AND state = 'active' ORDER BY call_id",
+                          (t["id"],)).fetchall()
+    assert [r["call_id"] for r in active] == sorted([parent.call_id] + [x.call_id for x in lookalikes])
+    assert read["calls_pkey"] <= 12 and 0 < read["calls_legs"] <= 12, read
