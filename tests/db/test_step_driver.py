@@ -190,7 +190,7 @@ def test_a_flow_error_survives_a_connection_that_died_under_it(db_url: str, conn
 
 
 def _index_entries_read(db_url: str, policy: psycopg.Connection) -> dict[str, int]:
-    """Index entries read so far through calls' and tenant_money's keys (the
+    """Index entries read so far through calls' and tenant_money's indexes (the
     policy connection's statistics flushed first: PostgreSQL reports them
     before it answers the next query once a flush is forced)."""
     policy.execute("SELECT pg_stat_force_next_flush()")

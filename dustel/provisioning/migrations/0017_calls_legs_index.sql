@@ -6,5 +6,7 @@
 -- every hangup of a forwarded call read all calls its node ever stored.
 -- The flows compare bytewise instead (~>=~ / ~<~, text_pattern_ops: a
 -- prefix is a range whatever the database's collation), on this index.
--- Built without blocking admissions (CONCURRENTLY: outside a transaction).
-CREATE INDEX CONCURRENTLY IF NOT EXISTS calls_legs ON calls (node, call_id text_pattern_ops);
+-- Built without blocking admissions (CONCURRENTLY: outside a transaction);
+-- a build that failed half-way leaves an invalid index behind, which the
+-- next `dustel db migrate` names (already exists) instead of skipping it.
+CREATE INDEX CONCURRENTLY calls_legs ON calls (node, call_id text_pattern_ops);
