@@ -91,8 +91,6 @@ def read_statement(data: bytes) -> list[StatementLine]:
     return out
 
 
-
-
 def import_statement(conn: psycopg.Connection, lines: list[StatementLine], return_fee_cents: int) -> dict[str, Any]:
     """Book the lines in the caller's transaction; returns what happened."""
     result: dict[str, list[Any]] = {"paid": [], "topped_up": [], "returned": [], "unmatched": [], "skipped": []}
