@@ -96,6 +96,28 @@ header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,30}", fullmatch=True)
 values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
+def _url_encode_bytewise(value: str) -> str:
+    """switch_url_encode's rule, byte by byte (the reference for the fast path)."""
+    unsafe = b"\r\n #%&+:;<=>?@[\\]^`{|}\""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b not in unsafe else f"%{b:02X}" for b in value.encode())
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+       | st.text(st.sampled_from("aZ09-_.~!$'()*,/ \r\n#%&+:;<=>?@[\\]^`{|}\"\x7f\x1fé€"), max_size=20))
+def test_url_encode_takes_its_shortcut_only_when_nothing_needs_encoding(value: str) -> None:
+    assert P.url_encode(value) == _url_encode_bytewise(value)
+
+
+def test_url_encode_leaves_safe_values_alone_and_encodes_every_unsafe_byte() -> None:
+    assert P.url_encode("be000123-0000-4000-8000-000000000001") == "be000123-0000-4000-8000-000000000001"
+    assert P.url_encode("~!$'()*,./_-") == "~!$'()*,./_-"
+    assert P.url_encode("a b") == "a%20b"
+    assert P.url_encode("x\x7fy") == "x%7Fy"
+    assert P.url_encode("Düsseldorf") == "D%C3%BCsseldorf"
+    assert P.url_encode('"<sip:+49@x>";tag') == "%22%3Csip%3A%2B49%40x%3E%22%3Btag"
+
+
 @settings(max_examples=300, deadline=None)
 @given(headers=st.dictionaries(header_names, values, max_size=20), body=st.text(max_size=30))
 def test_encode_then_parse_is_identity(headers: dict[str, str], body: str) -> None:
