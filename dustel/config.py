@@ -45,6 +45,10 @@ class Settings:
     agi_node: str = "asterisk"    # the node name calls are recorded under (node, call id)
     esl_outbound_host: str = "127.0.0.1"
     esl_outbound_port: int = 8084
+    # calls one outbound Event Socket server holds at once: each call keeps
+    # its socket (and a file descriptor) for as long as it lasts; above this
+    # a call is turned away (greenswitch's max_connections)
+    esl_max_calls: int = 20000
     sip_domain_suffix: str = "sip.dustel.de"
     carrier_host: str = "127.0.0.1:5070"
     # the carrier's source addresses (comma-separated CIDRs): the only way
@@ -118,6 +122,7 @@ _ENV = {
     "agi_node": "DUSTEL_AGI_NODE",
     "esl_outbound_host": "DUSTEL_ESL_OUTBOUND_HOST",
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
+    "esl_max_calls": "DUSTEL_ESL_MAX_CALLS",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
     "carrier_host": "DUSTEL_CARRIER_HOST",
     "carrier_match": "DUSTEL_CARRIER_MATCH",

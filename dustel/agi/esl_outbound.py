@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import resource
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -572,7 +573,8 @@ class DustelESLServer(OutboundESLServer):
         self.bound_port = self.server.getsockname()[1]
         self.server.listen(1024)      # bursts of calls: 128 overflowed at 1 000 connections/s (bench)
         self._running = True
-        log.info("outbound event socket listening on %s:%s", self.bind_address, self.bound_port)
+        log.info("outbound event socket listening on %s:%s max_calls=%s", self.bind_address, self.bound_port,
+                 self.max_connections)
         if ready is not None:
             ready.set()
         while self._running:
@@ -598,9 +600,34 @@ class DustelESLServer(OutboundESLServer):
             session.sock.close()
 
 
-def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 1000) -> None:
+FD_HEADROOM = 256     # descriptors besides the calls' sockets: the database pool, logs, accept bursts
+
+
+def open_files_for(max_calls: int) -> tuple[int, int]:
+    """Raise this process's soft limit of open files so that ``max_calls``
+    sockets fit (systemd starts services with a soft limit of 1 024, which
+    would fail the thousandth call's accept, not turn it away); returns
+    (soft, hard) afterwards.  The hard limit is never raised."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_calls + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    return soft, hard
+
+
+def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000) -> None:
     """``nodes``: source address -> node name of the FreeSWITCH nodes that may
-    connect ('' name: the node is the call's ``FreeSWITCH-Switchname``)."""
+    connect ('' name: the node is the call's ``FreeSWITCH-Switchname``).
+    ``max_connections``: calls held at once (settings.esl_max_calls); each
+    call holds its socket while it lasts, so at 1 000 new calls a second of
+    three minutes each a node needs 180 000 — a server turns away what is
+    over its limit (greenswitch answers such a call ``connect`` and closes)."""
+    soft, _ = open_files_for(max_connections)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + FD_HEADROOM:
+        log.warning("open files limited to %s: fewer than esl_max_calls=%s calls fit (raise LimitNOFILE)",
+                    soft, max_connections)
     Runtime.pool = ConnectionPool(dsn, min_size=1, max_size=8,
                                  kwargs={"row_factory": dict_row, "autocommit": True, **calls.POOL_KWARGS}, open=True)
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
@@ -635,7 +662,10 @@ def main(argv: list[str] | None = None) -> None:
                                              "{address: name}; default: loopback only)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8084)
+    ap.add_argument("--max-calls", type=int, default=20000, help="calls held at once (settings: esl_max_calls)")
     args = ap.parse_args(argv)
+    if args.max_calls < 1:
+        ap.error("--max-calls: must be at least 1")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     dsn = os.environ.get("DUSTEL_ESL_DSN", "")
     if not dsn:
@@ -645,5 +675,5 @@ def main(argv: list[str] | None = None) -> None:
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
     Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
-    serve(dsn, args.host, args.port, nodes)
+    serve(dsn, args.host, args.port, nodes, args.max_calls)
 

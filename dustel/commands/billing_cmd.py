@@ -122,8 +122,10 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
     """Run the outbound Event Socket server in the foreground (a gevent
     process of its own: this command execs it), logging to stderr."""
     s = env.settings
+    if s.esl_max_calls < 1:
+        raise DustelError("esl_max_calls", "must be at least 1")
     argv = [sys.executable, "-m", "dustel.agi.esl_main", "--host", host or s.esl_outbound_host,
-            "--port", str(s.esl_outbound_port if port is None else port)]
+            "--port", str(s.esl_outbound_port if port is None else port), "--max-calls", str(s.esl_max_calls)]
     # secrets never on the command line (``ps`` shows it to every user): the
     # DSN and the node list go through the environment of the exec'd process
     child_env = {**os.environ, "DUSTEL_ESL_DSN": env.url,

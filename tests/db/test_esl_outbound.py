@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -26,10 +27,15 @@ RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917',
 
 class Server:
     def __init__(self, db_url: str, nodes: dict[str, str] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 open_files: int | None = None) -> None:
         env = {**os.environ, "DUSTEL_ESL_DSN": db_url, "DUSTEL_ESL_NODES": json.dumps(nodes or {}), **(extra_env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0"],
-                                     stderr=subprocess.PIPE, text=True, env=env)
+
+        def limit_files() -> None:     # (in the child) as systemd starts a service: a low soft limit
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0", *args],
+                                     stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_files)
         self.log: list[str] = []
         self._port = threading.Event()
         self.port = 0
@@ -476,6 +482,62 @@ def test_a_full_queue_turns_callers_away_on_freeswitch(server: Server, conn: psy
     assert ("callcenter", f"t{business['id']}-support@{business['sip_domain']}") in third.executed
     kinds = [r["kind"] for r in conn.execute("SELECT kind FROM queue_events ORDER BY id").fetchall()]
     assert kinds == ["offered", "closed"]        # the turned-away caller (engine events: the controller)
+
+
+def test_calls_over_esl_max_calls_are_turned_away_and_taken_again_when_one_ends(
+        db_url: str, conn: psycopg.Connection, business: dict[str, Any]) -> None:
+    """Every call holds its socket while it lasts; greenswitch's default of
+    1 000 at once turned calls away at 1 000 calls/s of one second each
+    (bench).  The limit is ``esl_max_calls`` now: over it a call is turned
+    away (connect, then closed, nothing executed), and taken again once a
+    call has ended."""
+    s = Server(db_url, args=("--max-calls", "1"))
+    try:
+        assert s.logged(r"listening on .* max_calls=1$")
+        first = queue_call(s, business, queue=("wait",), hold=True)
+        assert first.queued.wait(20)
+        second = queue_call(s, business).wait()
+        assert second.executed == [] and second.commands[:1] == ["connect"]
+        assert s.logged("server is at full capacity")
+        first.hangup_caller()
+        first.wait()
+        wait_for(lambda: s.logged(f"call={first.uuid} .*status=settled") or
+                 conn.execute("SELECT count(*) AS n FROM queue_waiting").fetchone()["n"] == 0, what="the first ended")
+        third = wait_for(lambda: (c := queue_call(s, business, queue=("answered", 3)).wait()).executed and c,
+                         what="a call taken again")
+        assert ("callcenter", f"t{business['id']}-support@{business['sip_domain']}") in third.executed
+    finally:
+        s.stop()
+
+
+def test_esl_serve_refuses_an_esl_max_calls_below_one_or_not_a_number(tmp_path: Any) -> None:
+    for value, rule in (("0", "esl_max_calls: must be at least 1"), ("many", "esl_max_calls: must be an integer")):
+        r = subprocess.run([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "esl", "serve",
+                            "--port", "0"], env={**os.environ, "DUSTEL_ESL_MAX_CALLS": value},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and rule in r.stderr + r.stdout, (r.stdout, r.stderr)
+        assert "listening on" not in r.stderr
+
+
+def test_the_server_raises_its_open_files_limit_to_fit_esl_max_calls(db_url: str) -> None:
+    """systemd starts a service with a soft limit of 1 024 open files: the
+    thousandth call's accept would fail (EMFILE) instead of being turned
+    away.  The server raises its soft limit (never the hard one) to fit its
+    calls and some headroom, and says so when the hard limit is lower."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    want = 3000 + 256                   # esl_outbound.FD_HEADROOM (not imported: gevent stays out of pytest)
+    s = Server(db_url, args=("--max-calls", "3000"), open_files=256)
+    try:
+        with open(f"/proc/{s.proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        soft_now, hard_now = (int(v) if v != "unlimited" else resource.RLIM_INFINITY for v in line.split()[3:5])
+        assert hard_now == hard
+        if hard == resource.RLIM_INFINITY or hard >= want:
+            assert soft_now == want and not s.logged("open files limited")
+        else:
+            assert soft_now == hard and s.logged(f"open files limited to {hard}")
+    finally:
+        s.stop()
 
 
 def test_a_tls_account_is_refused_over_a_plain_transport(server: Server, conn: psycopg.Connection,
