@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from binascii import a2b_qp
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -389,13 +389,23 @@ def url_encode(value: str) -> str:
     return "".join(chr(b) if 0x20 <= b <= 0x7E and b not in _UNSAFE else f"%{b:02X}" for b in value.encode())
 
 
+def header_lines(headers: Mapping[str, str], quote: Callable[[str], str] = url_encode) -> dict[str, str]:
+    """name -> the header's line as an event carries it (``Name: value``,
+    the value URL-encoded); Content-Length is the body's, never copied."""
+    return {k: f"{k}: {quote(v)}" for k, v in headers.items() if k != "Content-Length"}
+
+
+def plain_block(lines: Iterable[str], body: str = "") -> bytes:
+    """An event from its header lines (``header_lines``) and its body."""
+    text = "\n".join(lines)
+    if body:
+        return (f"{text}\nContent-Length: {len(body.encode())}\n\n{body}").encode()
+    return (text + "\n\n").encode()
+
+
 def encode_plain(headers: dict[str, str], body: str = "", quote: Callable[[str], str] = url_encode) -> bytes:
     """An event as FreeSWITCH serialises it (``switch_event_serialize``): used
     by the emulator and the benchmark, and to check parse(encode(x)) == x.
     ``quote``: ``url_encode`` or a memo of it (the benchmark's clients send
-    the same values in every call)."""
-    lines = [f"{k}: {quote(v)}" for k, v in headers.items() if k != "Content-Length"]
-    if body:
-        lines.append(f"Content-Length: {len(body.encode())}")
-        return ("\n".join(lines) + "\n\n" + body).encode()
-    return ("\n".join(lines) + "\n\n").encode()
+    the same values in every call, and keep a call's lines: ``header_lines``)."""
+    return plain_block(header_lines(headers, quote).values(), body)
