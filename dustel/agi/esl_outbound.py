@@ -612,8 +612,11 @@ def open_files_for(max_calls: int) -> tuple[int, int]:
     want = max_calls + FD_HEADROOM
     if soft != resource.RLIM_INFINITY and soft < want:
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = new
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):     # above the kernel's fs.nr_open: the soft limit stays (serve warns)
+            pass
     return soft, hard
 
 

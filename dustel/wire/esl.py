@@ -397,10 +397,10 @@ def header_lines(headers: Mapping[str, str], quote: Callable[[str], str] = url_e
 
 def plain_block(lines: Iterable[str], body: str = "") -> bytes:
     """An event from its header lines (``header_lines``) and its body."""
-    text = "\n".join(lines)
+    out = list(lines)
     if body:
-        return (f"{text}\nContent-Length: {len(body.encode())}\n\n{body}").encode()
-    return (text + "\n\n").encode()
+        out.append(f"Content-Length: {len(body.encode())}")
+    return ("\n".join(out) + "\n\n" + body).encode()
 
 
 def encode_plain(headers: dict[str, str], body: str = "", quote: Callable[[str], str] = url_encode) -> bytes:
