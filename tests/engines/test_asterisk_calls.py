@@ -543,7 +543,17 @@ def answering_phone(stack: Stack, name: str, user: str | None = None,
     proc = subprocess.Popen([stack.sipp, "-sf", str(DATA / scenario), "-i", "127.0.0.1", "-p", str(port),
                              "-mp", str(free_port()), "-trace_msg", "-message_file", str(log), "-nostdin"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=stack.tmp)
+    # a call placed before sipp has bound its port meets a closed port (ICMP
+    # unreachable: the leg fails at once); on a busy machine that happened
+    wait_for(lambda: _udp_bound(port) or proc.poll() is not None, 20, f"sipp {name} listening on {port}")
+    assert proc.poll() is None, f"sipp {name} exited {proc.returncode}"
     return proc, log
+
+
+def _udp_bound(port: int) -> bool:
+    """Is a UDP socket bound to 127.0.0.1:``port`` (``/proc/net/udp``)?"""
+    with open("/proc/net/udp") as f:
+        return any(line.split()[1] == f"0100007F:{port:04X}" for line in f.readlines()[1:])
 
 
 def route_to_the_account(stack: Stack, e164: str, **number: Any) -> None:
