@@ -206,8 +206,7 @@ class CallControl:
         data: dict[str, str] = s.session_data or {}
         d = INTERNAL_ERROR
         try:
-            s.myevents()
-            s.linger()
+            s.send_all([b"myevents\n\n", b"linger\n\n"])     # greenswitch's myevents() and linger(), one write
             if fs.route_of(data) == V.ROUTE_AGENT_LEG:
                 d = self.agent_leg(data)
                 return
@@ -246,8 +245,7 @@ class CallControl:
             if queued:     # counted among the queue's waiting callers until callcenter ends
                 self.queue_waiting(data, True)
             try:
-                for app, arg in plan:
-                    s.call_command(app, arg or None)
+                s.execute_all(plan)
                 if not d.admit:
                     return
                 done = self.bridge_done.get()

@@ -9,9 +9,11 @@ expected events, linger and disconnect handling."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from greenswitch.esl import InboundESL, OutboundSession, OutboundSessionHasGoneAway
+import gevent.event
+from greenswitch.esl import InboundESL, NotConnectedError, OutboundSession, OutboundSessionHasGoneAway
 
 from . import esl as P
 
@@ -99,6 +101,30 @@ class DustelReader:
 
 class DustelSession(DustelReader, OutboundSession):
     """An outbound-socket call (FreeSWITCH connected to us)."""
+
+    def send_all(self, commands: Sequence[bytes]) -> list[Any]:
+        """Several whole commands (each ending in its blank line) in one
+        write, their replies awaited in order.  FreeSWITCH reads a socket's
+        commands one after another (mod_event_socket's ``read_packet`` takes
+        a byte at a time) and answers each in turn: one round trip instead
+        of one per command."""
+        if not self.connected:
+            raise NotConnectedError()
+        waits = [gevent.event.AsyncResult() for _ in commands]
+        self._commands_sent.extend(waits)      # before the write: the replies may come at once
+        self.sock.sendall(b"".join(commands))
+        return [w.get() for w in waits]
+
+    def execute_all(self, actions: Sequence[tuple[str, str]]) -> list[Any]:
+        """Queue the applications on the channel, in order, with one write:
+        in async mode FreeSWITCH answers a ``sendmsg execute`` as soon as the
+        application is queued, so this is one ``call_command`` after
+        another without waiting for each reply.  Every argument is checked
+        (``esl.sendmsg``: no line breaks).  Like ``call_command``, refuses
+        once the caller has hung up (OutboundSessionHasGoneAway)."""
+        if self._lingering:
+            raise OutboundSessionHasGoneAway()
+        return self.send_all([P.sendmsg(app, arg or None) for app, arg in actions])
 
 
 class DustelInbound(DustelReader, InboundESL):

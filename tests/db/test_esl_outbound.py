@@ -7,6 +7,7 @@ import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from dustel.callpath import calls
 from dustel.provisioning import numbers, targets
 from dustel.wire import esl as P
-from tests.esl_emulator import OutboundCall, Replayer, load, wait_for
+from tests.esl_emulator import OutboundCall, Replayer, load, parse_command, read_command, wait_for
 from tests.factories import account, tenant
 
 RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
@@ -508,6 +509,47 @@ def test_calls_over_esl_max_calls_are_turned_away_and_taken_again_when_one_ends(
         assert ("callcenter", f"t{business['id']}-support@{business['sip_domain']}") in third.executed
     finally:
         s.stop()
+
+
+def test_a_calls_applications_go_out_before_the_first_reply(server: Server, conn: psycopg.Connection,
+                                                             prepaid: dict[str, Any]) -> None:
+    """FreeSWITCH reads a socket's commands one after another and, in async
+    mode, answers a ``sendmsg execute`` once the application is queued: the
+    server sends myevents and linger together, then the whole plan in one
+    write, and only then reads the replies (one round trip each instead of
+    one per command).  Here FreeSWITCH answers nothing until the ``bridge``
+    has arrived; the call then goes on as usual and is settled."""
+    call = OutboundCall(server.port, "+491701234567", {
+        "dustel_tenant": str(prepaid["tenant"]["id"]), "dustel_domain": prepaid["tenant"]["sip_domain"],
+        "user_name": prepaid["user"], "sip_network_ip": "192.0.2.10",
+        "domain_name": prepaid["tenant"]["sip_domain"]})
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(20)
+    buf = bytearray()
+    try:
+        assert read_command(sock, buf) == b"connect\n\n"
+        sock.sendall(P.encode_plain({**call.channel_headers(), "Content-Type": "command/reply", "Reply-Text": "+OK\n",
+                                     "Socket-Mode": "async", "Control": "full"}))
+        got = [read_command(sock, buf), read_command(sock, buf)]
+        assert got == [b"myevents\n\n", b"linger\n\n"]         # the second before the first was answered
+        sock.sendall(b"Content-Type: command/reply\nReply-Text: +OK Events Enabled\n\n"
+                     b"Content-Type: command/reply\nReply-Text: +OK will linger\n\n")
+        plan = []
+        while not plan or plan[-1][0] != "bridge":              # no reply sent yet
+            cmd, headers = parse_command(read_command(sock, buf) or b"")
+            assert cmd == "sendmsg", cmd
+            plan.append((headers["execute-app-name"], headers.get("execute-app-arg", "")))
+        assert plan[0] == ("set", "dustel_action=admit") and len(plan) >= 4, plan
+        sock.sendall(b"Content-Type: command/reply\nReply-Text: +OK\n\n" * len(plan))
+        done = {"Answer-State": "hangup", "Hangup-Cause": "NORMAL_CLEARING"}
+        for name, extra in (("CHANNEL_EXECUTE_COMPLETE", {"Application": "bridge", **done}),
+                            ("CHANNEL_HANGUP_COMPLETE", {**done, "variable_billsec": "61"})):
+            body = P.encode_plain({**call.channel_headers(), "Event-Name": name, **extra})
+            sock.sendall(b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)
+        row = wait_for(lambda: (r := call_row(conn, call.uuid)) and r["state"] == "settled" and r, what="settled")
+        assert (row["billsec"], row["charged_cents"]) == (61, 10)     # 61 s at 9 ct a minute (4917), by the second
+    finally:
+        sock.close()
 
 
 def test_esl_serve_refuses_an_esl_max_calls_below_one_or_not_a_number(tmp_path: Any) -> None:
