@@ -41,7 +41,7 @@ from ..callpath.policy import INTERNAL_ERROR, Decision
 from ..config import LOOPBACK
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
-from ..wire.esl import header_value
+from ..wire.esl import command, header_value
 from ..wire.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
 
@@ -206,7 +206,7 @@ class CallControl:
         data: dict[str, str] = s.session_data or {}
         d = INTERNAL_ERROR
         try:
-            s.send_all([b"myevents\n\n", b"linger\n\n"])     # greenswitch's myevents() and linger(), one write
+            s.send_all([command("myevents"), command("linger")])     # greenswitch's myevents(), linger(): one write
             if fs.route_of(data) == V.ROUTE_AGENT_LEG:
                 d = self.agent_leg(data)
                 return
@@ -601,11 +601,11 @@ class DustelESLServer(OutboundESLServer):
 FD_HEADROOM = 256     # descriptors besides the calls' sockets: the database pool, logs, accept bursts
 
 
-def open_files_for(max_calls: int) -> tuple[int, int]:
+def open_files_for(max_calls: int) -> int:
     """Raise this process's soft limit of open files so that ``max_calls``
     sockets fit (systemd starts services with a soft limit of 1 024, which
     would fail the thousandth call's accept, not turn it away); returns
-    (soft, hard) afterwards.  The hard limit is never raised."""
+    the soft limit afterwards.  The hard limit is never raised."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max_calls + FD_HEADROOM
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -615,7 +615,7 @@ def open_files_for(max_calls: int) -> tuple[int, int]:
             soft = new
         except (ValueError, OSError):     # above the kernel's fs.nr_open: the soft limit stays (serve warns)
             pass
-    return soft, hard
+    return soft
 
 
 def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000) -> None:
@@ -625,7 +625,7 @@ def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections
     call holds its socket while it lasts, so at 1 000 new calls a second of
     three minutes each a node needs 180 000 — a server turns away what is
     over its limit (greenswitch answers such a call ``connect`` and closes)."""
-    soft, _ = open_files_for(max_connections)
+    soft = open_files_for(max_connections)
     if soft != resource.RLIM_INFINITY and soft < max_connections + FD_HEADROOM:
         log.warning("open files limited to %s: fewer than esl_max_calls=%s calls fit (raise LimitNOFILE)",
                     soft, max_connections)
