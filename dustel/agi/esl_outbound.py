@@ -35,6 +35,7 @@ from greenswitch.esl import OutboundESLServer, OutboundSessionHasGoneAway
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from .. import logs
 from ..callpath import calls, divert
 from ..callpath import variables as V
 from ..callpath.policy import INTERNAL_ERROR, Decision
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.max_calls < 1:
         ap.error("--max-calls: must be at least 1")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logs.service(sys.stderr)
     dsn = os.environ.get("DUSTEL_ESL_DSN", "")
     if not dsn:
         ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from .. import logs
 from ..callpath import calls
 from ..config import node_sources, star_codes
 from ..errors import DustelError
@@ -99,8 +99,7 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
 
     from ..agi import fastagi
 
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.service(sys.stdout, logs.LEVELLED)
     s = env.settings
     nodes = node_sources(s.ami_nodes, s.agi_node)
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .. import logs
 from ..config import EngineNode, Settings, node_secret
 from ..errors import DustelError
 from ..wire import commands as C
@@ -52,7 +53,7 @@ def controller_run(env: Env) -> None:
     """Follow every configured engine node: FreeSWITCH nodes in one gevent
     process, Asterisk nodes in one asyncio process; a process that dies is
     started again (after 1 s, doubling to 30 s).  Stops on SIGTERM/Ctrl-C."""
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.service(sys.stderr)
     log = logging.getLogger("dustel.controller")
     specs = _children(env)
     if not specs:

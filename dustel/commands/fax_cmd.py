@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import logs
 from ..config import EngineNode, Settings, node_secret
 from ..errors import DustelError, NotFound
 from ..fax import outbound, outbox
@@ -129,7 +130,7 @@ def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
     if not loop:
         emit(one_pass(), as_json)
         return
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.service(sys.stdout, logs.LEVELLED)
     while True:
         try:
             one_pass()
@@ -148,7 +149,7 @@ mailgw = click.Group("mailgw", help="The e-mail to fax gateway (F-08).")
 def mailgw_serve(env: Env, host: str | None, port: int | None) -> None:
     """Accept mail to <fax number>@<fax_mail_domain> and fax its PDF; logs to stdout."""
     from ..fax import mailgw as gw
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.service(sys.stdout, logs.LEVELLED)
     s = env.settings
     try:
         gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain, outbound.Retry.of(s))

@@ -3,14 +3,13 @@ ledger, billing profile, scheduler."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
 
-from .. import db
+from .. import db, logs
 from ..billing import einvoice, fees, invoices, money, months, payments, sepa
 from ..errors import DustelError, db_errors
 from ..provisioning import tenants
@@ -407,8 +406,7 @@ def scheduler_run(env: Env, as_json: bool, once: bool, only: tuple[str, ...], no
     reservations, the mail outbox.  Each job runs once at start too."""
     from .. import scheduler as sch
 
-    logging.basicConfig(stream=sys.stderr if once else sys.stdout, level=logging.INFO,   # --once prints JSON
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.service(sys.stderr if once else sys.stdout, logs.LEVELLED)   # --once prints JSON
     tz = ZoneInfo(env.settings.billing_timezone)
     names = {j.name for j in sch.JOBS}
     for name in only:

@@ -5,15 +5,15 @@
 """
 import asyncio
 import json
-import logging
 import os
 import sys
 
+from dustel import logs
 from dustel.controller import ami_node
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logs.service(sys.stderr)
     nodes = [(str(n), str(h), int(p), str(u), str(s))
              for n, h, p, u, s in json.loads(os.environ["DUSTEL_CONTROLLER_NODES"])]
     asyncio.run(ami_node.run(nodes, os.environ["DUSTEL_CONTROLLER_DSN"]))

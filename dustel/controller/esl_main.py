@@ -11,15 +11,15 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
-import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+from dustel import logs  # noqa: E402
 from dustel.controller import esl_node  # noqa: E402
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    logs.service(sys.stderr)
     nodes = [(str(n), str(h), int(p), str(pw)) for n, h, p, pw in json.loads(os.environ["DUSTEL_CONTROLLER_NODES"])]
     watchdog = float(os.environ.get("DUSTEL_CONTROLLER_WATCHDOG") or esl_node.WATCHDOG_SECONDS)
     esl_node.run(nodes, os.environ["DUSTEL_CONTROLLER_DSN"], watchdog)

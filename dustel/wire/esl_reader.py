@@ -37,6 +37,7 @@ class DustelReader:
     _auth_request_event: Any
     _lingering: bool
     malformed = 0
+    closed_level = logging.INFO     # a lost connection to FreeSWITCH is news
 
     def receive_events(self) -> None:
         reader = P.FrameReader()
@@ -58,7 +59,7 @@ class DustelReader:
     def _gone(self, why: str) -> None:
         self.connected = False
         self._run = False
-        log.info("event socket closed: %s", why)
+        log.log(self.closed_level, "event socket closed: %s", why)
         for pending in self._commands_sent:
             pending.set_exception(OutboundSessionHasGoneAway(why))
         self._commands_sent.clear()
@@ -101,6 +102,10 @@ class DustelReader:
 
 class DustelSession(DustelReader, OutboundSession):
     """An outbound-socket call (FreeSWITCH connected to us)."""
+
+    # every call's socket closes once the call is over, and its hangup line
+    # says so: a third log line per call at INFO only cost CPU
+    closed_level = logging.DEBUG
 
     def send_all(self, commands: Sequence[bytes]) -> list[Any]:
         """Several whole commands (each ending in its blank line) in one
