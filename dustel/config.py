@@ -264,6 +264,13 @@ def node_secret(s: Settings, node: EngineNode, engine: str) -> str:
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
+# The policy servers' listen backlog: the connections the kernel completes and
+# queues while a server is busy (a slow batch, a GC pause).  A full backlog
+# drops the engine's SYN and the call waits a 1 s retransmit: asyncio's
+# default of 100 did at 1 000 calls/s (bench/policy.py: p99 1 s, the host's
+# ListenOverflows counter).  The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
 
 def node_sources(nodes: tuple[EngineNode, ...], fallback: str) -> dict[str, str]:
     """Source address -> node name of the engine nodes a policy server

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..callpath import calls, divert
 from ..callpath import variables as V
 from ..callpath.policy import INTERNAL_ERROR, CallRequest, Decision, clean_caller
-from ..config import LOOPBACK
+from ..config import LISTEN_BACKLOG, LOOPBACK
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
 
@@ -631,7 +631,8 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
             ctx.fax_read_dir = fax_read_dir
         ctx.dsn = dsn
         app = DustelAGI(ctx, loop)
-        server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES)
+        server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES,
+                                            backlog=LISTEN_BACKLOG)
         log.info("fastagi listening on %s:%s nodes=%s", host, port,
                  ",".join(f"{n}@{ip}" for ip, n in sorted(ctx.nodes.items())))
         if ready is not None:

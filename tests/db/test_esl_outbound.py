@@ -7,6 +7,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from dustel.provisioning import numbers, targets
 from dustel.wire import esl as P
 from tests.esl_emulator import OutboundCall, Replayer, load, parse_command, read_command, wait_for
 from tests.factories import account, tenant
+from tests.net import connect_burst
 
 RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
 
@@ -906,3 +908,32 @@ def test_a_fax_job_is_sent_from_freeswitch_through_the_policy(db_url: str, conn:
     finally:
         s.stop()
         fs.stop()
+
+
+def test_a_burst_of_calls_while_the_server_is_stopped_is_queued_and_each_is_served(server: Server) -> None:
+    """300 FreeSWITCH calls connect while the server cannot accept (stopped
+    with SIGSTOP, as a long pause would hold it): the kernel queues every
+    handshake (the listen backlog), and once the server runs again each
+    call gets its ``connect``.  A full backlog drops the SYN: the caller
+    waits a 1 s retransmit."""
+    n = 300
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        socks, established = connect_burst(server.port, n)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    try:
+        assert established == n
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(20)
+            got = b""
+            while not got.endswith(b"\n\n"):
+                chunk = s.recv(64)
+                assert chunk, got
+                got += chunk
+            assert got == b"connect\n\n"
+    finally:
+        for s in socks:
+            s.close()
+    assert server.proc.poll() is None
