@@ -17,6 +17,12 @@ Prints, side by side in one run:
 - closed-loop throughput at concurrency 10 of dustel's decision, next to
   bare panoramisk with a trivial handler (one ``SET VARIABLE``) — the peer,
   on asyncio's loop as it ships, and on uvloop (which dustel's server runs on);
+- the floor: bare panoramisk on uvloop plus the least a durable admission
+  does — requests batched as dustel batches them, the batch's money rows
+  locked and read (one round trip), written back and committed (a second),
+  then the same ``SET VARIABLE``; no decision, no call row.  Its paced rows
+  and closed-loop figure show what the database transaction alone costs
+  on this machine, beside the peer that does none;
 - reserve+settle pairs/s under contention: 10 clients placing and hanging up
   calls of one single prepaid tenant (every pair locks the same balance row),
   through AGI, and through the server's batches alone (the money path);
@@ -26,7 +32,8 @@ Prints, side by side in one run:
   in the same request (divert plan + a second admission).
 
 Targets (DESIGN.md): p99 under 2 ms at 1 000 decisions/s; dustel's
-closed-loop figure at least half of bare panoramisk's.
+closed-loop figure at least half of bare panoramisk's.  The floor's rows
+say how much of either the database transaction alone leaves.
 
 The benchmark database gets 2 000 prepaid tenants with one account each
 (bulk COPY, triggers off) and its ``starter`` plan's line limits raised so
@@ -49,6 +56,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._db import fresh_database  # noqa: E402
+from dustel.config import LISTEN_BACKLOG  # noqa: E402  (all three servers queue bursts alike)
 
 TENANTS = 2000
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +302,7 @@ def peer_server(port: int, loop: str) -> None:
         app = Application(loop=asyncio.get_running_loop())
         app.add_route("outbound", trivial)
         app.add_route("hangup", trivial)
-        server = await asyncio.start_server(app.handler, "127.0.0.1", port)
+        server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
         print("ready", flush=True)
         async with server:
             await server.serve_forever()
@@ -304,6 +312,54 @@ def peer_server(port: int, loop: str) -> None:
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+def floor_server(port: int) -> None:
+    """The floor (see the module's docstring): one connection, one batch at
+    a time; the tenant ids are integers (``int()`` of the first argument),
+    so the SQL text is built from digits and commas only."""
+    import uvloop
+    from panoramisk.fast_agi import Application
+
+    async def main() -> None:
+        conn = await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"], autocommit=True)
+        pending: list[tuple[int, asyncio.Future[None]]] = []
+        wake = asyncio.Event()
+
+        async def worker() -> None:
+            nonlocal pending
+            while True:
+                await wake.wait()
+                batch, pending = pending, []
+                wake.clear()
+                ids = ",".join(str(t) for t in sorted({t for t, _ in batch}))
+                cur = await conn.execute(f"BEGIN; SELECT * FROM tenant_money WHERE tenant_id IN ({ids}) "
+                                         "ORDER BY tenant_id FOR UPDATE")
+                cur.nextset()
+                await cur.fetchall()
+                await conn.execute(f"UPDATE tenant_money SET reserved_cents = reserved_cents "
+                                   f"WHERE tenant_id IN ({ids}); COMMIT")
+                for _, fut in batch:
+                    fut.set_result(None)
+
+        async def admit(request) -> None:  # type: ignore[no-untyped-def]
+            fut = asyncio.get_running_loop().create_future()
+            pending.append((int(request.headers.get("agi_arg_1", "1")), fut))
+            wake.set()
+            await fut
+            await request.send_command('SET VARIABLE DUSTEL_ACTION "admit"')
+
+        task = asyncio.create_task(worker())
+        app = Application(loop=asyncio.get_running_loop())
+        app.add_route("outbound", admit)
+        app.add_route("hangup", admit)
+        server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+        task.cancel()   # (never reached: the benchmark terminates the process)
+
+    uvloop.run(main())
 
 
 def free_port() -> int:
@@ -356,16 +412,20 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--peer":
         peer_server(int(sys.argv[2]), sys.argv[3])
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--floor":
+        floor_server(int(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args()
     url = fresh_database("dustel_bench_policy")
     populate(url)
-    port, peer_port, uv_port = free_port(), free_port(), free_port()
+    port, peer_port, uv_port, floor_port = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": url, "DUSTEL_AGI_PORT": str(port)}
     dustel = start([str(ROOT / ".venv/bin/dustel"), "agi", "serve"], env, "fastagi listening")
     peer = start([sys.executable, __file__, "--peer", str(peer_port), "asyncio"], env, "ready")
     peer_uv = start([sys.executable, __file__, "--peer", str(uv_port), "uvloop"], env, "ready")
+    floor = start([sys.executable, __file__, "--floor", str(floor_port)], env, "ready")
     try:
         asyncio.run(asyncio.sleep(0.5))
         print(f"FastAGI policy benchmark: {TENANTS} prepaid tenants, {args.seconds:.0f} s per step, "
@@ -376,7 +436,9 @@ def main() -> None:
               "settled by its hangup request 1 s later")
         print(f"{'offered/s':>10} {'achieved/s':>11} {'calls':>6} {'refused':>8} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'max ms':>7} | {'settle p50':>10} {'p99 ms':>7}")
-        for who, p in (("", port), ("peer: bare panoramisk, trivial handler", peer_port)):
+        for who, p in (("", port), ("peer: bare panoramisk, trivial handler", peer_port),
+                       ("floor: bare panoramisk on uvloop + the batch's money rows locked, read, written, committed",
+                        floor_port)):
             if who:
                 print(who)
             for rate in (100, 500, 1000):
@@ -387,10 +449,13 @@ def main() -> None:
         ours = asyncio.run(closed_loop(port, 10, args.seconds, "outbound", settle=False))
         theirs = asyncio.run(closed_loop(peer_port, 10, args.seconds, "outbound", settle=False))
         theirs_uv = asyncio.run(closed_loop(uv_port, 10, args.seconds, "outbound", settle=False))
+        floor_rate = asyncio.run(closed_loop(floor_port, 10, args.seconds, "outbound", settle=False))
         print("\nclosed loop, concurrency 10, requests/s:")
         print(f"  dustel decision + reservation   {ours:8.0f}   (its server runs on uvloop)")
         print(f"  bare panoramisk, trivial handler {theirs:7.0f}   (dustel = {ours / theirs:.0%} of the peer)")
         print(f"  the same peer on uvloop          {theirs_uv:7.0f}   (dustel = {ours / theirs_uv:.0%} of it)")
+        print(f"  the floor (peer on uvloop + the locking read and write, no decision) {floor_rate:7.0f}   "
+              f"(= {floor_rate / theirs:.0%} of the peer; dustel = {ours / floor_rate:.0%} of the floor)")
         rate, pairs = asyncio.run(contention(port, 10, args.seconds))
         print(f"\nreserve+settle under contention (10 clients, one tenant's balance): {rate:.0f} pairs/s "
               f"({pairs} pairs)")
@@ -413,7 +478,7 @@ def main() -> None:
             r = asyncio.run(latency_loop(port, 10, args.seconds, route, fn, callee, ts))
             print(f"  {label:<56} {r['rate']:>7.0f} {r['x_p50_ms']:>7.2f} {r['x_p99_ms']:>7.2f}")
     finally:
-        for p in (dustel, peer, peer_uv):
+        for p in (dustel, peer, peer_uv, floor):
             p.terminate()
             p.wait(10)
 
