@@ -48,7 +48,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,24 +288,31 @@ def money_path(url: str, clients: int, seconds: float) -> tuple[float, int, tupl
 
 # ------------------------------------------------------------------ servers
 
+async def serve_agi(port: int, handler: Callable[[Any], Awaitable[None]]) -> None:
+    """A bare panoramisk Application answering both bench routes (the
+    decision and the hangup) with ``handler``, listening with dustel's
+    backlog (so every server queues bursts alike); prints ``ready``."""
+    from panoramisk.fast_agi import Application
+
+    app = Application(loop=asyncio.get_running_loop())
+    app.add_route("outbound", handler)
+    app.add_route("hangup", handler)
+    server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
 def peer_server(port: int, loop: str) -> None:
     """Bare panoramisk: its own Application and handler, a trivial route
     (the same for the hangup request of the paced rows); on asyncio's own
     loop (the peer as it ships) or on uvloop (the loop dustel's server runs
     on)."""
-    from panoramisk.fast_agi import Application
-
     async def trivial(request) -> None:  # type: ignore[no-untyped-def]
         await request.send_command('SET VARIABLE DUSTEL_ACTION "admit"')
 
     async def main() -> None:
-        app = Application(loop=asyncio.get_running_loop())
-        app.add_route("outbound", trivial)
-        app.add_route("hangup", trivial)
-        server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
+        await serve_agi(port, trivial)
 
     if loop == "uvloop":
         import uvloop
@@ -319,7 +326,6 @@ def floor_server(port: int) -> None:
     a time; the tenant ids are integers (``int()`` of the first argument),
     so the SQL text is built from digits and commas only."""
     import uvloop
-    from panoramisk.fast_agi import Application
 
     async def main() -> None:
         conn = await psycopg.AsyncConnection.connect(os.environ["DATABASE_URL"], autocommit=True)
@@ -350,14 +356,10 @@ def floor_server(port: int) -> None:
             await request.send_command('SET VARIABLE DUSTEL_ACTION "admit"')
 
         task = asyncio.create_task(worker())
-        app = Application(loop=asyncio.get_running_loop())
-        app.add_route("outbound", admit)
-        app.add_route("hangup", admit)
-        server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
-        print("ready", flush=True)
-        async with server:
-            await server.serve_forever()
-        task.cancel()   # (never reached: the benchmark terminates the process)
+        try:
+            await serve_agi(port, admit)
+        finally:
+            task.cancel()
 
     uvloop.run(main())
 

@@ -25,7 +25,12 @@ def block(route: str, args: list[str], uid: str, callee: str = "01701234567") ->
 
 
 async def request(port: int, data: bytes, source: str = "127.0.0.1") -> list[str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    return await converse(*await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), data)
+
+
+async def converse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> list[str]:
+    """One AGI session as Asterisk runs it: the request, then ``200
+    result=1`` to every command until the server closes; the commands."""
     writer.write(data)
     out = []
     while line := await reader.readline():
@@ -133,14 +138,7 @@ def test_a_burst_that_arrives_while_the_server_is_busy_is_queued_and_answered(db
         socks, established = connect_burst(port, n)     # the loop is held: nothing accepts
 
         async def ask(i: int, s: socket.socket) -> list[str]:
-            reader, writer = await asyncio.open_connection(sock=s)
-            writer.write(block("outbound", args, f"burst{i}"))
-            out = []
-            while line := await reader.readline():
-                out.append(line.decode().strip())
-                writer.write(b"200 result=1\n")
-            writer.close()
-            return out
+            return await converse(*await asyncio.open_connection(sock=s), block("outbound", args, f"burst{i}"))
 
         return established, list(await asyncio.gather(*(ask(i, s) for i, s in enumerate(socks))))
 
