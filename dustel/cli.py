@@ -18,6 +18,7 @@ from .commands import (
     demo_cmd,
     fax_cmd,
     feature_cmd,
+    health_cmd,
     invoice_cmd,
     media_cmd,
     number_cmd,
@@ -75,7 +76,7 @@ for command in (
     fax_cmd.fax, fax_cmd.mailgw,
     billing_cmd.rates, billing_cmd.credit, billing_cmd.billing, billing_cmd.agi, billing_cmd.esl,
     controller_cmd.controller, controller_cmd.call,
-    render_cmd.render, demo_cmd.demo,
+    render_cmd.render, demo_cmd.demo, health_cmd.health,
     invoice_cmd.invoice, invoice_cmd.credit_note, invoice_cmd.payment, invoice_cmd.mandate,
     invoice_cmd.sepa_group, invoice_cmd.ledger, invoice_cmd.scheduler,
 ):

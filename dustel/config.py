@@ -80,10 +80,14 @@ class Settings:
     fax_mail_domain: str = "fax.dustel.invalid"   # e-mail to fax: <number>@<this>
     mailgw_host: str = "127.0.0.1"
     mailgw_port: int = 2525
+    # STARTTLS and authenticated submission (SMTP AUTH) at the mail gateway;
+    # empty: no TLS, only the PIN in the subject
+    mailgw_tls_cert_file: str = ""
+    mailgw_tls_key_file: str = ""
     smtp_host: str = "127.0.0.1"  # the mail relay fax mails go through
     smtp_port: int = 25
     mail_from: str = "fax@dustel.invalid"
-    mail_max_attempts: int = 6    # then the mail is failed and the tenant gets a failure report
+    mail_max_age_hours: int = 120  # a mail the relay keeps refusing for a while (4xx, down) is retried this long
     # agent star codes (F-06: configurable per provider)
     # billing (F-09): who issues the invoices and collects the direct debits;
     # the demo's values are placeholders (a test creditor id, an example IBAN)

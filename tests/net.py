@@ -1,9 +1,16 @@
-"""Socket helpers shared by the policy servers' tests."""
+"""Socket helpers shared by the tests of servers (policy servers, mail)."""
 from __future__ import annotations
 
 import selectors
 import socket
 import time
+
+
+def free_port() -> int:
+    """A TCP port on loopback nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def connect_burst(port: int, n: int, wait: float = 10.0) -> tuple[list[socket.socket], int]:

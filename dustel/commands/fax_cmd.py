@@ -21,16 +21,32 @@ _LIST = """SELECT f.id, f.created_at, f.direction, f.faxbox, f.remote_number, f.
              FROM faxes f WHERE f.tenant_id = %s ORDER BY f.created_at DESC, f.id DESC"""
 
 
+_FAILED = """SELECT m.id AS mail, m.tenant_id, m.fax_id, m.kind, m.recipient, m.attempts, m.created_at, m.last_error
+               FROM mail_outbox m WHERE m.state = 'failed' AND (%(t)s::bigint IS NULL OR m.tenant_id = %(t)s)
+              ORDER BY m.created_at DESC, m.id DESC"""
+
+
 @fax.command("list")
-@click.argument("tenant_id", type=INT)
+@click.argument("tenant_id", type=INT, required=False)
+@click.option("--failed", is_flag=True, help="The mails the outbox gave up on (every tenant's without TENANT_ID): "
+              "fix the address or the relay, then `fax retry`.")
 @json_option
 @pass_env
-def fax_list(env: Env, as_json: bool, tenant_id: int) -> None:
+def fax_list(env: Env, as_json: bool, tenant_id: int | None, failed: bool) -> None:
     """A tenant's faxes, newest first, with the state of their mail."""
+    if tenant_id is None and not failed:
+        raise click.UsageError("TENANT_ID is required (or --failed for every tenant's failed mails)")
     with env.tx() as conn:
-        rows = conn.execute(_LIST, (tenant_id,)).fetchall()
-    emit(rows, as_json, lambda d: table(d, ["id", "created_at", "faxbox", "remote_number", "status", "pages",
-                                            "mail"]))
+        if failed:
+            rows = conn.execute(_FAILED, {"t": tenant_id}).fetchall()
+        else:
+            rows = conn.execute(_LIST, (tenant_id,)).fetchall()
+    if failed:
+        emit(rows, as_json, lambda d: table(d, ["mail", "tenant_id", "fax_id", "kind", "recipient", "attempts",
+                                                "created_at", "last_error"]))
+    else:
+        emit(rows, as_json, lambda d: table(d, ["id", "created_at", "faxbox", "remote_number", "status", "pages",
+                                                "mail"]))
 
 
 @fax.command("show")
@@ -118,24 +134,44 @@ def fax_deliver(env: Env, as_json: bool, loop: bool, interval: int) -> None:
     esl_nodes) and send the due mails of the outbox (settings smtp_host,
     smtp_port, mail_from)."""
     s = env.settings
-    smtp = outbox.Smtp(s.smtp_host, s.smtp_port, s.mail_from, max_attempts=s.mail_max_attempts)
+    smtp = outbox.Smtp.of(s)
     placer = placer_of(s)
+    log = logging.getLogger("dustel.fax")
 
-    def one_pass() -> dict[str, object]:
+    def faxes() -> dict[str, object]:
         with env.tx() as conn:
-            started = outbound.start_due(conn, s.fax_read_dir or s.fax_spool_dir, s.fax_spool_dir, placer)
+            return {"faxes_started": outbound.start_due(conn, s.fax_read_dir or s.fax_spool_dir, s.fax_spool_dir,
+                                                        placer)}
+
+    def mails() -> dict[str, object]:
         with env.tx() as conn:
-            return {**outbox.deliver_due(conn, smtp), "faxes_started": started}
+            return dict(outbox.deliver_due(conn, smtp))
+
+    def one_pass() -> tuple[dict[str, object], list[Exception]]:
+        """Both parts, each on its own: a fax that cannot be placed never
+        stops the mail, nor the other way round."""
+        out: dict[str, object] = {}
+        errors: list[Exception] = []
+        for part in (faxes, mails):
+            try:
+                out.update(part())
+            except Exception as exc:    # noqa: BLE001 - logged, and the other part still runs
+                errors.append(exc)
+                if isinstance(exc, DustelError | OSError):
+                    log.error("delivery pass: %s failed: %s", part.__name__, exc)
+                else:
+                    log.exception("delivery pass: %s failed", part.__name__)
+        return out, errors
 
     if not loop:
-        emit(one_pass(), as_json)
+        result, errors = one_pass()
+        emit(result, as_json)
+        if errors:
+            raise errors[0] if isinstance(errors[0], DustelError) else DustelError("deliver", str(errors[0]))
         return
     logs.service(sys.stdout, logs.LEVELLED)
     while True:
-        try:
-            one_pass()
-        except (DustelError, OSError) as exc:          # the database away: log, wait, go on
-            logging.getLogger("dustel.fax").warning("delivery pass failed: %s", exc)
+        one_pass()
         time.sleep(interval)
 
 
@@ -151,7 +187,8 @@ def mailgw_serve(env: Env, host: str | None, port: int | None) -> None:
     from ..fax import mailgw as gw
     logs.service(sys.stdout, logs.LEVELLED)
     s = env.settings
+    tls = gw.tls_context(s.mailgw_tls_cert_file, s.mailgw_tls_key_file)
     try:
-        gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain, outbound.Retry.of(s))
+        gw.serve(env.url, host or s.mailgw_host, port or s.mailgw_port, s.fax_mail_domain, outbound.Retry.of(s), tls)
     except KeyboardInterrupt:
         pass

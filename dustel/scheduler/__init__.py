@@ -103,7 +103,7 @@ def _expire(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str
 
 def _outbox(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, Any]:
     from ..fax import outbox
-    smtp = outbox.Smtp(s.smtp_host, s.smtp_port, s.mail_from, max_attempts=s.mail_max_attempts)
+    smtp = outbox.Smtp.of(s)
     return outbox.deliver_due(conn, smtp)
 
 
@@ -152,6 +152,19 @@ def run_once(url: str, s: Settings, now: dt.datetime, only: list[str] | None = N
     return out
 
 
+def fire(url: str, job: Job, s: Settings, tz: ZoneInfo) -> bool:
+    """One firing of a job in the service: whatever goes wrong is logged
+    and the service goes on (the next firing tries again); False then."""
+    try:
+        run_job(url, job, dt.datetime.now(tz), s)
+        return True
+    except (psycopg.Error, OSError) as exc:      # the database away: this firing fails, the next one tries
+        log.error("job %s failed: %s", job.name, exc)
+    except Exception:                             # noqa: BLE001 - a bug or bad data: logged whole, and the
+        log.exception("job %s failed", job.name)  # other jobs (and this one's next firing) still run
+    return False
+
+
 def serve(url: str, s: Settings) -> None:
     """The service: every job at its time, and each once at start."""
     from apscheduler.schedulers.blocking import BlockingScheduler
@@ -162,15 +175,9 @@ def serve(url: str, s: Settings) -> None:
     sched = BlockingScheduler(timezone=tz, job_defaults={"coalesce": True, "max_instances": 1,
                                                          "misfire_grace_time": None})
 
-    def fire(job: Job) -> None:
-        try:
-            run_job(url, job, dt.datetime.now(tz), s)
-        except (psycopg.Error, OSError) as exc:      # the database away: this firing fails, the next one tries
-            log.warning("job %s failed: %s", job.name, exc)
-
     start = dt.datetime.now(tz)
     for job in JOBS:
         trigger = IntervalTrigger(**job.cron, timezone=tz) if job.interval else CronTrigger(**job.cron, timezone=tz)
-        sched.add_job(fire, trigger, args=[job], id=job.name, name=job.name, next_run_time=start)
+        sched.add_job(fire, trigger, args=[url, job, s, tz], id=job.name, name=job.name, next_run_time=start)
     log.info("scheduler: %s", ", ".join(j.name for j in JOBS))
     sched.start()

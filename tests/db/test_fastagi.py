@@ -14,7 +14,7 @@ import pytest
 from dustel.agi import fastagi
 from dustel.callpath import calls
 from tests.factories import account, tenant
-from tests.net import connect_burst
+from tests.net import connect_burst, free_port
 
 
 def block(route: str, args: list[str], uid: str, callee: str = "01701234567") -> bytes:
@@ -54,14 +54,6 @@ def prepaid(conn: psycopg.Connection) -> dict[str, Any]:
     conn.execute("UPDATE tenants SET max_call_seconds = 666 WHERE id = %s", (t["id"],))
     calls.run_sync(conn, calls.topup(t["id"], 1000, "bank:1"))    # 10 EUR: 10 calls of 666 s at 9 ct/min
     return {"t": t, "u": u}
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def run_server(db_url: str, scenario, nodes: dict[str, str] | None = None) -> Any:  # type: ignore[no-untyped-def]

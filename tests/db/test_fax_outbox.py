@@ -5,7 +5,6 @@ the same mail."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import threading
 from typing import Any
 
@@ -16,12 +15,7 @@ from dustel.fax import inbound, outbox
 from dustel.provisioning import targets
 from tests.factories import tenant
 from tests.fax_support import Mailbox, fax_tiff
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.net import free_port
 
 
 @pytest.fixture
@@ -47,7 +41,7 @@ def mails(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 def test_a_mail_waits_for_the_server_and_is_delivered_once(conn: psycopg.Connection, box: dict[str, Any]) -> None:
     port = free_port()
-    smtp = outbox.Smtp("127.0.0.1", port, "fax@dustel.test", max_attempts=4)
+    smtp = outbox.Smtp("127.0.0.1", port, "fax@dustel.test")
     assert fax_in(conn, box)["status"] == "received"
     assert fax_in(conn, box)["status"] == "already"           # the same call reported twice: one mail
     t0 = dt.datetime.now(dt.UTC)
@@ -71,22 +65,36 @@ def test_a_mail_waits_for_the_server_and_is_delivered_once(conn: psycopg.Connect
     assert mails(conn)[0]["state"] == "sent"
 
 
-def test_after_the_last_attempt_the_tenant_gets_a_failure_report(conn: psycopg.Connection,
-                                                                 box: dict[str, Any]) -> None:
+def test_a_relay_outage_is_retried_for_days_then_the_tenant_gets_a_failure_report(
+        conn: psycopg.Connection, box: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26 item 5: the outbox gave up after ~4 h 20 min of relay outage
+    (six attempts); a received fax's mail is now retried until it is older
+    than the relay's max age (five days by default), hourly after the first
+    hour, and only then failed (logged at ERROR, reported)."""
     port = free_port()
-    smtp = outbox.Smtp("127.0.0.1", port, "fax@dustel.test", max_attempts=3)
+    smtp = outbox.Smtp("127.0.0.1", port, "fax@dustel.test", max_age=dt.timedelta(days=5))
     fax_in(conn, box)
-    t = dt.datetime.now(dt.UTC)
-    for _ in range(3):
+    made = mails(conn)[0]["created_at"]
+    t = made
+    for _ in range(60):                       # what the deliverer would see, every due attempt, for 4 days
+        t = max(t, mails(conn)[0]["next_attempt_at"])
+        if t > made + dt.timedelta(days=4):
+            break
         outbox.deliver_due(conn, smtp, now=t)
-        t += dt.timedelta(days=1)
+    first = mails(conn)[0]
+    assert first["state"] == "queued" and first["attempts"] > 6           # the old rule failed it at 6
+    assert first["next_attempt_at"] - t <= dt.timedelta(hours=1)           # hourly, never a day's gap
+    with caplog.at_level("ERROR", logger="dustel.fax.outbox"):
+        assert outbox.deliver_due(conn, smtp, now=made + dt.timedelta(days=5, minutes=1))["failed"] == 1
     first, report = mails(conn)
-    assert (first["state"], first["attempts"]) == ("failed", 3)
+    assert first["state"] == "failed" and "retried for 120 h" in first["last_error"]
+    assert any("failed after" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert (report["kind"], report["recipient"], report["state"]) == ("failure_report", "chef@example.org", "queued")
     assert report["subject"].startswith("Undeliverable: Fax from +4930555123")
     mb = Mailbox(port).start()
     try:
-        assert outbox.deliver_due(conn, smtp, now=t) == {"sent": 1, "retry": 0, "failed": 0}
+        assert outbox.deliver_due(conn, smtp, now=made + dt.timedelta(days=5, minutes=2)) == \
+            {"sent": 1, "retry": 0, "failed": 0}
     finally:
         mb.stop()
     assert [m["To"] for m in mb.messages] == ["chef@example.org"] and "fax@example.org" in \
