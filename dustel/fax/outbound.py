@@ -49,10 +49,62 @@ class Retry:
 DEFAULT_RETRY = Retry()
 
 
+# What a page may cost.  A4 at fine resolution is 2292 lines of 1728 pixels;
+# a page is scaled to the fax width first, so its length in lines is what
+# it costs to render and to send.  Everything is checked from the page
+# sizes alone, before any page is rendered (a 335-byte PDF can declare a
+# page 300 000 pt long: rendered, gigabytes).
+A4_LINES = 2292
+MAX_PAGE_LINES = 2 * A4_LINES     # a page at most two A4 lengths (594 mm) long at fax width
+MAX_PAGE_PT = 14400               # PDF's own limit for a page side (ISO 32000-1, annex C: 200 inches)
+MIN_PAGE_PT = 36                  # half an inch: less is no page a fax machine prints
+
+
+def page_lines(width_pt: float, height_pt: float) -> int:
+    """Fax lines a page of this size becomes: scaled to fine resolution, a
+    page wider than A4 shrunk to the fax width."""
+    scale = min(DPI_X / 72, WIDTH / width_pt)
+    return max(1, round(height_pt * scale * DPI_Y / DPI_X))
+
+
+def check_pages(sizes: list[tuple[float, float]], max_pages: int, what: str = "file") -> None:
+    """Refuse a document whose pages a fax cannot be rendered from within
+    budget: each page within PDF's limits and at most MAX_PAGE_LINES long at
+    fax width, the whole at most ``max_pages`` A4 pages' worth of lines."""
+    if not sizes:
+        raise DustelError(what, "has no page")
+    if len(sizes) > max_pages:
+        raise DustelError(what, f"has {len(sizes)} pages; at most {max_pages}")
+    total = 0
+    for n, (w, h) in enumerate(sizes, start=1):
+        if not (MIN_PAGE_PT <= w <= MAX_PAGE_PT and MIN_PAGE_PT <= h <= MAX_PAGE_PT):
+            raise DustelError(what, f"page {n} measures {w:.0f} x {h:.0f} pt; each side must be "
+                                    f"{MIN_PAGE_PT} to {MAX_PAGE_PT} pt")
+        lines = page_lines(w, h)
+        if lines > MAX_PAGE_LINES:
+            raise DustelError(what, f"page {n} is {lines * 25.4 / DPI_Y:.0f} mm long at fax width; "
+                                    f"at most {MAX_PAGE_LINES * 25.4 / DPI_Y:.0f} mm (two A4 pages)")
+        total += lines
+    if total > max_pages * A4_LINES:
+        raise DustelError(what, f"its pages are {total / A4_LINES:.1f} A4 pages long at fax width; "
+                                f"at most {max_pages}")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A PDF made into a fax: the multi-page G4 TIFF and its page count."""
+
+    tiff: bytes
+    pages: int
+
+
 def pdf_to_tiff(pdf: bytes, max_pages: int = MAX_PAGES, what: str = "file") -> tuple[bytes, int]:
-    """(multi-page G4 TIFF, pages) of a PDF, or a DustelError naming the rule."""
+    """(multi-page G4 TIFF, pages) of a PDF, or a DustelError naming the
+    rule.  The page sizes are checked before anything is rendered
+    (``check_pages``), and pages are rendered and encoded one at a time, so
+    memory holds one page, never the document."""
     import pypdfium2 as pdfium
-    from PIL import Image
+    from PIL import Image, TiffImagePlugin
 
     if not pdf.startswith(b"%PDF"):
         raise DustelError(what, "is not a PDF")
@@ -62,34 +114,48 @@ def pdf_to_tiff(pdf: bytes, max_pages: int = MAX_PAGES, what: str = "file") -> t
         reason = "is encrypted (a fax cannot be sent from a locked PDF)" if "password" in str(exc).lower() \
             else f"is not a readable PDF ({exc})"
         raise DustelError(what, reason) from None
+    buf = io.BytesIO()
     try:
         n = len(doc)
-        if n == 0:
-            raise DustelError(what, "has no page")
-        if n > max_pages:
+        if n > max_pages:                # before the sizes: a million pages are not even looked at
             raise DustelError(what, f"has {n} pages; at most {max_pages}")
-        frames = []
+        sizes = []
         for i in range(n):
             page = doc[i]
-            w_pt = page.get_width()
-            scale = min(DPI_X / 72, WIDTH / w_pt)    # fine resolution; a page wider than A4 shrinks to fit
-            gray = page.render(scale=scale, grayscale=True).to_pil().convert("L")
-            # the vertical resolution is lower than the horizontal one
-            gray = gray.resize((gray.width, max(1, round(gray.height * DPI_Y / DPI_X))))
-            canvas = Image.new("L", (WIDTH, gray.height), 255)
-            canvas.paste(gray, ((WIDTH - gray.width) // 2, 0))
-            frames.append(canvas.point(lambda p: 255 if p > 160 else 0).convert("1"))
+            sizes.append(page.get_size())
+            page.close()
+        check_pages(sizes, max_pages, what)
+        with TiffImagePlugin.AppendingTiffWriter(buf, new=True) as tf:
+            for i, (w_pt, _) in enumerate(sizes):
+                page = doc[i]
+                scale = min(DPI_X / 72, WIDTH / w_pt)    # fine resolution; a page wider than A4 shrinks to fit
+                gray = page.render(scale=scale, grayscale=True).to_pil().convert("L")
+                page.close()
+                # the vertical resolution is lower than the horizontal one
+                gray = gray.resize((gray.width, max(1, round(gray.height * DPI_Y / DPI_X))))
+                canvas = Image.new("L", (WIDTH, gray.height), 255)
+                canvas.paste(gray, ((WIDTH - gray.width) // 2, 0))
+                del gray
+                canvas.point(lambda p: 255 if p > 160 else 0).convert("1").save(
+                    tf, format="TIFF", compression="group4", dpi=(DPI_X, DPI_Y))
+                tf.newFrame()
     finally:
         doc.close()
-    buf = io.BytesIO()
-    frames[0].save(buf, format="TIFF", compression="group4", dpi=(DPI_X, DPI_Y), save_all=True,
-                   append_images=frames[1:])
-    return buf.getvalue(), len(frames)
+    return buf.getvalue(), n
 
 
-def queue(conn: psycopg.Connection, tenant_id: int, from_number: str, to_number: str, pdf: bytes,
-          report_to: str | None = None, max_pages: int = MAX_PAGES, retry: Retry = DEFAULT_RETRY) -> dict[str, object]:
-    """Validate and queue a fax job (the caller's transaction) with its retry rule."""
+def document(pdf: bytes, max_pages: int = MAX_PAGES, what: str = "file") -> Document:
+    tiff, pages = pdf_to_tiff(pdf, max_pages, what)
+    return Document(tiff, pages)
+
+
+def queue(conn: psycopg.Connection, tenant_id: int, from_number: str, to_number: str, pdf: bytes | Document,
+          report_to: str | None = None, max_pages: int = MAX_PAGES, retry: Retry = DEFAULT_RETRY,
+          message_id: str | None = None) -> dict[str, object] | None:
+    """Validate and queue a fax job (the caller's transaction) with its retry
+    rule.  ``pdf`` is the PDF, or a Document made once for several
+    recipients.  With ``message_id`` (the mail it came in) a job for the same
+    tenant, mail and number is queued once: None when it was before."""
     t = conn.execute("SELECT id, email FROM tenants WHERE id = %s", (tenant_id,)).fetchone()
     if t is None:
         raise NotFound("tenant", f"no tenant {tenant_id}")
@@ -99,13 +165,15 @@ def queue(conn: psycopg.Connection, tenant_id: int, from_number: str, to_number:
         raise DustelError("from", f"{sender} is not an active number of tenant {tenant_id}")
     dest = v.e164("to", to_number)
     report = v.email("report_to", report_to) if report_to else t["email"]
-    tiff, pages = pdf_to_tiff(pdf, max_pages)
+    doc = pdf if isinstance(pdf, Document) else document(pdf, max_pages)
     return conn.execute(
         """INSERT INTO fax_jobs (tenant_id, from_number, to_number, pages, tiff, report_to, max_attempts,
-                                 retry_seconds)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                                 retry_seconds, mail_message_id)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (tenant_id, mail_message_id, to_number) WHERE mail_message_id IS NOT NULL DO NOTHING
            RETURNING id, tenant_id, from_number, to_number, pages, state, report_to, max_attempts, retry_seconds""",
-        (tenant_id, sender, dest, pages, tiff, report, retry.max_attempts, retry.seconds)).fetchone()
+        (tenant_id, sender, dest, doc.pages, doc.tiff, report, retry.max_attempts, retry.seconds,
+         message_id)).fetchone()
 
 
 # ------------------------------------------------------------------ placing the calls (Asterisk)

@@ -35,6 +35,21 @@ def check_pin(pin: str, stored: str) -> bool:
     return hmac.compare_digest(dk.hex(), digest)
 
 
+def hash_secret(secret: str) -> str:
+    """A password (SMTP submission) as argon2id: never stored plain."""
+    from argon2 import PasswordHasher
+    return PasswordHasher().hash(secret)
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+    try:
+        return PasswordHasher().verify(stored, secret)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
 def faxbox_add(conn: psycopg.Connection, tenant_id: int, name: str, email: str,
                pin: str | None = None) -> dict[str, Any]:
     tenants.get(conn, tenant_id)
@@ -46,8 +61,10 @@ def faxbox_add(conn: psycopg.Connection, tenant_id: int, name: str, email: str,
 
 
 def faxbox_set(conn: psycopg.Connection, tenant_id: int, name: str, *, email: str | None = None,
-               pin: str | None = None, clear_pin: bool = False) -> dict[str, Any]:
-    """Change a fax box's address or PIN (``clear_pin``: no e-mail to fax)."""
+               pin: str | None = None, clear_pin: bool = False, smtp_password: str | None = None,
+               clear_smtp_password: bool = False) -> dict[str, Any]:
+    """Change a fax box's address, PIN (``clear_pin``: no e-mail to fax by
+    PIN) or submission password (SMTP AUTH as ``<tenant>/<box>``)."""
     cols: dict[str, Any] = {}
     if email is not None:
         cols["email"] = v.email("email", email)
@@ -55,10 +72,16 @@ def faxbox_set(conn: psycopg.Connection, tenant_id: int, name: str, *, email: st
         cols["pin_hash"] = hash_pin(v.digits("pin", pin, min_len=4, max_len=8))
     if clear_pin:
         cols["pin_hash"] = None
+    if smtp_password is not None:
+        cols["smtp_password_hash"] = hash_secret(v.password("smtp_password", smtp_password))
+    if clear_smtp_password:
+        cols["smtp_password_hash"] = None
     if not cols:
-        raise DustelError("faxbox", "nothing to change (--email, --pin or --no-pin)")
+        raise DustelError("faxbox", "nothing to change (--email, --pin, --no-pin, --smtp-password or "
+                                    "--no-smtp-password)")
     sets = ", ".join(f"{k} = %s" for k in cols)
-    row = conn.execute(f"UPDATE faxboxes SET {sets} WHERE tenant_id = %s AND name = %s RETURNING id, name, email",
+    row = conn.execute(f"UPDATE faxboxes SET {sets} WHERE tenant_id = %s AND name = %s "
+                       "RETURNING id, name, email, smtp_password_hash IS NOT NULL AS smtp_login",
                        (*cols.values(), tenant_id, name)).fetchone()
     if row is None:
         raise NotFound("faxbox", f"tenant {tenant_id} has no fax box {name!r}")
