@@ -100,10 +100,11 @@ def euro(cents: int | None) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
-def read_password(from_stdin: bool) -> str:
-    """Passwords come from stdin or a hidden prompt, never from argv (which
-    ends up in shell history and process lists)."""
+def read_password(from_stdin: bool, what: str = "SIP password") -> str:
+    """Passwords and PINs come from stdin (one line each, in the order the
+    command's help names them) or a hidden prompt with confirmation, never
+    from argv (which ends up in shell history and process lists)."""
     if from_stdin:
         line = sys.stdin.readline()
         return line.rstrip("\r\n")
-    return click.prompt("SIP password", hide_input=True, confirmation_prompt=True)
+    return click.prompt(what, hide_input=True, confirmation_prompt=True)

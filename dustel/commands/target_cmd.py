@@ -11,7 +11,7 @@ import click
 
 from ..errors import DustelError
 from ..provisioning import targets, tenants
-from .common import INT, Env, emit, json_option, pass_env, table
+from .common import INT, Env, emit, json_option, pass_env, read_password, table
 
 faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
 
@@ -20,11 +20,14 @@ faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
 @click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--email", required=True, help="Where received faxes are mailed.")
-@click.option("--pin", help="Fax PIN for email-to-fax (4-8 digits).")
+@click.option("--pin", "ask_pin", is_flag=True, help="Set a fax PIN for e-mail to fax (4-8 digits): hidden prompt.")
+@click.option("--pin-stdin", is_flag=True, help="Read the fax PIN from stdin instead.")
 @json_option
 @pass_env
-def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, pin: str | None) -> None:
-    """Add a fax box."""
+def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, ask_pin: bool,
+               pin_stdin: bool) -> None:
+    """Add a fax box.  PINs are never taken on the command line."""
+    pin = read_password(pin_stdin, "Fax PIN") if ask_pin or pin_stdin else None
     with env.tx() as conn:
         row = targets.faxbox_add(conn, tenant_id, name, email, pin)
     emit(row, as_json, lambda d: click.echo(f"fax box {d['name']} added"))
@@ -38,25 +41,39 @@ def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
     """List fax boxes."""
     with env.tx() as conn:
         tenants.get(conn, tenant_id)                 # an unknown tenant is an error, not "(none)"
-        rows = conn.execute("SELECT id, name, email FROM faxboxes WHERE tenant_id = %s ORDER BY name",
-                            (tenant_id,)).fetchall()
-    emit(rows, as_json, lambda r: table(r, ["id", "name", "email"]))
+        rows = conn.execute("""SELECT id, name, email, pin_hash IS NOT NULL AS pin,
+                                      CASE WHEN smtp_password_hash IS NOT NULL THEN tenant_id || '/' || name END
+                                          AS smtp_login
+                                 FROM faxboxes WHERE tenant_id = %s ORDER BY name""", (tenant_id,)).fetchall()
+    emit(rows, as_json, lambda r: table(r, ["id", "name", "email", "pin", "smtp_login"]))
 
 
 @faxbox.command("set")
 @click.argument("tenant_id", type=INT)
 @click.argument("name")
 @click.option("--email", help="Where received faxes are mailed.")
-@click.option("--pin", help="New fax PIN for e-mail to fax (4-8 digits, stored hashed).")
-@click.option("--no-pin", "clear_pin", is_flag=True, help="Remove the PIN: no e-mail to fax from this box.")
+@click.option("--pin", "ask_pin", is_flag=True, help="New fax PIN for e-mail to fax (4-8 digits, stored hashed): "
+              "hidden prompt.")
+@click.option("--pin-stdin", is_flag=True, help="Read the new PIN from stdin (the first line).")
+@click.option("--no-pin", "clear_pin", is_flag=True, help="Remove the PIN: no e-mail to fax by PIN.")
+@click.option("--smtp-password", "ask_password", is_flag=True,
+              help="Set the box's submission password (SMTP AUTH as TENANT/NAME, 12-128 characters): hidden prompt.")
+@click.option("--smtp-password-stdin", is_flag=True, help="Read it from stdin (the line after a --pin-stdin PIN).")
+@click.option("--no-smtp-password", "clear_password", is_flag=True, help="Remove the submission password.")
 @json_option
 @pass_env
-def faxbox_set(env: Env, as_json: bool, tenant_id: int, name: str, email: str | None, pin: str | None,
-               clear_pin: bool) -> None:
-    """Change a fax box."""
+def faxbox_set(env: Env, as_json: bool, tenant_id: int, name: str, email: str | None, ask_pin: bool,
+               pin_stdin: bool, clear_pin: bool, ask_password: bool, smtp_password_stdin: bool,
+               clear_password: bool) -> None:
+    """Change a fax box.  PINs and passwords are never taken on the command line."""
+    pin = read_password(pin_stdin, "Fax PIN") if ask_pin or pin_stdin else None
+    password = read_password(smtp_password_stdin, "Submission password") \
+        if ask_password or smtp_password_stdin else None
     with env.tx() as conn:
-        row = targets.faxbox_set(conn, tenant_id, name, email=email, pin=pin, clear_pin=clear_pin)
-    emit(row, as_json, lambda d: click.echo(f"fax box {d['name']} changed"))
+        row = targets.faxbox_set(conn, tenant_id, name, email=email, pin=pin, clear_pin=clear_pin,
+                                 smtp_password=password, clear_smtp_password=clear_password)
+    emit(row, as_json, lambda d: click.echo(f"fax box {d['name']} changed"
+                                            + (f" (SMTP login {tenant_id}/{d['name']})" if d["smtp_login"] else "")))
 
 
 @faxbox.command("remove")
@@ -146,15 +163,17 @@ agent = click.Group("agent", help="Queue agents: people with a PIN.")
 @agent.command("add")
 @click.argument("tenant_id", type=INT)
 @click.argument("name")
-@click.option("--pin", required=True, help="4-8 digits, stored hashed.")
+@click.option("--pin-stdin", is_flag=True, help="Read the PIN (4-8 digits, stored hashed) from stdin; else a hidden "
+              "prompt.  Never on the command line.")
 @click.option("--account", help="Default contact: a SIP username of the tenant.")
 @click.option("--external", help="Default contact: an external number (home/mobile).")
 @click.option("--queue", "queues", multiple=True, help="Member of this queue; repeatable.")
 @json_option
 @pass_env
-def agent_add(env: Env, as_json: bool, tenant_id: int, name: str, pin: str, account: str | None,
+def agent_add(env: Env, as_json: bool, tenant_id: int, name: str, pin_stdin: bool, account: str | None,
               external: str | None, queues: tuple[str, ...]) -> None:
-    """Add an agent."""
+    """Add an agent (the PIN from a hidden prompt or --pin-stdin)."""
+    pin = read_password(pin_stdin, "Agent PIN")
     with env.tx() as conn:
         row = targets.agent_add(conn, tenant_id, name, pin, account=account, external=external,
                                 queues=list(queues))

@@ -137,7 +137,7 @@ def _corpus(u: dict[str, str]) -> list[list[str]]:
     for bad in TEXT_BAD:   # free text (names, carrier): only what is really bad for text
         cases.append([*tenant, "--name", bad])
         cases.append(["number", "port", "in", "1", "+492114444444", "--carrier", bad])
-        cases.append(["agent", "add", "2", bad, "--pin", "1234"])
+        cases.append(["agent", "add", "2", bad, "--pin-stdin"])
     for bad in NASTY:      # structured fields: every nasty value is wrong
         if bad != "1e3":   # a fine queue name (slug)
             cases.append(["queue", "add", "2", bad, "--code", "5"])

@@ -186,12 +186,13 @@ def test_the_call_file_names_only_our_values(conn: psycopg.Connection, org: dict
 def test_faxbox_set_and_remove_through_the_cli(run: Any, org: dict[str, Any], conn: psycopg.Connection) -> None:
     tid = str(org["id"])
     run.ok("faxbox", "add", tid, "office", "--email", "fax@example.org")
-    r = run("faxbox", "set", tid, "office", "--pin", "12")
+    r = run("faxbox", "set", tid, "office", "--pin-stdin", input="12\n")
     assert r.exit_code == 1 and r.stderr.startswith("error: pin:")
     r = run("faxbox", "set", tid, "office")
-    assert r.exit_code == 1 and r.stderr == "error: faxbox: nothing to change (--email, --pin or --no-pin)\n"
-    row = json.loads(run.ok("faxbox", "set", tid, "office", "--email", "office@example.org", "--pin", "4711",
-                            "--json").stdout)
+    assert r.exit_code == 1 and r.stderr == ("error: faxbox: nothing to change (--email, --pin, --no-pin, "
+                                             "--smtp-password or --no-smtp-password)\n")
+    row = json.loads(run.ok("faxbox", "set", tid, "office", "--email", "office@example.org", "--pin-stdin",
+                            "--json", input="4711\n").stdout)
     assert row["email"] == "office@example.org"
     stored = conn.execute("SELECT pin_hash FROM faxboxes WHERE name = 'office'").fetchone()["pin_hash"]
     assert stored.startswith("pbkdf2$") and "4711" not in stored
