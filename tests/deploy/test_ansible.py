@@ -45,6 +45,22 @@ def test_the_playbook_passes_ansible_lint_production_and_the_syntax_check() -> N
     assert syntax.returncode == 0, syntax.stdout + syntax.stderr
 
 
+def test_a_bare_client_address_becomes_one_host_in_pg_hba_ipv4_and_ipv6() -> None:
+    """Issue 26 item 18: a bare IPv6 client address became /32 in pg_hba — a
+    whole provider's block allowed to the database."""
+    clients = ["10.0.0.7", "2001:db8::7", "10.1.0.0/16", "2001:db8::/48", "::ffff:10.0.0.8"]
+    r = subprocess.run([str(BIN / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.debug",
+                        "-a", "var=postgresql_client_addresses", "-e", "@roles/postgresql/defaults/main.yml",
+                        "-e", json.dumps({"postgresql_clients": clients})],
+                       cwd=ANSIBLE, env={**tool_env(), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+                                         "ANSIBLE_STDOUT_CALLBACK": "json"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (play,) = json.loads(r.stdout)["plays"]
+    value = play["tasks"][0]["hosts"]["localhost"]["postgresql_client_addresses"]
+    assert value == ["10.0.0.7/32", "2001:db8::7/128", "10.1.0.0/16", "2001:db8::/48", "::ffff:10.0.0.8/128"]
+
+
 def test_no_secret_is_committed_in_the_ansible_tree() -> None:
     """Secrets come only from the vault: no secret-named variable holds a
     literal anywhere (a reference to another variable, or empty), the
@@ -183,5 +199,8 @@ def test_the_roles_deploy_dustel_and_postgresql_on_a_fresh_debian_tree(tree: Tre
         for line in ("Type=simple", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
                      "ProtectHome=yes", "PrivateTmp=yes", "User=dustel", "EnvironmentFile=/etc/dustel/dustel.env"):
             assert line in text.splitlines(), (name, line)
+        # issue 26: what takes documents from outside is capped (a PDF bomb never takes the host's memory)
+        assert ("MemoryMax=512M" in text.splitlines()) == (name in ("dustel-mailgw.service",
+                                                                     "dustel-fax-deliver.service")), name
     verify = tree.run("systemd-analyze", "verify", *(f"/etc/systemd/system/{u}" for u in units), check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
