@@ -11,7 +11,11 @@ the engine says which it was (``OUTCOMES``).
 
 Rules: at most 10 targets, at most 2 external; a target's own diversion
 is never read (no forwarding behind forwarding), the account never rings
-itself as a target (no loop), a target is never listed twice.
+itself as a target (no loop), a target is never listed twice, and an
+external target that is the called number or another number of the tenant
+is never dialled (it would come back in through the carrier: a loop; the
+database refuses such targets when they are set, this holds for what
+predates that rule).
 """
 from __future__ import annotations
 
@@ -69,13 +73,13 @@ def is_external(target: str) -> bool:
     return target.startswith("+")
 
 
-def clean_targets(account: str, targets: Iterable[str]) -> tuple[str, ...]:
-    """Targets in order: never the account itself, never twice, at most 10,
-    at most 2 external (the first two listed)."""
+def clean_targets(account: str, targets: Iterable[str], called: str = "") -> tuple[str, ...]:
+    """Targets in order: never the account itself, never the called number,
+    never twice, at most 10, at most 2 external (the first two listed)."""
     out: list[str] = []
     external = 0
     for t in targets:
-        if not t or t == account or t in out:
+        if not t or t == account or t == called or t in out:
             continue
         if is_external(t):
             if external >= MAX_EXTERNAL:
@@ -93,13 +97,13 @@ def _stage(targets: Iterable[str], seconds: int, after: str = "") -> Stage:
                  externals=tuple(t for t in ts if is_external(t)), seconds=seconds, after=after)
 
 
-def plan(account: str, diversion: Diversion | None, now: dt.datetime, tz: str = "Europe/Berlin") \
-        -> tuple[Stage, ...]:
-    """The stages of an inbound call to ``account``."""
+def plan(account: str, diversion: Diversion | None, now: dt.datetime, tz: str = "Europe/Berlin",
+         called: str = "") -> tuple[Stage, ...]:
+    """The stages of an inbound call to ``account`` (on number ``called``)."""
     plain = (_stage([account], RING_SECONDS),)
     if diversion is None or not sched.active(dict(diversion.schedule) if diversion.schedule else None, now, tz):
         return plain
-    targets = clean_targets(account, diversion.targets)
+    targets = clean_targets(account, diversion.targets, called)
     if not targets:
         return plain
     if diversion.kind == "group":
@@ -133,6 +137,8 @@ SELECT d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone,
   JOIN tenants t ON t.id = a.tenant_id
   JOIN diversions d ON d.account_id = a.id
   LEFT JOIN diversion_targets dt ON dt.account_id = d.account_id
+        AND NOT EXISTS (SELECT 1 FROM numbers n WHERE n.e164 = dt.external_e164 AND n.tenant_id = a.tenant_id
+                           AND n.status <> 'ported_out')      -- never the tenant's own number (a loop)
   LEFT JOIN sip_accounts ta ON ta.id = dt.target_account_id
  WHERE a.tenant_id = %(t)s AND a.username = %(u)s
  GROUP BY d.account_id, d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone
@@ -185,7 +191,8 @@ def routing(tenant_id: int, kind: str, target: str, called: str, now: dt.datetim
         r = rows[0] if rows else None
         diversion = Diversion(kind=r["kind"], mode=r["mode"], timeout=r["timeout_seconds"],
                               targets=tuple(r["targets"]), schedule=r["schedule"]) if r else None
-        stages, account = plan(target, diversion, now, r["timezone"] if r else "Europe/Berlin"), target
+        stages, account = plan(target, diversion, now, r["timezone"] if r else "Europe/Berlin",
+                               "+" + number if number else ""), target
     else:
         logos = (yield logo_q)
         stages, account = (), None

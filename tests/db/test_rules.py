@@ -424,6 +424,54 @@ def test_no_forwarding_behind_forwarding(conn: psycopg.Connection) -> None:
     ok(conn, lambda: features.set_diversion(conn, c, kind="group", targets=[a, b]))
 
 
+def test_an_own_number_is_never_an_external_target(conn: psycopg.Connection) -> None:
+    """Issue 26 item 19: forwarding to one of the tenant's own numbers as an
+    "external" target was accepted and looped through the carrier."""
+    t = tenant(conn, plan="business_flex", number_quota=50, options={"extra_account": 2, "acd": 1})
+    a, b = account(conn, t["id"]), account(conn, t["id"])
+    ok(conn, lambda: numbers.add(conn, t["id"], "+492115550100"))
+    ok(conn, lambda: numbers.add(conn, t["id"], "+4921155511", block_size=10))
+    for target in ("+492115550100", "+49211555117"):            # a single number, a member of a block
+        refused(conn, lambda target=target: features.set_diversion(conn, a, kind="forward", mode="no_answer",
+                                                                   targets=[target]),
+                "targets", "is a number of this tenant; name the SIP account")
+        refused(conn, lambda target=target: features.set_diversion(conn, a, kind="group", targets=[b, target]),
+                "targets", "is a number of this tenant")
+    refused(conn, lambda: targets.ring_group_add(conn, t["id"], "desk", [a], fallback="+492115550100"),
+            "fallback", "is a number of this tenant")
+    ok(conn, lambda: targets.queue_add(conn, t["id"], "hotline", "5"))
+    refused(conn, lambda: targets.queue_hours(conn, t["id"], "hotline", ["mon-fri 08:00-18:00"],
+                                              closed_target="+49211555113"),
+            "closed_target", "+49211555113 (block +4921155511 of 10) is a number of this tenant")
+    # another tenant's number is a real external target; one that becomes ours later is refused as a number
+    ok(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="no_answer", targets=["+49211555026"]))
+    refused(conn, lambda: numbers.add(conn, t["id"], "+49211555026"), "number",
+            "+49211555026 is an external forwarding, group call, fallback or closed-queue target of this tenant")
+    refused(conn, lambda: numbers.add(conn, t["id"], "+4921155502", block_size=10), "number",
+            "+49211555026 is an external forwarding")
+
+
+def test_an_own_number_set_before_the_rule_is_never_dialled_at_call_time(conn: psycopg.Connection) -> None:
+    """Issue 26 item 19, at call time: a target stored before the database
+    refused it (or the called number itself) never becomes an outbound leg."""
+    from dustel.callpath import calls, divert
+    t = tenant(conn, plan="business_flex")
+    a = account(conn, t["id"])
+    ok(conn, lambda: numbers.add(conn, t["id"], "+492115550100"))
+    ok(conn, lambda: numbers.add(conn, t["id"], "+492115550101"))
+    ok(conn, lambda: numbers.assign(conn, "+492115550100", "account", a))
+    ok(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="immediate", targets=["+4917011111111"]))
+    row = conn.execute("SELECT id, tenant_id FROM sip_accounts WHERE username = %s", (a,)).fetchone()
+    conn.execute("ALTER TABLE diversion_targets DISABLE TRIGGER diversion_targets_check")
+    conn.execute("""INSERT INTO diversion_targets (account_id, tenant_id, position, external_e164)
+                    VALUES (%s, %s, 2, '+492115550101'), (%s, %s, 3, '+492115550100')""",
+                 (row["id"], row["tenant_id"], row["id"], row["tenant_id"]))
+    conn.execute("ALTER TABLE diversion_targets ENABLE TRIGGER diversion_targets_check")
+    now = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
+    r = calls.run_sync(conn, divert.routing(t["id"], "account", a, "+492115550100", now))
+    assert r.stages == (divert.Stage((), ("+4917011111111",), divert.RING_SECONDS),)
+
+
 def test_forwarding_internal_targets_are_usernames_of_the_tenant(conn: psycopg.Connection) -> None:
     t, (a,) = _accounts(conn, 1)
     other = tenant(conn, plan="starter")

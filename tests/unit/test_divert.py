@@ -53,6 +53,16 @@ def test_unregistered_goes_on_only_when_the_account_is_unavailable() -> None:
     assert not divert.goes_on("unavailable", "no_answer")
 
 
+def test_the_called_number_is_never_an_external_leg() -> None:
+    """Issue 26 item 19: forwarding to the number being called goes out
+    through the carrier and comes back in: a loop."""
+    assert divert.plan("a", fwd("immediate", ("+492115550100",)), MON_10, called="+492115550100") == \
+        (Stage(("a",), (), 60),)
+    assert divert.plan("a", fwd("unregistered", ("+492115550100", "+4930123456")), MON_10,
+                       called="+492115550100") == \
+        (Stage(("a",), (), 60), Stage((), ("+4930123456",), 60, after="unavailable"))
+
+
 def test_group_call_rings_the_account_and_all_targets_together() -> None:
     g = Diversion(kind="group", mode=None, timeout=25, targets=("b", "+4917012345678"))
     assert divert.plan("a", g, MON_10) == (Stage(("a", "b"), ("+4917012345678",), 25),)
