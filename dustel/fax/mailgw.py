@@ -25,7 +25,13 @@ Against a hostile sender:
   (login, client address).  Each decision is taken under the tenant's
   advisory lock, so parallel sessions cannot all slip under the limit;
 - at most ``MAX_RCPT`` recipients per mail (452 beyond) and
-  ``MAX_MAIL_BYTES`` per mail;
+  ``MAX_MAIL_BYTES`` per mail; at most ``MAX_INFLIGHT`` mails in flight
+  (from MAIL FROM to the answer to DATA: each holds its whole content),
+  ``MAX_INFLIGHT_PER_PEER`` of them from one client address (451 beyond:
+  the sender's server tries again later), and ``MAX_PROCESSING`` parsed and
+  rendered at once — so the gateway's memory has a ceiling whatever
+  arrives (bench/mailgw.py prints it; the unit's MemoryMax= is the last
+  line);
 - the PDF is checked (page sizes, pages, a pixel budget) before anything
   is rendered, and rendered once per mail, whatever the recipients;
 - a refused mail gets one report at most, and an address at most
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.parser
 import email.policy
 import functools
 import logging
@@ -47,7 +54,7 @@ import re
 import ssl
 import zlib
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import parseaddr
 from typing import Any
 
@@ -65,7 +72,10 @@ LOCK_AFTER = 5              # wrong PINs (or logins) from one sender at one clie
 LOCK_MINUTES = 15           # … within this many minutes lock that pair out as long
 TENANT_LOCK_AFTER = 20      # wrong PINs for one tenant's boxes, from everyone, within the window
 MAX_RCPT = 10               # recipients per mail
-MAX_MAIL_BYTES = 16 * 2**20  # a mail's size (the PDF travels base64-encoded inside it)
+MAX_MAIL_BYTES = 10 * 2**20  # a mail's size (the PDF travels base64-encoded inside it)
+MAX_INFLIGHT = 4            # mails between MAIL FROM and the answer to their DATA, from everyone …
+MAX_INFLIGHT_PER_PEER = 2   # … and from one client address
+MAX_PROCESSING = 1          # mails parsed, checked and rendered at once
 REPORTS_PER_HOUR = 5        # refusal reports to one address an hour
 _LOCK_CLASS = zlib.crc32(b"dustel.mailgw") & 0x7FFFFFFF   # advisory lock (class, tenant id)
 
@@ -198,7 +208,7 @@ def _pdf(msg: EmailMessage) -> bytes | None:
     return None
 
 
-def subject_of(msg: EmailMessage) -> str:
+def subject_of(msg: Message) -> str:
     """The decoded subject, header-safe (encoded words can carry CR/LF)."""
     try:
         raw = str(msg.get("Subject", ""))
@@ -232,14 +242,17 @@ def _refused(conn: psycopg.Connection, tenant_id: int, to: str, subject: str, wh
     return Outcome(False, why, reported=reported)
 
 
-def deliver(conn: psycopg.Connection, sender: str, peer: str, rcpts: list[str], msg: EmailMessage,
+def deliver(conn: psycopg.Connection, sender: str, peer: str, rcpts: list[str], content: bytes,
             max_pages: int = outbound.MAX_PAGES, retry: outbound.Retry = outbound.DEFAULT_RETRY,
             box: Box | None = None) -> Outcome:
     """One accepted mail (``conn`` in autocommit; each step its own
     transaction): which box (``box`` when authenticated, else by the sender
     and the subject's PIN), the document rendered once, then every
-    recipient's job queued in one transaction — or one refusal report."""
-    subject = subject_of(msg)
+    recipient's job queued in one transaction — or one refusal report.
+    Only the headers are parsed before the sender is known to be allowed:
+    a refused mail never has its body taken apart."""
+    head = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(content)
+    subject = subject_of(head)
     if box is None:
         tenant_id = tenant_of_sender(conn, sender)
         if tenant_id is None:
@@ -262,14 +275,16 @@ def deliver(conn: psycopg.Connection, sender: str, peer: str, rcpts: list[str], 
             bad.append(outbox.header_text(local, 40))
     if bad:
         return _refused(conn, box.tenant_id, report_to, subject, f"{', '.join(bad)} is not a fax number")
-    pdf = _pdf(msg)
+    msg = email.message_from_bytes(content, policy=email.policy.default)
+    pdf = _pdf(msg)       # type: ignore[arg-type]
+    del msg
     if pdf is None:
         return _refused(conn, box.tenant_id, report_to, subject, "the mail has no PDF attachment")
     try:
         doc = outbound.document(pdf, max_pages)           # once, whatever the recipients
     except DustelError as exc:
         return _refused(conn, box.tenant_id, report_to, subject, f"the PDF cannot be faxed: {exc}")
-    message_id = outbox.header_text(str(msg.get("Message-ID", "")), 250) or None
+    message_id = outbox.header_text(str(head.get("Message-ID", "")), 250) or None
     jobs = []
     with conn.transaction():
         for to in dict.fromkeys(numbers):
@@ -288,8 +303,30 @@ class Handler:
     AUTH checks a box's login off the event loop; DATA does the rest."""
 
     def __init__(self, dsn: str, domain: str, max_pages: int = outbound.MAX_PAGES,
-                 retry: outbound.Retry = outbound.DEFAULT_RETRY) -> None:
+                 retry: outbound.Retry = outbound.DEFAULT_RETRY, max_inflight: int = MAX_INFLIGHT,
+                 max_inflight_per_peer: int = MAX_INFLIGHT_PER_PEER, max_processing: int = MAX_PROCESSING) -> None:
         self.dsn, self.domain, self.max_pages, self.retry = dsn, domain.lower(), max_pages, retry
+        self.max_inflight, self.max_inflight_per_peer = max_inflight, max_inflight_per_peer
+        self.inflight: dict[int, str] = {}       # id(session's server) -> client address, from MAIL to DATA's end
+        self.processing = asyncio.Semaphore(max_processing)
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          mail_options: list[str]) -> str:
+        key, peer = id(server), str(session.peer[0])
+        if key not in self.inflight:
+            mine = sum(1 for p in self.inflight.values() if p == peer)
+            if len(self.inflight) >= self.max_inflight or mine >= self.max_inflight_per_peer:
+                log.warning("mailgw: busy (%s mails in flight, %s from %s): MAIL deferred", len(self.inflight),
+                            mine, peer)
+                return "451 4.3.2 the gateway is busy; try again later"
+            self.inflight[key] = peer
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    def release(self, server: Any) -> None:
+        """The session's mail is done (answered, or its connection gone)."""
+        self.inflight.pop(id(server), None)
 
     def _connect(self, autocommit: bool = False) -> psycopg.Connection:
         return psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5, autocommit=autocommit)
@@ -347,18 +384,20 @@ class Handler:
         return await self._auth(server, args, SMTP.auth_LOGIN)
 
     def _data(self, sender: str, peer: str, rcpts: list[str], content: bytes, box: Box | None) -> Outcome:
-        msg = email.message_from_bytes(content, policy=email.policy.default)
         with self._connect(autocommit=True) as conn:
-            return deliver(conn, sender, peer, rcpts, msg, self.max_pages, self.retry, box)  # type: ignore[arg-type]
+            return deliver(conn, sender, peer, rcpts, content, self.max_pages, self.retry, box)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         sender = parseaddr(envelope.mail_from or "")[1]
         box = session.auth_data if session.authenticated and isinstance(session.auth_data, Box) else None
         try:
-            await asyncio.to_thread(self._data, sender, str(session.peer[0]), list(envelope.rcpt_tos),
-                                    envelope.content, box)
+            async with self.processing:
+                await asyncio.to_thread(self._data, sender, str(session.peer[0]), list(envelope.rcpt_tos),
+                                        envelope.content, box)
         except psycopg.Error:
             return "451 4.3.0 try again later"      # no job stored: the sender's server retries the mail
+        finally:
+            self.release(server)
         return "250 OK: queued (the result comes by mail)"
 
 
@@ -384,12 +423,26 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext | None:
 
 
 def controller(dsn: str, host: str, port: int, domain: str, retry: outbound.Retry = outbound.DEFAULT_RETRY,
-               tls: ssl.SSLContext | None = None, max_pages: int = outbound.MAX_PAGES) -> Any:
-    """The gateway's aiosmtpd controller (not started)."""
+               tls: ssl.SSLContext | None = None, max_pages: int = outbound.MAX_PAGES, **limits: int) -> Any:
+    """The gateway's aiosmtpd controller (not started); ``limits``: the
+    Handler's in-flight and processing caps."""
     from aiosmtpd.controller import Controller
-    return Controller(Handler(dsn, domain, max_pages=max_pages, retry=retry), hostname=host, port=port,
-                      data_size_limit=MAX_MAIL_BYTES, tls_context=tls, authenticator=_parsed,
-                      auth_require_tls=True)
+    from aiosmtpd.smtp import SMTP
+
+    class Server(SMTP):
+        """aiosmtpd's session, telling the handler when its connection is
+        gone (a mail in flight whose sender vanished frees its place)."""
+
+        def connection_lost(self, error: Exception | None) -> None:
+            self.event_handler.release(self)
+            super().connection_lost(error)
+
+    class Gateway(Controller):
+        def factory(self) -> SMTP:
+            return Server(self.handler, **self.SMTP_kwargs)
+
+    return Gateway(Handler(dsn, domain, max_pages=max_pages, retry=retry, **limits), hostname=host, port=port,
+                   data_size_limit=MAX_MAIL_BYTES, tls_context=tls, authenticator=_parsed, auth_require_tls=True)
 
 
 def serve(dsn: str, host: str, port: int, domain: str, retry: outbound.Retry = outbound.DEFAULT_RETRY,
