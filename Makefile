@@ -42,6 +42,7 @@ bench: venv
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/esl_policy.py
 	$(BIN)/python bench/fax.py
+	$(BIN)/python bench/mailgw.py
 	$(BIN)/python bench/billing.py
 
 clean:
