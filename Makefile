@@ -45,5 +45,7 @@ bench: venv
 	$(BIN)/python bench/mailgw.py
 	$(BIN)/python bench/billing.py
 
+# the embedded PostgreSQL of the demo is stopped before its files go
 clean:
+	-[ -x $(BIN)/dustel ] && [ -d $(STATE)/pg ] && $(BIN)/dustel --state-dir $(STATE) db stop
 	rm -rf $(VENV) $(STATE)

@@ -55,8 +55,9 @@ class DustelGroup(click.Group):
 
 
 @click.group(cls=DustelGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--state-dir", envvar="DUSTEL_STATE_DIR", default=".dustel", show_default=True,
-              help="Where the embedded PostgreSQL, rendered configs and demo files live.")
+@click.option("--state-dir", help="Where the embedded PostgreSQL, rendered configs and demo files live.  "
+              "Without it: $DUSTEL_STATE_DIR, the state_dir of the config file (--config, $DUSTEL_CONFIG, "
+              "/etc/dustel/dustel.toml), then ./.dustel if it exists.")
 @click.option("--config", envvar="DUSTEL_CONFIG", help="Settings file (TOML); default <state-dir>/dustel.toml.")
 @click.version_option(package_name="dustel")
 @click.pass_context
@@ -64,7 +65,8 @@ def cli(ctx: click.Context, state_dir: str, config: str | None) -> None:
     """dustel: control plane of the DUStel VoIP platform.
 
     DATABASE_URL selects PostgreSQL; without it an embedded server runs in
-    <state-dir>/pg.  Add --json to list/show commands for scripts."""
+    <state-dir>/pg (made only by `demo` and `db init`).  Add --json to
+    list/show commands for scripts."""
     ctx.obj = Env(state_dir, config)
 
 

@@ -27,6 +27,7 @@ class EngineNode:
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
+    state_found: str = "--state-dir"   # how state_dir was found (config.locate), for messages
     database_url: str | None = None
     # Where the renderer writes and the engines read their configs.
     freeswitch_conf_dir: Path | None = None
@@ -174,21 +175,65 @@ def _private(path: Path, what: str) -> None:
         raise DustelError(f"{what} {path}", "holds secrets: must be mode 0600 (chmod 600)")
 
 
+# What the Ansible dustel role writes on an application host: the CLI finds
+# the host's dustel there when no state directory is named (its state_dir,
+# and a secrets.toml next to it).
+SYSTEM_CONFIG = Path("/etc/dustel/dustel.toml")
+SYSTEM_STATE_DIR = Path("/var/lib/dustel")
+
+
+def locate(state_dir: str | Path | None, config_file: str | Path | None,
+           env: dict[str, str]) -> tuple[Path, Path | None, str]:
+    """(state directory, config file or None, how the state directory was
+    found), one way for every command: ``--state-dir``, then
+    ``$DUSTEL_STATE_DIR``, then the ``state_dir`` of the config file
+    (``--config``, ``$DUSTEL_CONFIG``, else /etc/dustel/dustel.toml when it
+    exists: an application host), then ./.dustel — only when it exists.
+    Nothing is created here; where nothing was found the state directory is
+    ./.dustel and ``how`` says so (db.database_url names where it looked)."""
+    cfg = Path(config_file or env.get("DUSTEL_CONFIG") or "") if (config_file or env.get("DUSTEL_CONFIG")) else None
+    if state_dir or env.get("DUSTEL_STATE_DIR"):
+        sd = Path(state_dir or env["DUSTEL_STATE_DIR"])
+        how = "--state-dir" if state_dir else "$DUSTEL_STATE_DIR"
+        return sd.resolve(), cfg or sd.resolve() / "dustel.toml", how
+    if cfg is None and SYSTEM_CONFIG.exists():
+        cfg = SYSTEM_CONFIG
+    if cfg is not None and cfg.exists():
+        named = _toml(cfg, "config").get("state_dir")
+        if named is not None:
+            if not isinstance(named, str) or not named:
+                raise DustelError(f"config {cfg} state_dir", "must be a directory (a string)")
+            return Path(named).resolve(), cfg, f"state_dir in {cfg}"
+        if cfg == SYSTEM_CONFIG:
+            return SYSTEM_STATE_DIR, cfg, f"{cfg} (no state_dir: {SYSTEM_STATE_DIR})"
+    local = Path(".dustel").resolve()
+    if local.is_dir():
+        return local, cfg or local / "dustel.toml", "./.dustel"
+    return local, cfg, NOWHERE
+
+
+NOWHERE = ("nothing: no --state-dir, no $DUSTEL_STATE_DIR, no state_dir in a config file (--config, "
+           f"$DUSTEL_CONFIG, {SYSTEM_CONFIG}), no ./.dustel here")
+
+
 def load_settings(state_dir: str | Path | None = None, config_file: str | Path | None = None,
                   env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
-    sd = Path(state_dir or env.get("DUSTEL_STATE_DIR") or ".dustel").resolve()
-    cfg_path = Path(config_file or env.get("DUSTEL_CONFIG") or sd / "dustel.toml")
+    sd, cfg_found, how = locate(state_dir, config_file, env)
+    cfg_path = cfg_found or sd / "dustel.toml"
     data: dict[str, object] = {}
     if cfg_path.exists():
         data = _toml(cfg_path, "config")
+        data.pop("state_dir", None)            # read by locate
         if any(k in data for k in SECRETS[:2]) or any(
                 isinstance(n, dict) and n.get("secret") for k in ("esl_nodes", "ami_nodes")
                 for n in (data.get(k) or []) if isinstance(data.get(k), list)):
             _private(cfg_path, "config")
     elif config_file:
         raise DustelError("config", f"file {cfg_path} does not exist")
-    sec_path = Path(env.get("DUSTEL_SECRETS_FILE") or secrets_path(sd))
+    beside = cfg_path.with_name("secrets.toml")           # the system config's: /etc/dustel/secrets.toml
+    sec_path = Path(env.get("DUSTEL_SECRETS_FILE")
+                    or (beside if cfg_path == SYSTEM_CONFIG and beside.exists() else secrets_path(sd)))
     if sec_path.exists():
         _private(sec_path, "secrets file")
         for key, value in _toml(sec_path, "secrets file").items():
@@ -197,7 +242,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
             data[key] = value          # the secrets file wins over the config file, the environment over both
 
     values: dict[str, object] = {}
-    known = set(Settings.__dataclass_fields__) - {"state_dir", "extra", "esl_nodes", "ami_nodes"}
+    known = set(Settings.__dataclass_fields__) - {"state_dir", "state_found", "extra", "esl_nodes", "ami_nodes"}
     for key, raw in data.items():
         if key in ("esl_nodes", "ami_nodes"):
             continue
@@ -218,7 +263,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
         elif not isinstance(values[key], str):
             raise DustelError(key, "must be a string")
     nodes = {k: _nodes(k, data.get(k, [])) for k in ("esl_nodes", "ami_nodes")}
-    return Settings(state_dir=sd, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
+    return Settings(state_dir=sd, state_found=how, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
                     **values)  # type: ignore[arg-type]
 
 

@@ -36,7 +36,14 @@ class Env:
 
     @cached_property
     def url(self) -> str:
+        """The database; never a new one (db.database_url)."""
         return db.database_url(self.settings)
+
+    def create_database(self) -> str:
+        """The database, made when there is none (`demo`, `db init` only)."""
+        url = db.database_url(self.settings, create=True)
+        self.__dict__["url"] = url
+        return url
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[psycopg.Connection]:

@@ -17,7 +17,7 @@ from .common import Env, emit, json_option, pass_env, table
 def demo(env: Env, as_json: bool) -> None:
     """Set up a demo provider: migrate, load one tenant per plan, render
     configs, print a summary.  A second run changes nothing."""
-    applied = mig.migrate(env.url)
+    applied = mig.migrate(env.create_database())
     if ensure_demo_secrets(env.settings.state_dir):
         env.reload_settings()
     creds = env.settings.state_dir / "demo-credentials.txt"

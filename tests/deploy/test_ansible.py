@@ -182,6 +182,17 @@ def test_the_roles_deploy_dustel_and_postgresql_on_a_fresh_debian_tree(tree: Tre
     assert json.loads(migrated.stdout) == {"applied": []}          # the role applied them all
     status = json.loads(tree.run(*cli, "db", "status", "--json", env=env).stdout)
     assert status["pending"] == [] and len(status["applied"]) >= 13, status
+    # the runbook's commands as an operator types them: as root, from any directory, no flags, no environment
+    # (issue 31: before, they started a new, empty embedded PostgreSQL in ./.dustel)
+    assert (tree.path / "etc/dustel/secrets.toml").stat().st_mode & 0o777 == 0o600
+    bare = "/opt/dustel/venv/bin/dustel"
+    plain = json.loads(tree.run(bare, "db", "status", "--json", env={}).stdout)
+    assert plain["state_dir"] == "/var/lib/dustel" and plain["database"] == "DATABASE_URL", plain
+    assert plain["found_by"] == "state_dir in /etc/dustel/dustel.toml" and plain["pending"] == []
+    assert json.loads(tree.run(bare, "call", "list", "--json", env={}).stdout) == []
+    checked = tree.run(bare, "render", "--check", env={}, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr          # no drift from what the role rendered
+    assert not (tree.path / ".dustel").exists() and not (tree.path / "var/lib/dustel/pg").exists()
     assert (tree.path / "var/lib/dustel/etc/asterisk/extensions.conf").exists()
     assert (tree.path / "var/lib/dustel/etc/freeswitch/dialplan/public.xml").exists()
     # PostgreSQL takes the application hosts only, with a password
