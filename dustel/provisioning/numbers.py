@@ -54,9 +54,10 @@ def find(conn: psycopg.Connection, e164: str, *, whole: bool = True) -> dict[str
 def add(conn: psycopg.Connection, tenant_id: int, e164: str, *, block_size: int | None = None,
         central_ddi: str | None = None, origin: str = "new", status: str = "active") -> dict[str, Any]:
     tenants.get(conn, tenant_id, lock=True)
-    e164 = v.e164("number", e164)
+    e164 = v.e164("number", e164, plan=block_size is None)
     if block_size is not None and block_size not in BLOCK_SIZES:
         raise DustelError("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))}")
+    held(e164, block_size)
     if central_ddi is not None:
         if block_size is None:
             raise DustelError("central", "only a block has a central answering point")
@@ -65,6 +66,32 @@ def add(conn: psycopg.Connection, tenant_id: int, e164: str, *, block_size: int 
         """INSERT INTO numbers (tenant_id, e164, block_size, central_ddi, origin, status)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING *""",
         (tenant_id, e164, block_size, central_ddi, origin, status)).fetchone()
+
+
+def members(e164: str, block_size: int | None) -> list[str]:
+    """The first and the last number of a block (the number itself when single)."""
+    if block_size is None:
+        return [e164]
+    digits = 1 if block_size <= 10 else 2 if block_size <= 100 else 3      # the database's dustel_ddi_digits
+    return [f"{e164}{0:0{digits}d}", f"{e164}{block_size - 1:0{digits}d}"]
+
+
+def held(e164: str, block_size: int | None) -> str:
+    """The kind of a number a tenant may hold (libphonenumber's reading of
+    the numbering plan): German, every number of a block in the plan, not a
+    mobile number (those belong to mobile networks).  Returns its kind."""
+    if not e164.startswith("+49"):
+        raise DustelError("number", f"{e164} is not a German number (+49…): dustel's numbers are German")
+    kinds = set()
+    for n in members(e164, block_size):
+        v.e164("number", n)
+        kinds.add(v.number_kind(n))
+    if "mobile" in kinds:
+        raise DustelError("number", f"{e164} is a mobile number: it belongs to a mobile network, not to a tenant "
+                                    "of a fixed-network provider")
+    if len(kinds) != 1:
+        raise DustelError("number", f"block {e164} spans numbers of different kinds ({', '.join(sorted(kinds))})")
+    return kinds.pop()
 
 
 def assign(conn: psycopg.Connection, e164: str, kind: str | None, target: str | None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import re
 import unicodedata
 import zoneinfo
 
+import phonenumbers
+
 from ..errors import DustelError
 
 _E164 = re.compile(r"\+[1-9][0-9]{5,14}")
@@ -34,8 +36,11 @@ def text(field: str, value: str, *, max_len: int, min_len: int = 1) -> str:
     return value
 
 
-def e164(field: str, value: str) -> str:
-    """A phone number in E.164 (+49…); a German national number (0211…) is converted."""
+def e164(field: str, value: str, plan: bool = True) -> str:
+    """A phone number in E.164 (+49…); a German national number (0211…) is
+    converted.  The number must exist in its country's numbering plan as
+    libphonenumber knows it (valid ranges and lengths) unless ``plan`` is
+    False (a block's head, whose members are checked instead)."""
     v = value.strip().replace(" ", "").replace("-", "").replace("/", "")
     if v.startswith("00") and v[2:].isascii() and v[2:].isdigit():
         v = "+" + v[2:]
@@ -43,15 +48,59 @@ def e164(field: str, value: str) -> str:
         v = "+49" + v[1:]
     if not _E164.fullmatch(v):
         raise DustelError(field, "must be a phone number in E.164 form (+49211…) or German national form (0211…)")
+    if plan and not phonenumbers.is_valid_number(_parse(v)):
+        raise DustelError(field, f"{v} is not a number of its country's numbering plan (no such range or length)")
     return v
 
 
+def _parse(e164_: str) -> phonenumbers.PhoneNumber:
+    try:
+        return phonenumbers.parse(e164_)
+    except phonenumbers.NumberParseException:
+        return phonenumbers.PhoneNumber()
+
+
+# libphonenumber files 032 (national subscriber numbers) as fixed line with an
+# "area code" of 32; the Bundesnetzagentur's plan has it non-geographic
+_NON_GEOGRAPHIC = ("32",)
+_FIXED = (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def geographic_area(e164_: str) -> str | None:
+    """The area code (without the 0) of a German geographic number, None
+    for every other number (mobile, service, foreign …): libphonenumber's
+    reading of the numbering plan."""
+    x = _parse(e164_)
+    if x.country_code != 49 or not phonenumbers.is_valid_number(x) or phonenumbers.number_type(x) not in _FIXED:
+        return None
+    n = phonenumbers.length_of_geographical_area_code(x)
+    area = phonenumbers.national_significant_number(x)[:n] if n else ""
+    return area if area and area not in _NON_GEOGRAPHIC else None
+
+
+def number_kind(e164_: str) -> str:
+    """geographic | mobile | service (free, premium, shared cost, personal,
+    national, VoIP, UAN …) | foreign — what a German number is."""
+    x = _parse(e164_)
+    if x.country_code != 49:
+        return "foreign"
+    if geographic_area(e164_):
+        return "geographic"
+    return "mobile" if phonenumbers.number_type(x) == phonenumbers.PhoneNumberType.MOBILE else "service"
+
+
 def area_code(field: str, value: str) -> str:
-    """German area code without the trunk 0 (0211 and 211 both give '211')."""
+    """German area code without the trunk 0 (0211 and 211 both give '211'):
+    one that libphonenumber knows as the area code of geographic numbers."""
     m = _AREA.fullmatch(value.strip())
-    if not m:
-        raise DustelError(field, "must be a German area code, 2 to 5 digits after the 0 (e.g. 0211)")
-    return m.group(1)
+    if m:
+        area = m.group(1)
+        for length in range(3, 9):       # a subscriber part of some length makes a number of that area
+            number = "+49" + area + "2" * length
+            if geographic_area(number) == area:
+                return area
+    raise DustelError(field, "must be a German area code of geographic numbers (e.g. 0211, 030, 02151); "
+                             f"{value.strip()!r} is none")
 
 
 def postcode(field: str, value: str) -> str:

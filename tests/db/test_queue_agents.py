@@ -127,26 +127,26 @@ def test_a_spoofed_hotline_caller_locks_only_its_own_way_in(conn: psycopg.Connec
     from dustel.callpath.calls import run_sync
     tid = external["t"]["id"]
     for _ in range(agents.MAX_FAILURES):
-        out = run_sync(conn, agents.hotline(tid, "support", "+4917012345", "0000"))
+        out = run_sync(conn, agents.hotline(tid, "support", "+4917012345678", "0000"))
     assert out.reason == "locked"
     lk = conn.execute("SELECT source, locks, locked_until - now() AS left FROM agent_pin_locks").fetchone()
-    assert lk["source"] == "hotline:+4917012345" and lk["locks"] == 1
+    assert lk["source"] == "hotline:+4917012345678" and lk["locks"] == 1
     # Erika at her phone is not affected by what happens on the hotline
     assert run_sync(conn, agents.star(tid, external["u"], "", codes.parse("*51*1*1234"))).ok
     # the next lock of the same source lasts twice as long
     conn.execute("UPDATE agent_pin_locks SET locked_until = now() - interval '1 second'")
     conn.execute("DELETE FROM pin_attempts")       # (outside the rate limit's minute)
     for _ in range(agents.MAX_FAILURES):
-        run_sync(conn, agents.hotline(tid, "support", "+4917012345", "0000"))
+        run_sync(conn, agents.hotline(tid, "support", "+4917012345678", "0000"))
     lk2 = conn.execute("SELECT locks, locked_until - now() AS left FROM agent_pin_locks "
                        "WHERE source LIKE 'hotline:%'").fetchone()
     assert lk2["locks"] == 2 and lk2["left"] > lk["left"] * 1.5
     # rate limit: a source with RATE_PER_MINUTE failures this minute gets no PIN check at all
     conn.execute("UPDATE agent_pin_locks SET locked_until = NULL, failed = 0")
     conn.execute("""INSERT INTO pin_attempts (tenant_id, agent_id, source, ok)
-                    SELECT %s, NULL, 'hotline:+4917012345', false FROM generate_series(1, %s)""",
+                    SELECT %s, NULL, 'hotline:+4917012345678', false FROM generate_series(1, %s)""",
                  (tid, agents.RATE_PER_MINUTE))
-    out = run_sync(conn, agents.hotline(tid, "support", "+4917012345", "4321"))     # the right PIN
+    out = run_sync(conn, agents.hotline(tid, "support", "+4917012345678", "4321"))     # the right PIN
     assert (out.ok, out.reason) == (False, "rate_limited")
     assert conn.execute("SELECT count(*) AS n FROM pin_attempts").fetchone()["n"] >= 2 * agents.MAX_FAILURES
 
@@ -268,7 +268,7 @@ def test_closed_queue_on_freeswitch_announces_and_forwards(server: Server, conn:
 @pytest.fixture
 def external(conn: psycopg.Connection, org: dict[str, Any]) -> dict[str, Any]:
     with conn.transaction():
-        g = targets.agent_add(conn, org["t"]["id"], "Max", "4321", external="+4917012345", queues=["support"])
+        g = targets.agent_add(conn, org["t"]["id"], "Max", "4321", external="+4917012345678", queues=["support"])
     return {**org, "x": g}
 
 
@@ -286,13 +286,13 @@ def test_external_agent_logs_in_and_out_through_the_hotline_on_freeswitch(
         server: Server, conn: psycopg.Connection, external: dict[str, Any]) -> None:
     a = f"agent-{external['x']['id']}@{external['d']}"
     q = f"t{external['t']['id']}-support@{external['d']}"
-    wrong = hotline_call(server, external, "+4917012345", ["1111"])
+    wrong = hotline_call(server, external, "+4917012345678", ["1111"])
     assert api(wrong) == [] and logins(conn) == []
-    c = hotline_call(server, external, "+4917012345", ["4321"])
+    c = hotline_call(server, external, "+4917012345678", ["4321"])
     assert api(c) == [f"api callcenter_config tier add {q} {a} 1 1",
                       f"api callcenter_config agent set status {a} Available"]
     assert ("callcenter", q) not in c.executed                    # the agent is not queued as a caller
-    c = hotline_call(server, external, "+4917012345", ["4321"])
+    c = hotline_call(server, external, "+4917012345678", ["4321"])
     assert api(c) == [f"api callcenter_config tier del {q} {a}",
                       f"api callcenter_config agent set status {a} 'Logged Out'"]
     # any other caller is queued as usual
@@ -304,7 +304,7 @@ def test_external_agent_logs_in_and_out_through_the_hotline_on_freeswitch(
 def test_external_agent_hotline_on_fastagi(db_url: str, conn: psycopg.Connection, external: dict[str, Any]) -> None:
     port = free_port()
     tid, gid = external["t"]["id"], external["x"]["id"]
-    block = (f"agi_network_script: inbound\nagi_uniqueid: h1\nagi_callerid: +4917012345\n"
+    block = (f"agi_network_script: inbound\nagi_uniqueid: h1\nagi_callerid: +4917012345678\n"
              f"agi_extension: +492111230000\nagi_arg_1: {tid}\nagi_arg_2: queue\n"
              f"agi_arg_3: t{tid}-support\n\n").encode()
 
@@ -320,6 +320,6 @@ def test_external_agent_hotline_on_fastagi(db_url: str, conn: psycopg.Connection
 
     seen = asyncio.run(main())
     assert seen[:3] == ["ANSWER", "GET DATA beep 6000 8",
-                        f'EXEC AddQueueMember "t{tid}-support,Local/{tid}-+4917012345@dustel-agent-out,0,,agent-{gid}"']
+                        f'EXEC AddQueueMember "t{tid}-support,Local/{tid}-+4917012345678@dustel-agent-out,0,,agent-{gid}"']
     assert seen[-1] == 'EXEC MSet "DUSTEL_ACTION=agent,DUSTEL_CAUSE=16,DUSTEL_REASON=done"'
     assert logins(conn) == [("support", False)]

@@ -480,7 +480,7 @@ def test_forwarding_internal_targets_are_usernames_of_the_tenant(conn: psycopg.C
             "targets", "not a SIP account of this tenant")
     refused(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="immediate", targets=["sales"]),
             "targets", "E.164")
-    refused(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="sometimes", targets=["+4917011"]),
+    refused(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="sometimes", targets=["+4917011111111"]),
             "mode", "must be one of")
     refused(conn, lambda: features.set_diversion(conn, a, kind="forward", mode="immediate", timeout=10,
                                                  targets=["+4917011111111"]), "timeout", "only forwarding on no answer")
