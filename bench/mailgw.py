@@ -129,8 +129,8 @@ def main() -> None:
             ("10-page office PDF to 10 numbers", lambda: send(port, mail("PIN 4711", office), 10)),
             ("50-page PDF (the page limit) to 10 numbers", lambda: send(port, mail("PIN 4711", fifty), 10)),
             (f"{mailgw.MAX_INFLIGHT} parallel 20-page scans of {len(mail('', twenty)) / 2**20:.1f} MiB from "
-             f"{mailgw.MAX_INFLIGHT} addresses", lambda: parallel(mail("PIN 4711", twenty),
-                                                                  [f"127.0.3.{i}" for i in range(mailgw.MAX_INFLIGHT)])),
+             f"{mailgw.MAX_INFLIGHT} addresses",
+             lambda: parallel(mail("PIN 4711", twenty), [f"127.0.3.{i}" for i in range(mailgw.MAX_INFLIGHT)])),
             ("poisoned subject (CR/LF encoded word)",
              lambda: send(port, b"From: chef@bench.example\r\nTo: x@" + DOMAIN.encode() + b"\r\n"
                                 b"Subject: =?utf-8?q?a=0D=0ABcc:_v@example.net?=\r\n\r\nx\r\n")),

@@ -320,6 +320,7 @@ def test_external_agent_hotline_on_fastagi(db_url: str, conn: psycopg.Connection
 
     seen = asyncio.run(main())
     assert seen[:3] == ["ANSWER", "GET DATA beep 6000 8",
-                        f'EXEC AddQueueMember "t{tid}-support,Local/{tid}-+4917012345678@dustel-agent-out,0,,agent-{gid}"']
+                        f'EXEC AddQueueMember "t{tid}-support,Local/{tid}-+4917012345678@dustel-agent-out,0,,'
+                        f'agent-{gid}"']
     assert seen[-1] == 'EXEC MSet "DUSTEL_ACTION=agent,DUSTEL_CAUSE=16,DUSTEL_REASON=done"'
     assert logins(conn) == [("support", False)]
