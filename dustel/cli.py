@@ -5,6 +5,7 @@ line on stderr naming the field and the rule, exit status 1 (2 for usage
 errors), and nothing written."""
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -30,25 +31,43 @@ from .commands.common import Env
 from .errors import DustelError
 
 
-def _fail(message: str, code: int) -> None:
-    line = " ".join(message.split())  # one line, whatever the message held
-    click.echo(f"error: {line}", err=True)
+def _fail(field: str, rule: str, code: int, as_json: bool) -> None:
+    """One line on stderr: ``error: <field>: <rule>``, or with --json
+    ``{"error": {"field": …, "rule": …}}`` for the script that reads it."""
+    rule = " ".join(rule.split())  # one line, whatever the message held
+    if as_json:
+        click.echo(json.dumps({"error": {"field": field, "rule": rule}}, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"error: {field}: {rule}" if field else f"error: {rule}", err=True)
     sys.exit(code)
+
+
+def _usage_field(exc: click.ClickException) -> str:
+    """The parameter a click error is about ('usage' when it names none)."""
+    param = getattr(exc, "param", None)
+    if param is not None and param.name:
+        return str(param.name)
+    name = getattr(exc, "option_name", None)
+    return str(name).lstrip("-") if name else "usage"
 
 
 class DustelGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
         try:
             rv = super().main(args, prog_name or "dustel", complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
-            _fail(exc.format_message(), exc.exit_code)
+            if as_json:
+                _fail(_usage_field(exc), exc.format_message(), exc.exit_code, True)
+            _fail("", exc.format_message(), exc.exit_code, False)
         except DustelError as exc:
-            _fail(str(exc), 1)
+            _fail(exc.field, exc.rule, 1, as_json)
         except click.Abort:
-            _fail("aborted", 1)
+            _fail("", "aborted", 1, as_json)
         except UnicodeError as exc:
-            _fail(f"input: not valid text ({exc.reason})", 2)
+            _fail("input", f"not valid text ({exc.reason})", 2, as_json)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv

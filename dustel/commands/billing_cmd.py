@@ -15,7 +15,7 @@ from ..errors import DustelError
 from ..provisioning import rates as rating_table
 from ..provisioning import tenants
 from ..provisioning import validate as v
-from .common import INT, Env, emit, euro, json_option, pass_env, table
+from .common import AMOUNT_ARGUMENT, INT, Env, emit, euro, json_option, pass_env, table
 
 rates = click.Group("rates", help="Per-minute prices by destination prefix (longest match), integer cents.")
 
@@ -47,7 +47,7 @@ def rates_list(env: Env, as_json: bool) -> None:
 credit = click.Group("credit", help="Prepaid credit and the money state of a tenant.")
 
 
-@credit.command("topup")
+@credit.command("topup", context_settings=AMOUNT_ARGUMENT)
 @click.argument("tenant_id", type=INT)
 @click.argument("amount")
 @click.option("--ref", required=True, help="Payment reference (bank transfer id …); a repeated ref is a no-op.")

@@ -71,6 +71,9 @@ class AsciiInt(click.ParamType):
 
 
 INT = AsciiInt()
+# a command with an amount argument: '-5' reaches the amount's own rule
+# ("amount: must not be negative") instead of click's "No such option '-5'"
+AMOUNT_ARGUMENT = {"ignore_unknown_options": True}
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 

@@ -167,6 +167,8 @@ def money_cents(field: str, value: str) -> int:
     """Euros as text (12, 12.5, 12.50) to integer cents; never through float."""
     m = re.fullmatch(r"([0-9]{1,9})(?:[.,]([0-9]{1,2}))?", value.strip())
     if not m:
+        if re.fullmatch(r"\s*-\s*[0-9]+(?:[.,][0-9]*)?\s*", value):
+            raise DustelError(field, "must not be negative")
         raise DustelError(field, "must be an amount in EUR such as 50 or 49.90")
     return int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))
 

@@ -244,3 +244,23 @@ def test_small_review_findings(run: Cli, conn: psycopg.Connection) -> None:
     for cmd in (("faxbox", "list", "999"), ("queue", "list", "999")):
         r = run(*cmd)
         assert r.exit_code == 1 and r.stderr.startswith("error: tenant"), (cmd, r.stderr)
+
+
+def test_errors_name_the_field_and_the_rule_and_speak_json_under_json(run: Cli, provider: dict[str, str]) -> None:
+    """Issue 31 item 5: `credit topup 1 -5` said "No such option '-5'" (no
+    field), `--credit-limit -5` "must be an amount such as 50" (not the
+    rule it broke), and errors under --json were plain text."""
+    r = run("credit", "topup", "1", "-5", "--ref", "x")
+    assert (r.exit_code, r.stderr) == (1, "error: amount: must not be negative\n")
+    r = run("limits", "set", "1", "--credit-limit", "-5")
+    assert (r.exit_code, r.stderr) == (1, "error: credit_limit: must not be negative\n")
+    r = run("credit", "topup", "1", "-5", "--ref", "x", "--json")
+    assert r.exit_code == 1 and r.stdout == ""
+    assert json.loads(r.stderr) == {"error": {"field": "amount", "rule": "must not be negative"}}
+    r = run("tenant", "show", "999", "--json")
+    assert r.exit_code == 1 and json.loads(r.stderr)["error"]["field"] == "tenant"
+    r = run("tenant", "show", "x", "--json")                           # a usage error names its parameter
+    assert r.exit_code == 2 and json.loads(r.stderr)["error"] == {
+        "field": "tenant_id", "rule": "Invalid value for 'TENANT_ID': 'x' is not a whole number"}
+    r = run("tenant", "list", "--json", "--bogus")
+    assert r.exit_code == 2 and json.loads(r.stderr)["error"]["field"] == "bogus"
