@@ -8,7 +8,7 @@ STATE    ?= .dustel
 BIN       = $(VENV)/bin
 STAMP     = $(VENV)/.installed
 
-.PHONY: demo test venv system-deps lint bench clean wheelhouse
+.PHONY: demo test venv system-deps test-caches lint bench clean wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ system-deps:
 demo: venv
 	$(BIN)/dustel --state-dir $(STATE) demo
 
-test: venv system-deps
+# the Debian trees the engine and deployment tests use, built or found here
+# (a line per step) rather than silently inside a test
+test-caches: system-deps
+	@scripts/test-caches.sh
+
+test: venv system-deps test-caches
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # dustel's wheel and its dependencies' for the Ansible dustel role (offline install)

@@ -28,6 +28,7 @@ if ! mirror=$("$(dirname "$0")/debian-mirror.sh"); then
     echo "$name: no Debian mirror" >&2
     exit 2
 fi
+echo "$name: building $suite with mmdebstrap from $mirror into $dir (the first time takes minutes)"
 rm -rf "$dir"
 mkdir -p "$(dirname "$dir")"
 tmp="$dir.tmp.$$"
@@ -36,4 +37,4 @@ mmdebstrap --variant=apt --aptopt='Acquire::Check-Valid-Until "false"' "$@" \
     --include="$packages" "$suite" "$tmp" "$mirror"
 echo "$want" > "$tmp/.dustel-complete"
 mv "$tmp" "$dir"
-echo "$name: built at $dir"
+echo "$name: built at $dir ($(du -sh "$dir" | cut -f1))"
