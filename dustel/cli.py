@@ -29,6 +29,7 @@ from .commands import (
 )
 from .commands.common import Env
 from .errors import DustelError
+from .provisioning import validate
 
 
 def _fail(field: str, rule: str, code: int, as_json: bool) -> None:
@@ -104,6 +105,30 @@ for command in (
     cli.add_command(command)
 billing_cmd.billing.add_command(invoice_cmd.billing_profile)
 number_cmd.group.add_command(invoice_cmd.number_cancel)
+
+
+class EdgeContext(click.Context):
+    """Every command's context: before its callback runs, each text it was
+    given on the command line meets the one edge rule (validate.edge),
+    named by its parameter — so no field can forget it."""
+
+    def invoke(self, callback: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(callback, click.Command):
+            return super().invoke(callback, *args, **kwargs)
+        for name, value in kwargs.items():
+            for item in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(item, str):
+                    validate.edge(name, item)
+        return super().invoke(callback, *args, **kwargs)
+
+
+def _edge_everywhere(cmd: click.Command) -> None:
+    cmd.context_class = EdgeContext
+    for sub in getattr(cmd, "commands", {}).values():
+        _edge_everywhere(sub)
+
+
+_edge_everywhere(cli)
 
 
 def main() -> None:

@@ -23,6 +23,20 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
 
 
+def edge(field: str, value: str) -> str:
+    """The one rule every text that enters dustel meets first, whatever the
+    field (CLI options and arguments, CSV imports, later the API): no
+    control, format, surrogate, private or unassigned character and no line
+    or paragraph separator — NUL (which PostgreSQL's text refuses), CR, LF,
+    tab, NEL (U+0085), U+2028, a right-to-left override.  Each field's own
+    rule (a name, a number, an IBAN …) comes after."""
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat[0] == "C" or cat in ("Zl", "Zp"):
+            raise DustelError(field, f"must not contain control characters or line breaks (U+{ord(ch):04X})")
+    return value
+
+
 def text(field: str, value: str, *, max_len: int, min_len: int = 1) -> str:
     """Free text (names): printable Unicode, no control characters."""
     value = unicodedata.normalize("NFC", value.strip())

@@ -264,3 +264,28 @@ def test_errors_name_the_field_and_the_rule_and_speak_json_under_json(run: Cli, 
         "field": "tenant_id", "rule": "Invalid value for 'TENANT_ID': 'x' is not a whole number"}
     r = run("tenant", "list", "--json", "--bogus")
     assert r.exit_code == 2 and json.loads(r.stderr)["error"]["field"] == "bogus"
+
+
+@pytest.mark.parametrize("bad", ["nul\x00byte", "line\nbreak", "tab\there", "nel\x85x", "ls\u2028x", "rlo\u202ex"])
+def test_one_text_rule_at_the_edge_of_every_field(run: Cli, provider: dict[str, str], bad: str) -> None:
+    """Issue 31 item 17: NUL reached PostgreSQL in 7 fields and came back as
+    'database: PostgreSQL text fields cannot contain NUL'; U+2028 and U+0085
+    were stored verbatim in 20 free-text fields.  Every text on the command
+    line now meets one rule first, named by its parameter."""
+    before = _without_sequences(dump(run.url))
+    for args, field in (
+            (["tenant", "set", "2", "--plan", bad], "plan"),
+            (["tenant", "set", "2", "--option", bad], "options"),
+            (["queue", "hours", "2", "support", "--open", "mon-fri 08:00-18:00", "--closed-target", bad],
+             "closed_target"),
+            (["billing", "profile", "2", "--vat-id", bad], "vat_id"),
+            (["zones", "set", provider["starter_user"], "--preset", bad], "preset"),
+            (["credit", "topup", "1", "5", "--ref", bad], "ref"),
+            (["tenant", "add", "--name", bad, "--type", "business", "--plan", "starter", "--street", "S 1",
+              "--postcode", "40211", "--city", "D", "--area-code", "0211"], "name"),
+            (["faxbox", "add", "2", bad, "--email", "a@example.org"], "name")):
+        r = run(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.stderr.startswith(f"error: {field}: must not contain control characters or line breaks (U+"), \
+            (args, r.stderr)
+    assert _without_sequences(dump(run.url)) == before

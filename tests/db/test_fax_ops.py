@@ -61,7 +61,8 @@ def test_a_fax_that_cannot_be_placed_does_not_stop_the_mail(run: Any, org: dict[
         mb.stop()
     assert [str(m["To"]) for m in mb.messages] == ["fax@example.org"]      # the mail went
     assert json.loads(r.stdout) == {"sent": 1, "retry": 0, "failed": 0}
-    assert r.exit_code == 1 and r.stderr.startswith("error: fax_spool_dir: cannot write the fax")
+    error = json.loads(r.stderr)["error"]
+    assert r.exit_code == 1 and error["field"] == "fax_spool_dir" and error["rule"].startswith("cannot write the fax")
     assert conn.execute("SELECT state FROM fax_jobs").fetchone()["state"] == "queued"      # and the job waits
 
 
