@@ -40,7 +40,8 @@ def add(env: Env, as_json: bool, tenant_id: int, e164: str, block_size: int | No
 def assign(env: Env, as_json: bool, e164: str, account: str | None, queue: str | None,
            fax: str | None, group_: str | None, unroute: bool) -> None:
     """Route a number or a whole block to one target."""
-    given = [(k, t) for k, t in (("account", account), ("queue", queue), ("fax", fax), ("group", group_)) if t]
+    given = [(k, t) for k, t in (("account", account), ("queue", queue), ("fax", fax), ("group", group_))
+             if t is not None]                # an empty name meets its field's rule, not a usage error
     if len(given) + unroute != 1:
         raise click.UsageError("give exactly one of --account, --queue, --fax, --group, --none")
     kind, target = given[0] if given else (None, None)

@@ -126,7 +126,7 @@ def queue_add(env: Env, as_json: bool, tenant_id: int, name: str, code: str, str
     """Add a queue."""
     with env.tx() as conn:
         row = targets.queue_add(conn, tenant_id, name, code, strategy=strategy, max_wait=max_wait,
-                                max_callers=max_callers, wrapup=wrapup, moh_class=moh_class)
+                                max_callers=max_callers, wrapup=wrapup, moh=moh_class)
     emit(row, as_json, lambda d: click.echo(f"queue {d['name']} added (login *51{d['code']})"))
 
 

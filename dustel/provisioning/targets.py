@@ -82,13 +82,14 @@ def faxbox_set(conn: psycopg.Connection, tenant_id: int, name: str, *, email: st
     sets = ", ".join(f"{k} = %s" for k in cols)
     row = conn.execute(f"UPDATE faxboxes SET {sets} WHERE tenant_id = %s AND name = %s "
                        "RETURNING id, name, email, smtp_password_hash IS NOT NULL AS smtp_login",
-                       (*cols.values(), tenant_id, name)).fetchone()
+                       (*cols.values(), tenant_id, v.slug("name", name))).fetchone()
     if row is None:
         raise NotFound("faxbox", f"tenant {tenant_id} has no fax box {name!r}")
     return row
 
 
 def faxbox_remove(conn: psycopg.Connection, tenant_id: int, name: str) -> None:
+    name = v.slug("name", name)            # as add took it: a name is found however it was typed
     box = conn.execute("SELECT id FROM faxboxes WHERE tenant_id = %s AND name = %s", (tenant_id, name)).fetchone()
     if box is None:
         raise NotFound("faxbox", f"tenant {tenant_id} has no fax box {name!r}")
@@ -132,15 +133,21 @@ def ring_group_add(conn: psycopg.Connection, tenant_id: int, name: str, members:
     return g
 
 
-def queue_set_moh(conn: psycopg.Connection, tenant_id: int, name: str, moh_class: str) -> dict[str, Any]:
-    """The hold music a queue's callers hear: 'default' or a class of the
-    tenant's (``dustel moh upload``)."""
-    cls = v.slug("moh", moh_class)
+def moh_class(conn: psycopg.Connection, tenant_id: int, moh: str) -> str:
+    """A hold music class a queue of the tenant may play: 'default' or one of
+    the tenant's (``dustel moh upload``) — one rule for queue add and set."""
+    cls = v.slug("moh", moh)
     if cls != "default" and conn.execute("SELECT 1 FROM moh_classes WHERE tenant_id = %s AND name = %s",
                                          (tenant_id, cls)).fetchone() is None:
         raise NotFound("moh", f"tenant {tenant_id} has no hold music class {cls!r} (dustel moh upload)")
+    return cls
+
+
+def queue_set_moh(conn: psycopg.Connection, tenant_id: int, name: str, moh: str) -> dict[str, Any]:
+    """The hold music a queue's callers hear."""
+    cls = moh_class(conn, tenant_id, moh)
     row = conn.execute("UPDATE queues SET moh_class = %s WHERE tenant_id = %s AND name = %s RETURNING name, moh_class",
-                       (cls, tenant_id, name)).fetchone()
+                       (cls, tenant_id, v.slug("queue", name))).fetchone()
     if row is None:
         raise NotFound("queue", f"tenant {tenant_id} has no queue {name!r}")
     return row
@@ -148,7 +155,7 @@ def queue_set_moh(conn: psycopg.Connection, tenant_id: int, name: str, moh_class
 
 def queue_add(conn: psycopg.Connection, tenant_id: int, name: str, code: str, *,
               strategy: str = "ring_all", max_wait: int = 300, max_callers: int = 10,
-              wrapup: int = 10, moh_class: str = "default") -> dict[str, Any]:
+              wrapup: int = 10, moh: str = "default") -> dict[str, Any]:
     tenants.get(conn, tenant_id)
     if strategy not in STRATEGIES:
         raise DustelError("strategy", f"must be one of {', '.join(STRATEGIES)}")
@@ -157,7 +164,7 @@ def queue_add(conn: psycopg.Connection, tenant_id: int, name: str, code: str, *,
                                wrapup_seconds, moh_class)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
         (tenant_id, v.slug("name", name), v.digits("code", code, max_len=6), strategy,
-         max_wait, max_callers, wrapup, v.slug("moh_class", moh_class))).fetchone()
+         max_wait, max_callers, wrapup, moh_class(conn, tenant_id, moh))).fetchone()
 
 
 def queue_hours(conn: psycopg.Connection, tenant_id: int, name: str, rules: list[str], *,

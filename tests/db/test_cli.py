@@ -289,3 +289,17 @@ def test_one_text_rule_at_the_edge_of_every_field(run: Cli, provider: dict[str, 
         assert r.stderr.startswith(f"error: {field}: must not contain control characters or line breaks (U+"), \
             (args, r.stderr)
     assert _without_sequences(dump(run.url)) == before
+
+
+def test_names_and_targets_meet_the_same_rule_everywhere(run: Cli, provider: dict[str, str]) -> None:
+    """Issue 31 item 20: `queue add --moh` took a class that does not exist
+    (`queue set --moh` refused it); names were stripped on add but not on
+    remove; `number assign --queue ''` was a usage error naming no field."""
+    r = run("queue", "add", "2", "hotline", "--code", "2", "--moh", "jazz")
+    assert (r.exit_code, r.stderr) == (1, "error: moh: tenant 2 has no hold music class 'jazz' (dustel moh upload)\n")
+    run.ok("faxbox", "add", "2", " office ", "--email", "office@example.org")
+    run.ok("faxbox", "set", "2", " office", "--email", "desk@example.org")
+    run.ok("faxbox", "remove", "2", " office")
+    r = run("number", "assign", "+4921122222", "--queue", "")
+    assert (r.exit_code, r.stderr) == (1, "error: queue: must be 1-32 characters a-z, 0-9, '_' or '-', starting "
+                                          "with a letter or digit\n")
