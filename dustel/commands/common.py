@@ -75,6 +75,10 @@ INT = AsciiInt()
 # ("amount: must not be negative") instead of click's "No such option '-5'"
 AMOUNT_ARGUMENT = {"ignore_unknown_options": True}
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+# the one convention of the lists: `--tenant T` (issue 31); a command that
+# acts on one tenant's thing takes TENANT_ID as its first argument instead
+tenant_filter = click.option("--tenant", "tenant_id", type=INT, help="Only this tenant's (default: every tenant's).")
+tenant_required = click.option("--tenant", "tenant_id", type=INT, required=True, help="The tenant.")
 
 
 def _default(o: Any) -> Any:

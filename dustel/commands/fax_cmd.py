@@ -12,14 +12,14 @@ from .. import logs
 from ..config import EngineNode, Settings, node_secret
 from ..errors import DustelError, NotFound
 from ..fax import outbound, outbox
-from .common import INT, Env, emit, json_option, pass_env, table
+from .common import INT, Env, emit, json_option, pass_env, table, tenant_filter
 
 fax = click.Group("fax", help="Faxes (F-08): received faxes and the mail outbox.")
 
-_LIST = """SELECT f.id, f.created_at, f.direction, f.faxbox, f.remote_number, f.status, f.pages,
+_LIST = """SELECT f.id, f.tenant_id, f.created_at, f.direction, f.faxbox, f.remote_number, f.status, f.pages,
                   (SELECT m.state FROM mail_outbox m WHERE m.fax_id = f.id ORDER BY m.id LIMIT 1) AS mail
-             FROM faxes f WHERE f.tenant_id = %s ORDER BY f.created_at DESC, f.id DESC"""
-
+             FROM faxes f WHERE %(t)s::bigint IS NULL OR f.tenant_id = %(t)s
+            ORDER BY f.created_at DESC, f.id DESC"""
 
 _FAILED = """SELECT m.id AS mail, m.tenant_id, m.fax_id, m.kind, m.recipient, m.attempts, m.created_at, m.last_error
                FROM mail_outbox m WHERE m.state = 'failed' AND (%(t)s::bigint IS NULL OR m.tenant_id = %(t)s)
@@ -27,26 +27,21 @@ _FAILED = """SELECT m.id AS mail, m.tenant_id, m.fax_id, m.kind, m.recipient, m.
 
 
 @fax.command("list")
-@click.argument("tenant_id", type=INT, required=False)
-@click.option("--failed", is_flag=True, help="The mails the outbox gave up on (every tenant's without TENANT_ID): "
-              "fix the address or the relay, then `fax retry`.")
+@tenant_filter
+@click.option("--failed", is_flag=True, help="The mails the outbox gave up on instead: fix the address or the "
+              "relay, then `fax retry`.")
 @json_option
 @pass_env
 def fax_list(env: Env, as_json: bool, tenant_id: int | None, failed: bool) -> None:
-    """A tenant's faxes, newest first, with the state of their mail."""
-    if tenant_id is None and not failed:
-        raise click.UsageError("TENANT_ID is required (or --failed for every tenant's failed mails)")
+    """Faxes received, newest first, with the state of their mail."""
     with env.tx() as conn:
-        if failed:
-            rows = conn.execute(_FAILED, {"t": tenant_id}).fetchall()
-        else:
-            rows = conn.execute(_LIST, (tenant_id,)).fetchall()
+        rows = conn.execute(_FAILED if failed else _LIST, {"t": tenant_id}).fetchall()
     if failed:
         emit(rows, as_json, lambda d: table(d, ["mail", "tenant_id", "fax_id", "kind", "recipient", "attempts",
                                                 "created_at", "last_error"]))
     else:
-        emit(rows, as_json, lambda d: table(d, ["id", "created_at", "faxbox", "remote_number", "status", "pages",
-                                                "mail"]))
+        emit(rows, as_json, lambda d: table(d, ["id", "tenant_id", "created_at", "faxbox", "remote_number",
+                                                "status", "pages", "mail"]))
 
 
 @fax.command("show")
@@ -101,16 +96,18 @@ def fax_send(env: Env, as_json: bool, tenant_id: int, from_number: str, to_numbe
 
 
 @fax.command("jobs")
-@click.argument("tenant_id", type=INT)
+@tenant_filter
 @json_option
 @pass_env
-def fax_jobs(env: Env, as_json: bool, tenant_id: int) -> None:
-    """A tenant's faxes to send, newest first."""
+def fax_jobs(env: Env, as_json: bool, tenant_id: int | None) -> None:
+    """Faxes to send, newest first."""
     with env.tx() as conn:
-        rows = conn.execute("""SELECT id, created_at, from_number, to_number, pages, state, attempts, pages_sent,
-                                      last_result FROM fax_jobs WHERE tenant_id = %s ORDER BY id DESC""",
-                            (tenant_id,)).fetchall()
-    emit(rows, as_json, lambda d: table(d, ["id", "to_number", "pages", "state", "attempts", "last_result"]))
+        rows = conn.execute("""SELECT id, tenant_id, created_at, from_number, to_number, pages, state, attempts,
+                                      pages_sent, last_result FROM fax_jobs
+                                WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY id DESC""",
+                            {"t": tenant_id}).fetchall()
+    emit(rows, as_json, lambda d: table(d, ["id", "tenant_id", "to_number", "pages", "state", "attempts",
+                                            "last_result"]))
 
 
 def placer_of(s: Settings) -> outbound.CallFiles | outbound.EventSocket:

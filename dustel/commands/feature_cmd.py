@@ -5,7 +5,7 @@ import click
 
 from ..provisioning import features, schedule
 from ..provisioning import validate as v
-from .common import INT, Env, emit, euro, json_option, pass_env, table
+from .common import INT, Env, emit, euro, json_option, pass_env, table, tenant_required
 
 
 def _show_diversion(d: dict) -> None:
@@ -238,7 +238,7 @@ def speeddial_remove(env: Env, tenant_id: int, code: str) -> None:
 
 
 @speeddial.command("list")
-@click.argument("tenant_id", type=INT)
+@tenant_required
 @json_option
 @pass_env
 def speeddial_list(env: Env, as_json: bool, tenant_id: int) -> None:

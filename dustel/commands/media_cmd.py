@@ -9,7 +9,7 @@ import click
 from ..errors import DustelError
 from ..provisioning import media
 from ..provisioning import validate as v
-from .common import INT, Env, emit, json_option, pass_env, table
+from .common import INT, Env, emit, json_option, pass_env, table, tenant_required
 
 
 def _read(path: str) -> bytes:
@@ -49,7 +49,7 @@ def moh_upload(env: Env, as_json: bool, tenant_id: int, cls: str, file: str) -> 
 
 
 @moh.command("list")
-@click.argument("tenant_id", type=INT)
+@tenant_required
 @json_option
 @pass_env
 def moh_list(env: Env, as_json: bool, tenant_id: int) -> None:

@@ -11,7 +11,7 @@ import click
 
 from ..errors import DustelError
 from ..provisioning import targets, tenants
-from .common import INT, Env, emit, json_option, pass_env, read_password, table
+from .common import INT, Env, emit, json_option, pass_env, read_password, table, tenant_filter
 
 faxbox = click.Group("faxbox", help="Fax-to-email boxes (F-08).")
 
@@ -34,18 +34,20 @@ def faxbox_add(env: Env, as_json: bool, tenant_id: int, name: str, email: str, a
 
 
 @faxbox.command("list")
-@click.argument("tenant_id", type=INT)
+@tenant_filter
 @json_option
 @pass_env
-def faxbox_list(env: Env, as_json: bool, tenant_id: int) -> None:
+def faxbox_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
     """List fax boxes."""
     with env.tx() as conn:
-        tenants.get(conn, tenant_id)                 # an unknown tenant is an error, not "(none)"
-        rows = conn.execute("""SELECT id, name, email, pin_hash IS NOT NULL AS pin,
+        if tenant_id is not None:
+            tenants.get(conn, tenant_id)             # an unknown tenant is an error, not "(none)"
+        rows = conn.execute("""SELECT id, tenant_id, name, email, pin_hash IS NOT NULL AS pin,
                                       CASE WHEN smtp_password_hash IS NOT NULL THEN tenant_id || '/' || name END
                                           AS smtp_login
-                                 FROM faxboxes WHERE tenant_id = %s ORDER BY name""", (tenant_id,)).fetchall()
-    emit(rows, as_json, lambda r: table(r, ["id", "name", "email", "pin", "smtp_login"]))
+                                 FROM faxboxes WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s
+                                ORDER BY tenant_id, name""", {"t": tenant_id}).fetchall()
+    emit(rows, as_json, lambda r: table(r, ["id", "tenant_id", "name", "email", "pin", "smtp_login"]))
 
 
 @faxbox.command("set")
@@ -131,17 +133,20 @@ def queue_add(env: Env, as_json: bool, tenant_id: int, name: str, code: str, str
 
 
 @queue.command("list")
-@click.argument("tenant_id", type=INT)
+@tenant_filter
 @json_option
 @pass_env
-def queue_list(env: Env, as_json: bool, tenant_id: int) -> None:
-    """List a tenant's queues."""
+def queue_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
+    """List queues."""
     with env.tx() as conn:
-        tenants.get(conn, tenant_id)                 # an unknown tenant is an error, not "(none)"
+        if tenant_id is not None:
+            tenants.get(conn, tenant_id)             # an unknown tenant is an error, not "(none)"
         rows = conn.execute(
-            "SELECT id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds, moh_class"
-            " FROM queues WHERE tenant_id = %s ORDER BY name", (tenant_id,)).fetchall()
-    emit(rows, as_json, lambda r: table(r, ["name", "code", "strategy", "max_wait_seconds", "max_callers"]))
+            "SELECT id, tenant_id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds, moh_class"
+            " FROM queues WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, name",
+            {"t": tenant_id}).fetchall()
+    emit(rows, as_json, lambda r: table(r, ["tenant_id", "name", "code", "strategy", "max_wait_seconds",
+                                            "max_callers"]))
 
 
 @queue.command("set")

@@ -241,7 +241,7 @@ def test_small_review_findings(run: Cli, conn: psycopg.Connection) -> None:
     r = run("speeddial", "set", "3", "7", other)
     assert r.exit_code == 1 and r.stderr.startswith("error: target:") and "tenant 3" in r.stderr
     assert conn.execute("SELECT count(*) AS n FROM speed_dials WHERE code = '7'").fetchone()["n"] == 0
-    for cmd in (("faxbox", "list", "999"), ("queue", "list", "999")):
+    for cmd in (("faxbox", "list", "--tenant", "999"), ("queue", "list", "--tenant", "999")):
         r = run(*cmd)
         assert r.exit_code == 1 and r.stderr.startswith("error: tenant"), (cmd, r.stderr)
 
@@ -303,3 +303,26 @@ def test_names_and_targets_meet_the_same_rule_everywhere(run: Cli, provider: dic
     r = run("number", "assign", "+4921122222", "--queue", "")
     assert (r.exit_code, r.stderr) == (1, "error: queue: must be 1-32 characters a-z, 0-9, '_' or '-', starting "
                                           "with a letter or digit\n")
+
+
+def test_every_list_takes_the_tenant_the_same_way(run: Cli, provider: dict[str, str]) -> None:
+    """Issue 31 item 6: `queue list` took the tenant as an argument where
+    other lists take --tenant.  Every list takes `--tenant T`."""
+    import click as _click
+    lists = []
+
+    def walk(cmd: _click.Command, path: list[str]) -> None:
+        if isinstance(cmd, _click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        elif path[-1] in ("list", "jobs"):
+            lists.append((path, cmd))
+
+    walk(cli, [])
+    for path, cmd in lists:
+        names = {p.name: p for p in cmd.params}
+        assert not any(isinstance(p, _click.Argument) and p.name == "tenant_id" for p in cmd.params), path
+        if "tenant_id" in names:
+            assert names["tenant_id"].opts == ["--tenant"], path
+    assert [r["name"] for r in json.loads(run.ok("queue", "list", "--tenant", "2", "--json").stdout)] == ["support"]
+    assert json.loads(run.ok("queue", "list", "--json").stdout)[0]["tenant_id"] == 2

@@ -95,15 +95,14 @@ def test_failed_mails_are_listed_and_counted_by_health(run: Any, org: dict[str, 
     (row,) = json.loads(run.ok("fax", "list", "--failed", "--json").stdout)
     assert (row["fax_id"], row["tenant_id"], row["recipient"], row["last_error"]) == \
         (failed, org["id"], "fax@example.org", "550 no such user")
-    assert json.loads(run.ok("fax", "list", str(org["id"] + 1), "--failed", "--json").stdout) == []
+    assert json.loads(run.ok("fax", "list", "--tenant", str(org["id"] + 1), "--failed", "--json").stdout) == []
     r = run("health", "--json")
     counts = {c["name"]: c["count"] for c in json.loads(r.stdout)["checks"]}
     assert r.exit_code == 1 and counts == {"mail_failed": 1, "mail_delayed": 1, "fax_jobs_stuck": 0,
                                            "reservations_overdue": 0, "reconcile": 0}
     r = run("health")
     assert r.exit_code == 1 and "mail_failed" in r.stdout and "fax list --failed" in r.stdout
-    r = run("fax", "list")
-    assert r.exit_code == 2 and "TENANT_ID is required" in r.stderr
+    assert {f["tenant_id"] for f in json.loads(run.ok("fax", "list", "--json").stdout)} == {org["id"]}
 
 
 def test_pins_and_passwords_never_come_from_argv(run: Any, org: dict[str, Any], conn: psycopg.Connection) -> None:
@@ -129,7 +128,7 @@ def test_pins_and_passwords_never_come_from_argv(run: Any, org: dict[str, Any], 
     box = conn.execute("SELECT pin_hash, smtp_password_hash FROM faxboxes WHERE name = 'desk'").fetchone()
     assert targets.check_pin("8642", box["pin_hash"]) and box["smtp_password_hash"].startswith("$argon2id$")
     assert targets.check_secret("Subm1ssion-Secret", box["smtp_password_hash"])
-    listed = {b["name"]: b for b in json.loads(run.ok("faxbox", "list", tid, "--json").stdout)}
+    listed = {b["name"]: b for b in json.loads(run.ok("faxbox", "list", "--tenant", tid, "--json").stdout)}
     assert (listed["desk"]["pin"], listed["desk"]["smtp_login"]) == (True, f"{tid}/desk")
     assert listed["office"]["smtp_login"] is None
     r = run("faxbox", "set", tid, "desk", "--smtp-password-stdin", input="short\n")

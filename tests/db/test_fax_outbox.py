@@ -141,7 +141,7 @@ def test_fax_list_show_retry_and_deliver_through_the_cli(run: Any, conn: psycopg
     monkeypatch.setenv("DUSTEL_SMTP_PORT", str(port))
     fid = fax_in(conn, box)["fax_id"]
     conn.execute("UPDATE mail_outbox SET state = 'failed', attempts = 6, last_error = 'SMTPRecipientsRefused'")
-    (row,) = json.loads(run.ok("fax", "list", str(box["id"]), "--json").stdout)
+    (row,) = json.loads(run.ok("fax", "list", "--tenant", str(box["id"]), "--json").stdout)
     assert (row["id"], row["status"], row["pages"], row["mail"]) == (fid, "received", 2, "failed")
     shown = json.loads(run.ok("fax", "show", str(fid), "--json").stdout)
     assert shown["mails"][0]["last_error"] == "SMTPRecipientsRefused"

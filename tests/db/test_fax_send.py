@@ -81,7 +81,7 @@ def test_fax_send_refuses_and_queues_nothing(run: Any, org: dict[str, Any], tmp_
                             "--json").stdout)
     assert (job["pages"], job["to_number"], job["state"], job["report_to"]) == (2, "+49401234567", "queued",
                                                                                 "chef@example.org")
-    (row,) = json.loads(run.ok("fax", "jobs", tid, "--json").stdout)
+    (row,) = json.loads(run.ok("fax", "jobs", "--tenant", tid, "--json").stdout)
     assert row["id"] == job["id"]
 
 

@@ -84,7 +84,7 @@ def test_moh_upload_list_queue_and_remove_through_the_cli(run: Cli, provider: di
     import hashlib
     assert stored["wav_sha256"]["48000"] == hashlib.sha256(wav).hexdigest()
     assert stored["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
-    listed = json.loads(run.ok("moh", "list", "2", "--json").stdout)
+    listed = json.loads(run.ok("moh", "list", "--tenant", "2", "--json").stdout)
     assert [(r["class"], r["name"]) for r in listed] == [("jazz", row["name"])]
 
     # the starter tenant may not: refused, and nothing written (no file, no temporary file)
@@ -113,4 +113,4 @@ def test_moh_upload_list_queue_and_remove_through_the_cli(run: Cli, provider: di
         assert f'<directory name="moh/{rate}" path="$${{sounds_dir}}/music/{rate}">' in ls   # the stock stream stays
     run.ok("queue", "set", "2", "support", "--moh", "default")
     run.ok("moh", "remove", "2", "jazz")
-    assert not any(moh_dir.rglob("*.wav")) and json.loads(run.ok("moh", "list", "2", "--json").stdout) == []
+    assert not any(moh_dir.rglob("*.wav")) and json.loads(run.ok("moh", "list", "--tenant", "2", "--json").stdout) == []
