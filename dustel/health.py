@@ -16,7 +16,10 @@ that fell behind:
 - ``reservations_overdue``: call reservations past their expiry still held:
   the scheduler's expiry job is not running;
 - ``reconcile``: calls whose money and CDR disagree that ``billing reconcile
-  --fix`` would fix.
+  --fix`` would fix;
+- ``own_number_targets``: forwarding / group call / fallback / closed-queue
+  targets that are the tenant's own numbers, stored before the database
+  refused them (the call path skips them; a person should name the account).
 """
 from __future__ import annotations
 
@@ -44,7 +47,11 @@ SELECT (SELECT count(*) FROM mail_outbox WHERE state = 'failed' AND created_at >
            AND created_at < now() - interval '1 hour') AS mail_delayed,
        (SELECT count(*) FROM fax_jobs WHERE state = 'sending'
            AND updated_at < now() - make_interval(secs => %(stuck)s)) AS fax_jobs_stuck,
-       (SELECT count(*) FROM calls WHERE state = 'active' AND expires_at < now()) AS reservations_overdue
+       (SELECT count(*) FROM calls WHERE state = 'active' AND expires_at < now()) AS reservations_overdue,
+       (SELECT count(*) FROM (SELECT tenant_id, external_e164 AS x FROM diversion_targets
+                              UNION ALL SELECT tenant_id, fallback_e164 FROM ring_groups
+                              UNION ALL SELECT tenant_id, closed_target FROM queues) t
+         WHERE x LIKE '+%%' AND dustel_own_number(tenant_id, x) IS NOT NULL) AS own_number_targets
 """
 
 ADVICE = {
@@ -53,6 +60,8 @@ ADVICE = {
     "fax_jobs_stuck": "fax jobs with no result from the engine: is `dustel fax deliver --loop` running?",
     "reservations_overdue": "reservations past their expiry: is `dustel scheduler run` running?",
     "reconcile": "calls whose money and CDR disagree: `dustel billing reconcile`, then `--fix`",
+    "own_number_targets": "external targets that are the tenant's own numbers (set before that was refused): "
+                          "skipped at call time; name the account they ring instead",
 }
 
 

@@ -137,8 +137,7 @@ SELECT d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone,
   JOIN tenants t ON t.id = a.tenant_id
   JOIN diversions d ON d.account_id = a.id
   LEFT JOIN diversion_targets dt ON dt.account_id = d.account_id
-        AND NOT EXISTS (SELECT 1 FROM numbers n WHERE n.e164 = dt.external_e164 AND n.tenant_id = a.tenant_id
-                           AND n.status <> 'ported_out')      -- never the tenant's own number (a loop)
+        AND dustel_own_number(a.tenant_id, dt.external_e164) IS NULL   -- never the tenant's own number (a loop)
   LEFT JOIN sip_accounts ta ON ta.id = dt.target_account_id
  WHERE a.tenant_id = %(t)s AND a.username = %(u)s
  GROUP BY d.account_id, d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone
@@ -146,7 +145,9 @@ SELECT d.kind, d.mode, d.timeout_seconds, d.schedule, t.timezone,
 
 
 _GROUP = """
-SELECT g.ring_seconds, coalesce(f.username, g.fallback_e164) AS fallback,
+SELECT g.ring_seconds,
+       coalesce(f.username, CASE WHEN dustel_own_number(g.tenant_id, g.fallback_e164) IS NULL
+                                 THEN g.fallback_e164 END) AS fallback,   -- never an own number (a loop)
        coalesce((SELECT array_agg(a.username ORDER BY a.id) FROM ring_group_members m
                    JOIN sip_accounts a ON a.id = m.account_id WHERE m.group_id = g.id), '{}') AS members
   FROM ring_groups g LEFT JOIN sip_accounts f ON f.id = g.fallback_account_id

@@ -25,7 +25,11 @@ class QueueState:
 
 
 def state(tenant_id: int, queue: str, now: dt.datetime) -> Flow:
-    rows = (yield Q("""SELECT q.opening_hours, q.closed_announce, q.closed_target, q.max_wait_seconds,
+    rows = (yield Q("""SELECT q.opening_hours, q.closed_announce,
+                              -- never one of the tenant's own numbers (out through the carrier and back
+                              -- in: a loop; refused when set, this holds for rows from before that rule)
+                              CASE WHEN dustel_own_number(q.tenant_id, q.closed_target) IS NULL
+                                   THEN q.closed_target END AS closed_target, q.max_wait_seconds,
                               q.max_callers, t.timezone,
                               (SELECT count(*) FROM queue_waiting w WHERE w.queue_id = q.id
                                   AND w.since > now() - make_interval(secs => q.max_wait_seconds)) AS waiting

@@ -99,7 +99,7 @@ def test_failed_mails_are_listed_and_counted_by_health(run: Any, org: dict[str, 
     r = run("health", "--json")
     counts = {c["name"]: c["count"] for c in json.loads(r.stdout)["checks"]}
     assert r.exit_code == 1 and counts == {"mail_failed": 1, "mail_delayed": 1, "fax_jobs_stuck": 0,
-                                           "reservations_overdue": 0, "reconcile": 0}
+                                           "reservations_overdue": 0, "reconcile": 0, "own_number_targets": 0}
     r = run("health")
     assert r.exit_code == 1 and "mail_failed" in r.stdout and "fax list --failed" in r.stdout
     assert {f["tenant_id"] for f in json.loads(run.ok("fax", "list", "--json").stdout)} == {org["id"]}

@@ -455,7 +455,7 @@ def test_an_own_number_set_before_the_rule_is_never_dialled_at_call_time(conn: p
     """Issue 26 item 19, at call time: a target stored before the database
     refused it (or the called number itself) never becomes an outbound leg."""
     from dustel.callpath import calls, divert
-    t = tenant(conn, plan="business_flex")
+    t = tenant(conn, plan="business_flex", number_quota=20, options={"acd": 1})
     a = account(conn, t["id"])
     ok(conn, lambda: numbers.add(conn, t["id"], "+492115550100"))
     ok(conn, lambda: numbers.add(conn, t["id"], "+492115550101"))
@@ -470,6 +470,28 @@ def test_an_own_number_set_before_the_rule_is_never_dialled_at_call_time(conn: p
     now = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
     r = calls.run_sync(conn, divert.routing(t["id"], "account", a, "+492115550100", now))
     assert r.stages == (divert.Stage((), ("+4917011111111",), divert.RING_SECONDS),)
+    # the same for a block member, a ring group's fallback and a closed queue's target (helper-4's upgrade run)
+    from dustel.queue import hours
+    ok(conn, lambda: numbers.add(conn, t["id"], "+4921155531", block_size=10))
+    ok(conn, lambda: targets.ring_group_add(conn, t["id"], "desk", [a], fallback="+4930123456"))
+    triggers = (("diversion_targets", "diversion_targets_check"), ("ring_groups", "ring_groups_own_number"),
+                ("queues", "queues_own_number"))
+    for table, trigger in triggers:
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+    conn.execute("UPDATE diversion_targets SET external_e164 = '+49211555317' WHERE position = 2")
+    conn.execute("UPDATE ring_groups SET fallback_e164 = '+492115550101'")
+    conn.execute("""INSERT INTO queues (tenant_id, name, code, opening_hours, closed_target)
+                    VALUES (%s, 'hotline', '7', '{"rules": []}', '+49211555315')""", (t["id"],))
+    for table, trigger in triggers:
+        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+    r = calls.run_sync(conn, divert.routing(t["id"], "account", a, "+492115550100", now))
+    assert r.stages == (divert.Stage((), ("+4917011111111",), divert.RING_SECONDS),)
+    g = calls.run_sync(conn, divert.routing(t["id"], "group", "desk", "+492115550101", now))
+    assert len(g.stages) == 1                               # no fallback stage through the carrier
+    assert calls.run_sync(conn, hours.state(t["id"], "hotline", now)).closed_target == ""
+    from dustel import health
+    counts = {c.name: c.count for c in health.checks(conn)}
+    assert counts["own_number_targets"] == 4                # shown to a person: 2 targets, a fallback, a queue
 
 
 def test_forwarding_internal_targets_are_usernames_of_the_tenant(conn: psycopg.Connection) -> None:
