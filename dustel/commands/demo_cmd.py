@@ -42,7 +42,8 @@ def _human(d: dict, env: Env) -> None:
     click.echo("")
     table(d["tenants"], ["id", "name", "plan", "sip_domain", "accounts", "numbers"])
     click.echo("")
-    click.echo(f"queues {d['queues']}, agents {d['agents']}, forwardings/group calls {d['diversions']}")
+    click.echo(f"queues {d['queues']}, agents {d['agents']}, forwardings/group calls {d['diversions']}, "
+               f"queue events {d['queue_events']} (a day of traffic, {d['queue_day']})")
     click.echo(f"SIP passwords (demo only): {d['credentials_file']} (mode 0600)")
     for engine, r in d["rendered"].items():
         click.echo(f"{engine} config: {r['files']} files in {r['out']} ({r['changed']} changed now)")
@@ -57,8 +58,10 @@ def _human(d: dict, env: Env) -> None:
     click.echo(f"  .venv/bin/dustel --state-dir {sd} render --diff   # after a change: what would be written")
     click.echo(f"  less {sd}/etc/asterisk/pjsip.conf {sd}/etc/freeswitch/dialplan/public.xml")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} agi serve   # call-time policy, Asterisk (esl serve: FreeSWITCH)")
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} queue stats --tenant 3 --queue support --from 2026-11-01 "
-               "--to 2026-12-01 --by day")
+    day = dt.date.fromisoformat(d["queue_day"])
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} queue stats --tenant 3 --queue support --from {day} "
+               f"--to {day + dt.timedelta(days=1)} --by hour   # the demo queue's day ({d['queue_events']} events;"
+               " --by agent, --format csv-de | xlsx --out F)")
     month = dt.date.today().replace(day=1)
     issue = (month + dt.timedelta(days=32)).replace(day=1)
     click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice run --month {month:%Y-%m} --date {issue}"

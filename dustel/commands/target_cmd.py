@@ -220,26 +220,38 @@ def _when(name: str, value: str, tz: str) -> dt.datetime:
 @click.option("--from", "start", required=True, help="Start (ISO; the tenant's time zone unless an offset is given).")
 @click.option("--to", "end", required=True, help="End, exclusive (same format).")
 @click.option("--by", type=click.Choice(["hour", "day", "agent"]), default="day", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "csv-de", "xlsx"]), default="csv", show_default=True,
+              help="csv: comma, decimal point, ISO times; csv-de: what a German spreadsheet reads (semicolon, "
+                   "decimal comma, TT.MM.JJJJ, BOM); xlsx: a workbook (needs --out).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file (atomically) instead of stdout.")
+@json_option
 @pass_env
-def queue_stats(env: Env, tenant_id: int, queue_name: str, start: str, end: str, by: str, fmt: str,
+def queue_stats(env: Env, as_json: bool, tenant_id: int, queue_name: str, start: str, end: str, by: str, fmt: str,
                 out: str | None) -> None:
     """Supervisor statistics of one queue: offered, answered, abandoned, timed
-    out, closed, waits, talk time, service level — per hour or day in the
-    tenant's time zone, or per agent (calls, talk, logged-in and paused time)."""
+    out, closed, waits, talk time, service level — every hour or day of the
+    range in the tenant's time zone (zero rows included), or every agent of
+    the queue (calls, talk, logged-in and paused time).  An average over no
+    calls is blank (null in JSON)."""
     from ..queue import stats
 
+    if fmt == "xlsx" and out is None and not as_json:
+        raise DustelError("out", "an .xlsx workbook is written to a file: give --out FILE.xlsx")
     with env.tx() as conn:
         t = tenants.get(conn, tenant_id)
         tz = t["timezone"]
         _, rows = stats.report(conn, tenant_id, queue_name, _when("from", start, tz), _when("to", end, tz), by)
-    text = stats.to_csv(rows, by) if fmt == "csv" else stats.to_json(rows) + "\n"
+    if as_json:
+        data: bytes = (stats.to_json(rows) + "\n").encode()
+    elif fmt == "xlsx":
+        data = stats.to_xlsx(rows, by, f"{queue_name} {by}")
+    else:
+        data = stats.to_csv(rows, by, fmt).encode("utf-8")
     if out is None:
-        click.echo(text, nl=False)
+        click.echo(data.decode("utf-8"), nl=False)
         return
     path = Path(out)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     click.echo(f"wrote {len(rows)} rows to {path}", err=True)

@@ -1,20 +1,25 @@
 """The demo provider: one tenant per plan, with accounts, numbers, a
-block, forwarding, a group call, a queue with agents, a fax box.
+block, forwarding, a group call, a queue with agents and a day of its
+traffic, a fax box.
 
 Loading is idempotent: a second run finds the demo tenants and changes
 nothing.  Passwords are random, stored as HA1 only, and handed to the
 operator once in a 0600 file in the state dir — never printed."""
 from __future__ import annotations
 
+import datetime as dt
 import os
+import random
 import secrets
 import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
+from ..wire.esl import Event
 from . import accounts, features, numbers, rates, targets, tenants
 
 DEMO_MARKER_DOMAIN = "demo-starter.sip.dustel.de"
@@ -113,6 +118,7 @@ def load(conn: psycopg.Connection, credentials_file: Path,
     features.speed_dial_set(conn, b["id"], "1", "+4921198765")
     features.speed_dial_set(conn, b["id"], "2", b_ber)
     features.set_limits(conn, b["id"], credit_limit_cents=50000)
+    queue_day(conn, b["id"], "support", b["sip_domain"])
     # a small realistic rate table, so a newcomer's first non-flat call is rated, not refused no_rate
     if conn.execute("SELECT count(*) AS n FROM rates").fetchone()["n"] == 0:
         rates.store(conn, rates.read(rates.DEMO_RATES))
@@ -124,6 +130,83 @@ def load(conn: psycopg.Connection, credentials_file: Path,
         for user, dom, pw in creds:
             f.write(f"{user}@{dom} {pw}\n")
     return True
+
+
+QUEUE_DAY = dt.date(2026, 11, 30)          # a Monday: the demo's day of queue traffic
+
+
+def _cc_event(**headers: object) -> Event:
+    """A mod_callcenter ``callcenter::info`` event as FreeSWITCH sends it
+    (recording 07): the controller's input."""
+    return Event({"Event-Name": "CUSTOM", "Event-Subclass": "callcenter::info",
+                  **{k.replace("_", "-"): str(v) for k, v in headers.items()}})
+
+
+def queue_day(conn: psycopg.Connection, tenant_id: int, queue: str, domain: str, day: dt.date = QUEUE_DAY) -> int:
+    """A working day of a queue (08:00-18:00 in Berlin) made the way the
+    controller records one: mod_callcenter's events through
+    ``stats.from_fs`` (a caller enters, an agent answers and talks, a
+    caller gives up, a caller reaches the queue's maximum wait, an offer
+    fails), plus the agents' logins, lunch pauses and logouts as the star
+    codes store them.  Deterministic, idempotent (the events' own
+    references).  Returns the events stored."""
+    from ..queue import stats
+    zone = ZoneInfo("Europe/Berlin")
+    rnd = random.Random(f"{day}:{tenant_id}:{queue}")
+    q = conn.execute("SELECT id, max_wait_seconds FROM queues WHERE tenant_id = %s AND name = %s",
+                     (tenant_id, queue)).fetchone()
+    agents = [r["agent_id"] for r in conn.execute(
+        """SELECT m.agent_id FROM queue_members m JOIN agents g ON g.id = m.agent_id
+            WHERE m.queue_id = %s AND g.contact_account_id IS NOT NULL ORDER BY m.agent_id""", (q["id"],))]
+    name = f"t{tenant_id}-{queue}@{domain}"
+
+    def at(hour: float) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), zone) + dt.timedelta(hours=hour)
+
+    stored = 0
+    for a in agents:                          # what *51 / *53 / *54 / *52 store, at the day's times
+        for kind, hour in (("login", 8), ("pause", 12 + 0.25 * (a % 2)), ("unpause", 12.5 + 0.25 * (a % 2)),
+                           ("logout", 18)):
+            stored += conn.execute(
+                """INSERT INTO queue_events (tenant_id, queue_id, at, kind, agent_id, source_ref)
+                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (source_ref) DO NOTHING""",
+                (tenant_id, q["id"], at(hour), kind, a, f"demo:{day}:{a}:{kind}")).rowcount
+    ops = []
+    t = at(8).timestamp()
+    for n in range(400):
+        t += rnd.expovariate(1 / 90)         # a caller every 90 s on average
+        if t >= at(18).timestamp():
+            break
+        call = f"demo-{day:%Y%m%d}-{n:04d}"
+        joined = int(t)
+
+        def event(action: str, when: float, call: str = call, joined: int = joined, **more: object) -> None:
+            ops.extend(stats.from_fs("demo", _cc_event(
+                CC_Action=action, CC_Queue=name, CC_Member_Session_UUID=call, CC_Member_Joined_Time=joined,
+                Event_Date_Timestamp=int(when * 1_000_000), **more)))
+
+        event("member-queue-start", t)
+        fate = rnd.random()
+        if fate < 0.12:                         # gives up waiting
+            left = t + rnd.randint(10, 90)
+            event("member-queue-end", left, CC_Cause="Cancel", CC_Cancel_Reason="BREAK_OUT",
+                  CC_Member_Leaving_Time=int(left))
+        elif fate < 0.16 or not agents:         # waits out the queue's maximum
+            left = t + q["max_wait_seconds"]
+            event("member-queue-end", left, CC_Cause="Cancel", CC_Cancel_Reason="TIMEOUT",
+                  CC_Member_Leaving_Time=int(left))
+        else:
+            agent = f"agent-{rnd.choice(agents)}@{domain}"
+            answered = t + rnd.randint(3, 75)
+            if fate < 0.19:                     # the first offer fails, the next agent answers
+                event("bridge-agent-fail", answered - 2, CC_Agent=agent)
+            ended = answered + rnd.randint(40, 420)
+            event("bridge-agent-end", ended, CC_Agent=agent, CC_Agent_Bridged="true",
+                  CC_Agent_Answered_Time=int(answered), CC_Bridge_Terminated_Time=int(ended))
+            event("member-queue-end", ended, CC_Cause="Terminated", CC_Member_Leaving_Time=int(ended))
+    for op in ops:
+        stored += conn.execute(op.sql, op.params).rowcount
+    return stored
 
 
 def summary(conn: psycopg.Connection) -> dict[str, Any]:
@@ -139,4 +222,6 @@ def summary(conn: psycopg.Connection) -> dict[str, Any]:
         "queues": conn.execute("SELECT count(*) AS n FROM queues").fetchone()["n"],
         "agents": conn.execute("SELECT count(*) AS n FROM agents").fetchone()["n"],
         "diversions": conn.execute("SELECT count(*) AS n FROM diversions").fetchone()["n"],
+        "queue_events": conn.execute("SELECT count(*) AS n FROM queue_events").fetchone()["n"],
+        "queue_day": QUEUE_DAY.isoformat(),
     }

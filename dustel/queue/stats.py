@@ -1,6 +1,8 @@
 """Queue statistics: engine queue events normalised into ``queue_events``
 (raw, one row per happening, idempotent by ``source_ref``), aggregated per
-hour / day / agent in the tenant's time zone, exported as CSV or JSON.
+hour / day / agent in the tenant's time zone (every period and every agent
+of the range, zero rows included), exported as CSV (plain or German),
+.xlsx or JSON.
 
 Definitions (per queue, per bucket; a call counts in the bucket of the
 event that concerns it):
@@ -218,7 +220,9 @@ SELECT g.id AS agent_id, g.name AS agent, coalesce(c.calls_taken, 0) AS calls_ta
   FROM agents g
   LEFT JOIN calls c ON c.agent_id = g.id
   LEFT JOIN times ti ON ti.agent_id = g.id
- WHERE g.tenant_id = %(t)s AND (c.agent_id IS NOT NULL OR ti.agent_id IS NOT NULL)
+ WHERE g.tenant_id = %(t)s
+   AND (c.agent_id IS NOT NULL OR ti.agent_id IS NOT NULL      -- took calls or was logged in, or is a member
+        OR EXISTS (SELECT 1 FROM queue_members m JOIN q ON m.queue_id = q.id WHERE m.agent_id = g.id))
  ORDER BY g.name, g.id
 """
 
@@ -227,9 +231,40 @@ def _sec(ms: int) -> Decimal:
     return (Decimal(int(ms)) / 1000).quantize(Decimal("0.001"))
 
 
+def _avg(total_ms: int, n: int) -> Decimal | None:
+    """An average over nothing is no number (blank), not 0.000."""
+    return _sec(total_ms // n) if n else None
+
+
+def periods(start: dt.datetime, end: dt.datetime, zone: ZoneInfo, by: str) -> list[dt.datetime]:
+    """Every hour or day of [start, end) in the tenant's time zone, each as
+    its aware local start — a supervisor's table has them all, calls or
+    not.  Hours step in UTC, so the hour a DST change repeats is two."""
+    first = start.astimezone(zone)
+    out: list[dt.datetime] = []
+    if by == "hour":
+        t = first.replace(minute=0, second=0, microsecond=0).astimezone(dt.UTC)
+        while t < end:
+            out.append(t.astimezone(zone))
+            t += dt.timedelta(hours=1)
+        return out
+    day = first.date()
+    while (t := dt.datetime.combine(day, dt.time(), zone)) < end:
+        out.append(t)
+        day += dt.timedelta(days=1)
+    return out
+
+
+_EMPTY = {"offered": 0, "answered": 0, "abandoned": 0, "timeout": 0, "closed": 0, "offers_failed": 0,
+          "answered_in_sl": 0, "wait_ms": 0, "wait_max_ms": 0, "abandon_wait_ms": 0, "completed": 0, "talk_ms": 0}
+
+
 def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.datetime, end: dt.datetime,
            by: str) -> tuple[str, list[dict[str, Any]]]:
-    """(time zone, rows) of one queue over [start, end)."""
+    """(time zone, rows) of one queue over [start, end): every hour or day of
+    the range (zero rows where nothing happened), or every agent of the
+    queue (and any other that took its calls); averages over nothing are
+    None (blank in the exports)."""
     from ..errors import DustelError
     meta = conn.execute("""SELECT t.timezone FROM queues q JOIN tenants t ON t.id = q.tenant_id
                             WHERE q.tenant_id = %s AND q.name = %s""", (tenant_id, queue)).fetchone()
@@ -242,28 +277,32 @@ def report(conn: psycopg.Connection[Any], tenant_id: int, queue: str, start: dt.
     if by == "agent":
         rows = conn.execute(_AGENTS, params).fetchall()
         return tz, [{"agent": r["agent"], "agent_id": r["agent_id"], "calls_taken": r["calls_taken"],
-                     "talk_s": _sec(r["talk_ms"]), "avg_wait_s": _sec(r["wait_ms"] // r["calls_taken"])
-                     if r["calls_taken"] else _sec(0), "logged_in_s": _sec(r["logged_in_ms"]),
-                     "paused_s": _sec(r["paused_ms"])} for r in rows]
+                     "talk_s": _sec(r["talk_ms"]), "avg_wait_s": _avg(r["wait_ms"], r["calls_taken"]),
+                     "logged_in_s": _sec(r["logged_in_ms"]), "paused_s": _sec(r["paused_ms"])} for r in rows]
     if by not in ("hour", "day"):
         raise DustelError("by", "must be hour, day or agent")
+    if by == "hour" and end - start > dt.timedelta(days=366):
+        raise DustelError("to", "at most a year of hours (--by day for longer ranges)")
     zone = ZoneInfo(tz)
-    out = []
+    found: dict[dt.datetime, dict[str, Any]] = {}
     for r in conn.execute(_BUCKETS, {**params, "unit": by}).fetchall():
-        answered, offered = r["answered"], r["offered"]
         if by == "hour":
-            start = (r["bucket"] - r["off"]).replace(tzinfo=dt.UTC).astimezone(zone)
+            key = (r["bucket"] - r["off"]).replace(tzinfo=dt.UTC)
         else:
-            start = r["bucket"].replace(tzinfo=zone)
+            key = r["bucket"].replace(tzinfo=zone).astimezone(dt.UTC)
+        found[key] = dict(r, timeout=r["timed_out"])
+    out = []
+    for local in periods(start, end, zone, by):
+        r = found.get(local.astimezone(dt.UTC), _EMPTY)
+        answered, offered, abandoned = r["answered"], r["offered"], r["abandoned"]
         out.append({
-            "start": start.isoformat(), "offered": offered, "answered": answered,
-            "abandoned": r["abandoned"], "timed_out": r["timed_out"], "closed": r["closed"],
-            "wait_sum_s": _sec(r["wait_ms"]), "wait_avg_s": _sec(r["wait_ms"] // answered) if answered else _sec(0),
-            "wait_max_s": _sec(r["wait_max_ms"]),
-            "abandon_wait_avg_s": _sec(r["abandon_wait_ms"] // r["abandoned"]) if r["abandoned"] else _sec(0),
+            "start": local.isoformat(), "offered": offered, "answered": answered,
+            "abandoned": abandoned, "timed_out": r["timeout"], "closed": r["closed"],
+            "wait_sum_s": _sec(r["wait_ms"]), "wait_avg_s": _avg(r["wait_ms"], answered),
+            "wait_max_s": _sec(r["wait_max_ms"]), "abandon_wait_avg_s": _avg(r["abandon_wait_ms"], abandoned),
             "talk_s": _sec(r["talk_ms"]), "answered_in_sl": r["answered_in_sl"],
             "service_level_pct": (Decimal(100 * r["answered_in_sl"]) / offered).quantize(Decimal("0.1"))
-            if offered else Decimal("0.0"),
+            if offered else None,
             "offers_failed": r["offers_failed"],
         })
     return tz, out
@@ -274,14 +313,78 @@ COLUMNS = {
              "wait_max_s", "abandon_wait_avg_s", "talk_s", "answered_in_sl", "service_level_pct", "offers_failed"],
     "agent": ["agent", "agent_id", "calls_taken", "talk_s", "avg_wait_s", "logged_in_s", "paused_s"],
 }
+FORMATS = ("csv", "csv-de", "xlsx")
 
 
-def to_csv(rows: list[dict[str, Any]], by: str = "day") -> str:
-    """A header row (also when there is nothing to report), then one row each."""
+def to_csv(rows: list[dict[str, Any]], by: str = "day", dialect: str = "csv") -> str:
+    """A header row (also when there is nothing to report), then one row
+    each.  ``csv``: comma, decimal point, ISO times with their offset;
+    ``csv-de`` (what a German spreadsheet opens in columns): semicolon,
+    decimal comma, local times as TT.MM.JJJJ hh:mm, a UTF-8 byte order
+    mark.  A blank cell is an average over nothing."""
+    german = dialect == "csv-de"
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS["agent" if by == "agent" else "time"], lineterminator="\r\n")
+    if german:
+        buf.write("\ufeff")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS["agent" if by == "agent" else "time"], lineterminator="\r\n",
+                       delimiter=";" if german else ",")
     w.writeheader()
-    w.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
+    for r in rows:
+        w.writerow({k: _german(k, v) if german else csv_cell(v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _german(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "start":
+        return dt.datetime.fromisoformat(value).strftime("%d.%m.%Y %H:%M")
+    if isinstance(value, Decimal):
+        return str(value).replace(".", ",")
+    return csv_cell(value)
+
+
+def to_xlsx(rows: list[dict[str, Any]], by: str = "day", title: str = "queue") -> bytes:
+    """The report as an .xlsx workbook (openpyxl): a bold header row, frozen
+    below it; counts as whole numbers, seconds and percentages as numbers
+    with their format, period starts as real date cells in the tenant's
+    local time (a spreadsheet has no time zones; the offset column says
+    which local time); blank cells for averages over nothing."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = title[:31]
+    cols = COLUMNS["agent" if by == "agent" else "time"]
+    header = cols + (["utc_offset"] if by != "agent" else [])
+    ws.append(header)
+    for cell in ws[1]:
+        cell.font = Font(bold=True)
+    for r in rows:
+        line: list[Any] = []
+        for k in cols:
+            v = r[k]
+            if k == "start":
+                local = dt.datetime.fromisoformat(v)
+                v = local.replace(tzinfo=None)
+            elif isinstance(v, Decimal):
+                v = float(v)
+            line.append(v)
+        if by != "agent":
+            line.append(dt.datetime.fromisoformat(r["start"]).strftime("%z"))
+        ws.append(line)
+    for i, k in enumerate(header, start=1):
+        fmt = ("DD.MM.YYYY HH:MM" if k == "start" else "0.000" if k.endswith("_s")
+               else "0.0" if k.endswith("_pct") else None)
+        if fmt:
+            for (cell,) in ws.iter_rows(min_row=2, min_col=i, max_col=i):
+                cell.number_format = fmt
+        ws.column_dimensions[get_column_letter(i)].width = max(12, len(k) + 2)
+    ws.freeze_panes = "A2"
+    buf = io.BytesIO()
+    wb.save(buf)
     return buf.getvalue()
 
 
@@ -292,6 +395,8 @@ def csv_cell(value: Any) -> str:
     """A cell a spreadsheet shows as text: a string that starts like a
     formula (``= + - @``, tab, CR — an agent named ``=HYPERLINK(…)``) gets a
     leading apostrophe (OWASP CSV injection).  Numbers stay numbers."""
+    if value is None:
+        return ""                       # an average over nothing: blank
     text = str(value)
     if isinstance(value, str) and text.startswith(_FORMULA):
         return "'" + text
@@ -299,5 +404,6 @@ def csv_cell(value: Any) -> str:
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:
+    """null for an average over nothing."""
     return json.dumps([{k: float(v) if isinstance(v, Decimal) else v for k, v in r.items()} for r in rows],
                       ensure_ascii=False)

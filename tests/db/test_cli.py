@@ -1,6 +1,8 @@
 """The dustel CLI as an operator uses it: help, JSON, errors, demo."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -221,9 +223,30 @@ def test_demo_twice_changes_nothing(run: Cli, tmp_path: Any) -> None:
     summary = json.loads(run.ok("demo", "--json").stdout)
     assert {p["plan"]: p["tenants"] for p in summary["plans"]} == {"business_flex": 1, "complete": 1, "starter": 1}
     assert summary["queues"] == 1 and summary["agents"] == 3
+    # issue 31 item 9: the demo had no queue events, so the suggested `queue stats` printed only a header;
+    # it makes a day of traffic through the controller's event path, and the suggestion shows it
+    hint = next(ln.strip() for ln in r.stdout.splitlines() if " queue stats " in ln)
+    args = hint.split("#")[0].split()[3:]                      # after `.venv/bin/dustel --state-dir DIR`
+    day = list(csv.DictReader(io.StringIO(run.ok(*args).output)))
+    assert len(day) == 24 and sum(int(h["offered"]) for h in day) > 200
+    assert all(int(h["offered"]) == 0 for h in day if not 8 <= int(h["start"][11:13]) < 19)
+    raw = {k: n for k, n in run_rows(run.url, """SELECT kind, count(*) FROM queue_events
+                                                  WHERE at >= '2026-11-30 00:00+01' AND at < '2026-12-01 00:00+01'
+                                                  GROUP BY kind""")}
+    assert sum(int(h["answered"]) for h in day) == raw["answered"]
+    assert sum(int(h["abandoned"]) for h in day) == raw["abandoned"] > 0
+    assert sum(int(h["timed_out"]) for h in day) == raw["timeout"] > 0
+    agents = list(csv.DictReader(io.StringIO(run.ok(*args[:-2], "--by", "agent").output)))
+    assert len(agents) == 3 and {a["agent"] for a in agents if a["calls_taken"] != "0"} == {"Cem Yilmaz",
+                                                                                          "Petra Meyer"}
     assert summary["rendered"]["asterisk"] == {"out": str(tmp_path / "state" / "etc" / "asterisk"),
                                                "files": 5, "changed": 0}
     assert (tmp_path / "state" / "etc" / "freeswitch" / "dialplan" / "public.xml").exists()
+
+
+def run_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as c:
+        return c.execute(sql).fetchall()
 
 
 def test_small_review_findings(run: Cli, conn: psycopg.Connection) -> None:
