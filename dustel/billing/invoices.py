@@ -353,12 +353,14 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
                  (row["id"], f"Credit for invoice {number}: {reason_text}", amount, amount, net,
                   inv["period"], last_day(inv["period"])))
     money.post(conn, inv["tenant_id"], gross, "credit_note", f"credit_note:{num}", invoice_id=row["id"])
-    # a credit for an invoice still to be collected lowers the debit (or drops it)
-    conn.execute("""UPDATE direct_debits SET amount_cents = amount_cents - %s
-                     WHERE invoice_id = %s AND state = 'pending' AND amount_cents > %s""",
-                 (gross, inv["id"], gross))
-    conn.execute("DELETE FROM direct_debits WHERE invoice_id = %s AND state = 'pending' AND amount_cents <= %s",
-                 (inv["id"], gross))
+    # a credit for an invoice still to be collected lowers the debit, or drops
+    # it when nothing is left to collect: one decision on the amount before
+    # the credit (a delete after the update compared the lowered amount)
+    conn.execute("""WITH d AS (DELETE FROM direct_debits WHERE invoice_id = %(inv)s AND state = 'pending'
+                                                         AND amount_cents <= %(g)s RETURNING id)
+                    UPDATE direct_debits SET amount_cents = amount_cents - %(g)s
+                     WHERE invoice_id = %(inv)s AND state = 'pending' AND amount_cents > %(g)s""",
+                 {"inv": inv["id"], "g": gross})
     return dict(row)
 
 

@@ -224,3 +224,24 @@ def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
                      (["--month", "2026-11", "--date", "2026-11-15"], "month: 2026-11 has not ended")):
         r = run("invoice", "run", *bad)
         assert r.exit_code == 1 and msg in r.stderr, r.stderr
+
+
+def test_a_partial_credit_note_lowers_the_pending_debit_and_never_drops_it(conn: psycopg.Connection) -> None:
+    """Issue 26.8: a credit of half the debit or more deleted the debit (the
+    delete compared the already lowered amount): the rest stayed open."""
+    _month(conn)
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Störung", 4000, ISSUED)       # 47,60 gross of 74,36
+    debit = conn.execute("SELECT amount_cents, state FROM direct_debits").fetchall()
+    assert debit == [{"amount_cents": 7436 - 4760, "state": "pending"}]
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Kulanz", 2000, ISSUED)       # 23,80 of the 26,76 left
+    assert conn.execute("SELECT amount_cents FROM direct_debits").fetchall() == [{"amount_cents": 296}]
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Rest", None, ISSUED)         # the rest: nothing to collect
+    assert conn.execute("SELECT count(*) AS n FROM direct_debits").fetchone()["n"] == 0
+    tid = conn.execute("SELECT tenant_id FROM invoices WHERE number = 'RE-2026-000001'").fetchone()["tenant_id"]
+    # all of November credited: the tenant owes only December's call, billed next time
+    assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s", (tid,)).fetchone()["s"] == -9
+    assert money.reconciles(conn) == []
