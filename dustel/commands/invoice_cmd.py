@@ -292,7 +292,7 @@ def sepa_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
                                  FROM direct_debits WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)
                                 ORDER BY id""", {"t": tenant_id}).fetchall()
     emit(rows, as_json, lambda r: table(r, ["id", "tenant_id", "purpose", "ref", "amount_cents", "due_on",
-                                            "sequence", "state"]))
+                                            "sequence", "state", "export_id"]))
 
 
 @sepa_group.command("return")

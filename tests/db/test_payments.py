@@ -147,6 +147,25 @@ def test_sepa_export_writes_the_file_or_nothing(conn: psycopg.Connection, run, t
     assert json.loads(run.ok("sepa", "export", "--date", due, "--json").output) == {"count": 0}
 
 
+def test_the_pain008_message_id_is_the_one_stored_and_printed(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 26.14: the file's MsgId was sepaxml's own random id, not the
+    export id dustel stored and printed; a bank's pain.002 names the file's."""
+    from lxml import etree
+
+    for name in ("A", "B"):
+        _starter_with_autotopup(conn, name, 100)
+    with conn.transaction():
+        sepa.autotopup(conn, dt.date.today(), 2)
+    out = tmp_path / "dd.xml"
+    due = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    printed = json.loads(run.ok("sepa", "export", "--date", due, "--out", str(out), "--json").output)
+    ns = {"p": f"urn:iso:std:iso:20022:tech:xsd:{sepa.SCHEMA}"}
+    in_file = etree.fromstring(out.read_bytes()).findtext("p:CstmrDrctDbtInitn/p:GrpHdr/p:MsgId", namespaces=ns)
+    stored = {r["export_id"] for r in json.loads(run.ok("sepa", "list", "--json").output)}
+    assert in_file and stored == {printed["message_id"]} == {in_file}
+    assert run.ok("sepa", "list").output.count(in_file) == 2            # shown beside each debit
+
+
 def test_a_bank_statement_pays_invoices_tops_up_returns_and_keeps_the_unknown(conn: psycopg.Connection, run,
                                                                              tmp_path: Path) -> None:
     b = old_tenant(conn, "complete", dt.date(2026, 1, 5), name="Becker")
