@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,18 @@ from dustel.billing import money
 from .factories import tenant
 
 BERLIN = ZoneInfo("Europe/Berlin")
+# a provider's own issuer (not the demo's placeholders, which invoice run and
+# sepa export refuse outside the demo): a valid IBAN and creditor id
+ISSUER = {"issuer_iban": "DE02120300000000202051", "issuer_bic": "BYLADEM1001",
+          "sepa_creditor_id": "DE98ZZZ00001234567", "issuer_vat_id": "DE123456788"}
+
+
+def issuer_config(state_dir: str | Path) -> Path:
+    """The provider's issuer in the CLI's config file (``Cli.state_dir``)."""
+    path = Path(state_dir) / "dustel.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f'{k} = "{v}"\n' for k, v in ISSUER.items()))
+    return path
 _ids = itertools.count(1)
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ..config import Settings
+import psycopg
+
+from ..config import Settings, require_issuer
 from ..errors import DustelError
 from .money import decimal_eur, eur
 
@@ -41,6 +43,14 @@ class Issuer:
     def of(cls, s: Settings) -> Issuer:
         return cls(s.issuer_name, s.issuer_street, s.issuer_postcode, s.issuer_city, s.issuer_vat_id,
                    s.issuer_email, s.issuer_phone, s.issuer_iban, s.issuer_bic, s.sepa_creditor_id)
+
+
+def issuing(conn: psycopg.Connection, s: Settings) -> Issuer:
+    """The issuer of what is about to be issued (invoices, direct debits):
+    the demo's placeholders only in the demo (its tenants in the database)."""
+    from ..provisioning import demo
+    require_issuer(s, demo.is_loaded(conn))
+    return Issuer.of(s)
 
 
 def _d(cents: int) -> Decimal:

@@ -51,6 +51,7 @@ def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issu
     period = months.month_of(month)
     on = v.date("date", issued) if issued else _today(env)
     with db_errors(), db.connect(env.url, autocommit=True) as conn:
+        einvoice.issuing(conn, env.settings)
         r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id)
     emit(invoices.as_dict(r), as_json, lambda d: click.echo(
         f"{d['issued']} invoices for {d['month']}, {money.eur(d['gross_cents'])} EUR gross, "
@@ -268,7 +269,7 @@ def sepa_export(env: Env, as_json: bool, collection: str, out: Path | None) -> N
     the schema; the debits are marked exported only with the file written."""
     on = v.date("date", collection)
     with env.tx() as conn:
-        ex = sepa.export(conn, on, einvoice.Issuer.of(env.settings), _today(env))
+        ex = sepa.export(conn, on, einvoice.issuing(conn, env.settings), _today(env))
         if ex is not None:
             _write(out, ex.xml)        # inside the transaction: no file written, no debit marked
     if ex is None:

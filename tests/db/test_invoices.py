@@ -18,7 +18,7 @@ from PIL import Image
 from dustel.billing import invoices, money
 from dustel.provisioning import numbers
 
-from ..billing_support import at, old_tenant, settled_call
+from ..billing_support import ISSUER, at, issuer_config, old_tenant, settled_call
 from ..conftest import dump
 
 NOV = dt.date(2026, 11, 1)
@@ -211,6 +211,7 @@ def test_public_bodies_get_an_xrechnung_that_needs_a_leitweg_id(conn: psycopg.Co
 
 def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
     _month(conn)
+    issuer_config(run.state_dir)
     r = run("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["issued"] == 3
@@ -245,3 +246,46 @@ def test_a_partial_credit_note_lowers_the_pending_debit_and_never_drops_it(conn:
     # all of November credited: the tenant owes only December's call, billed next time
     assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s", (tid,)).fetchone()["s"] == -9
     assert money.reconciles(conn) == []
+
+
+def test_the_demo_issuer_is_refused_outside_the_demo(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 26.15: the defaults are the demo's issuer IBAN, creditor id and
+    VAT id; invoice run and sepa export issued real documents with them."""
+    from dustel.billing import sepa
+
+    _month(conn)
+    with conn.transaction():                  # a debit due, so that sepa export has a file to write
+        conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, amount_cents, due_on)
+                        SELECT tenant_id, id, 'autotopup', 'autotopup:x', 1000, current_date FROM sepa_mandates""")
+    before = dump(conn.info.dsn)
+    due = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    for args in (("invoice", "run", "--month", "2026-11", "--date", "2026-12-02"),
+                 ("sepa", "export", "--date", due, "--out", str(tmp_path / "dd.xml"))):
+        r = run(*args)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: issuer_iban: is the demo's placeholder DE89370400440532013000")
+    assert dump(conn.info.dsn) == before and not (tmp_path / "dd.xml").exists()
+    # each placeholder on its own is refused too
+    for name, placeholder in (("sepa_creditor_id", "DE98ZZZ09999999999"), ("issuer_vat_id", "DE999999999")):
+        cfg = issuer_config(run.state_dir)
+        cfg.write_text(cfg.read_text().replace(ISSUER[name], placeholder))
+        r = run("invoice", "run", "--month", "2026-11", "--date", "2026-12-02")
+        assert r.exit_code == 1 and r.stderr.startswith(f"error: {name}: is the demo's placeholder"), r.stderr
+    assert dump(conn.info.dsn) == before
+    # the provider's own issuer: issued
+    issuer_config(run.state_dir)
+    assert json.loads(run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json").output)[
+        "issued"] == 3
+    run.ok("sepa", "export", "--date", due, "--out", str(tmp_path / "dd.xml"))
+    assert sepa.message_id((tmp_path / "dd.xml").read_bytes())
+    assert b"DE02120300000000202051" in (tmp_path / "dd.xml").read_bytes()
+
+
+def test_the_demo_issues_with_its_placeholders(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    from dustel.provisioning import demo
+
+    with conn.transaction():
+        demo.load(conn, tmp_path / "creds.txt", password=lambda: "Demo-Passw0rd-1")
+        conn.execute("UPDATE tenants SET created_on = '2026-10-01', plan_since = '2026-10-01'")
+    r = run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
+    assert json.loads(r.output)["issued"] == 2                  # complete and business flex

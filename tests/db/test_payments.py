@@ -17,7 +17,7 @@ from dustel.billing.einvoice import Issuer
 from dustel.config import Settings
 from dustel.provisioning import numbers
 
-from ..billing_support import at, old_tenant, settled_call
+from ..billing_support import at, issuer_config, old_tenant, settled_call
 from ..conftest import dump
 
 IBAN = "DE89370400440532013000"
@@ -132,6 +132,7 @@ def _pain_xsd() -> str:
 
 
 def test_sepa_export_writes_the_file_or_nothing(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    issuer_config(run.state_dir)
     _starter_with_autotopup(conn, "Low", 100)
     with conn.transaction():
         sepa.autotopup(conn, dt.date.today(), 2)
@@ -152,6 +153,7 @@ def test_the_pain008_message_id_is_the_one_stored_and_printed(conn: psycopg.Conn
     export id dustel stored and printed; a bank's pain.002 names the file's."""
     from lxml import etree
 
+    issuer_config(run.state_dir)
     for name in ("A", "B"):
         _starter_with_autotopup(conn, name, 100)
     with conn.transaction():
