@@ -108,6 +108,9 @@ class Settings:
     sepa_lead_days: int = 2           # an automatic top-up's debit is due this many days after the night
     debit_return_fee_cents: int = 300  # charged when the bank takes a direct debit back
     billing_timezone: str = "Europe/Berlin"   # the scheduler's nights and months
+    # YYYY-MM: the first month the scheduler's first start invoices (months
+    # before it were billed elsewhere); '' = only the month that just ended
+    billing_first_month: str = ""
     star_login: str = "*51"
     star_logout: str = "*52"
     star_pause: str = "*53"
@@ -152,6 +155,7 @@ _ENV = {
     "mail_from": "DUSTEL_MAIL_FROM",
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
+    "billing_first_month": "DUSTEL_BILLING_FIRST_MONTH",
 }
 _INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
 

@@ -6,12 +6,12 @@ import datetime as dt
 from ..errors import DustelError
 
 
-def month_of(text: str) -> dt.date:
+def month_of(text: str, field: str = "month") -> dt.date:
     """'YYYY-MM' → its first day; anything else is refused naming the field."""
     try:
         d = dt.datetime.strptime(text.strip(), "%Y-%m").date()
     except ValueError:
-        raise DustelError("month", "must be YYYY-MM, such as 2026-11") from None
+        raise DustelError(field, "must be YYYY-MM, such as 2026-11") from None
     return d
 
 
