@@ -226,6 +226,26 @@ SELECT invoice_id, position, kind, description, quantity, unit_cents, amount_cen
        amount_cents bigint, net_cents bigint, period_start date, period_end date)"""
 
 
+def price(d: Draft) -> dict[str, Any]:
+    """A draft's totals (``money.vat_split``) and its lines as stored, each
+    with its net amount: what an invoice of it would say."""
+    nets, net, vat, gross = money.vat_split([ln.amount_cents for ln in d.lines], d.prices_net, d.vat_percent)
+    lines = [{"position": pos, "kind": ln.kind, "description": ln.description, "quantity": ln.quantity,
+              "unit_cents": ln.unit_cents, "amount_cents": ln.amount_cents, "net_cents": n,
+              "period_start": ln.period_start.isoformat(), "period_end": ln.period_end.isoformat()}
+             for pos, (ln, n) in enumerate(zip(d.lines, nets, strict=True), start=1)]
+    return {"net_cents": net, "vat_cents": vat, "gross_cents": gross, "lines": lines}
+
+
+def preview(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """The invoices month ``period`` would get now, as drafts: no number,
+    nothing stored or booked (also for a month still running)."""
+    return [{"tenant_id": d.tenant_id, "name": d.recipient["name"], "plan": d.recipient["plan"],
+             "period": d.period, "prices_net": d.prices_net, "vat_percent": d.vat_percent,
+             "usage_cents": d.usage_cents, "payment_means": d.payment_means, **price(d)}
+            for d in drafts(conn, period, tenant_id)]
+
+
 @dataclass(frozen=True)
 class RunResult:
     month: str
@@ -252,26 +272,22 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
         return [], 0
     numbers = _take(conn, "RE", issued_on.year, last, len(batch))
     due_on = issued_on + dt.timedelta(days=due_days)
-    rows, splits = [], []
+    rows, priced = [], []
     for d, number in zip(batch, numbers, strict=True):
-        nets, net, vat, gross = money.vat_split([ln.amount_cents for ln in d.lines], d.prices_net, d.vat_percent)
-        splits.append(nets)
+        p = price(d)
+        priced.append(p)
         rows.append({"number": number, "kind": "invoice", "tenant_id": d.tenant_id, "period": d.period.isoformat(),
                      "issued_on": issued_on.isoformat(), "due_on": due_on.isoformat(), "prices_net": d.prices_net,
-                     "vat_percent": d.vat_percent, "net_cents": net, "vat_cents": vat, "gross_cents": gross,
-                     "usage_cents": d.usage_cents, "corrects": None, "reason": None,
+                     "vat_percent": d.vat_percent, "net_cents": p["net_cents"], "vat_cents": p["vat_cents"],
+                     "gross_cents": p["gross_cents"], "usage_cents": d.usage_cents, "corrects": None, "reason": None,
                      "payment_means": d.payment_means, "recipient": d.recipient,
                      "at": at.isoformat() if at else None})
     ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
     lines, ledger, debits = [], [], []
-    for d, row, nets in zip(batch, rows, splits, strict=True):
+    for d, row, p in zip(batch, rows, priced, strict=True):
         inv = ids[d.tenant_id]
         row["id"] = inv
-        for pos, (ln, net) in enumerate(zip(d.lines, nets, strict=True), start=1):
-            lines.append({"invoice_id": inv, "position": pos, "kind": ln.kind, "description": ln.description,
-                          "quantity": ln.quantity, "unit_cents": ln.unit_cents, "amount_cents": ln.amount_cents,
-                          "net_cents": net, "period_start": ln.period_start.isoformat(),
-                          "period_end": ln.period_end.isoformat()})
+        lines += [{"invoice_id": inv, **ln} for ln in p["lines"]]
         beyond = row["gross_cents"] - d.usage_cents
         if beyond:
             ledger.append(calls.book_row(d.tenant_id, -beyond, "invoice", f"invoice:{row['number']}", inv, at))
@@ -291,9 +307,17 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
 
 
 def run(conn: psycopg.Connection, period: dt.date, issued_on: dt.date, *, due_days: int = 14,
-        tenant_id: int | None = None, at: dt.datetime | None = None, batch: int = BATCH) -> RunResult:
-    """Invoice month ``period`` for every postpaid tenant not invoiced yet.
+        tenant_id: int | None = None, at: dt.datetime | None = None, batch: int = BATCH,
+        today: dt.date | None = None) -> RunResult:
+    """Invoice month ``period`` for every postpaid tenant not invoiced yet,
+    issued on ``issued_on``: after the month, and never after ``today`` (the
+    clock's date by default) — an invoice dated ahead would take numbers of
+    days to come and leave the rest of a running month unbilled.
     ``conn`` is in autocommit mode: each batch is its own transaction."""
+    today = today or dt.date.today()
+    if issued_on > today:
+        raise DustelError("date", f"{issued_on} is after today ({today}): invoices are issued on the day they "
+                                  "are made; invoice preview shows what a month would bill")
     if issued_on < next_month(period):
         raise DustelError("month", f"{period:%Y-%m} has not ended on {issued_on}; invoices are issued after it")
     all_drafts = drafts(conn, period, tenant_id)

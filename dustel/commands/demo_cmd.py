@@ -60,9 +60,6 @@ def _human(d: dict, env: Env) -> None:
     click.echo(f"  .venv/bin/dustel --state-dir {sd} queue stats --tenant 3 --queue support --from 2026-11-01 "
                "--to 2026-12-01 --by day")
     month = dt.date.today().replace(day=1)
-    issue = (month + dt.timedelta(days=32)).replace(day=1)
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice run --month {month:%Y-%m} --date {issue}"
-               "   # a preview of this month's invoices")
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice pdf RE-{issue.year}-000001 --out /tmp/invoice.pdf"
-               "   # PDF with Factur-X; invoice xml: the XML")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice preview --month {month:%Y-%m}"
+               "   # this month's invoices so far, as drafts (nothing issued)")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} ledger 1   # a tenant's money movements")

@@ -42,22 +42,48 @@ invoice = click.Group("invoice", help="Invoices of postpaid tenants (PDF with Fa
 @invoice.command("run")
 @click.option("--month", required=True, help="The usage month YYYY-MM (base fees and options of the next one).")
 @click.option("--tenant", "tenant_id", type=INT, help="Only this tenant.")
-@click.option("--date", "issued", help="Issue date YYYY-MM-DD (default today); after the month.")
+@click.option("--date", "issued", help="Issue date YYYY-MM-DD (default today); after the month, not after today.")
 @json_option
 @pass_env
 def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issued: str | None) -> None:
     """Invoice a month for every postpaid tenant not invoiced for it yet;
-    running it again changes nothing."""
+    running it again changes nothing.  To see a month first: invoice preview."""
     period = months.month_of(month)
-    on = v.date("date", issued) if issued else _today(env)
+    today = _today(env)
+    on = v.date("date", issued) if issued else today
     with db_errors(), db.connect(env.url, autocommit=True) as conn:
         einvoice.issuing(conn, env.settings)
-        r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id)
+        r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id,
+                         today=today)
     emit(invoices.as_dict(r), as_json, lambda d: click.echo(
         f"{d['issued']} invoices for {d['month']}, {money.eur(d['gross_cents'])} EUR gross, "
         f"{d['direct_debits']} direct debits queued"
         + (f"; without a SEPA mandate (pay by transfer): tenants {d['without_mandate']}" if d["without_mandate"]
            else "")))
+
+
+@invoice.command("preview")
+@click.option("--month", required=True, help="The usage month YYYY-MM (also the one still running).")
+@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant.")
+@json_option
+@pass_env
+def invoice_preview(env: Env, as_json: bool, month: str, tenant_id: int | None) -> None:
+    """The invoices a month would get now, as drafts: no number is taken,
+    nothing is stored or booked (a read-only transaction)."""
+    period = months.month_of(month)
+    with env.tx() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        drafts = invoices.preview(conn, period, tenant_id)
+
+    def human(rows: list[dict]) -> None:
+        for d in rows:
+            click.echo(f"DRAFT {d['period']:%Y-%m} tenant {d['tenant_id']} {d['name']} ({d['plan']}, "
+                       f"{d['payment_means']}): net {money.eur(d['net_cents'])}  VAT {d['vat_percent']} % "
+                       f"{money.eur(d['vat_cents'])}  gross {money.eur(d['gross_cents'])} EUR")
+            table(d["lines"], ["position", "kind", "description", "quantity", "unit_cents", "amount_cents"])
+        click.echo(f"{len(rows)} draft invoices, {money.eur(sum(d['gross_cents'] for d in rows))} EUR gross; "
+                   "nothing was issued (invoice run issues them after the month)")
+    emit(drafts, as_json, human)
 
 
 @invoice.command("list")

@@ -92,7 +92,7 @@ def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[s
     if month <= last:
         einvoice.issuing(conn, s)            # never in the name of the demo's placeholder issuer
     while month <= last:
-        r = invoices.run(conn, month, now.date(), due_days=s.invoice_due_days)
+        r = invoices.run(conn, month, now.date(), due_days=s.invoice_due_days, today=now.date())
         out["issued"] += r.issued
         month = months.next_month(month)
     return out

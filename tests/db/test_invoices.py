@@ -114,7 +114,7 @@ def test_the_numbers_have_no_gap_and_a_month_not_ended_is_refused(conn: psycopg.
     got = [r["number"] for r in conn.execute("SELECT number FROM invoices ORDER BY number")]
     assert got == [f"RE-2026-{i:06d}" for i in range(1, len(got) + 1)] and len(got) == 5
     # a new year starts at 1
-    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2))
+    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2))
     assert conn.execute("SELECT min(number) AS n FROM invoices WHERE issued_on >= '2027-01-01'").fetchone()["n"] \
         == "RE-2027-000001"
 
@@ -289,3 +289,50 @@ def test_the_demo_issues_with_its_placeholders(conn: psycopg.Connection, run, tm
         conn.execute("UPDATE tenants SET created_on = '2026-10-01', plan_since = '2026-10-01'")
     r = run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
     assert json.loads(r.output)["issued"] == 2                  # complete and business flex
+
+
+def test_an_issue_date_after_today_is_refused_and_preview_issues_nothing(conn: psycopg.Connection, run) -> None:
+    """Issue 26.11: `invoice run --date` in the future issued real invoices
+    (numbers of next year, the rest of the month never billed) — the demo
+    even called it a preview.  Refused now; `invoice preview` shows drafts."""
+    from dustel.billing.months import next_month
+
+    t = _month(conn)
+    issuer_config(run.state_dir)
+    today = dt.date.today()
+    this_month = today.replace(day=1)
+    before = dump(conn.info.dsn)
+    for month, date in ((this_month, next_month(this_month)), (NOV, today + dt.timedelta(days=1))):
+        r = run("invoice", "run", "--month", f"{month:%Y-%m}", "--date", date.isoformat())
+        assert r.exit_code == 1 and r.stderr == f"error: date: {date} is after today ({today}): invoices are " \
+            "issued on the day they are made; invoice preview shows what a month would bill\n", r.stderr
+    drafts = json.loads(run.ok("invoice", "preview", "--month", "2026-11", "--json").output)
+    human = run.ok("invoice", "preview", "--month", "2026-11").output
+    assert dump(conn.info.dsn) == before                                 # nothing numbered, stored or booked
+    assert [(d["tenant_id"], d["gross_cents"]) for d in drafts][:2] == [(t["b"]["id"], 7436), (t["c"]["id"], 3089)]
+    assert human.count("DRAFT 2026-11") == 3 and "nothing was issued" in human
+    # the run then issues exactly the drafts, line by line, to the cent
+    run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02")
+    cols = ("kind", "description", "quantity", "unit_cents", "amount_cents", "net_cents")
+    with conn.transaction():
+        for d in drafts:
+            inv = invoices.get(conn, conn.execute("SELECT number FROM invoices WHERE tenant_id = %s",
+                                                  (d["tenant_id"],)).fetchone()["number"])
+            assert (inv["net_cents"], inv["vat_cents"], inv["gross_cents"]) == (
+                d["net_cents"], d["vat_cents"], d["gross_cents"])
+            assert [tuple(ln[c] for c in cols) for ln in inv["lines"]] == [tuple(ln[c] for c in cols)
+                                                                           for ln in d["lines"]]
+    # the month still running: its drafts so far
+    running = json.loads(run.ok("invoice", "preview", "--month", f"{this_month:%Y-%m}", "--json").output)
+    assert {d["tenant_id"] for d in running} == {t["b"]["id"], t["c"]["id"], t["p"]["id"]}
+
+
+def test_the_demo_hints_an_invoice_command_that_issues_nothing(conn: psycopg.Connection, run) -> None:
+    out = run.ok("demo").output
+    hints = [ln.split("   #")[0].split(" --state-dir ")[1].split()[1:] for ln in out.splitlines()
+             if " invoice " in ln]
+    assert hints and all(h[0] == "invoice" for h in hints), hints
+    before = dump(conn.info.dsn)
+    for h in hints:
+        run.ok(*h)
+    assert dump(conn.info.dsn) == before

@@ -315,4 +315,4 @@ def test_a_cancelled_contract_bills_its_last_usage_but_no_fees_after_it(conn: ps
     with conn.transaction():
         inv = invoices.get(conn, "RE-2026-000001")
     assert [ln["kind"] for ln in inv["lines"]] == ["usage"] and inv["net_cents"] == 9
-    assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2)).issued == 0     # ended
+    assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2)).issued == 0
