@@ -145,8 +145,11 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
         li.document.line_id = str(ln["position"])
         li.product.name = ln["description"]
         qty = Decimal(ln["quantity"])
-        li.agreement.net.amount = (Decimal(ln["net_cents"]) / 100 / qty).quantize(Decimal("0.0001")) if qty \
-            else Decimal("0.0000")
+        price = (Decimal(ln["net_cents"]) / 100 / qty).quantize(Decimal("0.0001")) if qty else Decimal("0.0000")
+        li.agreement.net.amount = price
+        if price < 0:
+            raise DustelError("e-invoice", f"line {ln['position']} of {inv['number']} has a negative net price "
+                                           "(EN 16931 BR-27: a refund is a negative quantity)")
         li.delivery.billed_quantity = (qty.quantize(Decimal("0.0000")), "C62")
         li.settlement.trade_tax.type_code = "VAT"
         li.settlement.trade_tax.category_code = "S"

@@ -53,6 +53,13 @@ class Line:
         return self.quantity * self.unit_cents
 
 
+def signed_line(kind: str, description: str, cents: int, start: dt.date, end: dt.date) -> Line:
+    """One line of ``cents``, which may be negative: a refund is quantity -1
+    at a positive price (EN 16931 BR-27: an item's net price is never
+    negative)."""
+    return Line(kind, description, -1 if cents < 0 else 1, abs(cents), start, end)
+
+
 @dataclass
 class Draft:
     tenant_id: int
@@ -157,8 +164,8 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                                 1, u["cents"], period, last_day(period)))
             d.usage_cents += u["cents"]
         for a in by_tenant["adjust"].get(t["id"], []):
-            d.lines.append(Line("usage", "Corrections of call charges (reconciled with the engines' records)",
-                                1, a["cents"], period, last_day(period)))
+            d.lines.append(signed_line("usage", "Corrections of call charges (reconciled with the engines' records)",
+                                       a["cents"], period, last_day(period)))
             d.usage_cents += a["cents"]
         months = [m1]
         if period <= t["plan_since"] < m1:

@@ -18,7 +18,16 @@ from PIL import Image
 from dustel.billing import invoices, money
 from dustel.provisioning import numbers
 
-from ..billing_support import ISSUER, at, issuer_config, old_tenant, settled_call
+from ..billing_support import (
+    ISSUER,
+    at,
+    cdr,
+    en16931_violations,
+    issuer_config,
+    old_tenant,
+    reconcile_fix,
+    settled_call,
+)
 from ..conftest import dump
 
 NOV = dt.date(2026, 11, 1)
@@ -336,3 +345,44 @@ def test_the_demo_hints_an_invoice_command_that_issues_nothing(conn: psycopg.Con
     for h in hints:
         run.ok(*h)
     assert dump(conn.info.dsn) == before
+
+
+def test_a_refund_line_has_a_positive_price_and_every_document_keeps_the_en16931_rules(
+        conn: psycopg.Connection) -> None:
+    """Issue 26.13: a negative correction was a line with a negative item
+    net price (BR-27), which the XSD does not catch.  Now: quantity -1 at a
+    positive price.  Every document of the month — a business and a private
+    invoice with a refund line, a credit note — keeps BR-26, BR-27 and the
+    totals rules BR-CO-10 to BR-CO-17."""
+    from dustel.billing import einvoice
+
+    issuer = einvoice.Issuer(**{f: f"x{f}" for f in einvoice.Issuer.__dataclass_fields__})
+    b = old_tenant(conn, "business_flex", dt.date(2026, 9, 1), name="Firma", number_quota=20)
+    c = old_tenant(conn, "complete", dt.date(2025, 9, 1), name="Becker")
+    calls = {t["id"]: settled_call(conn, t["id"], "de_mobile", 200, 30, at("2026-10-20 10:00"))
+             for t in (b, c)}
+    invoices.run(conn, dt.date(2026, 10, 1), dt.date(2026, 11, 2))
+    for t in (b, c):                                  # the engines say 100 s, not 200: 15 ct, not 30
+        cdr(conn, calls[t["id"]], 100)
+        settled_call(conn, t["id"], "de_mobile", 60, 9, at("2026-11-10 10:00"))
+    assert {f.action for f in reconcile_fix(conn)} == {"adjusted -15 ct"}
+    conn.execute("UPDATE ledger SET created_at = '2026-11-15 12:00+01' WHERE kind = 'adjust'")
+    invoices.run(conn, NOV, ISSUED)
+    docs = []
+    with conn.transaction():
+        for t in (b, c):
+            inv = invoices.get(conn, conn.execute("SELECT number FROM invoices WHERE tenant_id = %s AND "
+                                                  "period = %s", (t["id"], NOV)).fetchone()["number"])
+            refund = [ln for ln in inv["lines"] if ln["amount_cents"] < 0]
+            assert [(ln["quantity"], ln["unit_cents"], ln["amount_cents"]) for ln in refund] == [(-1, 15, -15)]
+            docs.append(inv)
+        cn = invoices.credit_note(conn, docs[1]["number"], "Kulanz", 100, ISSUED)
+        docs.append(invoices.get(conn, cn["number"]))
+    for inv in docs:
+        xml = einvoice.build_xml(inv, issuer)
+        assert en16931_violations(xml) == [], inv["number"]
+    # the checker itself fails on what it must catch
+    xml = einvoice.build_xml(docs[0], issuer)
+    bad = re.sub(rb"(<ram:NetPriceProductTradePrice>\s*<ram:ChargeAmount>)", rb"\1-", xml, count=1)
+    bad = bad.replace(b"<ram:GrandTotalAmount>", b"<ram:GrandTotalAmount>1", 1)
+    assert [v.split(" ")[0].rstrip(":") for v in en16931_violations(bad)] == ["BR-27", "BR-CO-15", "BR-CO-16"]
