@@ -146,3 +146,90 @@ def en16931_violations(xml: bytes) -> list[str]:
         if not abs(amount) - 1 <= expected <= abs(amount) + 1:       # the schematron's tolerance
             out.append(f"BR-CO-17: VAT {amount} is not {rate} % of {cat_basis}")
     return out
+
+
+PDFA_RELATIONSHIPS = ("/Data", "/Source", "/Alternative")     # what Factur-X allows for its XML
+
+
+def pdfa3b_violations(data: bytes) -> list[str]:
+    """The PDF/A-3B rules a Factur-X invoice is checked on here (veraPDF is
+    in no registry this project can install from): no encryption, a file
+    ID, every font embedded, a PDF/A OutputIntent with an RGB ICC profile,
+    XMP identifying PDF/A-3B with the Factur-X extension schema declared and
+    no document information that contradicts it, and the XML attached as an
+    associated file with a relationship, a MIME type and a date."""
+    import io
+
+    import pikepdf
+
+    out: list[str] = []
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        if pdf.is_encrypted:
+            out.append("6.1.3: encrypted")
+        if "/ID" not in pdf.trailer:
+            out.append("6.1.3: no file identifier (trailer /ID)")
+        fonts: dict[str, Any] = {}
+
+        def collect(res: Any) -> None:
+            for name, font in (res.get("/Font") or {}).items():
+                fonts[f"{name}:{font.get('/BaseFont')}"] = font
+            for xo in (res.get("/XObject") or {}).values():
+                if xo.get("/Resources") is not None:
+                    collect(xo.Resources)
+        for page in pdf.pages:
+            collect(page.obj.get("/Resources") or {})
+        if not fonts:
+            out.append("6.2.11: no font found (nothing printed?)")
+        for key, font in fonts.items():
+            desc = font.DescendantFonts[0].get("/FontDescriptor") if font.get("/Subtype") == "/Type0" \
+                else font.get("/FontDescriptor")
+            if desc is None or not any(k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3")):
+                out.append(f"6.2.11.4: font {key} not embedded")
+        intents = [oi for oi in (pdf.Root.get("/OutputIntents") or []) if oi.get("/S") == "/GTS_PDFA1"]
+        if len(intents) != 1:
+            out.append(f"6.2.3: {len(intents)} PDF/A OutputIntents (one needed)")
+        for oi in intents:
+            icc = oi.get("/DestOutputProfile")
+            raw = icc.read_bytes() if icc is not None else b""
+            if icc is None or icc.get("/N") != 3 or raw[12:16] not in (b"mntr", b"prtr") or raw[16:20] != b"RGB " \
+                    or not 2 <= raw[8] <= 4 or raw[36:40] != b"acsp":
+                out.append("6.2.3: the OutputIntent's DestOutputProfile is not an RGB ICC profile (v2 to v4)")
+        meta_stream = pdf.Root.get("/Metadata")
+        if meta_stream is None:
+            out.append("6.6.2.1: no XMP metadata")
+            return out
+        meta = pdf.open_metadata()
+        if (meta.get("pdfaid:part"), meta.get("pdfaid:conformance")) != ("3", "B"):
+            out.append(f"6.6.4: XMP says PDF/A-{meta.get('pdfaid:part')}{meta.get('pdfaid:conformance')}")
+        xmp = meta_stream.read_bytes()
+        fx = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"
+        if f"<pdfaSchema:namespaceURI>{fx}</pdfaSchema:namespaceURI>".encode() not in xmp:
+            out.append("6.6.2.3.2: the fx: properties' extension schema is not declared")
+        for prop, value in (("DocumentType", "INVOICE"), ("DocumentFileName", "factur-x.xml"),
+                            ("ConformanceLevel", "EN 16931"), ("Version", "1.0")):
+            if meta.get(f"{{{fx}}}{prop}") != value:
+                out.append(f"Factur-X: XMP fx:{prop} is {meta.get(f'{{{fx}}}{prop}')!r}, not {value!r}")
+        info = pdf.trailer.get("/Info") or {}
+        for key, prop in (("/Title", "dc:title"), ("/Author", "dc:creator"), ("/Subject", "dc:description"),
+                          ("/Keywords", "pdf:Keywords"), ("/Producer", "pdf:Producer"),
+                          ("/Creator", "xmp:CreatorTool")):
+            if key in info:
+                got = meta.get(prop)
+                got = ", ".join(got) if isinstance(got, list) else got
+                if str(info[key]) != (got or ""):
+                    out.append(f"6.6.2.3.1: Info {key} {str(info[key])!r} differs from XMP {prop} {got!r}")
+        af = pdf.Root.get("/AF") or []
+        specs = [fs for fs in af if str(fs.get("/F", "")) == "factur-x.xml"]
+        if len(specs) != 1:
+            out.append("6.8: factur-x.xml is not an associated file of the document (catalog /AF)")
+        for fs in specs:
+            if str(fs.get("/AFRelationship")) not in PDFA_RELATIONSHIPS:
+                out.append(f"6.8: AFRelationship {fs.get('/AFRelationship')}")
+            if str(fs.get("/UF", "")) != "factur-x.xml":
+                out.append("6.8: no /UF file name")
+            ef = fs.EF.F
+            if ef.get("/Subtype") != "/text/xml":
+                out.append(f"6.8: the embedded file's MIME type is {ef.get('/Subtype')}")
+            if "/ModDate" not in (ef.get("/Params") or {}):
+                out.append("6.8: the embedded file has no modification date")
+    return out

@@ -25,6 +25,7 @@ from ..billing_support import (
     en16931_violations,
     issuer_config,
     old_tenant,
+    pdfa3b_violations,
     reconcile_fix,
     settled_call,
 )
@@ -386,3 +387,45 @@ def test_a_refund_line_has_a_positive_price_and_every_document_keeps_the_en16931
     bad = re.sub(rb"(<ram:NetPriceProductTradePrice>\s*<ram:ChargeAmount>)", rb"\1-", xml, count=1)
     bad = bad.replace(b"<ram:GrandTotalAmount>", b"<ram:GrandTotalAmount>1", 1)
     assert [v.split(" ")[0].rstrip(":") for v in en16931_violations(bad)] == ["BR-27", "BR-CO-15", "BR-CO-16"]
+
+
+def test_the_invoice_pdf_is_pdfa3b_with_embedded_fonts_and_shows_any_name_exactly(conn: psycopg.Connection, run,
+                                                                                 tmp_path: Path) -> None:
+    """Issue 26.12: the Factur-X PDF claimed PDF/A-3B but used the core fonts
+    (not embedded) and had no OutputIntent; names outside Latin-1 were
+    printed by their base letter."""
+    import pikepdf
+    from facturx import get_xml_from_pdf
+
+    t = _month(conn)
+    conn.execute("UPDATE tenants SET name = 'Łódź Żurek Spółka' WHERE id = %s", (t["b"]["id"],))
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        cn = invoices.credit_note(conn, "RE-2026-000002", "Kulanz – Störung", 500, ISSUED)
+    for number in ("RE-2026-000001", "RE-2026-000003", cn["number"]):
+        pdf = tmp_path / f"{number}.pdf"
+        run.ok("invoice", "pdf", number, "--out", str(pdf))
+        data = pdf.read_bytes()
+        assert (number, pdfa3b_violations(data)) == (number, [])
+        with pikepdf.open(pdf) as doc:
+            (fs,) = doc.Root.AF
+            assert fs.AFRelationship == "/Alternative"      # the XML is the invoice, the PDF its rendering
+        name, xml = get_xml_from_pdf(data, check_xsd=True)
+        assert name == "factur-x.xml" and number.encode() in xml
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "RE-2026-000001.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Łódź Żurek Spółka" in text and "Gläubiger-ID" in text
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / f"{cn['number']}.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Kulanz – Störung" in text
+
+
+def test_the_pdfa_checker_fails_a_pdf_with_core_fonts_and_no_output_intent() -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", "", 10)
+    pdf.cell(0, 5, "Rechnung")
+    got = pdfa3b_violations(bytes(pdf.output()))
+    assert [v.split(":")[0] for v in got] == ["6.2.11.4", "6.2.3", "6.6.2.1"], got
