@@ -2,7 +2,9 @@
 
 In the first days of month M+1 every postpaid tenant gets one invoice:
 - the usage of M: its calls settled in M (in the tenant's time zone), one
-  line per zone, and the reconciliation's corrections booked in M;
+  line per zone, at their charge as reconciled by then; and one line for
+  the reconciliation's corrections of calls invoiced before (each
+  correction billed once: ledger.invoice_id names the invoice that did);
 - the base fee and the booked options of M+1, in advance (and those of M
   too when the plan started in M: the first month is billed in full);
 - number fees of M+1 (business flex: per number and month, 0.42 net for
@@ -70,6 +72,7 @@ class Draft:
     mandate_id: int | None
     lines: list[Line] = field(default_factory=list)
     usage_cents: int = 0
+    corrections: list[int] = field(default_factory=list)     # ledger ids of the corrections it bills
 
     @property
     def payment_means(self) -> str:
@@ -94,27 +97,34 @@ SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name
 
 # the month in each tenant's own time zone: its bounds computed once per
 # tenant, the calls (one scan of the month's settled calls) joined to them
-_USAGE = """
-WITH tb AS (SELECT t.id, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
+_BOUNDS = """
+WITH tb AS (SELECT t.id, t.timezone, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
                    (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi
               FROM tenants t JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
-             WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)),
+             WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s))"""
+_IN_USAGE = "c.state = 'settled' AND c.settled_at >= tb.lo AND c.settled_at < tb.hi"
+_USAGE = _BOUNDS + f""",
 u AS (SELECT c.tenant_id, c.zone, count(*)::int AS calls, sum(c.billsec)::bigint AS seconds,
              sum(c.charged_cents)::bigint AS cents
         FROM calls c JOIN tb ON tb.id = c.tenant_id
-       WHERE c.state = 'settled' AND c.charged_cents > 0 AND c.settled_at >= tb.lo AND c.settled_at < tb.hi
+       WHERE {_IN_USAGE} AND c.charged_cents > 0
        GROUP BY 1, 2)
 SELECT u.*, coalesce(z.description, u.zone) AS zone_name FROM u LEFT JOIN zones z ON z.code = u.zone
  ORDER BY 1, 2"""
 
-_ADJUSTS = """
-SELECT l.tenant_id, (-sum(l.amount_cents))::bigint AS cents
-  FROM ledger l JOIN tenants t ON t.id = l.tenant_id
- WHERE l.kind = 'adjust'
-   AND l.created_at >= (%(m0)s::timestamp AT TIME ZONE t.timezone)
-   AND l.created_at < (%(m1)s::timestamp AT TIME ZONE t.timezone)
-   AND (%(tenant)s::bigint IS NULL OR l.tenant_id = %(tenant)s)
- GROUP BY 1 HAVING sum(l.amount_cents) <> 0"""
+# the reconciliation's corrections no invoice has billed yet (each names its
+# call): one of a call billed with this month is in the call's charge; one
+# of a call whose month was invoiced already (or of no known call) is a line
+_CORRECTIONS = _BOUNDS + f"""
+SELECT l.id, l.tenant_id, (-l.amount_cents)::bigint AS cents, l.created_at < tb.hi AS booked,
+       coalesce({_IN_USAGE}, false) AS in_usage,
+       c.node IS NULL OR EXISTS (
+           SELECT 1 FROM invoices i WHERE i.tenant_id = l.tenant_id AND i.kind = 'invoice'
+              AND i.period = date_trunc('month', c.settled_at AT TIME ZONE tb.timezone)::date) AS invoiced
+  FROM ledger l JOIN tb ON tb.id = l.tenant_id
+  LEFT JOIN calls c ON c.node = l.call_node AND c.call_id = l.call_id
+ WHERE l.kind = 'adjust' AND l.invoice_id IS NULL
+ ORDER BY l.id"""
 
 _OPTIONS = """
 SELECT tp.tenant_id, tp.option, tp.quantity, po.price_cents, po.description
@@ -145,7 +155,7 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
     if not tenants:
         return []
     by_tenant: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    for name, sql in (("usage", _USAGE), ("adjust", _ADJUSTS), ("options", _OPTIONS), ("numbers", _NUMBERS)):
+    for name, sql in (("usage", _USAGE), ("adjust", _CORRECTIONS), ("options", _OPTIONS), ("numbers", _NUMBERS)):
         rows: dict[int, list[dict[str, Any]]] = {}
         for r in conn.execute(sql, p):
             rows.setdefault(r["tenant_id"], []).append(r)
@@ -163,10 +173,15 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
             d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
                                 1, u["cents"], period, last_day(period)))
             d.usage_cents += u["cents"]
+        corrected = 0
         for a in by_tenant["adjust"].get(t["id"], []):
-            d.lines.append(signed_line("usage", "Corrections of call charges (reconciled with the engines' records)",
-                                       a["cents"], period, last_day(period)))
-            d.usage_cents += a["cents"]
+            if a["in_usage"] or (a["invoiced"] and a["booked"]):
+                d.corrections.append(a["id"])            # billed by this invoice: in a call's charge or below
+                corrected += 0 if a["in_usage"] else a["cents"]
+        if corrected:
+            d.lines.append(signed_line("usage", "Corrections of call charges billed before (reconciled with "
+                                       "the engines' records)", corrected, period, last_day(period)))
+            d.usage_cents += corrected
         months = [m1]
         if period <= t["plan_since"] < m1:
             months.insert(0, period)          # the first month, billed with the first invoice
@@ -290,11 +305,12 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                      "payment_means": d.payment_means, "recipient": d.recipient,
                      "at": at.isoformat() if at else None})
     ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
-    lines, ledger, debits = [], [], []
+    lines, ledger, debits, corrections = [], [], [], []
     for d, row, p in zip(batch, rows, priced, strict=True):
         inv = ids[d.tenant_id]
         row["id"] = inv
         lines += [{"invoice_id": inv, **ln} for ln in p["lines"]]
+        corrections += [{"id": c, "inv": inv} for c in d.corrections]
         beyond = row["gross_cents"] - d.usage_cents
         if beyond:
             ledger.append(calls.book_row(d.tenant_id, -beyond, "invoice", f"invoice:{row['number']}", inv, at))
@@ -303,6 +319,10 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                            "a": row["gross_cents"], "due": row["due_on"]})
     if lines:
         conn.execute(_STORE_LINES, {"rows": Jsonb(lines)})
+    if corrections:                   # billed now, never again
+        conn.execute("""UPDATE ledger l SET invoice_id = r.inv FROM jsonb_to_recordset(%(rows)s::jsonb)
+                               AS r(id bigint, inv bigint) WHERE l.id = r.id AND l.invoice_id IS NULL""",
+                     {"rows": Jsonb(corrections)})
     money.post_many(conn, ledger)
     if debits:
         conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, invoice_id, amount_cents,
@@ -327,7 +347,9 @@ def run(conn: psycopg.Connection, period: dt.date, issued_on: dt.date, *, due_da
                                   "are made; invoice preview shows what a month would bill")
     if issued_on < next_month(period):
         raise DustelError("month", f"{period:%Y-%m} has not ended on {issued_on}; invoices are issued after it")
-    all_drafts = drafts(conn, period, tenant_id)
+    with conn.transaction():          # one snapshot: a call's charge and its correction seen together
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        all_drafts = drafts(conn, period, tenant_id)
     issued: list[dict[str, Any]] = []
     n_debits = 0
     for i in range(0, len(all_drafts), batch):

@@ -429,3 +429,38 @@ def test_the_pdfa_checker_fails_a_pdf_with_core_fonts_and_no_output_intent() -> 
     pdf.cell(0, 5, "Rechnung")
     got = pdfa3b_violations(bytes(pdf.output()))
     assert [v.split(":")[0] for v in got] == ["6.2.11.4", "6.2.3", "6.6.2.1"], got
+
+
+def test_a_correction_is_billed_once_whether_reconciled_before_or_after_the_invoice(conn: psycopg.Connection) -> None:
+    """Issue 26.9: reconciling before the invoice run billed a correction
+    twice — the call's charge was rewritten and an `adjust` line added on
+    top (and a negative correction was taken off twice).  A correction of a
+    month not invoiced yet is in its calls' charges; one of a month invoiced
+    already is a line of the next invoice; each once."""
+    b = old_tenant(conn, "business_flex", dt.date(2026, 9, 1), name="Firma", number_quota=20)
+    o1 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-10-20 10:00"))
+    invoices.run(conn, dt.date(2026, 10, 1), dt.date(2026, 11, 2))            # October: o1 billed at 30
+    n1 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-11-10 10:00"))
+    n2 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-11-11 10:00"))
+    for call, billsec in ((o1, 100), (n1, 300), (n2, 160)):         # the engines say: 15, 45 and 24 ct
+        cdr(conn, call, billsec)
+    fixed = {f.call_id: f.action for f in reconcile_fix(conn)}
+    assert fixed == {o1: "adjusted -15 ct", n1: "adjusted +15 ct", n2: "adjusted -6 ct"}
+    conn.execute("UPDATE ledger SET created_at = '2026-11-20 12:00+01' WHERE kind = 'adjust'")   # in November
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        inv = invoices.get(conn, "RE-2026-000002")
+    usage = [(ln["quantity"], ln["unit_cents"], ln["amount_cents"]) for ln in inv["lines"] if ln["kind"] == "usage"]
+    assert usage == [(1, 69, 69), (-1, 15, -15)]        # n1 + n2 at what the engines say; o1's 15 ct back
+    assert inv["usage_cents"] == 54 and inv["net_cents"] == 54 + 720
+    # December's invoice bills no correction again
+    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2))
+    with conn.transaction():
+        dec = invoices.get(conn, "RE-2027-000001")
+    assert [ln["kind"] for ln in dec["lines"]] == ["base_fee"]
+    # the ledger and the invoices agree to the cent: all that was booked was invoiced, once
+    grosses = conn.execute("SELECT sum(gross_cents) AS s FROM invoices WHERE tenant_id = %s",
+                           (b["id"],)).fetchone()["s"]
+    assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s",
+                        (b["id"],)).fetchone()["s"] == -grosses
+    assert money.reconciles(conn) == []
