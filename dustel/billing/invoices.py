@@ -29,6 +29,7 @@ import datetime as dt
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -70,6 +71,7 @@ class Draft:
     vat_percent: int
     recipient: dict[str, Any]
     mandate_id: int | None
+    plan_from: dt.datetime | None = None       # the plan period it bills (tenants.plan_changed_at)
     lines: list[Line] = field(default_factory=list)
     usage_cents: int = 0
     corrections: list[int] = field(default_factory=list)     # ledger ids of the corrections it bills
@@ -80,8 +82,13 @@ class Draft:
 
 
 _TENANTS = """
-SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name AS plan_name,
-       p.prices_net, p.vat_percent,
+SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.plan_changed_at, t.timezone, t.cancel_at,
+       p.name AS plan_name, p.prices_net, p.vat_percent,
+       -- the month the plan started: its fees unless an earlier plan's invoice billed them in advance
+       CASE WHEN t.plan_since >= %(m0)s AND t.plan_since < %(m1)s THEN NOT EXISTS (
+           SELECT 1 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
+            WHERE i.tenant_id = t.id AND i.kind = 'invoice' AND l.kind IN ('base_fee', 'option', 'numbers')
+              AND l.period_start = %(m0)s) ELSE false END AS first_month,
        p.base_fee_cents, p.number_monthly_cents, p.number_monthly_large_cents, p.number_large_block_over,
        bp.leitweg_id, bp.vat_id,
        (SELECT to_jsonb(a) FROM addresses a WHERE a.tenant_id = t.id
@@ -92,17 +99,21 @@ SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name
   LEFT JOIN billing_profiles bp ON bp.tenant_id = t.id
  WHERE p.payment = 'postpaid' AND t.created_on < %(m1)s AND (t.cancel_at IS NULL OR t.cancel_at >= %(m0)s)
    AND (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)
-   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice')
+   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice'
+                      AND i.plan_from IS NOT DISTINCT FROM t.plan_changed_at)
  ORDER BY t.id"""
 
 # the month in each tenant's own time zone: its bounds computed once per
 # tenant, the calls (one scan of the month's settled calls) joined to them
+# (the calls made under the tenant's current plan only: a call made before
+# a plan change belongs to the plan then, prepaid or closed by its own invoice)
 _BOUNDS = """
 WITH tb AS (SELECT t.id, t.timezone, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
-                   (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi
+                   (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi, t.plan_changed_at AS since
               FROM tenants t JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
              WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s))"""
-_IN_USAGE = "c.state = 'settled' AND c.settled_at >= tb.lo AND c.settled_at < tb.hi"
+_IN_USAGE = ("c.state = 'settled' AND c.settled_at >= tb.lo AND c.settled_at < tb.hi"
+             " AND (tb.since IS NULL OR c.started_at >= tb.since)")
 _USAGE = _BOUNDS + f""",
 u AS (SELECT c.tenant_id, c.zone, count(*)::int AS calls, sum(c.billsec)::bigint AS seconds,
              sum(c.charged_cents)::bigint AS cents
@@ -147,8 +158,12 @@ def _minutes(seconds: int) -> str:
     return f"{seconds // 60}:{seconds % 60:02d} min"
 
 
-def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None) -> list[Draft]:
-    """The invoices month ``period`` would get, for tenants not invoiced yet."""
+def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None, *,
+           until: dt.date | None = None) -> list[Draft]:
+    """The invoices month ``period`` would get, for tenants not invoiced yet
+    for it under their current plan; drafts with nothing to bill are left
+    out.  ``until``: the plan ends that day (a plan change closing it): no
+    fees in advance, usage to that day."""
     m1 = next_month(period)
     p = {"m0": period, "m1": m1, "tenant": tenant_id}
     tenants = conn.execute(_TENANTS, p).fetchall()
@@ -168,10 +183,13 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                      "city": addr.get("city", ""), "country": "DE", "leitweg_id": t["leitweg_id"],
                      "vat_id": t["vat_id"], "customer_number": money.customer_number(t["id"]), "plan": t["plan_name"]}
         d = Draft(t["id"], period, t["prices_net"], t["vat_percent"], recipient,
-                  None if t["customer_type"] == "public_body" else t["mandate_id"])
+                  None if t["customer_type"] == "public_body" else t["mandate_id"], t["plan_changed_at"])
+        changed = t["plan_changed_at"].astimezone(ZoneInfo(t["timezone"])).date() if t["plan_changed_at"] else None
+        used_from = max(period, changed) if changed else period         # the usage lines' period
+        used_to = min(last_day(period), until) if until else last_day(period)
         for u in by_tenant["usage"].get(t["id"], []):
             d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
-                                1, u["cents"], period, last_day(period)))
+                                1, u["cents"], used_from, used_to))
             d.usage_cents += u["cents"]
         corrected = 0
         for a in by_tenant["adjust"].get(t["id"], []):
@@ -180,10 +198,10 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                 corrected += 0 if a["in_usage"] else a["cents"]
         if corrected:
             d.lines.append(signed_line("usage", "Corrections of call charges billed before (reconciled with "
-                                       "the engines' records)", corrected, period, last_day(period)))
+                                       "the engines' records)", corrected, used_from, used_to))
             d.usage_cents += corrected
-        months = [m1]
-        if period <= t["plan_since"] < m1:
+        months = [] if until else [m1]        # a plan closed: nothing in advance
+        if t["first_month"]:
             months.insert(0, period)          # the first month, billed with the first invoice
         for start in months:
             if t["cancel_at"] is not None and start > t["cancel_at"]:
@@ -204,7 +222,8 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                 if n["large"]:
                     d.lines.append(Line("numbers", f"Numbers in blocks over {t['number_large_block_over']}, {label}",
                                         n["large"], t["number_monthly_large_cents"], start, end))
-        out.append(d)
+        if d.lines or d.corrections:
+            out.append(d)
     return out
 
 
@@ -229,13 +248,14 @@ def _take(conn: psycopg.Connection, series: str, year: int, last: int, n: int) -
 
 _STORE = """
 INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents,
-                      vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, created_at)
+                      vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from,
+                      created_at)
 SELECT number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents, vat_cents,
-       gross_cents, usage_cents, corrects, reason, payment_means, recipient, coalesce(at, now())
+       gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from, coalesce(at, now())
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
        number text, kind text, tenant_id bigint, period date, issued_on date, due_on date, prices_net boolean,
        vat_percent int, net_cents bigint, vat_cents bigint, gross_cents bigint, usage_cents bigint,
-       corrects bigint, reason text, payment_means text, recipient jsonb, at timestamptz)
+       corrects bigint, reason text, payment_means text, recipient jsonb, plan_from timestamptz, at timestamptz)
 RETURNING id, number, tenant_id"""
 
 _STORE_LINES = """
@@ -286,9 +306,12 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
     if not batch:
         return [], 0
     last = _counter(conn, "RE", issued_on.year)    # the counter's lock first, then what is still to do
-    done = {r["tenant_id"] for r in conn.execute(
-        "SELECT tenant_id FROM invoices WHERE kind = 'invoice' AND period = %s AND tenant_id = ANY(%s)",
-        (batch[0].period, [d.tenant_id for d in batch]))}
+    done = {r["t"] for r in conn.execute(
+        """SELECT r.t FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(t bigint, p date, f timestamptz)
+            WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = r.t AND i.kind = 'invoice' AND i.period = r.p
+                             AND i.plan_from IS NOT DISTINCT FROM r.f)""",
+        {"rows": Jsonb([{"t": d.tenant_id, "p": d.period.isoformat(),
+                         "f": d.plan_from.isoformat() if d.plan_from else None} for d in batch])})}
     batch = [d for d in batch if d.tenant_id not in done]
     if not batch:
         return [], 0
@@ -303,6 +326,7 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                      "vat_percent": d.vat_percent, "net_cents": p["net_cents"], "vat_cents": p["vat_cents"],
                      "gross_cents": p["gross_cents"], "usage_cents": d.usage_cents, "corrects": None, "reason": None,
                      "payment_means": d.payment_means, "recipient": d.recipient,
+                     "plan_from": d.plan_from.isoformat() if d.plan_from else None,
                      "at": at.isoformat() if at else None})
     ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
     lines, ledger, debits, corrections = [], [], [], []
@@ -415,6 +439,40 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
                      WHERE invoice_id = %(inv)s AND state = 'pending' AND amount_cents > %(g)s""",
                  {"inv": inv["id"], "g": gross})
     return dict(row)
+
+
+def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due_days: int = 14) -> list[str]:
+    """Close the postpaid plan a tenant leaves at ``at`` with its own
+    invoices, in the caller's transaction (the plan change's): every month
+    of the plan not invoiced yet, then the running month with the usage of
+    the calls made under it and no fees in advance (they were billed the
+    month before).  Refused while one of the tenant's calls is up — made
+    under this plan, it would settle after the plan's last invoice.  A
+    prepaid plan has nothing to close.  Returns the invoices' numbers."""
+    te = conn.execute("""SELECT t.*, p.payment FROM tenants t JOIN plans p ON p.code = t.plan
+                          WHERE t.id = %s""", (tenant_id,)).fetchone()
+    if te is None or te["payment"] != "postpaid":
+        return []
+    # the money row's lock: no call of the tenant is admitted until the change commits
+    conn.execute("SELECT 1 FROM tenant_money WHERE tenant_id = %s FOR UPDATE", (tenant_id,))
+    up = conn.execute("SELECT count(*) AS n FROM calls WHERE tenant_id = %s AND state = 'active'",
+                      (tenant_id,)).fetchone()["n"]
+    if up:
+        raise DustelError("plan", f"tenant {tenant_id} has {up} call(s) in progress, billed by the plan they were "
+                                  "made under; change the plan when they have ended")
+    today = at.astimezone(ZoneInfo(te["timezone"])).date()
+    start = te["plan_changed_at"].astimezone(ZoneInfo(te["timezone"])).date() if te["plan_changed_at"] \
+        else te["created_on"]
+    last = conn.execute("""SELECT max(period) AS p FROM invoices WHERE tenant_id = %s AND kind = 'invoice'
+                              AND plan_from IS NOT DISTINCT FROM %s""", (tenant_id, te["plan_changed_at"])).fetchone()
+    month = max(start.replace(day=1), next_month(last["p"])) if last["p"] else start.replace(day=1)
+    numbers: list[str] = []
+    while month <= today:
+        rows, _ = store(conn, drafts(conn, month, tenant_id, until=today if month == today.replace(day=1) else None),
+                        today, due_days)
+        numbers += [r["number"] for r in rows]
+        month = next_month(month)
+    return numbers
 
 
 def get(conn: psycopg.Connection, number: str) -> dict[str, Any]:

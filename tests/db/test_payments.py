@@ -282,9 +282,15 @@ def test_the_minimum_term_holds_plan_changes(conn: psycopg.Connection, run) -> N
     assert r.exit_code == 1 and "plan: the plan complete has a minimum term running until" in r.stderr
     assert dump(run.url) == before
     conn.execute("UPDATE tenants SET plan_since = current_date - 400 WHERE id = %s", (t["id"],))
-    run.ok("tenant", "set", str(t["id"]), "--plan", "starter")
+    r = run("tenant", "set", str(t["id"]), "--plan", "starter")       # it would close complete by invoices
+    assert r.exit_code == 1 and r.stderr.startswith("error: issuer_iban: is the demo's placeholder")
+    issuer_config(run.state_dir)
+    got = json.loads(run.ok("tenant", "set", str(t["id"]), "--plan", "starter", "--json").output)
     row = conn.execute("SELECT plan, plan_since FROM tenants WHERE id = %s", (t["id"],)).fetchone()
     assert row == {"plan": "starter", "plan_since": dt.date.today()}
+    # the months of complete never invoiced are, now (a month each, from the tenant's first)
+    assert got["closing_invoices"] == [r["number"] for r in conn.execute(
+        "SELECT number FROM invoices WHERE tenant_id = %s ORDER BY period", (t["id"],))] != []
 
 
 def test_a_cancellation_ends_with_a_month_and_not_before_the_minimum_term(conn: psycopg.Connection, run) -> None:
