@@ -1,6 +1,7 @@
 """Invoices of postpaid tenants (SPEC F-09) and credit notes.
 
-In the first days of month M+1 every postpaid tenant gets one invoice:
+In the first days of month M+1 every postpaid tenant gets one invoice (one
+per plan: a postpaid plan left in M was closed by its own invoice then):
 - the usage of M: its calls settled in M (in the tenant's time zone), one
   line per zone, at their charge as reconciled by then; and one line for
   the reconciliation's corrections of calls invoiced before (each
@@ -441,14 +442,17 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
     return dict(row)
 
 
-def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due_days: int = 14) -> list[str]:
+def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due_days: int = 14,
+               first_month: dt.date | None = None) -> list[str]:
     """Close the postpaid plan a tenant leaves at ``at`` with its own
     invoices, in the caller's transaction (the plan change's): every month
-    of the plan not invoiced yet, then the running month with the usage of
-    the calls made under it and no fees in advance (they were billed the
-    month before).  Refused while one of the tenant's calls is up — made
-    under this plan, it would settle after the plan's last invoice.  A
-    prepaid plan has nothing to close.  Returns the invoices' numbers."""
+    of the plan not invoiced yet — from ``first_month`` (billing_first_month)
+    on, or else from the month before the change (the scheduler bills
+    nothing older on its own either) — then the running month with the
+    usage of the calls made under it and no fees in advance (they were
+    billed the month before).  Refused while one of the tenant's calls is
+    up — made under this plan, it would settle after the plan's last
+    invoice.  A prepaid plan has nothing to close.  Returns the numbers."""
     te = conn.execute("""SELECT t.*, p.payment FROM tenants t JOIN plans p ON p.code = t.plan
                           WHERE t.id = %s""", (tenant_id,)).fetchone()
     if te is None or te["payment"] != "postpaid":
@@ -465,7 +469,8 @@ def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due
         else te["created_on"]
     last = conn.execute("""SELECT max(period) AS p FROM invoices WHERE tenant_id = %s AND kind = 'invoice'
                               AND plan_from IS NOT DISTINCT FROM %s""", (tenant_id, te["plan_changed_at"])).fetchone()
-    month = max(start.replace(day=1), next_month(last["p"])) if last["p"] else start.replace(day=1)
+    floor = first_month or (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    month = max(start.replace(day=1), next_month(last["p"]) if last["p"] else floor, floor)
     numbers: list[str] = []
     while month <= today:
         rows, _ = store(conn, drafts(conn, month, tenant_id, until=today if month == today.replace(day=1) else None),

@@ -23,3 +23,9 @@ def next_month(d: dt.date) -> dt.date:
 def last_day(d: dt.date) -> dt.date:
     """The last day of the month holding ``d``."""
     return next_month(d) - dt.timedelta(days=1)
+
+
+def first_billed(setting: str) -> dt.date | None:
+    """The ``billing_first_month`` setting (YYYY-MM): the first month dustel
+    invoices — the months before were billed by whatever billed before it."""
+    return month_of(setting, "billing_first_month") if setting else None

@@ -4,7 +4,7 @@ import datetime as dt
 
 import click
 
-from ..billing import einvoice
+from ..billing import einvoice, months
 from ..provisioning import tenants
 from ..provisioning import validate as v
 from .common import INT, Env, emit, euro, json_option, pass_env, table
@@ -118,7 +118,8 @@ def set_(env: Env, as_json: bool, tenant_id: int, name: str | None, email: str |
     if clip_agreement is not None:
         agreement = None if clip_agreement == "none" else v.date("clip_agreement", clip_agreement)
     with env.tx() as conn:
-        changed = tenants.set_fields(conn, tenant_id, due_days=env.settings.invoice_due_days, name=name,
+        changed = tenants.set_fields(conn, tenant_id, due_days=env.settings.invoice_due_days,
+                                     first_month=months.first_billed(env.settings.billing_first_month), name=name,
                                      email=email, timezone=timezone, customer_type=customer_type, plan=plan,
                                      number_quota=number_quota, clip_agreement_on=agreement)
         if changed["closing_invoices"]:

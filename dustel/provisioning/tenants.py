@@ -56,12 +56,12 @@ def _plan(conn: psycopg.Connection, plan: str) -> dict[str, Any]:
 
 
 def set_fields(conn: psycopg.Connection, tenant_id: int, *, at: dt.datetime | None = None, due_days: int = 14,
-               **changes: Any) -> dict[str, Any]:
+               first_month: dt.date | None = None, **changes: Any) -> dict[str, Any]:
     """Change tenant fields; only keys given (not None) are touched.  A plan
     change happens at ``at`` (default: now): calls made before it stay with
     the plan before — a postpaid plan is closed by its own invoices then
-    (``invoices.close_plan``, due after ``due_days``), listed under
-    ``closing_invoices`` in the result."""
+    (``invoices.close_plan``, due after ``due_days``, from ``first_month``),
+    listed under ``closing_invoices`` in the result."""
     te = get(conn, tenant_id, lock=True)
     cols: dict[str, Any] = {}
     closing: list[str] = []
@@ -81,7 +81,7 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, *, at: dt.datetime | No
             at = at or conn.execute("SELECT now() AS t").fetchone()["t"]
             on = at.astimezone(ZoneInfo(te["timezone"])).date()
             _check_min_term(conn, te, "plan", on)
-            closing = invoices.close_plan(conn, tenant_id, at, due_days=due_days)
+            closing = invoices.close_plan(conn, tenant_id, at, due_days=due_days, first_month=first_month)
             cols["plan_since"] = on
             cols["plan_changed_at"] = at
             if te["plan"] == "business_flex" and cols["plan"] != "business_flex":

@@ -83,7 +83,7 @@ def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[s
     that just ended: never with the oldest tenant's creation."""
     from ..billing import einvoice, invoices, months
     last = months.month_of(_last_month(now))
-    configured = months.month_of(s.billing_first_month, "billing_first_month") if s.billing_first_month else None
+    configured = months.first_billed(s.billing_first_month)
     done = conn.execute("SELECT max(period) AS p FROM job_runs WHERE job = 'invoice_run'").fetchone()["p"]
     month = months.next_month(months.month_of(done)) if done is not None else configured or last
     if configured is not None:

@@ -108,3 +108,20 @@ def test_a_switch_waits_for_the_calls_in_progress(conn: psycopg.Connection) -> N
     with pytest.raises(DustelError, match="^plan: tenant .* has 1 call.s. in progress"), conn.transaction():
         tenants.set_fields(conn, t["id"], at=SWITCH, plan="starter")
     assert dump(conn.info.dsn) == before
+
+
+def test_a_switch_closes_no_month_before_dustel_billed(conn: psycopg.Connection) -> None:
+    """A tenant with a past and no invoice of dustel's (billed elsewhere
+    before): the switch closes the month before it and its own month — or,
+    with billing_first_month, the months from there — never all its past."""
+    old = old_tenant(conn, "business_flex", dt.date(2025, 1, 1), name="Alt GmbH", number_quota=10)
+    also = old_tenant(conn, "business_flex", dt.date(2025, 1, 1), name="Auch Alt GmbH", number_quota=10)
+    for t in (old, also):
+        settled_call(conn, t["id"], "de_mobile", 200, 30, at("2026-11-03 10:00"))
+    closed = _switch(conn, old["id"], "starter")["closing_invoices"]
+    assert [f"{r['period']:%Y-%m}" for r in conn.execute(
+        "SELECT period FROM invoices WHERE number = ANY(%s) ORDER BY period", (closed,))] == ["2026-10", "2026-11"]
+    with conn.transaction():
+        closed = tenants.set_fields(conn, also["id"], at=SWITCH, plan="starter",
+                                    first_month=dt.date(2026, 8, 1))["closing_invoices"]
+    assert len(closed) == 4                                      # August to November
