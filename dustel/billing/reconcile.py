@@ -13,7 +13,9 @@ Problems, and what ``fix`` does:
   reservation (``calls.expire``);
 - ``charge_differs``: settled with other cents than the CDR's billsec
   gives → an ``adjust`` ledger row with the difference (idempotent by
-  reference), the call updated to the CDR;
+  reference, naming its call), the call updated to the CDR.  An invoice
+  bills the correction once: in the call's charge while the call's month
+  is not invoiced, else as a line of the next invoice (``invoices``);
 - ``expired_without_cdr``: nothing known of the call's length → listed.
 """
 from __future__ import annotations
@@ -89,7 +91,10 @@ def _adjust(row: dict[str, Any], due: int) -> Flow:
     ref = f"reconcile:{row['node']}:{row['call_id']}:{row['cdr_billsec']}"
     done = yield Q(calls.BOOK, {"rows": Jsonb([calls.book_row(row["tenant_id"], -diff, "adjust", ref)])})
     if done:
-        yield Q("""UPDATE calls SET billsec = %(b)s, charged_cents = %(c)s
-                    WHERE node = %(n)s AND call_id = %(call)s""",
-                {"b": row["cdr_billsec"], "c": due, "n": row["node"], "call": row["call_id"]})
+        key = {"b": row["cdr_billsec"], "c": due, "n": row["node"], "call": row["call_id"], "ref": ref}
+        # the call's charge is what the engine says; the correction names its
+        # call, so that an invoice bills it once (invoices.drafts)
+        yield [Q("""UPDATE calls SET billsec = %(b)s, charged_cents = %(c)s
+                     WHERE node = %(n)s AND call_id = %(call)s""", key),
+               Q("UPDATE ledger SET call_node = %(n)s, call_id = %(call)s WHERE ref = %(ref)s", key)]
     return f"adjusted {diff:+d} ct"

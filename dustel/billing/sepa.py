@@ -156,7 +156,6 @@ def export(conn: psycopg.Connection, collection_date: dt.date, issuer: Issuer, t
             ORDER BY d.id FOR UPDATE OF d""", (collection_date,)).fetchall()
     if not rows:
         return None
-    msg_id = f"DUSTEL-{collection_date:%Y%m%d}-{rows[0]['id']}-{len(rows)}"
     sepa = SepaDD({"name": issuer.name, "IBAN": check_iban(issuer.iban), "BIC": issuer.bic, "batch": True,
                    "creditor_id": issuer.creditor_id, "currency": "EUR"}, schema=SCHEMA, clean=True)
     seq = {}
@@ -173,10 +172,22 @@ def export(conn: psycopg.Connection, collection_date: dt.date, issuer: Issuer, t
         xml = sepa.export(validate=True)
     except Exception as exc:   # sepaxml raises plain exceptions with the schema's message
         raise DustelError("sepa", f"the pain.008 does not validate: {exc}") from None
+    msg_id = message_id(xml)
     for r in rows:
         conn.execute("""UPDATE direct_debits SET state = 'exported', sequence = %s, export_id = %s, due_on = %s
                          WHERE id = %s""", (seq[r["id"]], msg_id, collection_date, r["id"]))
     return Export(msg_id, collection_date, len(rows), sum(int(r["amount_cents"]) for r in rows), xml)
+
+
+def message_id(xml: bytes) -> str:
+    """The file's own GrpHdr/MsgId: what the bank's pain.002 names, and so
+    what dustel stores and prints for the export."""
+    from lxml import etree
+    found = etree.fromstring(xml).findtext("p:CstmrDrctDbtInitn/p:GrpHdr/p:MsgId",
+                                           namespaces={"p": f"urn:iso:std:iso:20022:tech:xsd:{SCHEMA}"})
+    if not found:
+        raise DustelError("sepa", "the pain.008 has no GrpHdr/MsgId")
+    return found
 
 
 def end_to_end(debit_id: int) -> str:

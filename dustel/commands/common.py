@@ -17,6 +17,7 @@ import click
 import psycopg
 
 from .. import db
+from ..billing import money
 from ..config import Settings, load_settings
 from ..errors import db_errors
 
@@ -109,9 +110,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def euro(cents: int | None) -> str:
-    if cents is None:
-        return "-"
-    return f"{cents // 100}.{cents % 100:02d}"
+    """Cents as 1234.56 (or - for none); the rule is ``money.eur``'s."""
+    return "-" if cents is None else money.eur(cents, plain=True)
 
 
 def read_password(from_stdin: bool, what: str = "SIP password") -> str:

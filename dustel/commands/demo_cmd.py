@@ -63,9 +63,6 @@ def _human(d: dict, env: Env) -> None:
                f"--to {day + dt.timedelta(days=1)} --by hour   # the demo queue's day ({d['queue_events']} events;"
                " --by agent, --format csv-de | xlsx --out F)")
     month = dt.date.today().replace(day=1)
-    issue = (month + dt.timedelta(days=32)).replace(day=1)
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice run --month {month:%Y-%m} --date {issue}"
-               "   # a preview of this month's invoices")
-    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice pdf RE-{issue.year}-000001 --out /tmp/invoice.pdf"
-               "   # PDF with Factur-X; invoice xml: the XML")
+    click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice preview --month {month:%Y-%m}"
+               "   # this month's invoices so far, as drafts (nothing issued)")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} ledger 1   # a tenant's money movements")

@@ -14,7 +14,7 @@ from ..billing import einvoice, fees, invoices, money, months, payments, sepa
 from ..errors import DustelError, db_errors
 from ..provisioning import tenants
 from ..provisioning import validate as v
-from .common import INT, Env, emit, json_option, pass_env, table
+from .common import AMOUNT_ARGUMENT, INT, Env, emit, json_option, pass_env, table
 
 
 def _today(env: Env) -> dt.date:
@@ -42,21 +42,48 @@ invoice = click.Group("invoice", help="Invoices of postpaid tenants (PDF with Fa
 @invoice.command("run")
 @click.option("--month", required=True, help="The usage month YYYY-MM (base fees and options of the next one).")
 @click.option("--tenant", "tenant_id", type=INT, help="Only this tenant.")
-@click.option("--date", "issued", help="Issue date YYYY-MM-DD (default today); after the month.")
+@click.option("--date", "issued", help="Issue date YYYY-MM-DD (default today); after the month, not after today.")
 @json_option
 @pass_env
 def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issued: str | None) -> None:
     """Invoice a month for every postpaid tenant not invoiced for it yet;
-    running it again changes nothing."""
+    running it again changes nothing.  To see a month first: invoice preview."""
     period = months.month_of(month)
-    on = v.date("date", issued) if issued else _today(env)
+    today = _today(env)
+    on = v.date("date", issued) if issued else today
     with db_errors(), db.connect(env.url, autocommit=True) as conn:
-        r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id)
+        einvoice.issuing(conn, env.settings)
+        r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id,
+                         today=today)
     emit(invoices.as_dict(r), as_json, lambda d: click.echo(
         f"{d['issued']} invoices for {d['month']}, {money.eur(d['gross_cents'])} EUR gross, "
         f"{d['direct_debits']} direct debits queued"
         + (f"; without a SEPA mandate (pay by transfer): tenants {d['without_mandate']}" if d["without_mandate"]
            else "")))
+
+
+@invoice.command("preview")
+@click.option("--month", required=True, help="The usage month YYYY-MM (also the one still running).")
+@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant.")
+@json_option
+@pass_env
+def invoice_preview(env: Env, as_json: bool, month: str, tenant_id: int | None) -> None:
+    """The invoices a month would get now, as drafts: no number is taken,
+    nothing is stored or booked (a read-only transaction)."""
+    period = months.month_of(month)
+    with env.tx() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        drafts = invoices.preview(conn, period, tenant_id)
+
+    def human(rows: list[dict]) -> None:
+        for d in rows:
+            click.echo(f"DRAFT {d['period']:%Y-%m} tenant {d['tenant_id']} {d['name']} ({d['plan']}, "
+                       f"{d['payment_means']}): net {money.eur(d['net_cents'])}  VAT {d['vat_percent']} % "
+                       f"{money.eur(d['vat_cents'])}  gross {money.eur(d['gross_cents'])} EUR")
+            table(d["lines"], ["position", "kind", "description", "quantity", "unit_cents", "amount_cents"])
+        click.echo(f"{len(rows)} draft invoices, {money.eur(sum(d['gross_cents'] for d in rows))} EUR gross; "
+                   "nothing was issued (invoice run issues them after the month)")
+    emit(drafts, as_json, human)
 
 
 @invoice.command("list")
@@ -159,7 +186,7 @@ def payment_import(env: Env, as_json: bool, file: Path) -> None:
         + (f" (unmatched lines {d['unmatched']}: see payment list --unmatched)" if d["unmatched"] else "")))
 
 
-@payment.command("add")
+@payment.command("add", context_settings=AMOUNT_ARGUMENT)
 @click.argument("tenant_id", type=INT)
 @click.argument("amount")
 @click.option("--method", type=click.Choice(payments.METHODS), required=True)
@@ -268,7 +295,7 @@ def sepa_export(env: Env, as_json: bool, collection: str, out: Path | None) -> N
     the schema; the debits are marked exported only with the file written."""
     on = v.date("date", collection)
     with env.tx() as conn:
-        ex = sepa.export(conn, on, einvoice.Issuer.of(env.settings), _today(env))
+        ex = sepa.export(conn, on, einvoice.issuing(conn, env.settings), _today(env))
         if ex is not None:
             _write(out, ex.xml)        # inside the transaction: no file written, no debit marked
     if ex is None:
@@ -292,7 +319,7 @@ def sepa_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
                                  FROM direct_debits WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)
                                 ORDER BY id""", {"t": tenant_id}).fetchall()
     emit(rows, as_json, lambda r: table(r, ["id", "tenant_id", "purpose", "ref", "amount_cents", "due_on",
-                                            "sequence", "state"]))
+                                            "sequence", "state", "export_id"]))
 
 
 @sepa_group.command("return")

@@ -4,6 +4,7 @@ import datetime as dt
 
 import click
 
+from ..billing import einvoice, months
 from ..provisioning import tenants
 from ..provisioning import validate as v
 from .common import INT, Env, emit, euro, json_option, pass_env, table
@@ -75,6 +76,8 @@ def _show_human(d: dict) -> None:
         click.echo(f"  address {a['id']} {a['kind']}: {a['street']}, {a['postcode']} {a['city']} (0{a['area_code']})")
     if d["porting_fee_yearly_cents"]:
         click.echo(f"  porting fee {euro(d['porting_fee_yearly_cents'])} EUR/year")
+    if d.get("closing_invoices"):
+        click.echo(f"  the plan left is closed by invoice(s) {', '.join(d['closing_invoices'])}")
 
 
 @group.command("show")
@@ -115,12 +118,16 @@ def set_(env: Env, as_json: bool, tenant_id: int, name: str | None, email: str |
     if clip_agreement is not None:
         agreement = None if clip_agreement == "none" else v.date("clip_agreement", clip_agreement)
     with env.tx() as conn:
-        tenants.set_fields(conn, tenant_id, name=name, email=email, timezone=timezone,
-                           customer_type=customer_type, plan=plan, number_quota=number_quota,
-                           clip_agreement_on=agreement)
+        changed = tenants.set_fields(conn, tenant_id, due_days=env.settings.invoice_due_days,
+                                     first_month=months.first_billed(env.settings.billing_first_month), name=name,
+                                     email=email, timezone=timezone, customer_type=customer_type, plan=plan,
+                                     number_quota=number_quota, clip_agreement_on=agreement)
+        if changed["closing_invoices"]:
+            einvoice.issuing(conn, env.settings)     # else the transaction, the invoices with it, is rolled back
         for opt, qty in parsed:
             tenants.set_option(conn, tenant_id, opt, qty)
         out = tenants.show(conn, tenant_id)
+    out["closing_invoices"] = changed["closing_invoices"]
     emit(out, as_json, _show_human)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 
+from ..billing import invoices
 from ..billing.months import last_day
 from ..errors import DustelError, NotFound
 from . import validate as v
@@ -53,10 +55,16 @@ def _plan(conn: psycopg.Connection, plan: str) -> dict[str, Any]:
     return row
 
 
-def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict[str, Any]:
-    """Change tenant fields; only keys given (not None) are touched."""
+def set_fields(conn: psycopg.Connection, tenant_id: int, *, at: dt.datetime | None = None, due_days: int = 14,
+               first_month: dt.date | None = None, **changes: Any) -> dict[str, Any]:
+    """Change tenant fields; only keys given (not None) are touched.  A plan
+    change happens at ``at`` (default: now): calls made before it stay with
+    the plan before — a postpaid plan is closed by its own invoices then
+    (``invoices.close_plan``, due after ``due_days``, from ``first_month``),
+    listed under ``closing_invoices`` in the result."""
     te = get(conn, tenant_id, lock=True)
     cols: dict[str, Any] = {}
+    closing: list[str] = []
     if changes.get("name") is not None:
         cols["name"] = v.text("name", changes["name"], max_len=100)
     if changes.get("email") is not None:
@@ -70,8 +78,14 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict
     if changes.get("plan") is not None:
         cols["plan"] = _plan(conn, changes["plan"])["code"]
         if cols["plan"] != te["plan"]:
-            _check_min_term(conn, te, "plan")
-            cols["plan_since"] = dt.date.today()
+            at = at or conn.execute("SELECT now() AS t").fetchone()["t"]
+            on = at.astimezone(ZoneInfo(te["timezone"])).date()
+            _check_min_term(conn, te, "plan", on)
+            closing = invoices.close_plan(conn, tenant_id, at, due_days=due_days, first_month=first_month)
+            cols["plan_since"] = on
+            cols["plan_changed_at"] = at
+            if te["plan"] == "business_flex" and cols["plan"] != "business_flex":
+                cols["number_quota"] = None            # a number quota is business flex's alone
     if "clip_agreement_on" in changes and changes["clip_agreement_on"] is not ...:
         cols["clip_agreement_on"] = changes["clip_agreement_on"]
     if changes.get("number_quota") is not None:
@@ -83,7 +97,7 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, **changes: Any) -> dict
     if cols:
         sets = ", ".join(f"{c} = %s" for c in cols)
         conn.execute(f"UPDATE tenants SET {sets} WHERE id = %s", (*cols.values(), tenant_id))
-    return get(conn, tenant_id)
+    return {**get(conn, tenant_id), "closing_invoices": closing}
 
 
 def min_term_end(conn: psycopg.Connection, te: dict[str, Any]) -> dt.date | None:
@@ -94,9 +108,9 @@ def min_term_end(conn: psycopg.Connection, te: dict[str, Any]) -> dt.date | None
     return row["ends"] if row else None
 
 
-def _check_min_term(conn: psycopg.Connection, te: dict[str, Any], field: str) -> None:
+def _check_min_term(conn: psycopg.Connection, te: dict[str, Any], field: str, on: dt.date) -> None:
     ends = min_term_end(conn, te)
-    if ends is not None and ends >= dt.date.today():
+    if ends is not None and ends >= on:
         raise DustelError(field, f"the plan {te['plan']} has a minimum term running until {ends}; "
                                  "it can be changed from the day after")
 

@@ -13,7 +13,8 @@ After downtime every job runs once at start (APScheduler's coalesce: the
 missed firings become one), for the period the clock is in now: a top-up
 night missed is not made up (only tonight's is due), fees and invoices of
 earlier periods are (their job books everything due by today / every month
-since the last completed invoice run).
+since the last completed invoice run; the very first start invoices from
+``billing_first_month``, or only the month just ended).
 """
 from __future__ import annotations
 
@@ -76,20 +77,22 @@ def _fees(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, 
 def _invoices(conn: psycopg.Connection, now: dt.datetime, s: Settings) -> dict[str, Any]:
     """Every month since the last completed run up to the last month, for
     tenants not invoiced yet (after a long downtime each missed month gets
-    its invoices; months a run completed are not read again)."""
-    from ..billing import invoices, months
+    its invoices; months a run completed are not read again).  The first
+    start begins at ``billing_first_month`` (the months before it were
+    billed by whatever billed before dustel), or — not set — with the month
+    that just ended: never with the oldest tenant's creation."""
+    from ..billing import einvoice, invoices, months
     last = months.month_of(_last_month(now))
+    configured = months.first_billed(s.billing_first_month)
     done = conn.execute("SELECT max(period) AS p FROM job_runs WHERE job = 'invoice_run'").fetchone()["p"]
-    if done is not None:
-        first = months.next_month(months.month_of(done))
-    else:
-        first = conn.execute("SELECT min(created_on) AS d FROM tenants").fetchone()["d"]
+    month = months.next_month(months.month_of(done)) if done is not None else configured or last
+    if configured is not None:
+        month = max(month, configured)
     out: dict[str, Any] = {"issued": 0}
-    if first is None:
-        return out
-    month = first.replace(day=1)
+    if month <= last:
+        einvoice.issuing(conn, s)            # never in the name of the demo's placeholder issuer
     while month <= last:
-        r = invoices.run(conn, month, now.date(), due_days=s.invoice_due_days)
+        r = invoices.run(conn, month, now.date(), due_days=s.invoice_due_days, today=now.date())
         out["issued"] += r.issued
         month = months.next_month(month)
     return out

@@ -138,7 +138,7 @@ def test_a_simulated_year_adds_up_and_reruns_change_nothing(db_url: str, conn: p
     before = dump(db_url)
     month = dt.date(2026, 1, 1)
     while month <= dt.date(2026, 12, 1):
-        assert invoices.run(conn, month, dt.date(2027, 1, 3)).issued == 0
+        assert invoices.run(conn, month, dt.date(2027, 1, 3), today=dt.date(2027, 1, 3)).issued == 0
         month = months.next_month(month)
     with conn.transaction():
         assert fees.charge_due(conn, dt.date(2027, 1, 3)) == []

@@ -18,7 +18,17 @@ from PIL import Image
 from dustel.billing import invoices, money
 from dustel.provisioning import numbers
 
-from ..billing_support import at, old_tenant, settled_call
+from ..billing_support import (
+    ISSUER,
+    at,
+    cdr,
+    en16931_violations,
+    issuer_config,
+    old_tenant,
+    pdfa3b_violations,
+    reconcile_fix,
+    settled_call,
+)
 from ..conftest import dump
 
 NOV = dt.date(2026, 11, 1)
@@ -114,7 +124,7 @@ def test_the_numbers_have_no_gap_and_a_month_not_ended_is_refused(conn: psycopg.
     got = [r["number"] for r in conn.execute("SELECT number FROM invoices ORDER BY number")]
     assert got == [f"RE-2026-{i:06d}" for i in range(1, len(got) + 1)] and len(got) == 5
     # a new year starts at 1
-    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2))
+    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2))
     assert conn.execute("SELECT min(number) AS n FROM invoices WHERE issued_on >= '2027-01-01'").fetchone()["n"] \
         == "RE-2027-000001"
 
@@ -211,6 +221,7 @@ def test_public_bodies_get_an_xrechnung_that_needs_a_leitweg_id(conn: psycopg.Co
 
 def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
     _month(conn)
+    issuer_config(run.state_dir)
     r = run("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["issued"] == 3
@@ -224,3 +235,232 @@ def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
                      (["--month", "2026-11", "--date", "2026-11-15"], "month: 2026-11 has not ended")):
         r = run("invoice", "run", *bad)
         assert r.exit_code == 1 and msg in r.stderr, r.stderr
+
+
+def test_a_partial_credit_note_lowers_the_pending_debit_and_never_drops_it(conn: psycopg.Connection) -> None:
+    """Issue 26.8: a credit of half the debit or more deleted the debit (the
+    delete compared the already lowered amount): the rest stayed open."""
+    _month(conn)
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Störung", 4000, ISSUED)       # 47,60 gross of 74,36
+    debit = conn.execute("SELECT amount_cents, state FROM direct_debits").fetchall()
+    assert debit == [{"amount_cents": 7436 - 4760, "state": "pending"}]
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Kulanz", 2000, ISSUED)       # 23,80 of the 26,76 left
+    assert conn.execute("SELECT amount_cents FROM direct_debits").fetchall() == [{"amount_cents": 296}]
+    with conn.transaction():
+        invoices.credit_note(conn, "RE-2026-000001", "Rest", None, ISSUED)         # the rest: nothing to collect
+    assert conn.execute("SELECT count(*) AS n FROM direct_debits").fetchone()["n"] == 0
+    tid = conn.execute("SELECT tenant_id FROM invoices WHERE number = 'RE-2026-000001'").fetchone()["tenant_id"]
+    # all of November credited: the tenant owes only December's call, billed next time
+    assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s", (tid,)).fetchone()["s"] == -9
+    assert money.reconciles(conn) == []
+
+
+def test_the_demo_issuer_is_refused_outside_the_demo(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 26.15: the defaults are the demo's issuer IBAN, creditor id and
+    VAT id; invoice run and sepa export issued real documents with them."""
+    from dustel.billing import sepa
+
+    _month(conn)
+    with conn.transaction():                  # a debit due, so that sepa export has a file to write
+        conn.execute("""INSERT INTO direct_debits (tenant_id, mandate_id, purpose, ref, amount_cents, due_on)
+                        SELECT tenant_id, id, 'autotopup', 'autotopup:x', 1000, current_date FROM sepa_mandates""")
+    before = dump(conn.info.dsn)
+    due = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    for args in (("invoice", "run", "--month", "2026-11", "--date", "2026-12-02"),
+                 ("sepa", "export", "--date", due, "--out", str(tmp_path / "dd.xml"))):
+        r = run(*args)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: issuer_iban: is the demo's placeholder DE89370400440532013000")
+    assert dump(conn.info.dsn) == before and not (tmp_path / "dd.xml").exists()
+    # each placeholder on its own is refused too
+    for name, placeholder in (("sepa_creditor_id", "DE98ZZZ09999999999"), ("issuer_vat_id", "DE999999999")):
+        cfg = issuer_config(run.state_dir)
+        cfg.write_text(cfg.read_text().replace(ISSUER[name], placeholder))
+        r = run("invoice", "run", "--month", "2026-11", "--date", "2026-12-02")
+        assert r.exit_code == 1 and r.stderr.startswith(f"error: {name}: is the demo's placeholder"), r.stderr
+    assert dump(conn.info.dsn) == before
+    # the provider's own issuer: issued
+    issuer_config(run.state_dir)
+    assert json.loads(run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json").output)[
+        "issued"] == 3
+    run.ok("sepa", "export", "--date", due, "--out", str(tmp_path / "dd.xml"))
+    assert sepa.message_id((tmp_path / "dd.xml").read_bytes())
+    assert b"DE02120300000000202051" in (tmp_path / "dd.xml").read_bytes()
+
+
+def test_the_demo_issues_with_its_placeholders(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    from dustel.provisioning import demo
+
+    with conn.transaction():
+        demo.load(conn, tmp_path / "creds.txt", password=lambda: "Demo-Passw0rd-1")
+        conn.execute("UPDATE tenants SET created_on = '2026-10-01', plan_since = '2026-10-01'")
+    r = run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02", "--json")
+    assert json.loads(r.output)["issued"] == 2                  # complete and business flex
+
+
+def test_an_issue_date_after_today_is_refused_and_preview_issues_nothing(conn: psycopg.Connection, run) -> None:
+    """Issue 26.11: `invoice run --date` in the future issued real invoices
+    (numbers of next year, the rest of the month never billed) — the demo
+    even called it a preview.  Refused now; `invoice preview` shows drafts."""
+    from dustel.billing.months import next_month
+
+    t = _month(conn)
+    issuer_config(run.state_dir)
+    today = dt.date.today()
+    this_month = today.replace(day=1)
+    before = dump(conn.info.dsn)
+    for month, date in ((this_month, next_month(this_month)), (NOV, today + dt.timedelta(days=1))):
+        r = run("invoice", "run", "--month", f"{month:%Y-%m}", "--date", date.isoformat())
+        assert r.exit_code == 1 and r.stderr == f"error: date: {date} is after today ({today}): invoices are " \
+            "issued on the day they are made; invoice preview shows what a month would bill\n", r.stderr
+    drafts = json.loads(run.ok("invoice", "preview", "--month", "2026-11", "--json").output)
+    human = run.ok("invoice", "preview", "--month", "2026-11").output
+    assert dump(conn.info.dsn) == before                                 # nothing numbered, stored or booked
+    assert [(d["tenant_id"], d["gross_cents"]) for d in drafts][:2] == [(t["b"]["id"], 7436), (t["c"]["id"], 3089)]
+    assert human.count("DRAFT 2026-11") == 3 and "nothing was issued" in human
+    # the run then issues exactly the drafts, line by line, to the cent
+    run.ok("invoice", "run", "--month", "2026-11", "--date", "2026-12-02")
+    cols = ("kind", "description", "quantity", "unit_cents", "amount_cents", "net_cents")
+    with conn.transaction():
+        for d in drafts:
+            inv = invoices.get(conn, conn.execute("SELECT number FROM invoices WHERE tenant_id = %s",
+                                                  (d["tenant_id"],)).fetchone()["number"])
+            assert (inv["net_cents"], inv["vat_cents"], inv["gross_cents"]) == (
+                d["net_cents"], d["vat_cents"], d["gross_cents"])
+            assert [tuple(ln[c] for c in cols) for ln in inv["lines"]] == [tuple(ln[c] for c in cols)
+                                                                           for ln in d["lines"]]
+    # the month still running: its drafts so far
+    running = json.loads(run.ok("invoice", "preview", "--month", f"{this_month:%Y-%m}", "--json").output)
+    assert {d["tenant_id"] for d in running} == {t["b"]["id"], t["c"]["id"], t["p"]["id"]}
+
+
+def test_the_demo_hints_an_invoice_command_that_issues_nothing(conn: psycopg.Connection, run) -> None:
+    out = run.ok("demo").output
+    hints = [ln.split("   #")[0].split(" --state-dir ")[1].split()[1:] for ln in out.splitlines()
+             if " invoice " in ln]
+    assert hints and all(h[0] == "invoice" for h in hints), hints
+    before = dump(conn.info.dsn)
+    for h in hints:
+        run.ok(*h)
+    assert dump(conn.info.dsn) == before
+
+
+def test_a_refund_line_has_a_positive_price_and_every_document_keeps_the_en16931_rules(
+        conn: psycopg.Connection) -> None:
+    """Issue 26.13: a negative correction was a line with a negative item
+    net price (BR-27), which the XSD does not catch.  Now: quantity -1 at a
+    positive price.  Every document of the month — a business and a private
+    invoice with a refund line, a credit note — keeps BR-26, BR-27 and the
+    totals rules BR-CO-10 to BR-CO-17."""
+    from dustel.billing import einvoice
+
+    issuer = einvoice.Issuer(**{f: f"x{f}" for f in einvoice.Issuer.__dataclass_fields__})
+    b = old_tenant(conn, "business_flex", dt.date(2026, 9, 1), name="Firma", number_quota=20)
+    c = old_tenant(conn, "complete", dt.date(2025, 9, 1), name="Becker")
+    calls = {t["id"]: settled_call(conn, t["id"], "de_mobile", 200, 30, at("2026-10-20 10:00"))
+             for t in (b, c)}
+    invoices.run(conn, dt.date(2026, 10, 1), dt.date(2026, 11, 2))
+    for t in (b, c):                                  # the engines say 100 s, not 200: 15 ct, not 30
+        cdr(conn, calls[t["id"]], 100)
+        settled_call(conn, t["id"], "de_mobile", 60, 9, at("2026-11-10 10:00"))
+    assert {f.action for f in reconcile_fix(conn)} == {"adjusted -15 ct"}
+    conn.execute("UPDATE ledger SET created_at = '2026-11-15 12:00+01' WHERE kind = 'adjust'")
+    invoices.run(conn, NOV, ISSUED)
+    docs = []
+    with conn.transaction():
+        for t in (b, c):
+            inv = invoices.get(conn, conn.execute("SELECT number FROM invoices WHERE tenant_id = %s AND "
+                                                  "period = %s", (t["id"], NOV)).fetchone()["number"])
+            refund = [ln for ln in inv["lines"] if ln["amount_cents"] < 0]
+            assert [(ln["quantity"], ln["unit_cents"], ln["amount_cents"]) for ln in refund] == [(-1, 15, -15)]
+            docs.append(inv)
+        cn = invoices.credit_note(conn, docs[1]["number"], "Kulanz", 100, ISSUED)
+        docs.append(invoices.get(conn, cn["number"]))
+    for inv in docs:
+        xml = einvoice.build_xml(inv, issuer)
+        assert en16931_violations(xml) == [], inv["number"]
+    # the checker itself fails on what it must catch
+    xml = einvoice.build_xml(docs[0], issuer)
+    bad = re.sub(rb"(<ram:NetPriceProductTradePrice>\s*<ram:ChargeAmount>)", rb"\1-", xml, count=1)
+    bad = bad.replace(b"<ram:GrandTotalAmount>", b"<ram:GrandTotalAmount>1", 1)
+    assert [v.split(" ")[0].rstrip(":") for v in en16931_violations(bad)] == ["BR-27", "BR-CO-15", "BR-CO-16"]
+
+
+def test_the_invoice_pdf_is_pdfa3b_with_embedded_fonts_and_shows_any_name_exactly(conn: psycopg.Connection, run,
+                                                                                 tmp_path: Path) -> None:
+    """Issue 26.12: the Factur-X PDF claimed PDF/A-3B but used the core fonts
+    (not embedded) and had no OutputIntent; names outside Latin-1 were
+    printed by their base letter."""
+    import pikepdf
+    from facturx import get_xml_from_pdf
+
+    t = _month(conn)
+    conn.execute("UPDATE tenants SET name = 'Łódź Żurek Spółka' WHERE id = %s", (t["b"]["id"],))
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        cn = invoices.credit_note(conn, "RE-2026-000002", "Kulanz – Störung", 500, ISSUED)
+    for number in ("RE-2026-000001", "RE-2026-000003", cn["number"]):
+        pdf = tmp_path / f"{number}.pdf"
+        run.ok("invoice", "pdf", number, "--out", str(pdf))
+        data = pdf.read_bytes()
+        assert (number, pdfa3b_violations(data)) == (number, [])
+        with pikepdf.open(pdf) as doc:
+            (fs,) = doc.Root.AF
+            assert fs.AFRelationship == "/Alternative"      # the XML is the invoice, the PDF its rendering
+        name, xml = get_xml_from_pdf(data, check_xsd=True)
+        assert name == "factur-x.xml" and number.encode() in xml
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "RE-2026-000001.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Łódź Żurek Spółka" in text and "Gläubiger-ID" in text
+    text = subprocess.run(["pdftotext", "-layout", str(tmp_path / f"{cn['number']}.pdf"), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Kulanz – Störung" in text
+
+
+def test_the_pdfa_checker_fails_a_pdf_with_core_fonts_and_no_output_intent() -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", "", 10)
+    pdf.cell(0, 5, "Rechnung")
+    got = pdfa3b_violations(bytes(pdf.output()))
+    assert [v.split(":")[0] for v in got] == ["6.2.11.4", "6.2.3", "6.6.2.1"], got
+
+
+def test_a_correction_is_billed_once_whether_reconciled_before_or_after_the_invoice(conn: psycopg.Connection) -> None:
+    """Issue 26.9: reconciling before the invoice run billed a correction
+    twice — the call's charge was rewritten and an `adjust` line added on
+    top (and a negative correction was taken off twice).  A correction of a
+    month not invoiced yet is in its calls' charges; one of a month invoiced
+    already is a line of the next invoice; each once."""
+    b = old_tenant(conn, "business_flex", dt.date(2026, 9, 1), name="Firma", number_quota=20)
+    o1 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-10-20 10:00"))
+    invoices.run(conn, dt.date(2026, 10, 1), dt.date(2026, 11, 2))            # October: o1 billed at 30
+    n1 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-11-10 10:00"))
+    n2 = settled_call(conn, b["id"], "de_mobile", 200, 30, at("2026-11-11 10:00"))
+    for call, billsec in ((o1, 100), (n1, 300), (n2, 160)):         # the engines say: 15, 45 and 24 ct
+        cdr(conn, call, billsec)
+    fixed = {f.call_id: f.action for f in reconcile_fix(conn)}
+    assert fixed == {o1: "adjusted -15 ct", n1: "adjusted +15 ct", n2: "adjusted -6 ct"}
+    conn.execute("UPDATE ledger SET created_at = '2026-11-20 12:00+01' WHERE kind = 'adjust'")   # in November
+    invoices.run(conn, NOV, ISSUED)
+    with conn.transaction():
+        inv = invoices.get(conn, "RE-2026-000002")
+    usage = [(ln["quantity"], ln["unit_cents"], ln["amount_cents"]) for ln in inv["lines"] if ln["kind"] == "usage"]
+    assert usage == [(1, 69, 69), (-1, 15, -15)]        # n1 + n2 at what the engines say; o1's 15 ct back
+    assert inv["usage_cents"] == 54 and inv["net_cents"] == 54 + 720
+    # December's invoice bills no correction again
+    invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2))
+    with conn.transaction():
+        dec = invoices.get(conn, "RE-2027-000001")
+    assert [ln["kind"] for ln in dec["lines"]] == ["base_fee"]
+    # the ledger and the invoices agree to the cent: all that was booked was invoiced, once
+    grosses = conn.execute("SELECT sum(gross_cents) AS s FROM invoices WHERE tenant_id = %s",
+                           (b["id"],)).fetchone()["s"]
+    assert conn.execute("SELECT sum(amount_cents) AS s FROM ledger WHERE tenant_id = %s",
+                        (b["id"],)).fetchone()["s"] == -grosses
+    assert money.reconciles(conn) == []

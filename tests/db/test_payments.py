@@ -17,7 +17,7 @@ from dustel.billing.einvoice import Issuer
 from dustel.config import Settings
 from dustel.provisioning import numbers
 
-from ..billing_support import at, old_tenant, settled_call
+from ..billing_support import at, issuer_config, old_tenant, settled_call
 from ..conftest import dump
 
 IBAN = "DE89370400440532013000"
@@ -72,10 +72,13 @@ def test_money_input_is_integer_cents_and_never_negative(conn: psycopg.Connectio
     t = old_tenant(conn, "starter", dt.date(2026, 1, 5))
     before = dump(run.url)
     for argv, msg in ((["credit", "topup", str(t["id"]), "12.345", "--ref", "a"], "amount: must be an amount"),
-                      (["credit", "topup", "--ref", "a", "--", str(t["id"]), "-5"], "amount: must be an amount"),
+                      (["credit", "topup", "--ref", "a", "--", str(t["id"]), "-5"], "amount: must not be negative"),
+                      (["credit", "topup", str(t["id"]), "-5", "--ref", "a"], "amount: must not be negative"),
+                      (["payment", "add", str(t["id"]), "-10", "--method", "giropay", "--ref", "x"],
+                       "amount: must not be negative"),
                       (["credit", "topup", str(t["id"]), "1e3", "--ref", "a"], "amount: must be an amount"),
                       (["payment", "add", "--method", "giropay", "--ref", "x", "--", str(t["id"]), "-10"],
-                       "amount: must be an amount"),
+                       "amount: must not be negative"),
                       (["payment", "add", str(t["id"]), "0", "--method", "klarna", "--ref", "x"],
                        "amount: must be more than 0"),
                       (["billing", "profile", str(t["id"]), "--autotopup-below", "5", "--autotopup-amount", "20"],
@@ -132,6 +135,7 @@ def _pain_xsd() -> str:
 
 
 def test_sepa_export_writes_the_file_or_nothing(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    issuer_config(run.state_dir)
     _starter_with_autotopup(conn, "Low", 100)
     with conn.transaction():
         sepa.autotopup(conn, dt.date.today(), 2)
@@ -145,6 +149,26 @@ def test_sepa_export_writes_the_file_or_nothing(conn: psycopg.Connection, run, t
     assert got["count"] == 1 and out.read_bytes().startswith(b"<?xml")
     xmlschema.XMLSchema(_pain_xsd()).validate(out.read_text())
     assert json.loads(run.ok("sepa", "export", "--date", due, "--json").output) == {"count": 0}
+
+
+def test_the_pain008_message_id_is_the_one_stored_and_printed(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 26.14: the file's MsgId was sepaxml's own random id, not the
+    export id dustel stored and printed; a bank's pain.002 names the file's."""
+    from lxml import etree
+
+    issuer_config(run.state_dir)
+    for name in ("A", "B"):
+        _starter_with_autotopup(conn, name, 100)
+    with conn.transaction():
+        sepa.autotopup(conn, dt.date.today(), 2)
+    out = tmp_path / "dd.xml"
+    due = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    printed = json.loads(run.ok("sepa", "export", "--date", due, "--out", str(out), "--json").output)
+    ns = {"p": f"urn:iso:std:iso:20022:tech:xsd:{sepa.SCHEMA}"}
+    in_file = etree.fromstring(out.read_bytes()).findtext("p:CstmrDrctDbtInitn/p:GrpHdr/p:MsgId", namespaces=ns)
+    stored = {r["export_id"] for r in json.loads(run.ok("sepa", "list", "--json").output)}
+    assert in_file and stored == {printed["message_id"]} == {in_file}
+    assert run.ok("sepa", "list").output.count(in_file) == 2            # shown beside each debit
 
 
 def test_a_bank_statement_pays_invoices_tops_up_returns_and_keeps_the_unknown(conn: psycopg.Connection, run,
@@ -261,9 +285,15 @@ def test_the_minimum_term_holds_plan_changes(conn: psycopg.Connection, run) -> N
     assert r.exit_code == 1 and "plan: the plan complete has a minimum term running until" in r.stderr
     assert dump(run.url) == before
     conn.execute("UPDATE tenants SET plan_since = current_date - 400 WHERE id = %s", (t["id"],))
-    run.ok("tenant", "set", str(t["id"]), "--plan", "starter")
+    r = run("tenant", "set", str(t["id"]), "--plan", "starter")       # it would close complete by invoices
+    assert r.exit_code == 1 and r.stderr.startswith("error: issuer_iban: is the demo's placeholder")
+    issuer_config(run.state_dir)
+    got = json.loads(run.ok("tenant", "set", str(t["id"]), "--plan", "starter", "--json").output)
     row = conn.execute("SELECT plan, plan_since FROM tenants WHERE id = %s", (t["id"],)).fetchone()
     assert row == {"plan": "starter", "plan_since": dt.date.today()}
+    # the months of complete never invoiced are, now (a month each, from the tenant's first)
+    assert got["closing_invoices"] == [r["number"] for r in conn.execute(
+        "SELECT number FROM invoices WHERE tenant_id = %s ORDER BY period", (t["id"],))] != []
 
 
 def test_a_cancellation_ends_with_a_month_and_not_before_the_minimum_term(conn: psycopg.Connection, run) -> None:
@@ -294,4 +324,4 @@ def test_a_cancelled_contract_bills_its_last_usage_but_no_fees_after_it(conn: ps
     with conn.transaction():
         inv = invoices.get(conn, "RE-2026-000001")
     assert [ln["kind"] for ln in inv["lines"]] == ["usage"] and inv["net_cents"] == 9
-    assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2)).issued == 0     # ended
+    assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2)).issued == 0

@@ -16,7 +16,7 @@ from dustel import scheduler
 from dustel.billing import money, sepa
 from dustel.config import Settings
 
-from ..billing_support import BERLIN, old_tenant
+from ..billing_support import BERLIN, ISSUER, old_tenant
 
 
 def _starter(conn: psycopg.Connection, name: str, balance: int) -> dict:
@@ -94,7 +94,8 @@ def test_a_catch_up_runs_each_job_once_and_a_second_start_changes_nothing(db_url
                                                                         conn: psycopg.Connection) -> None:
     _starter(conn, "Low", 0)
     old_tenant(conn, "complete", dt.date(2026, 9, 5), name="Becker")
-    s = Settings(state_dir=Path("."), smtp_port=1)        # no mail queued: the outbox job sends nothing
+    # no mail queued: the outbox job sends nothing; dustel bills from September (the first start catches up)
+    s = Settings(state_dir=Path("."), smtp_port=1, billing_first_month="2026-09", **ISSUER)
     now = dt.datetime(2026, 12, 2, 9, 0, tzinfo=BERLIN)   # the scheduler was down for days
     first = scheduler.run_once(db_url, s, now)
     assert first["autotopup"] == {"debits": 1, "cents": 2500}
