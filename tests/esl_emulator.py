@@ -368,7 +368,11 @@ class OutboundCall:
     dropped: bool = False
     later: dict = field(default_factory=dict)     # headers every later event carries (other leg, disposition)
     progressed: bool = False
+    delivered: list = field(default_factory=list)   # the events the socket was sent (its subscription's)
     unparked: bool = False
+
+    def __post_init__(self) -> None:
+        self.sub = Subscription(self.uuid)      # what this socket asked for (myevents, nixevent, filter)
 
     def start(self, sock: socket.socket | None = None) -> threading.Thread:
         """Connect to ``port`` (or play on ``sock``, one end of a socket pair) and serve the call."""
@@ -451,7 +455,6 @@ class OutboundCall:
 
     def _serve(self) -> None:
         buf = bytearray()
-        self.sub = Subscription(self.uuid)
         while True:
             raw = read_command(self._sock, buf)
             if raw is None:
@@ -496,6 +499,7 @@ class OutboundCall:
     def _emit(self, name: str, **extra: str) -> None:
         h = self._event_headers(name, **extra)
         if self.sub.passes(h):
+            self.delivered.append(name)
             body = P.encode_plain(h)
             self._send(b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)
 

@@ -163,8 +163,7 @@ class CallControl:
         self.staged = False                 # a call to an account / ring group: divert's stages follow
         self.routing: divert.Routing | None = None
         self.bridged_to = ""                # the destination of the leg the caller was bridged to
-        session.register_handle("CHANNEL_BRIDGE", self._on_bridge)
-        session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
+        # the connection subscribes to these two events only (freeswitch.subscription)
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup_complete)
         session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
         session.register_handle("DISCONNECT", self._on_disconnect)
@@ -175,16 +174,18 @@ class CallControl:
         if not self.bridge_done.ready():       # an application's result that came first is kept
             self.bridge_done.set(None)
 
-    def _on_bridge(self, event: ESLMessage) -> None:
-        self.bridged_to = event.headers.get("Other-Leg-Destination-Number", "")
-
     def _on_execute_complete(self, event: ESLMessage) -> None:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
-        if event.headers.get("Application") in ("bridge", "callcenter", "rxfax", "txfax"):
+        app = event.headers.get("Application")
+        if app == "bridge":
+            self.bridged_to = fs.answered_peer(event.headers) or self.bridged_to
+        if app in ("bridge", "callcenter", "rxfax", "txfax"):
             self.bridge_done.set(event.headers)
 
     def _on_disconnect(self, event: ESLMessage) -> None:
-        if event.headers.get("Content-Disposition") != "linger":
+        if event.headers.get("Content-Disposition") == "linger":
+            self.hung_up.set()       # FreeSWITCH sends it when the channel hangs up (recordings 05-10)
+        else:
             self.hangup_complete.set(None)
             if not self.bridge_done.ready():
                 self.bridge_done.set(None)
@@ -207,7 +208,7 @@ class CallControl:
         data: dict[str, str] = s.session_data or {}
         d = INTERNAL_ERROR
         try:
-            s.send_all([command("myevents"), command("linger")])     # greenswitch's myevents(), linger(): one write
+            s.send_all([command(c) for c in fs.subscription(data)])     # one write, the replies in order
             if fs.route_of(data) == V.ROUTE_AGENT_LEG:
                 d = self.agent_leg(data)
                 return

@@ -106,7 +106,7 @@ def call_row(conn: psycopg.Connection, call_id: str) -> dict[str, Any]:
 def test_admitted_call_is_limited_bridged_and_settled(server: Server, conn: psycopg.Connection,
                                                       prepaid: dict[str, Any]) -> None:
     c = outbound(server, prepaid, "01701234567", callee=("answer", 2000))
-    assert c.commands[:3] == ["connect", "myevents", "linger"]
+    assert c.commands[:2] == ["connect", "myevents"] and c.commands[4:6] == ["filter Application bridge", "linger"]
     assert c.executed == [
         ("set", "dustel_action=admit"), ("set", "dustel_reason=ok"),
         ("set", "effective_caller_id_number=+492111234567"),
@@ -120,6 +120,26 @@ def test_admitted_call_is_limited_bridged_and_settled(server: Server, conn: psyc
     assert (row["billsec"], row["charged_cents"]) == (666, 100)      # 666 s at 9 ct/min, per second
     m = money(conn, prepaid["tenant"]["id"])
     assert (m["balance_cents"], m["reserved_cents"]) == (0, 0)
+    assert c.closed_by_client and c.commands[-1] == "exit"
+
+
+def test_a_call_subscribes_only_to_the_events_its_decision_waits_for(server: Server, conn: psycopg.Connection,
+                                                                     prepaid: dict[str, Any]) -> None:
+    """Issue 32.2: ``myevents`` alone brought every event of the channel (14
+    for a bridged call, ~100 KB: recording 10b).  The server takes out the
+    event types it never reads (``nixevent``) and filters the rest (ORed,
+    recording 10): a bridged call brings the bridge's EXECUTE_COMPLETE and
+    HANGUP_COMPLETE; that the caller hung up is the linger notice."""
+    c = outbound(server, prepaid, "01701234567", callee=("answer", 20))
+    assert c.commands[1:6] == [
+        "myevents",
+        "nixevent CHANNEL_ANSWER CHANNEL_APPLICATION CHANNEL_BRIDGE CHANNEL_CREATE CHANNEL_DATA CHANNEL_DESTROY "
+        "CHANNEL_EXECUTE CHANNEL_HANGUP CHANNEL_ORIGINATE CHANNEL_UUID CHANNEL_OUTGOING CHANNEL_PARK CHANNEL_PROGRESS "
+        "CHANNEL_PROGRESS_MEDIA CHANNEL_STATE CHANNEL_UNBRIDGE CHANNEL_UNPARK DETECTED_SPEECH DTMF NOTALK TALK",
+        "filter Event-Name CHANNEL_HANGUP_COMPLETE", "filter Application bridge", "linger"]
+    assert c.delivered == ["CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP_COMPLETE"]
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r, what="settlement")
+    assert (row["billsec"], row["charged_cents"]) == (20, 3)
     assert c.closed_by_client and c.commands[-1] == "exit"
 
 
@@ -532,9 +552,10 @@ def test_a_calls_applications_go_out_before_the_first_reply(server: Server, conn
         assert read_command(sock, buf) == b"connect\n\n"
         sock.sendall(P.encode_plain({**call.channel_headers(), "Content-Type": "command/reply", "Reply-Text": "+OK\n",
                                      "Socket-Mode": "async", "Control": "full"}))
-        got = [read_command(sock, buf), read_command(sock, buf)]
-        assert got == [b"myevents\n\n", b"linger\n\n"]         # the second before the first was answered
-        sock.sendall(call._reply("+OK Events Enabled") + call._reply("+OK will linger"))
+        got = [read_command(sock, buf) for _ in range(5)]     # the subscription: each before any was answered
+        assert got[0] == b"myevents\n\n" and got[-1] == b"linger\n\n", got
+        sock.sendall(b"".join(call._reply(call.sub.command(c.decode().strip()) or "+OK will linger")
+                              for c in got if c))
         plan = []
         while not plan or plan[-1][0] != "bridge":              # no reply sent yet
             cmd, headers = parse_command(read_command(sock, buf) or b"")
