@@ -205,7 +205,7 @@ class CallControl:
 
     def run(self) -> None:
         s = self.session
-        data: dict[str, str] = s.session_data or {}
+        data: Mapping[str, str] = s.session_data if s.session_data is not None else {}   # (a lazy Event: no len())
         d = INTERNAL_ERROR
         try:
             s.send_all([command(c) for c in fs.subscription(data)])     # one write, the replies in order
@@ -566,15 +566,20 @@ class DustelESLServer(OutboundESLServer):
     """greenswitch's server, accepting at once (its ``listen`` polls every
     100 ms) and creating ``DustelSession``s; port 0 picks a free port."""
 
+    reuse_port = False      # a worker: every worker listens on the same port (SO_REUSEPORT)
+    worker = 0
+
     def listen(self, ready: gevent.event.Event | None = None) -> None:
         self.server = gevent.socket.socket()
         self.server.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            self.server.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEPORT, 1)
         self.server.bind((self.bind_address, self.bind_port[0]))
         self.bound_port = self.server.getsockname()[1]
         self.server.listen(LISTEN_BACKLOG)
         self._running = True
-        log.info("outbound event socket listening on %s:%s max_calls=%s", self.bind_address, self.bound_port,
-                 self.max_connections)
+        log.info("outbound event socket listening on %s:%s worker=%s max_calls=%s", self.bind_address,
+                 self.bound_port, self.worker, self.max_connections)
         if ready is not None:
             ready.set()
         while self._running:
@@ -620,7 +625,8 @@ def open_files_for(max_calls: int) -> int:
     return soft
 
 
-def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000) -> None:
+def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000,
+          worker: int | None = None) -> None:
     """``nodes``: source address -> node name of the FreeSWITCH nodes that may
     connect ('' name: the node is the call's ``FreeSWITCH-Switchname``).
     ``max_connections``: calls held at once (settings.esl_max_calls); each
@@ -636,11 +642,13 @@ def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
                              max_connections=max_connections)
     server.nodes = dict(nodes)
-    expire = gevent.spawn(_expire_loop)
+    server.reuse_port, server.worker = worker is not None, worker or 0
+    expire = gevent.spawn(_expire_loop) if not worker else None     # one sweep per server is enough
     try:
         server.listen()
     finally:
-        expire.kill()
+        if expire is not None:
+            expire.kill()
         Runtime.pool.close()
 
 
@@ -666,10 +674,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8084)
     ap.add_argument("--max-calls", type=int, default=20000, help="calls held at once (settings: esl_max_calls)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes on the one port (settings: esl_workers; 0: one per core)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
     args = ap.parse_args(argv)
     if args.max_calls < 1:
         ap.error("--max-calls: must be at least 1")
+    if args.workers < 0:
+        ap.error("--workers: must be 0 (one per core) or more")
     logs.service(sys.stderr)
+    # greenswitch logs three INFO lines a call on the root logger ("Call from …
+    # ended", "Waiting for … greenlet exit"): dustel's own lines are the log
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("dustel").setLevel(logging.INFO)
+    workers = args.workers or os.cpu_count() or 1
+    if args.worker is None and workers > 1:
+        supervise(args.host, args.port, workers, list(argv if argv is not None else sys.argv[1:]))
+        return
     dsn = os.environ.get("DUSTEL_ESL_DSN", "")
     if not dsn:
         ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
@@ -678,5 +699,65 @@ def main(argv: list[str] | None = None) -> None:
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
     Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
-    serve(dsn, args.host, args.port, nodes, args.max_calls)
+    serve(dsn, args.host, args.port, nodes, args.max_calls, args.worker)
+
+
+def supervise(host: str, port: int, workers: int, argv: list[str]) -> None:
+    """One worker process per core, each a whole server listening on the
+    same port with SO_REUSEPORT, so the kernel spreads the calls over them
+    and no single gevent process is the limit (issue 32.2).  This process
+    only holds the port (bound with SO_REUSEPORT, not listening: port 0
+    becomes one port for all), starts the workers with its own environment,
+    starts again one that dies, and stops them on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    port = holder.getsockname()[1]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", *_strip(argv, ("--port", "--workers")),
+                                 "--port", str(port), "--worker", str(i)])
+
+    log.info("outbound event socket on %s:%s: %s worker processes", host, port, workers)
+    procs = [start(i) for i in range(workers)]
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not stopping:
+                    log.warning("worker %s ended with status %s; starting it again", i, p.returncode)
+                    procs[i] = start(i)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        holder.close()
+
+
+def _strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``options`` (``--opt value`` and ``--opt=value``)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in options)):
+            out.append(a)
+    return out
 

@@ -958,3 +958,44 @@ def test_a_burst_of_calls_while_the_server_is_stopped_is_queued_and_each_is_serv
         for s in socks:
             s.close()
     assert server.proc.poll() is None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_worker_processes_share_the_port_and_one_that_dies_is_started_again(db_url: str, conn: psycopg.Connection,
+                                                                            prepaid: dict[str, Any]) -> None:
+    """Issue 32.2: one gevent process was the limit (6 % of a core, runnable
+    94 % of the time at 50 calls/s on the real engine).  ``--workers N``
+    runs N whole servers listening on one port (SO_REUSEPORT: the kernel
+    spreads the connections, the dialplan keeps its one socket address);
+    the supervisor starts a dead worker again and stops them all."""
+    server = Server(db_url, args=("--workers", "2"))
+    try:
+        wait_for(lambda: len(server.logged(r"listening on 127\.0\.0\.1:\d+ .*worker=\d")) == 2, what="two workers")
+        ports = {re.search(r":(\d+) ", line).group(1) for line in server.logged("listening on")}  # type: ignore[union-attr]
+        assert ports == {str(server.port)}
+        workers = wait_for(lambda: len(_children(server.proc.pid)) == 2 and _children(server.proc.pid), what="pids")
+        calls_ = [outbound(server, prepaid, "01701234567", callee=("answer", 1)) for _ in range(6)]
+        wait_for(lambda: all(call_row(conn, c.uuid)["state"] == "settled" for c in calls_), what="all settled")
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: server.logged("starting it again"), what="the worker started again")
+        wait_for(lambda: len(server.logged("listening on")) == 3, what="it listens")
+        again = outbound(server, prepaid, "01701234567", callee=("answer", 1))
+        wait_for(lambda: call_row(conn, again.uuid)["state"] == "settled", what="a call after the restart")
+        live = _children(server.proc.pid)
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                             for p in live), what="no worker left")
