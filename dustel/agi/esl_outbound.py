@@ -595,6 +595,12 @@ class DustelESLServer(OutboundESLServer):
 
     nodes: dict[str, str] = {}
 
+    def _accept_call(self, session: DustelSession) -> None:     # type: ignore[override]
+        if self.connection_count >= self.max_connections:      # greenswitch says so at INFO on the root logger
+            log.warning("call turned away: the server is at full capacity (%s calls, esl_max_calls)",
+                        self.connection_count)
+        super()._accept_call(session)
+
     def _serve(self, session: DustelSession) -> None:
         try:
             self._accept_call(session)
