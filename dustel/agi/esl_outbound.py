@@ -161,6 +161,8 @@ class CallControl:
         self.settles_call = True            # the call of this channel has a reservation to settle
         self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
         self.staged = False                 # a call to an account / ring group: divert's stages follow
+        self.admitted = False               # this channel's call holds a reservation (and lines)
+        self.plan_reached = False           # FreeSWITCH acknowledged the applications of the decision
         self.routing: divert.Routing | None = None
         self.bridged_to = ""                # the destination of the leg the caller was bridged to
         # the connection subscribes to these two events only (freeswitch.subscription)
@@ -199,6 +201,7 @@ class CallControl:
         route = fs.route_of(data)
         req = replace(fs.request_from(data), node=self.node(data))
         d: Decision = Runtime.admissions.submit(req)
+        self.admitted = d.admit
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
                  req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
         return d
@@ -247,7 +250,8 @@ class CallControl:
             if queued:     # counted among the queue's waiting callers until callcenter ends
                 self.queue_waiting(data, True)
             try:
-                s.execute_all(plan)
+                replies = s.execute_all(plan)
+                self.plan_reached = all(str(r.data).startswith("+OK") for r in replies)
                 if not d.admit:
                     return
                 done = self.bridge_done.get()
@@ -271,10 +275,17 @@ class CallControl:
                 cause = done.get("variable_originate_disposition", "")
                 s.call_command("hangup", cause if cause in fs.CAUSES.values() else "NORMAL_CLEARING")
             self.settle(data, self.hangup_complete.get())
-        except OutboundSessionHasGoneAway:
+        except (OutboundSessionHasGoneAway, OSError) as exc:
+            if not self.plan_reached and (self.admitted or self.legs):
+                # the socket died (or the caller left) before FreeSWITCH took the decision's
+                # applications: nothing of it can run, so nothing is held — not until the expiry
+                log.warning("call=%s: the socket ended before the plan (%s): reservation released",
+                            data.get("Unique-ID"), type(exc).__name__)
+                self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
+                return
             # lingering after a hangup, or the socket closed: the hangup event may still be on its way
             self.hangup_complete.wait(5)
-            if d.admit:
+            if self.admitted or self.legs:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
 
     def plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
@@ -385,6 +396,7 @@ class CallControl:
             d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
         for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
             s.call_command(app, arg or None)
+        self.plan_reached = True
         if d.admit:
             self.bridge_done.get()
             self.settle(data, self.hangup_complete.get())
@@ -424,6 +436,7 @@ class CallControl:
             return INTERNAL_ERROR
         for app, arg in plan:
             s.call_command(app, arg or None)
+        self.plan_reached = True
         if d.admit:
             done = self.bridge_done.get()
             if not self.bridged_to:          # never answered: busy, no answer, congestion …
@@ -541,7 +554,7 @@ class CallControl:
     def settle(self, data: dict[str, str], hangup: dict[str, str] | None) -> None:
         call_id = data.get("Unique-ID", "")
         if hangup is None:
-            log.warning("call=%s: no hangup event; the reservation expires", call_id)
+            log.warning("call=%s: no hangup event; the controller settles it from its CDR, else it expires", call_id)
             return
         raw = hangup.get("variable_billsec", "0")
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0

@@ -999,3 +999,21 @@ def test_worker_processes_share_the_port_and_one_that_dies_is_started_again(db_u
     assert server.proc.returncode is not None
     wait_for(lambda: not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
                              for p in live), what="no worker left")
+
+
+def test_a_call_whose_socket_dies_before_its_plan_holds_no_money(server: Server, conn: psycopg.Connection,
+                                                                prepaid: dict[str, Any]) -> None:
+    """Issue 32.3: when FreeSWITCH ended a session before the plan was taken
+    (its listener killed for unread events, a socket error; the channel
+    stays parked), the admitted call's reservation and line were held
+    until the 5 h expiry and dustel listed the call as active.  A
+    reservation whose call never reached its plan is released at once."""
+    c = outbound(server, prepaid, "01701234567", drop_at="sendmsg")
+    assert c.dropped and c.executed == []
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] != "active" and r,
+                   what="the reservation released", timeout=10)
+    assert (row["state"], row["billsec"], row["charged_cents"]) == ("settled", 0, 0)
+    m = money(conn, prepaid["tenant"]["id"])
+    assert (m["balance_cents"], m["reserved_cents"]) == (100, 0)
+    assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0
+    assert server.logged("socket ended before the plan")
