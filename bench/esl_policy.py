@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._db import fresh_database  # noqa: E402
-from bench.policy import TENANTS, free_port, pct, populate, start  # noqa: E402
+from bench.policy import TENANTS, free_port, pace, pct, populate, start  # noqa: E402
 from dustel.wire import esl as P  # noqa: E402
 from tests.esl_emulator import REAL_CHANNEL, REAL_OTHER_LEG, SOCKET_APP, Subscription, real_event_base  # noqa: E402
 
@@ -263,21 +263,6 @@ def cpu_seconds(root: int) -> float:
 
 # ------------------------------------------------------------------ steps
 
-async def pace(rate: int, seconds: float, call: Any) -> tuple[list[Any], float]:
-    """``call(tenant)`` ``rate`` times a second (open loop)."""
-    n = int(rate * seconds)
-    loop = asyncio.get_running_loop()
-    begin = loop.time() + 0.05
-    tasks = []
-    for i in range(n):
-        delay = begin + i / rate - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(call(1 + i % TENANTS)))
-    sent_for = loop.time() - begin
-    return await asyncio.gather(*tasks, return_exceptions=True), n / max(sent_for, 1e-9)
-
-
 async def paced(port: int, pid: int, rate: int, seconds: float, hold: float) -> dict[str, float]:
     cpu0 = cpu_seconds(pid)
     results, achieved = await pace(rate, seconds, lambda t: fs_call(port, t, hold))
@@ -307,6 +292,8 @@ RATES = (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000)
 def ladder(label: str, port: int, pid: int, seconds: float, hold: float, rates: tuple[int, ...]) -> None:
     """Rising paced steps until the p99 passes 1 s or calls fail; then the
     highest rate that held (p99 < 1 s, every call through)."""
+    asyncio.run(paced(port, pid, 50, 2, hold))       # warm-up, not shown: pools, caches, prepared statements
+    time.sleep(hold + 0.5)
     print(f"\n{label}\n{HEAD}", flush=True)
     best, cpu = 0, []
     for rate in rates:
@@ -379,9 +366,12 @@ def main() -> None:
         cmd = [sys.executable, "-m", "dustel.agi.esl_main", "--port", str(port)]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
-        dustel = start(cmd, env, "listening on")
+        listening = []
+        dustel = start(cmd, env, "listening on", lambda line: listening.append(line) if "listening on" in line else 0)
         try:
-            time.sleep(1.0)           # every worker listening (each logs its own line)
+            deadline = time.time() + 30
+            while len(listening) + 1 < max(1, args.workers) and time.time() < deadline:
+                time.sleep(0.05)          # every worker listening (each logs its line)
             what = "this checkout" if root == ROOT else str(root)
             ladder(f"dustel esl serve ({what}{f', {args.workers} workers' if args.workers else ''})", port,
                    dustel.pid, args.seconds, args.hold, rates)
