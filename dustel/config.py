@@ -57,6 +57,9 @@ class Settings:
     # its socket (and a file descriptor) for as long as it lasts; above this
     # a call is turned away (greenswitch's max_connections)
     esl_max_calls: int = 20000
+    # worker processes of the outbound Event Socket server, all listening on
+    # its port (SO_REUSEPORT: the kernel spreads the calls); 0: one per core
+    esl_workers: int = 0
     sip_domain_suffix: str = "sip.dustel.de"
     carrier_host: str = "127.0.0.1:5070"
     # the carrier's source addresses (comma-separated CIDRs): the only way
@@ -138,6 +141,7 @@ _ENV = {
     "esl_outbound_host": "DUSTEL_ESL_OUTBOUND_HOST",
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
     "esl_max_calls": "DUSTEL_ESL_MAX_CALLS",
+    "esl_workers": "DUSTEL_ESL_WORKERS",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
     "carrier_host": "DUSTEL_CARRIER_HOST",
     "carrier_match": "DUSTEL_CARRIER_MATCH",

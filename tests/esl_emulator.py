@@ -162,6 +162,169 @@ def new_uuid() -> str:
     return f"0dd5e1a0-0000-4000-8000-{next(_UUIDS):012d}"
 
 
+# ------------------------------------- the real engine's event mix (recording 10b) and subscriptions
+#
+# What FreeSWITCH writes to an outbound socket is decided per event by
+# ``event_handler`` in mod_event_socket.c: the event's type must be in the
+# listener's list (``myevents`` puts MYEVENTS_TYPES there, ``nixevent`` takes
+# types out); when the listener has filters, one positive filter must match
+# and no negative one (``-value``) — recording 10 shows them ORed; with
+# ``myevents`` only the socket's own channel's events (``Unique-ID``) pass.
+# The events are those of recording 10b (the same call unfiltered), with
+# their real headers and sizes: a sofia channel of the rendered config,
+# 5.5–11 KB an event (recording 05's loopback events are 2.5–4.5 KB).
+
+MYEVENTS_TYPES = frozenset((     # mod_event_socket.c, parse_command "myevents"
+    "CHANNEL_ANSWER", "CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE", "CHANNEL_DATA", "CHANNEL_DESTROY",
+    "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_ORIGINATE",
+    "CHANNEL_UUID", "CHANNEL_OUTGOING", "CHANNEL_PARK", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_STATE", "CHANNEL_UNBRIDGE", "CHANNEL_UNPARK", "DETECTED_SPEECH", "DTMF", "NOTALK", "TALK"))
+
+# What the emulated call decides itself (its application, outcome, the
+# other leg, dustel's variables): never copied from the recorded call.  Its
+# bridge and hangup times are 0 until the emulator sets them.
+OUTCOME_HEADERS = ("Application", "Application-Data", "Application-UUID", "Application-Response", "Hangup-Cause",
+                   "Answer-State", "Channel-State", "Channel-Call-State")
+OUTCOME_PREFIXES = ("Other-Leg-", "Other-Type", "variable_dustel", "variable_originate_disposition",
+                    "variable_DIALSTATUS", "variable_billsec", "variable_duration", "variable_current_application",
+                    "variable_cc_", "variable_fax_")
+ZERO_TIMES = {"Caller-Channel-Bridged-Time": "0", "Caller-Channel-Hangup-Time": "0"}
+
+
+def _real_mix() -> tuple[dict[str, str], dict[tuple[str, str], dict[str, str]]]:
+    """Recording 10b: the channel data (``connect``'s reply without the reply
+    headers) and each event's headers, keyed (name, application or state),
+    the outcome headers left out."""
+    frames = fs_frames("10b-outbound-socket-unfiltered")
+    channel = {k: v for k, v in frames[0].headers.items() if k not in ("Content-Type", "Reply-Text", "Socket-Mode",
+                                                                         "Control")}
+    events: dict[tuple[str, str], dict[str, str]] = {}
+    for f in frames:
+        if f.content_type == "text/event-plain":
+            ev = P.parse_event(f)
+            key = (ev.name, ev.headers.get("Application", "") or ev.headers.get("Channel-State", ""))
+            events.setdefault(key, {k: ZERO_TIMES.get(k, v) for k, v in ev.headers.items()
+                                    if k not in OUTCOME_HEADERS and not k.startswith(OUTCOME_PREFIXES)})
+            events.setdefault((ev.name, ""), events[key])
+    return channel, events
+
+
+REAL_CHANNEL, REAL_EVENTS = _real_mix()
+
+
+def _real_other_leg() -> dict[str, str]:
+    """The ``Other-Leg-*`` block a bridged channel's later events carry
+    (recording 10b's bridge EXECUTE_COMPLETE; recording 08 shows the
+    answering user as ``Other-Leg-Destination-Number`` there too)."""
+    for f in fs_frames("10b-outbound-socket-unfiltered"):
+        if f.content_type == "text/event-plain":
+            ev = P.parse_event(f)
+            if ev.name == "CHANNEL_EXECUTE_COMPLETE" and ev.get("Application") == "bridge":
+                return {k: v for k, v in ev.headers.items() if k.startswith(("Other-Leg-", "Other-Type"))}
+    raise RuntimeError("recording 10b holds no bridge result")
+
+
+REAL_OTHER_LEG = _real_other_leg()
+SOCKET_APP = {"Application": "socket", "Application-Data": "127.0.0.1:8084 async full",
+              "Application-Response": "_none_"}
+
+
+def real_event_base(name: str, detail: str = "") -> dict[str, str]:
+    """The recorded headers of event ``name`` (of application / state
+    ``detail``) in recording 10b, for an event the emulator builds: what it
+    sets itself overrides them.  ASSUMPTION: an application 10b does not
+    execute (answer, callcenter, rxfax …) brings the headers of the
+    ``bridge``'s event of the same name (the channel's, not the
+    application's: the application's own variables are the emulator's)."""
+    return REAL_EVENTS.get((name, detail)) or REAL_EVENTS.get((name, "bridge")) or REAL_EVENTS.get((name, "")) \
+        or REAL_EVENTS[("CHANNEL_STATE", "")]
+
+
+@dataclass
+class Subscription:
+    """One outbound socket's event subscription, as mod_event_socket.c keeps
+    it (``myevents``, ``nixevent``, ``filter``) and applies it
+    (``event_handler``).  ``command`` answers a subscription command with
+    FreeSWITCH's reply text (None: not one), ``passes`` says whether an
+    event's headers reach the socket."""
+
+    uuid: str
+    types: set[str] = field(default_factory=set)
+    filters: list[tuple[str, str]] = field(default_factory=list)
+    myevents: bool = False
+
+    def command(self, line: str) -> str | None:
+        cmd, _, arg = line.partition(" ")
+        cmd = cmd.lower()
+        if cmd == "myevents":
+            if self.myevents:
+                return "-ERR aready enabled."          # sic (mod_event_socket.c)
+            self.myevents = True
+            self.types |= MYEVENTS_TYPES
+            return "+OK Events Enabled"
+        if cmd == "nixevent":
+            # ASSUMPTION (recording 10 nixes one type): several names in one
+            # command are each taken out, unknown names ignored, CUSTOM's
+            # subclasses not kept here (mod_event_socket.c's nixevent loop)
+            names = [n for n in arg.split(" ") if n]
+            known = [n for n in names if n in MYEVENTS_TYPES or n in ("ALL", "CUSTOM")]
+            if not known:
+                return "-ERR no keywords supplied"
+            for n in known:
+                if n == "ALL":
+                    self.types.clear()
+                self.types.discard(n)
+            return "+OK events nixed"
+        if cmd == "filter":
+            name, _, value = arg.lstrip(" ").partition(" ")
+            if name.lower() == "delete" and value:
+                name, _, value = value.partition(" ")
+                if name.lower() == "all":
+                    self.filters.clear()
+                else:
+                    self.filters = [(n, v) for n, v in self.filters
+                                    if not (n.lower() == name.lower() and (not value or v == value))]
+                return f"+OK filter deleted. [{name}][{value or '(null)'}]"
+            if not value:
+                return "-ERR invalid syntax"
+            if name.lower() == "add":
+                name, _, value = value.partition(" ")
+            self.filters.append((name, value))
+            return f"+OK filter added. [{name}]=[{value}]"
+        return None
+
+    def passes(self, headers: dict[str, str]) -> bool:
+        """``event_handler`` for one listener: type, filters, own channel."""
+        if headers.get("Event-Name", "") not in self.types:
+            return False
+        if self.filters:
+            send = False
+            lower = {k.lower(): v for k, v in headers.items()}     # switch_event_get_header: any case
+            for name, value in self.filters:
+                have = lower.get(name.lower())
+                if have is None:
+                    continue
+                positive, comp = True, value
+                while comp[:1] in ("+", "-", " "):
+                    positive = comp[0] != "-" if comp[0] != " " else positive
+                    comp = comp[1:]
+                if send and positive:
+                    continue
+                if value.startswith("/"):
+                    # ASSUMPTION: a /regex/ filter (switch_regex_perform, PCRE) as Python's re.search
+                    import re
+                    hit = re.search(comp.strip("/"), have) is not None
+                else:
+                    hit = have.lower() == comp.lower()            # strcasecmp
+                if hit:
+                    if not positive:
+                        return False
+                    send = True
+            if not send:
+                return False
+        return not self.myevents or headers.get("Unique-ID") == self.uuid
+
+
 @dataclass
 class OutboundCall:
     """One call handed to the socket.  ``variables`` are the channel
@@ -200,13 +363,24 @@ class OutboundCall:
     sent_document: int = -1       # the pages of the TIFF txfax read (0: unreadable; -1: no txfax)
     hold: bool = False            # answered queue calls: talk until ``hangup_caller()`` (else at once)
     source: str = "127.0.0.1"     # the address FreeSWITCH connects from
+    # the emulated FreeSWITCH ends the session when a command starting with this arrives (see _drop)
+    drop_at: str = ""
+    dropped: bool = False
+    later: dict = field(default_factory=dict)     # headers every later event carries (other leg, disposition)
+    progressed: bool = False
+    delivered: list = field(default_factory=list)   # the events the socket was sent (its subscription's)
+    unparked: bool = False
 
-    def start(self) -> threading.Thread:
+    def __post_init__(self) -> None:
+        self.sub = Subscription(self.uuid)      # what this socket asked for (myevents, nixevent, filter)
+
+    def start(self, sock: socket.socket | None = None) -> threading.Thread:
+        """Connect to ``port`` (or play on ``sock``, one end of a socket pair) and serve the call."""
         self._done = threading.Event()
         self._lock = threading.Lock()
         self.bridged = threading.Event()
         self.queued = threading.Event()
-        t = threading.Thread(target=self._run, daemon=True)
+        t = threading.Thread(target=self._run, args=(sock,), daemon=True)
         t.start()
         return t
 
@@ -217,7 +391,7 @@ class OutboundCall:
 
     # --- what FreeSWITCH sends
     def channel_headers(self) -> dict[str, str]:
-        h = dict(_CHANNEL)
+        h = dict(REAL_CHANNEL)        # a sofia channel of the rendered config (recording 10b)
         for k in [k for k in h if k.startswith("variable_dustel")]:
             del h[k]
         for k in ("Unique-ID", "Channel-Call-UUID", "Caller-Unique-ID", "variable_uuid", "variable_call_uuid"):
@@ -231,7 +405,21 @@ class OutboundCall:
         return h
 
     def _event(self, name: str, **extra: str) -> bytes:
-        h = self.channel_headers()
+        body = P.encode_plain(self._event_headers(name, **extra))
+        return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+
+    def _event_headers(self, name: str, **extra: str) -> dict[str, str]:
+        """The event as recording 10b has it (real_event_base), with this
+        call's channel, state, other leg and ``extra``."""
+        base = real_event_base(name, extra.get("Application", "") or extra.get("Channel-State", ""))
+        ch = self.channel_headers()
+        # the recorded event's headers (connect's channel data has more: its Channel-* profile),
+        # this call's values where the channel has them, and its variables where the event has any
+        h = {k: ch.get(k, v) for k, v in base.items()}
+        if any(k.startswith("variable_") for k in base):
+            h.update({f"variable_{k}": v for k, v in self.variables.items()})
+            if "Application" in extra:
+                h["variable_current_application"] = extra["Application"]
         tpl = _EVENTS.get(name, _EVENTS["CHANNEL_STATE"])
         for k in ("Event-Name", "Event-Calling-Function", "Event-Calling-Line-Number", "Answer-State",
                   "Channel-State", "Channel-Call-State"):
@@ -244,16 +432,16 @@ class OutboundCall:
         if self.hangup_cause:
             h["Hangup-Cause"] = self.hangup_cause
             h["Answer-State"] = "hangup"
+        h.update(self.later)
         h.update(extra)
-        body = P.encode_plain(h)
-        return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+        return h
 
     def _reply(self, text: str) -> bytes:
         return f"Content-Type: command/reply\nReply-Text: {text}\n\n".encode()
 
-    def _run(self) -> None:
+    def _run(self, sock: socket.socket | None = None) -> None:
         try:
-            self._sock = socket.create_connection(("127.0.0.1", self.port), source_address=(self.source, 0))
+            self._sock = sock or socket.create_connection(("127.0.0.1", self.port), source_address=(self.source, 0))
             self._serve()
         except OSError as exc:
             self.error = repr(exc)
@@ -267,21 +455,23 @@ class OutboundCall:
 
     def _serve(self) -> None:
         buf = bytearray()
-        self.events_on = False
         while True:
             raw = read_command(self._sock, buf)
             if raw is None:
                 return
             cmd, headers = parse_command(raw)
             self.commands.append(cmd)
-            if cmd == "connect":
+            if self.drop_at and cmd.startswith(self.drop_at):
+                self._drop()
+                return
+            answer = self.sub.command(cmd)          # myevents, nixevent, filter
+            if answer is not None:
+                self._send(self._reply(answer))
+            elif cmd == "connect":
                 h = self.channel_headers()
                 h.update({"Content-Type": "command/reply", "Reply-Text": "+OK\n", "Socket-Mode": "async",
                           "Control": "full"})
                 self._send(P.encode_plain(h))
-            elif cmd == "myevents":
-                self.events_on = True
-                self._send(self._reply("+OK Events Enabled"))
             elif cmd == "linger":
                 self._send(self._reply("+OK will linger"))
             elif cmd == "sendmsg":
@@ -307,8 +497,30 @@ class OutboundCall:
                 self._send(self._reply("-ERR command not found"))
 
     def _emit(self, name: str, **extra: str) -> None:
-        if self.events_on:
-            self._send(self._event(name, **extra))
+        h = self._event_headers(name, **extra)
+        if self.sub.passes(h):
+            self.delivered.append(name)
+            body = P.encode_plain(h)
+            self._send(b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)
+
+    def _drop(self) -> None:
+        """FreeSWITCH ends the session without a hangup: its listener was
+        killed (more than 500 events queued unread, or no ``connect`` within
+        25 s) or the socket failed.  ASSUMPTION (no recording drops a
+        session; mod_event_socket.c listener_run's end): the disconnect
+        notice of recording 05 is sent and the socket closed; the channel
+        stays parked — no hangup, no events."""
+        self.dropped = True
+        notice = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
+        self._send(b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: " + self.uuid.encode()
+                   + b"\nContent-Disposition: disconnect\nContent-Length: %d\n\n" % len(notice) + notice)
+
+    def _progress(self) -> None:
+        """CHANNEL_PROGRESS, once per channel (recording 08: the second ringing
+        bridge brings none; 10b: the carrier's ringing before its answer)."""
+        if not self.progressed:
+            self.progressed = True
+            self._emit("CHANNEL_PROGRESS")
 
     def _execute(self, app: str, arg: str) -> None:
         self.executed.append((app, arg))
@@ -432,18 +644,22 @@ class OutboundCall:
             if any(what[0] == "busy" for _, _, what in outcome):
                 disposition, dialstatus = "USER_BUSY", "BUSY"
             elif ringing:
-                self._emit("CHANNEL_PROGRESS")
+                self._progress()
                 disposition, dialstatus = "NO_ANSWER", "NOANSWER"
                 self.cancelled += ringing
             else:
                 disposition, dialstatus = "USER_NOT_REGISTERED", "USER_NOT_REGISTERED"
-            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_originate_disposition=disposition,
-                       variable_DIALSTATUS=dialstatus, variable_current_application=app_h["Application"])
+            # channel variables: every later event of the channel carries them (recording 08)
+            self.later = {**self.later, "variable_originate_disposition": disposition,
+                          "variable_DIALSTATUS": dialstatus}
+            self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_current_application=app_h["Application"])
             return
         name, own, what = winner
         self.cancelled += [n for n in ringing if n != name]
         talk = int(what[1])
         answered_before = self.answered
+        if not answered_before:
+            self._progress()
         self._answer()
         limit = None
         # the B-leg's own [execute_on_answer=…] / {…} of the dial string; the A-leg's
@@ -455,7 +671,12 @@ class OutboundCall:
             self.executed.append(("sched_hangup", on_answer.split(" ", 1)[1]))
         # recording 08: Other-Leg-Destination-Number is the answering user.  ASSUMPTION (no
         # recording bridges a gateway leg): for sofia/gateway/<gw>/<number> it is the number
-        self._emit("CHANNEL_BRIDGE", **{"Other-Leg-Destination-Number": name, "Other-Leg-Unique-ID": new_uuid()})
+        other = {**REAL_OTHER_LEG, "Other-Leg-Destination-Number": name, "Other-Leg-Unique-ID": new_uuid()}
+        self._emit("CHANNEL_BRIDGE", **other)
+        # from the bridge on, the channel's events carry the other leg and the bridge's success
+        # (recordings 08, 10b: so does the bridge's EXECUTE_COMPLETE)
+        self.later = {**self.later, **other, "variable_originate_disposition": "SUCCESS",
+                      "variable_DIALSTATUS": "SUCCESS"}
         self.bridged_us = self.clock_us
         if limit is not None and limit < talk:
             self.billsec = limit
@@ -493,6 +714,7 @@ class OutboundCall:
         self._emit("CHANNEL_UNPARK", **bridge)
         self._emit("CHANNEL_EXECUTE_COMPLETE", Application="socket", **{"Application-Data": "127.0.0.1 async full"},
                    **bridge)
+        self.unparked = True
         for state in ("CS_HIBERNATE", "CS_RESET", "CS_SOFT_EXECUTE"):
             self._emit("CHANNEL_STATE", **{"Channel-State": state}, **bridge)
         self._emit("CHANNEL_EXECUTE", Application="uuid_bridge", **{"Application-Data": agent}, **bridge)
@@ -518,12 +740,18 @@ class OutboundCall:
             self.hangup_cause = cause
         self._emit("CHANNEL_HANGUP")
         self._send(b"Content-Type: text/disconnect-notice\nControlled-Session-UUID: " + self.uuid.encode()
-                   + b"\nContent-Disposition: linger\nChannel-Name: loopback/7777-b\nLinger-Time: -1\n"
-                   b"Content-Length: 0\n\n")
+                   + b"\nContent-Disposition: linger\nChannel-Name: "
+                   + self.channel_headers().get("Channel-Name", "").encode()
+                   + b"\nLinger-Time: -1\nContent-Length: 0\n\n")
         if unbridge:
             self._emit("CHANNEL_UNBRIDGE")
         if app_h:
             self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h)
+        if not self.unparked:
+            # the park loop of the socket application ends, and the application with it (05, 08, 10b)
+            self.unparked = True
+            self._emit("CHANNEL_UNPARK")
+            self._emit("CHANNEL_EXECUTE_COMPLETE", **SOCKET_APP)
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_HANGUP"})
         self._emit("CHANNEL_STATE", **{"Channel-State": "CS_REPORTING"})
         times = {}

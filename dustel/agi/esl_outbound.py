@@ -161,10 +161,11 @@ class CallControl:
         self.settles_call = True            # the call of this channel has a reservation to settle
         self.legs: list[str] = []           # and so do the legs dustel placed for it (<call id>:leg)
         self.staged = False                 # a call to an account / ring group: divert's stages follow
+        self.admitted = False               # this channel's call holds a reservation (and lines)
+        self.plan_reached = False           # FreeSWITCH acknowledged the applications of the decision
         self.routing: divert.Routing | None = None
         self.bridged_to = ""                # the destination of the leg the caller was bridged to
-        session.register_handle("CHANNEL_BRIDGE", self._on_bridge)
-        session.register_handle("CHANNEL_HANGUP", lambda event: self.hung_up.set())
+        # the connection subscribes to these two events only (freeswitch.subscription)
         session.register_handle("CHANNEL_HANGUP_COMPLETE", self._on_hangup_complete)
         session.register_handle("CHANNEL_EXECUTE_COMPLETE", self._on_execute_complete)
         session.register_handle("DISCONNECT", self._on_disconnect)
@@ -175,16 +176,18 @@ class CallControl:
         if not self.bridge_done.ready():       # an application's result that came first is kept
             self.bridge_done.set(None)
 
-    def _on_bridge(self, event: ESLMessage) -> None:
-        self.bridged_to = event.headers.get("Other-Leg-Destination-Number", "")
-
     def _on_execute_complete(self, event: ESLMessage) -> None:
         self.session.on_event(event)      # greenswitch's blocking call_command waits on this event too
-        if event.headers.get("Application") in ("bridge", "callcenter", "rxfax", "txfax"):
+        app = event.headers.get("Application")
+        if app == "bridge":
+            self.bridged_to = fs.answered_peer(event.headers) or self.bridged_to
+        if app in ("bridge", "callcenter", "rxfax", "txfax"):
             self.bridge_done.set(event.headers)
 
     def _on_disconnect(self, event: ESLMessage) -> None:
-        if event.headers.get("Content-Disposition") != "linger":
+        if event.headers.get("Content-Disposition") == "linger":
+            self.hung_up.set()       # FreeSWITCH sends it when the channel hangs up (recordings 05-10)
+        else:
             self.hangup_complete.set(None)
             if not self.bridge_done.ready():
                 self.bridge_done.set(None)
@@ -198,16 +201,17 @@ class CallControl:
         route = fs.route_of(data)
         req = replace(fs.request_from(data), node=self.node(data))
         d: Decision = Runtime.admissions.submit(req)
+        self.admitted = d.admit
         log.info("%s call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", route, req.call_id,
                  req.tenant_id, req.account, req.callee, d.admit, d.reason, d.max_seconds)
         return d
 
     def run(self) -> None:
         s = self.session
-        data: dict[str, str] = s.session_data or {}
+        data: Mapping[str, str] = s.session_data if s.session_data is not None else {}   # (a lazy Event: no len())
         d = INTERNAL_ERROR
         try:
-            s.send_all([command("myevents"), command("linger")])     # greenswitch's myevents(), linger(): one write
+            s.send_all([command(c) for c in fs.subscription(data)])     # one write, the replies in order
             if fs.route_of(data) == V.ROUTE_AGENT_LEG:
                 d = self.agent_leg(data)
                 return
@@ -246,7 +250,8 @@ class CallControl:
             if queued:     # counted among the queue's waiting callers until callcenter ends
                 self.queue_waiting(data, True)
             try:
-                s.execute_all(plan)
+                replies = s.execute_all(plan)
+                self.plan_reached = all(str(r.data).startswith("+OK") for r in replies)
                 if not d.admit:
                     return
                 done = self.bridge_done.get()
@@ -270,10 +275,17 @@ class CallControl:
                 cause = done.get("variable_originate_disposition", "")
                 s.call_command("hangup", cause if cause in fs.CAUSES.values() else "NORMAL_CLEARING")
             self.settle(data, self.hangup_complete.get())
-        except OutboundSessionHasGoneAway:
+        except (OutboundSessionHasGoneAway, OSError) as exc:
+            if not self.plan_reached and (self.admitted or self.legs):
+                # the socket died (or the caller left) before FreeSWITCH took the decision's
+                # applications: nothing of it can run, so nothing is held — not until the expiry
+                log.warning("call=%s: the socket ended before the plan (%s): reservation released",
+                            data.get("Unique-ID"), type(exc).__name__)
+                self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
+                return
             # lingering after a hangup, or the socket closed: the hangup event may still be on its way
             self.hangup_complete.wait(5)
-            if d.admit:
+            if self.admitted or self.legs:
                 self.settle(data, self.hangup_complete.value if self.hangup_complete.ready() else None)
 
     def plan(self, d: Decision, data: dict[str, str]) -> list[fs.Action]:
@@ -384,6 +396,7 @@ class CallControl:
             d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
         for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
             s.call_command(app, arg or None)
+        self.plan_reached = True
         if d.admit:
             self.bridge_done.get()
             self.settle(data, self.hangup_complete.get())
@@ -423,6 +436,7 @@ class CallControl:
             return INTERNAL_ERROR
         for app, arg in plan:
             s.call_command(app, arg or None)
+        self.plan_reached = True
         if d.admit:
             done = self.bridge_done.get()
             if not self.bridged_to:          # never answered: busy, no answer, congestion …
@@ -540,7 +554,7 @@ class CallControl:
     def settle(self, data: dict[str, str], hangup: dict[str, str] | None) -> None:
         call_id = data.get("Unique-ID", "")
         if hangup is None:
-            log.warning("call=%s: no hangup event; the reservation expires", call_id)
+            log.warning("call=%s: no hangup event; the controller settles it from its CDR, else it expires", call_id)
             return
         raw = hangup.get("variable_billsec", "0")
         billsec = int(raw) if raw.isascii() and raw.isdigit() else 0
@@ -565,15 +579,20 @@ class DustelESLServer(OutboundESLServer):
     """greenswitch's server, accepting at once (its ``listen`` polls every
     100 ms) and creating ``DustelSession``s; port 0 picks a free port."""
 
+    reuse_port = False      # a worker: every worker listens on the same port (SO_REUSEPORT)
+    worker = 0
+
     def listen(self, ready: gevent.event.Event | None = None) -> None:
         self.server = gevent.socket.socket()
         self.server.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            self.server.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_REUSEPORT, 1)
         self.server.bind((self.bind_address, self.bind_port[0]))
         self.bound_port = self.server.getsockname()[1]
         self.server.listen(LISTEN_BACKLOG)
         self._running = True
-        log.info("outbound event socket listening on %s:%s max_calls=%s", self.bind_address, self.bound_port,
-                 self.max_connections)
+        log.info("outbound event socket listening on %s:%s worker=%s max_calls=%s", self.bind_address,
+                 self.bound_port, self.worker, self.max_connections)
         if ready is not None:
             ready.set()
         while self._running:
@@ -588,6 +607,12 @@ class DustelESLServer(OutboundESLServer):
             gevent.spawn(self._serve, session)
 
     nodes: dict[str, str] = {}
+
+    def _accept_call(self, session: DustelSession) -> None:     # type: ignore[override]
+        if self.connection_count >= self.max_connections:      # greenswitch says so at INFO on the root logger
+            log.warning("call turned away: the server is at full capacity (%s calls, esl_max_calls)",
+                        self.connection_count)
+        super()._accept_call(session)
 
     def _serve(self, session: DustelSession) -> None:
         try:
@@ -619,7 +644,8 @@ def open_files_for(max_calls: int) -> int:
     return soft
 
 
-def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000) -> None:
+def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections: int = 20000,
+          worker: int | None = None) -> None:
     """``nodes``: source address -> node name of the FreeSWITCH nodes that may
     connect ('' name: the node is the call's ``FreeSWITCH-Switchname``).
     ``max_connections``: calls held at once (settings.esl_max_calls); each
@@ -635,11 +661,13 @@ def serve(dsn: str, host: str, port: int, nodes: dict[str, str], max_connections
     server = DustelESLServer(bind_address=host, bind_port=port, application=CallControl,
                              max_connections=max_connections)
     server.nodes = dict(nodes)
-    expire = gevent.spawn(_expire_loop)
+    server.reuse_port, server.worker = worker is not None, worker or 0
+    expire = gevent.spawn(_expire_loop) if not worker else None     # one sweep per server is enough
     try:
         server.listen()
     finally:
-        expire.kill()
+        if expire is not None:
+            expire.kill()
         Runtime.pool.close()
 
 
@@ -665,10 +693,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8084)
     ap.add_argument("--max-calls", type=int, default=20000, help="calls held at once (settings: esl_max_calls)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes on the one port (settings: esl_workers; 0: one per core)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
     args = ap.parse_args(argv)
     if args.max_calls < 1:
         ap.error("--max-calls: must be at least 1")
+    if args.workers < 0:
+        ap.error("--workers: must be 0 (one per core) or more")
     logs.service(sys.stderr)
+    # greenswitch logs three INFO lines a call on the root logger ("Call from …
+    # ended", "Waiting for … greenlet exit"): dustel's own lines are the log
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("dustel").setLevel(logging.INFO)
+    workers = args.workers or os.cpu_count() or 1
+    if args.worker is None and workers > 1:
+        supervise(args.host, args.port, workers, list(argv if argv is not None else sys.argv[1:]))
+        return
     dsn = os.environ.get("DUSTEL_ESL_DSN", "")
     if not dsn:
         ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
@@ -677,5 +718,65 @@ def main(argv: list[str] | None = None) -> None:
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
     Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
-    serve(dsn, args.host, args.port, nodes, args.max_calls)
+    serve(dsn, args.host, args.port, nodes, args.max_calls, args.worker)
+
+
+def supervise(host: str, port: int, workers: int, argv: list[str]) -> None:
+    """One worker process per core, each a whole server listening on the
+    same port with SO_REUSEPORT, so the kernel spreads the calls over them
+    and no single gevent process is the limit (issue 32.2).  This process
+    only holds the port (bound with SO_REUSEPORT, not listening: port 0
+    becomes one port for all), starts the workers with its own environment,
+    starts again one that dies, and stops them on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    port = holder.getsockname()[1]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", *_strip(argv, ("--port", "--workers")),
+                                 "--port", str(port), "--worker", str(i)])
+
+    log.info("outbound event socket on %s:%s: %s worker processes", host, port, workers)
+    procs = [start(i) for i in range(workers)]
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not stopping:
+                    log.warning("worker %s ended with status %s; starting it again", i, p.returncode)
+                    procs[i] = start(i)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        holder.close()
+
+
+def _strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without ``options`` (``--opt value`` and ``--opt=value``)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in options)):
+            out.append(a)
+    return out
 

@@ -478,6 +478,35 @@ def settle_from_cdr(node: str, call_id: str) -> Flow:
     return (yield from settle(node, call_id, int(rows[0]["billsec"])))
 
 
+# The active calls of a node whose channel the engine no longer has (its
+# list read at ``before``; a call admitted after that may be missing from
+# the list, so it is left alone), with the controller's CDR of each if any.
+_LOST_CALLS = """
+SELECT c.call_id, d.billsec AS cdr_billsec
+  FROM calls c LEFT JOIN cdrs d ON d.node = c.node AND d.call_id = c.call_id
+ WHERE c.node = %(node)s AND c.state = 'active' AND c.started_at < %(before)s
+   AND NOT (split_part(c.call_id, %(leg)s, 1) = ANY(%(alive)s::text[]))
+ ORDER BY c.call_id"""
+
+
+def settle_lost(node: str, alive: list[str], before: Any) -> Flow:
+    """After an engine node's state is rebuilt (a reconnect, a crash and
+    restart): every reservation of a call on that node whose channel no
+    longer exists is settled at once — from its CDR (the controller wrote
+    one for every leg it knew: the real one, or ``LOST_WHILE_DISCONNECTED``)
+    or, with no CDR, released (0 s: nothing records how long it talked).
+    The legs dustel placed for a call (``<call id>:leg…``) go with it and
+    are released: no record says which of them talked.  ``alive``: the
+    engine's channel ids; ``before``: when the engine's list was read
+    (database time).  One rule for both engines' controllers; returns
+    (call id, had a CDR, Settlement) per call."""
+    rows = (yield Q(_LOST_CALLS, {"node": node, "alive": list(alive), "before": before, "leg": LEG}))
+    if not rows:
+        return []
+    done = yield from settle_many([(node, r["call_id"], int(r["cdr_billsec"] or 0)) for r in rows])
+    return [(r["call_id"], r["cdr_billsec"] is not None, st) for r, st in zip(rows, done, strict=True)]
+
+
 def expire() -> Flow:
     """Release the reservations of calls whose hangup never came."""
     rows = (yield Q("""

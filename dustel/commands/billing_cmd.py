@@ -123,8 +123,11 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
     s = env.settings
     if s.esl_max_calls < 1:
         raise DustelError("esl_max_calls", "must be at least 1")
+    if s.esl_workers < 0:
+        raise DustelError("esl_workers", "must be 0 (one per core) or more")
     argv = [sys.executable, "-m", "dustel.agi.esl_main", "--host", host or s.esl_outbound_host,
-            "--port", str(s.esl_outbound_port if port is None else port), "--max-calls", str(s.esl_max_calls)]
+            "--port", str(s.esl_outbound_port if port is None else port), "--max-calls", str(s.esl_max_calls),
+            "--workers", str(s.esl_workers)]
     # secrets never on the command line (``ps`` shows it to every user): the
     # DSN and the node list go through the environment of the exec'd process
     child_env = {**os.environ, "DUSTEL_ESL_DSN": env.url,

@@ -82,6 +82,31 @@ class AMINode:
             log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
                      st.billsec, st.charged_cents)
 
+    async def _now(self) -> Any:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = await psycopg.AsyncConnection.connect(self.dsn, row_factory=dict_row,
+                                                                  connect_timeout=5)
+            async with self.conn.transaction():
+                return (await (await self.conn.execute(state.NOW)).fetchone())["now"]  # type: ignore[index]
+        except psycopg.Error as exc:
+            log.warning("node=%s: no database time for the rebuild: %s", self.name, exc)
+            return None
+
+    async def settle_lost(self, alive: list[str], before: Any) -> None:
+        """Money held by calls the engine lost, settled now (see
+        esl_node.ESLNode.settle_lost: the same flow, calls.settle_lost)."""
+        from ..callpath.calls import run_async, settle_lost
+        try:
+            assert self.conn is not None
+            done = await run_async(self.conn, settle_lost(self.name, alive, before))
+        except psycopg.Error as exc:
+            log.warning("node=%s: settling the calls lost meanwhile failed (they expire): %s", self.name, exc)
+            return
+        for call_id, had_cdr, st in done:
+            log.info("node=%s call=%s lost with the engine: %s billsec=%s charged=%s", self.name, call_id,
+                     "settled from the CDR" if had_cdr else "no CDR, released", st.billsec, st.charged_cents)
+
     async def is_tls_account(self, check: Q) -> bool:
         try:
             if self.conn is None or self.conn.closed:
@@ -110,9 +135,12 @@ class AMINode:
         log.debug("node=%s: user=%s contact=%s: gone already", self.name, user, uri)
 
     async def rebuild(self) -> None:
+        before = await self._now()               # the engine's list is younger than this
         channels = await self._list({"Action": "CoreShowChannels"}, "CoreShowChannel")
         contacts = await self._list({"Action": "PJSIPShowContacts"}, "ContactList")
         await self.apply(state.ami_rebuild(self.name, channels, contacts))
+        if before is not None:
+            await self.settle_lost([c.get("Uniqueid", "") for c in channels], before)
         for c in contacts:
             await self.refuse_plain(c.get("Endpoint") or c.get("Aor", ""), c.get("Uri", ""), contacts)
         await self.reapply_queues()

@@ -136,6 +136,23 @@ class ESLNode:
         else:
             log.debug("node=%s call=%s: %s", self.name, call_id, st.status)
 
+    def settle_lost(self, alive: list[str], before: Any) -> None:
+        """Money held by calls the engine lost (a crash, a restart) is
+        settled from their CDRs now, not at their expiry (calls.settle_lost)."""
+        from ..callpath.calls import run_sync, settle_lost
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5)
+            done = run_sync(self.conn, settle_lost(self.name, alive, before))
+        except psycopg.Error as exc:
+            log.warning("node=%s: settling the calls lost meanwhile failed (they expire): %s", self.name, exc)
+            if self.conn is not None and self.conn.broken:
+                self.conn = None
+            return
+        for call_id, had_cdr, st in done:
+            log.info("node=%s call=%s lost with the engine: %s billsec=%s charged=%s", self.name, call_id,
+                     "settled from the CDR" if had_cdr else "no CDR, released", st.billsec, st.charged_cents)
+
     # ------------------------------------------------------------- connection
     def run_forever(self) -> None:
         """Follow the node for ever: every failure — the engine, the network,
@@ -185,6 +202,7 @@ class ESLNode:
                 pass
 
     def rebuild(self, esl: DustelInbound) -> None:
+        before = self.query(Q(state.NOW, {}))      # the engine's list is younger than this
         channels = esl.send("api show channels as json").data
         registrations = esl.send("api show registrations as json").data
         tenants: dict[str, int | None] = {}
@@ -196,6 +214,8 @@ class ESLNode:
                 continue
             tenants[uuid] = int(raw) if raw.isdigit() and len(raw) < 19 else None
         self.apply(state.fs_rebuild(self.name, channels, registrations, tenants))
+        if before is not None:
+            self.settle_lost([row.get("uuid", "") for row in state.fs_rows(channels)], before["now"])
         for row in state.fs_rows(registrations):     # TLS accounts' bindings made over UDP/TCP meanwhile
             check = state.tls_refused(row.get("reg_user", ""), row.get("url", ""))
             if check is not None and self.query(check):

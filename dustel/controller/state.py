@@ -216,6 +216,9 @@ ON CONFLICT (node, call_id) DO NOTHING
 """
 
 
+NOW = "SELECT now() AS now"      # the database's time: when a rebuild read the engine's list
+
+
 def rebuild(node: str, engine: str, legs: list[Leg], regs: list[tuple[str, str, str, str, dt.datetime | None]]) \
         -> list[Q]:
     """After a (re)connect: the engine's own list is the truth.  Legs we

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from binascii import a2b_qp
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -34,7 +34,7 @@ class MalformedFrame(ValueError):
 
 @dataclass(slots=True)
 class Frame:
-    headers: dict[str, str]
+    headers: Mapping[str, str]          # a dict, or a large block's lazy Event (FrameReader)
     body: bytes = b""
     error: str | None = None        # set on a frame the reader had to skip
 
@@ -53,10 +53,11 @@ class Frame:
         return self.reply_text.startswith("+OK")
 
 
-class Event:
+class Event(Mapping[str, str]):
     """An event.  A plain event keeps its raw header block and decodes a
     header only when asked (``get``/``var``): the controller reads a dozen
-    of an event's ~80 headers.  A lookup is anchored at a line start and
+    of an event's ~80 headers.  It is a read-only mapping of its headers
+    (iterating it decodes them all).  A lookup is anchored at a line start and
     ends at the line break, on the raw bytes where FreeSWITCH has encoded
     every line break inside values, so it finds exactly what the full parse
     (``headers``) finds.  ``headers`` builds the whole dict once."""
@@ -103,6 +104,12 @@ class Event:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key, "\x00") != "\x00"
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.headers)
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
     @property
     def name(self) -> str:
         n = self.get("Event-Name")
@@ -139,6 +146,14 @@ def parse_headers(block: str) -> dict[str, str]:
                 raise MalformedFrame(f"header line without ': ' ({line[:40]!r})")
         out[key] = _decode_value(value)
     return out
+
+
+# A header block longer than this — the channel data FreeSWITCH sends after
+# ``connect`` (169 headers, 6.4 KB: recording 10b) — is kept raw and decoded
+# header by header when read (an Event): the outbound-socket server reads
+# about 20 of them.  Shorter blocks (replies, an event's own frame head)
+# are decoded whole at once.
+LAZY_BLOCK_BYTES = 1024
 
 
 class FrameReader:
@@ -178,12 +193,17 @@ class FrameReader:
                 break
             block = bytes(self._buf[:end])
             del self._buf[:end + 2]
+            headers: Mapping[str, str]
             try:
-                headers = parse_headers(block.decode("utf-8"))
+                if len(block) > LAZY_BLOCK_BYTES and block.isascii() and b"\r" not in block:
+                    headers = Event(raw=block)
+                    length = headers.get("Content-Length") or None
+                else:
+                    headers = parse_headers(block.decode("utf-8"))
+                    length = headers.get("Content-Length")
             except (UnicodeDecodeError, MalformedFrame) as exc:
                 out.append(Frame({}, block[:200], error=f"bad header block: {exc}"))
                 continue
-            length = headers.get("Content-Length")
             if length is None:
                 out.append(Frame(headers))
                 continue

@@ -350,3 +350,63 @@ def test_sofia_expire_ends_the_registration(fs: FreeSwitchEmulator, controller: 
              "expires": "0"})
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM registrations").fetchone()["n"] == 0,
              what="the expired registration removed")
+
+
+def test_an_engine_crash_settles_the_reservations_of_its_lost_calls_at_once(
+        fs: FreeSwitchEmulator, controller: Controller, conn: psycopg.Connection, org: dict[str, Any]) -> None:
+    """Issue 32.4: FreeSWITCH killed with calls up and restarted: the
+    controller wrote their CDRs (LOST_WHILE_DISCONNECTED) but their
+    reservations stayed active for 5 h, holding the tenant's credit, and
+    ``billing reconcile`` listed every one.  At the rebuild each lost call
+    is settled from its CDR; one the controller never saw (no CDR) and the
+    legs dustel placed for a lost call are released; a call the engine still
+    has keeps its reservation."""
+    from dustel.billing import reconcile
+    from dustel.callpath import calls
+    from dustel.callpath.policy import CallRequest
+    conn.execute("INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9)")
+    conn.execute("UPDATE plans SET lines_in = 10, lines_out = 10")          # five calls at once
+    conn.execute("UPDATE tenants SET monthly_credit_limit_cents = 100000 WHERE id = %s", (org["t"]["id"],))
+    calls.run_sync(conn, calls.topup(org["t"]["id"], 5000, "bank:crash"))
+    tariff = calls.run_sync(conn, calls.load_tariff())
+    t0 = time.time() - 100
+
+    def admit(call_id: str) -> None:
+        d = calls.run_sync(conn, calls.admit(CallRequest(direction="out", tenant_id=org["t"]["id"], account=org["u"],
+                                                         caller="", callee="01701234567", node="fs1",
+                                                         call_id=call_id), tariff))
+        assert d.admit
+
+    up = [fs.call(org["u"], "01701234567", out_vars(org), t0=t0) for _ in range(3)]
+    for u in up:
+        admit(u)
+        fs.answer(u, at=t0 + 10)
+    unseen = "0dd5e1a0-dead-4000-8000-000000000001"          # admitted, its channel never reached the controller
+    admit(unseen)
+    leg = calls.run_sync(conn, calls.admit_leg(CallRequest(direction="out", tenant_id=org["t"]["id"], account=org["u"],
+                                                           caller="", callee="01701234567", node="fs1",
+                                                           call_id=up[0]), "01701234567", tariff))[0]
+    wait_for(lambda: len([r for r in live(conn) if r["answered_at"]]) == 3, what="three answered calls")
+    held = conn.execute("SELECT reserved_cents FROM tenant_money WHERE tenant_id = %s",
+                        (org["t"]["id"],)).fetchone()["reserved_cents"]
+    assert held > 0
+
+    fs.stop(keep_channels=True)          # the engine dies; when it is back only up[2] is still there
+    for u in up[:2]:
+        fs.channels.pop(u)
+    fs.start()
+    wait_for(lambda: fs.subscribed() == 1, what="reconnect")
+    rows = wait_for(lambda: (r := {c["call_id"]: c for c in conn.execute("SELECT * FROM calls").fetchall()})
+                    and all(r[c]["state"] == "settled" for c in (up[0], up[1], unseen, leg.call_id)) and r,
+                    what="the lost calls settled at the rebuild", timeout=10)
+    lost = {c["call_id"]: c for c in cdrs(conn)}
+    for u in up[:2]:
+        assert lost[u]["hangup_cause"] == "LOST_WHILE_DISCONNECTED"
+        assert rows[u]["billsec"] == lost[u]["billsec"] >= 90 and rows[u]["charged_cents"] > 0
+    assert (rows[unseen]["billsec"], rows[unseen]["charged_cents"]) == (0, 0)
+    assert (rows[leg.call_id]["billsec"], rows[leg.call_id]["charged_cents"]) == (0, 0)
+    assert rows[up[2]]["state"] == "active"
+    m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (org["t"]["id"],)).fetchone()
+    assert m["reserved_cents"] == rows[up[2]]["reserved_cents"] > 0
+    assert calls.run_sync(conn, reconcile.reconcile()) == []
+    assert any("lost with the engine: settled from the CDR" in line for line in controller.log)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dustel.wire import esl as P
-from tests.esl_emulator import TRANSCRIPTS, load
+from tests.esl_emulator import TRANSCRIPTS, fs_frames, load
 
 NAMES = sorted(p.stem for p in TRANSCRIPTS.glob("*.jsonl"))
 
@@ -203,3 +203,75 @@ def test_client_commands_of_the_transcripts_are_what_the_builders_make() -> None
     assert P.command("myevents") in sent and P.command("linger") in sent and P.command("exit") in sent
     assert P.api("status") in sent
     assert P.sendmsg("answer") in sent
+
+
+# ------------------------------------------- the emulator's outbound socket against recordings 10 and 10b
+
+def emulated(name: str) -> list[P.Frame]:
+    """The emulator given the ``client->fs`` side of recording ``name``
+    (the same call: +49211987650, bridged to the carrier, which answers)."""
+    import socket
+
+    from tests.esl_emulator import OutboundCall
+    ours, theirs = socket.socketpair()
+    recorded = fs_frames(name)[0].headers          # the recorded call's channel variables, as its dialplan set them
+    variables = {k[len("variable_"):]: v for k, v in recorded.items() if k.startswith("variable_dustel")}
+    call = OutboundCall(0, "+49211987650", variables, caller="+492111230000", callee=("answer", 3))
+    call.start(sock=theirs)
+    ours.sendall(b"".join(d for direction, d in load(name) if direction == "client->fs"))
+    reader, out = P.FrameReader(), []
+    while not any(f.content_type == "text/event-plain" and P.parse_event(f).name == "CHANNEL_HANGUP_COMPLETE"
+                  for f in out):
+        data = ours.recv(65536)
+        assert data, "the emulator closed the socket"
+        out += reader.feed(data)
+    ours.close()
+    call.wait(5)
+    return out
+
+
+def shape(frames: list[P.Frame]) -> list[tuple[str, str, str]]:
+    out = []
+    for f in frames:
+        if f.content_type == "text/event-plain":
+            ev = P.parse_event(f)
+            out.append((f.content_type, ev.name, ev.get("Application")))
+        else:
+            out.append((f.content_type, f.reply_text if f.content_type != "command/reply" or
+                        "Event-Name" not in f.headers else "(channel data)", f.headers.get("Content-Disposition", "")))
+    return out
+
+
+@pytest.mark.parametrize("name", ["10-outbound-socket-filtered", "10b-outbound-socket-unfiltered"])
+def test_the_emulator_sends_the_recorded_event_mix_and_sizes(name: str) -> None:
+    """Issue 32.2: the emulator plays the call of recordings 10 / 10b as the
+    real engine did — the same frames in the same order (the filters and
+    ``nixevent`` of 10 applied, every event of 10b without them), each
+    event within a tenth of its recorded size."""
+    recorded = fs_frames(name)
+    got = emulated(name)
+    assert shape(got) == shape(recorded)
+    for mine, real in zip(got, recorded, strict=True):
+        if mine.content_type == "text/event-plain":
+            assert abs(len(mine.body) - len(real.body)) < len(real.body) / 10, (P.parse_event(real).name,
+                                                                               len(mine.body), len(real.body))
+
+
+def test_a_large_header_block_decodes_when_read_and_equals_the_whole_parse() -> None:
+    """Issue 32.2: the channel data after ``connect`` (169 headers) was
+    decoded whole for the ~20 the server reads; it is kept raw now, and
+    every header read from it equals the eager parse, on every recorded
+    block of that size."""
+    n = 0
+    for name in NAMES:
+        s = stream(name)
+        for f in P.FrameReader().feed(s):
+            if isinstance(f.headers, P.Event):
+                n += 1
+                start = s.index(f.headers._raw)  # type: ignore[union-attr]
+                block = s[start:s.index(b"\n\n", start)]
+                eager = P.parse_headers(block.decode())
+                assert dict(f.headers) == eager
+                assert all(f.headers.get(k) == v and f.headers[k] == v and k in f.headers for k, v in eager.items())
+                assert f.headers.get("No-Such-Header", "-") == "-" and f.content_type == "command/reply"
+    assert n >= 6       # the channel data of the outbound-socket recordings
