@@ -67,7 +67,7 @@ def credit_topup(env: Env, as_json: bool, tenant_id: int, amount: str, ref: str)
         m = conn.execute("SELECT * FROM tenant_money WHERE tenant_id = %s", (tenant_id,)).fetchone()
     emit({"applied": done, **m}, as_json, lambda d: click.echo(
         ("topped up" if d["applied"] else "already applied (same --ref)")
-        + f"; balance {euro(d['balance_cents'])} EUR"))
+        + f"; balance {euro(d['balance_cents'])}"))
 
 
 @credit.command("show")
@@ -82,7 +82,7 @@ def credit_show(env: Env, as_json: bool, tenant_id: int) -> None:
         m["active_calls"] = conn.execute("SELECT count(*) AS n FROM calls WHERE tenant_id = %s AND state = 'active'",
                                          (tenant_id,)).fetchone()["n"]
     emit(m, as_json, lambda d: click.echo(
-        f"balance {euro(d['balance_cents'])} EUR, reserved {euro(d['reserved_cents'])} EUR, "
+        f"balance {euro(d['balance_cents'])}, reserved {euro(d['reserved_cents'])}, "
         f"start credit {d['free_seconds'] - d['reserved_free']} s, active calls {d['active_calls']}"))
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import psycopg
@@ -98,20 +99,41 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], None] | None = None) -
         human(data)
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+HUMAN_ZONE = "Europe/Berlin"        # where times of several tenants are shown (the billing time zone)
+
+
+def cell(column: str, value: Any, zone: str = HUMAN_ZONE) -> str:
+    """One value as a person reads it: money (a ``*_cents`` column) as
+    ``1.234,56 €``, a moment in ``zone`` to the second with its zone's
+    abbreviation; JSON keeps cents and ISO times."""
+    if value is None:
+        return ""
+    if column.endswith("_cents") and isinstance(value, int):
+        return euro(value)
+    if isinstance(value, dt.datetime):
+        local = value.astimezone(ZoneInfo(zone)) if value.tzinfo else value
+        return local.strftime("%Y-%m-%d %H:%M:%S %Z").rstrip()
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], zone: str = HUMAN_ZONE) -> None:
+    """A plain table; ``*_cents`` columns show money (the header without
+    ``_cents``), times show in ``zone`` (a tenant's own for its rows)."""
     if not rows:
         click.echo("(none)")
         return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    cells = [[cell(c, r.get(c), zone) for c in columns] for r in rows]
+    heads = [c.removesuffix("_cents") for c in columns]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
 
 
 def euro(cents: int | None) -> str:
-    """Cents as 1234.56 (or - for none); the rule is ``money.eur``'s."""
-    return "-" if cents is None else money.eur(cents, plain=True)
+    """The one money format people read: ``1.234,56 €`` (``-`` for none);
+    the rule is ``money.eur``'s.  JSON carries cents."""
+    return "-" if cents is None else f"{money.eur(cents)} €"
 
 
 def read_password(from_stdin: bool, what: str = "SIP password") -> str:

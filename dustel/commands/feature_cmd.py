@@ -101,7 +101,7 @@ limits = click.Group("limits", help="Credit limit per month (tenant) and time li
 
 
 def _show_limits(d: dict) -> None:
-    click.echo(f"credit limit/month {euro(d['monthly_credit_limit_cents'])} EUR, max call {d['max_call_seconds']} s,"
+    click.echo(f"credit limit/month {euro(d['monthly_credit_limit_cents'])}, max call {d['max_call_seconds']} s,"
                f" lines in/out {d['lines_in']}/{d['lines_out']}")
     for a in d["accounts"]:
         click.echo(f"  {a['username']}: max call {a['max_call_seconds']} s")

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import click
 
 from .. import db, logs
-from ..billing import einvoice, fees, invoices, money, months, payments, sepa
+from ..billing import einvoice, fees, invoices, months, payments, sepa
 from ..errors import DustelError, db_errors
 from ..provisioning import tenants
 from ..provisioning import validate as v
-from .common import AMOUNT_ARGUMENT, INT, Env, emit, json_option, pass_env, table
+from .common import AMOUNT_ARGUMENT, INT, Env, emit, euro, json_option, pass_env, table
 
 
 def _today(env: Env) -> dt.date:
@@ -56,7 +56,7 @@ def invoice_run(env: Env, as_json: bool, month: str, tenant_id: int | None, issu
         r = invoices.run(conn, period, on, due_days=env.settings.invoice_due_days, tenant_id=tenant_id,
                          today=today)
     emit(invoices.as_dict(r), as_json, lambda d: click.echo(
-        f"{d['issued']} invoices for {d['month']}, {money.eur(d['gross_cents'])} EUR gross, "
+        f"{d['issued']} invoices for {d['month']}, {euro(d['gross_cents'])} gross, "
         f"{d['direct_debits']} direct debits queued"
         + (f"; without a SEPA mandate (pay by transfer): tenants {d['without_mandate']}" if d["without_mandate"]
            else "")))
@@ -78,10 +78,10 @@ def invoice_preview(env: Env, as_json: bool, month: str, tenant_id: int | None) 
     def human(rows: list[dict]) -> None:
         for d in rows:
             click.echo(f"DRAFT {d['period']:%Y-%m} tenant {d['tenant_id']} {d['name']} ({d['plan']}, "
-                       f"{d['payment_means']}): net {money.eur(d['net_cents'])}  VAT {d['vat_percent']} % "
-                       f"{money.eur(d['vat_cents'])}  gross {money.eur(d['gross_cents'])} EUR")
+                       f"{d['payment_means']}): net {euro(d['net_cents'])}  VAT {d['vat_percent']} % "
+                       f"{euro(d['vat_cents'])}  gross {euro(d['gross_cents'])}")
             table(d["lines"], ["position", "kind", "description", "quantity", "unit_cents", "amount_cents"])
-        click.echo(f"{len(rows)} draft invoices, {money.eur(sum(d['gross_cents'] for d in rows))} EUR gross; "
+        click.echo(f"{len(rows)} draft invoices, {euro(sum(d['gross_cents'] for d in rows))} gross; "
                    "nothing was issued (invoice run issues them after the month)")
     emit(drafts, as_json, human)
 
@@ -112,8 +112,8 @@ def invoice_show(env: Env, as_json: bool, number: str) -> None:
         click.echo(f"{d['number']} ({d['kind']}) tenant {d['tenant_id']} {d['recipient']['name']}, "
                    f"issued {d['issued_on']}, due {d['due_on']}, {d['payment_means']}")
         table(d["lines"], ["position", "kind", "description", "quantity", "unit_cents", "amount_cents", "net_cents"])
-        click.echo(f"net {money.eur(d['net_cents'])}  VAT {d['vat_percent']} % {money.eur(d['vat_cents'])}  "
-                   f"gross {money.eur(d['gross_cents'])} EUR")
+        click.echo(f"net {euro(d['net_cents'])}  VAT {d['vat_percent']} % {euro(d['vat_cents'])}  "
+                   f"gross {euro(d['gross_cents'])}")
     emit(inv, as_json, human)
 
 
@@ -164,7 +164,7 @@ def credit_note(env: Env, as_json: bool, number: str, reason: str, amount: str |
     cents = v.money_cents("amount", amount) if amount is not None else None
     with env.tx() as conn:
         row = invoices.credit_note(conn, number, reason, cents, _today(env))
-    emit(row, as_json, lambda d: click.echo(f"{d['number']}: {money.eur(d['gross_cents'])} EUR gross "
+    emit(row, as_json, lambda d: click.echo(f"{d['number']}: {euro(d['gross_cents'])} gross "
                                             f"credited to tenant {d['tenant_id']}"))
 
 
@@ -203,7 +203,7 @@ def payment_add(env: Env, as_json: bool, tenant_id: int, amount: str, method: st
     with env.tx() as conn:
         row = payments.add(conn, tenant_id, cents, method, ref.strip(), on, invoice)
     emit(row, as_json, lambda d: click.echo(
-        f"payment {d['id']}: {money.eur(d['amount_cents'])} EUR {d['state']}"
+        f"payment {d['id']}: {euro(d['amount_cents'])} {d['state']}"
         + ("" if d["applied"] else " (recorded before, same --ref)")))
 
 
@@ -304,7 +304,7 @@ def sepa_export(env: Env, as_json: bool, collection: str, out: Path | None) -> N
     if out is None:
         return
     emit({"message_id": ex.message_id, "count": ex.count, "total_cents": ex.total_cents, "file": str(out)},
-         as_json, lambda d: click.echo(f"{d['file']}: {d['count']} debits, {money.eur(d['total_cents'])} EUR, "
+         as_json, lambda d: click.echo(f"{d['file']}: {d['count']} debits, {euro(d['total_cents'])}, "
                                        f"message {d['message_id']}"))
 
 
@@ -341,7 +341,7 @@ def sepa_return(env: Env, as_json: bool, debit_id: int) -> None:
 def ledger(env: Env, as_json: bool, tenant_id: int, limit: int) -> None:
     """A tenant's money movements, newest first, and the balance."""
     with env.tx() as conn:
-        tenants.get(conn, tenant_id)
+        zone = tenants.get(conn, tenant_id)["timezone"]
         rows = conn.execute("""SELECT id, created_at, kind, amount_cents, ref FROM ledger WHERE tenant_id = %s
                                 ORDER BY created_at DESC, id DESC LIMIT %s""", (tenant_id, limit)).fetchall()
         m = conn.execute("SELECT balance_cents, reserved_cents FROM tenant_money WHERE tenant_id = %s",
@@ -352,9 +352,9 @@ def ledger(env: Env, as_json: bool, tenant_id: int, limit: int) -> None:
            "ledger_sum_cents": total, "movements": rows}
 
     def human(d: dict) -> None:
-        table(d["movements"], ["created_at", "kind", "amount_cents", "ref"])
-        click.echo(f"balance {money.eur(d['balance_cents'])} EUR (the ledger sums to "
-                   f"{money.eur(d['ledger_sum_cents'])}), reserved {money.eur(d['reserved_cents'])}")
+        table(d["movements"], ["created_at", "kind", "amount_cents", "ref"], zone)       # the tenant's time
+        click.echo(f"balance {euro(d['balance_cents'])} (the ledger sums to "
+                   f"{euro(d['ledger_sum_cents'])}), reserved {euro(d['reserved_cents'])}")
     emit(out, as_json, human)
 
 

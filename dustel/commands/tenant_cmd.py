@@ -68,14 +68,14 @@ def _show_human(d: dict) -> None:
     click.echo(f"  lines in/out {lim['lines_in']}/{lim['lines_out']}, accounts {d['counts']['accounts']}"
                f"/{lim['accounts_max']}, numbers {d['counts']['numbers']}/{lim['numbers_max'] or '-'},"
                f" queues {d['counts']['queues']}")
-    click.echo(f"  credit limit/month {euro(lim['monthly_credit_limit_cents'])} EUR,"
+    click.echo(f"  credit limit/month {euro(lim['monthly_credit_limit_cents'])},"
                f" max call {lim['max_call_seconds']} s, billing increment {lim['billing_increment']} s")
     for o in d["options"]:
-        click.echo(f"  option {o['option']} x{o['quantity']} ({euro(o['price_cents'])} EUR/month each)")
+        click.echo(f"  option {o['option']} x{o['quantity']} ({euro(o['price_cents'])}/month each)")
     for a in d["addresses"]:
         click.echo(f"  address {a['id']} {a['kind']}: {a['street']}, {a['postcode']} {a['city']} (0{a['area_code']})")
     if d["porting_fee_yearly_cents"]:
-        click.echo(f"  porting fee {euro(d['porting_fee_yearly_cents'])} EUR/year")
+        click.echo(f"  porting fee {euro(d['porting_fee_yearly_cents'])}/year")
     if d.get("closing_invoices"):
         click.echo(f"  the plan left is closed by invoice(s) {', '.join(d['closing_invoices'])}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from typing import Any
 
 import click
@@ -349,3 +350,20 @@ def test_every_list_takes_the_tenant_the_same_way(run: Cli, provider: dict[str, 
             assert names["tenant_id"].opts == ["--tenant"], path
     assert [r["name"] for r in json.loads(run.ok("queue", "list", "--tenant", "2", "--json").stdout)] == ["support"]
     assert json.loads(run.ok("queue", "list", "--json").stdout)[0]["tenant_id"] == 2
+
+
+def test_money_reads_one_way_and_times_in_the_tenants_zone(run: Cli, provider: dict[str, str]) -> None:
+    """Issue 31 item 10: money appeared as `20.00 EUR` (credit), `20,00 EUR`
+    (ledger) and raw cents (invoice list); ledger times were raw UTC with
+    microseconds."""
+    run.ok("tenant", "set", "1", "--timezone", "America/New_York")
+    assert "balance 20,00 €" in run.ok("credit", "topup", "1", "20", "--ref", "bank-1").stdout
+    assert "balance 20,00 €, reserved 0,00 €" in run.ok("credit", "show", "1").stdout
+    out = run.ok("ledger", "1").stdout
+    head, line = out.splitlines()[:2]
+    assert head.split() == ["created_at", "kind", "amount", "ref"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d E[SD]T +topup +20,00 € +topup:bank-1", line), line
+    assert "balance 20,00 €" in out
+    js = json.loads(run.ok("ledger", "1", "--json").stdout)
+    assert js["balance_cents"] == 2000 and js["movements"][0]["amount_cents"] == 2000
+    assert js["movements"][0]["created_at"].endswith("+00:00")       # JSON: ISO, UTC, as stored

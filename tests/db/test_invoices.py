@@ -230,7 +230,7 @@ def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
     rows = json.loads(run.ok("invoice", "list", "--month", "2026-11", "--json").output)
     assert [x["gross_cents"] for x in rows] == [7436, 3089, rows[2]["gross_cents"]]
     shown = run.ok("invoice", "show", "RE-2026-000002").output
-    assert "gross 30,89 EUR" in shown and "Base fee complete, 11/2026" in shown
+    assert "gross 30,89 €" in shown and "Base fee complete, 11/2026" in shown
     for bad, msg in ((["--month", "11/2026"], "month: must be YYYY-MM"),
                      (["--month", "2026-11", "--date", "2026-11-15"], "month: 2026-11 has not ended")):
         r = run("invoice", "run", *bad)
