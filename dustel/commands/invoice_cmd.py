@@ -131,6 +131,9 @@ def _document(env: Env, number: str) -> tuple[dict, dict | None]:
 @pass_env
 def invoice_pdf(env: Env, number: str, out: Path | None) -> None:
     """The PDF with the EN 16931 e-invoice embedded (Factur-X / ZUGFeRD)."""
+    if out is None and sys.stdout.isatty():        # binary on a terminal only garbles the screen
+        raise DustelError("out", "the PDF is binary and stdout is a terminal: give --out FILE.pdf "
+                                 "(or redirect stdout)")
     inv, mandate = _document(env, number)
     data = einvoice.facturx_pdf(inv, einvoice.Issuer.of(env.settings), mandate=mandate)
     where = _write(out, data)
@@ -266,6 +269,8 @@ def mandate_list(env: Env, as_json: bool, tenant_id: int | None) -> None:
         rows = conn.execute("""SELECT id, tenant_id, reference, holder, iban, bic, signed_on, revoked_on
                                  FROM sepa_mandates WHERE (%(t)s::bigint IS NULL OR tenant_id = %(t)s)
                                 ORDER BY id""", {"t": tenant_id}).fetchall()
+    for r in rows:                     # as mandate add shows it: a bank account is not for every screen
+        r["iban"] = einvoice.mask_iban(r["iban"])
     emit(rows, as_json, lambda r: table(r, ["id", "tenant_id", "reference", "holder", "iban", "bic", "signed_on",
                                             "revoked_on"]))
 

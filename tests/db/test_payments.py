@@ -325,3 +325,29 @@ def test_a_cancelled_contract_bills_its_last_usage_but_no_fees_after_it(conn: ps
         inv = invoices.get(conn, "RE-2026-000001")
     assert [ln["kind"] for ln in inv["lines"]] == ["usage"] and inv["net_cents"] == 9
     assert invoices.run(conn, dt.date(2026, 12, 1), dt.date(2027, 1, 2), today=dt.date(2027, 1, 2)).issued == 0
+
+
+def test_mandate_list_masks_the_iban_and_a_pdf_never_goes_to_a_terminal(conn: psycopg.Connection, run,
+                                                                        db_url: str, tmp_path) -> None:
+    """Issue 31 item 11: `mandate list` printed the full IBAN (`mandate add`
+    masks it); `invoice pdf` without --out wrote binary to the terminal."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+    t = old_tenant(conn, "complete", dt.date(2026, 1, 5))
+    run.ok("mandate", "add", str(t["id"]), "--holder", "Becker", "--iban", IBAN, "--signed", "2026-01-02")
+    out = run.ok("mandate", "list").stdout
+    assert "DE89**************3000" in out and IBAN not in out
+    assert [m["iban"] for m in json.loads(run.ok("mandate", "list", "--json").stdout)] == ["DE89**************3000"]
+    main, child = pty.openpty()
+    try:
+        r = subprocess.run([str(Path(sys.executable).with_name("dustel")), "--state-dir", str(tmp_path / "s"),
+                            "invoice", "pdf", "RE-2026-000001"], stdout=child, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "DATABASE_URL": db_url}, timeout=60)
+    finally:
+        os.close(child)
+        os.close(main)
+    assert r.returncode == 1 and r.stderr == ("error: out: the PDF is binary and stdout is a terminal: give --out "
+                                              "FILE.pdf (or redirect stdout)\n")
