@@ -8,8 +8,12 @@ import io
 from email.message import EmailMessage
 from typing import Any
 
+import psycopg
 from aiosmtpd.controller import Controller
 from PIL import Image, ImageDraw
+
+from dustel.provisioning import numbers
+from tests.factories import tenant
 
 
 def fax_pdf(pages: int = 1) -> bytes:
@@ -54,3 +58,12 @@ class Mailbox:
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+def fax_customer(conn: psycopg.Connection) -> dict[str, Any]:
+    """A business tenant with an address for reports and a number to fax from."""
+    t = tenant(conn)
+    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (t["id"],))
+    with conn.transaction():
+        numbers.add(conn, t["id"], "+492119876601")
+    return t

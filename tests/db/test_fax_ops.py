@@ -16,18 +16,15 @@ import pytest
 from dustel import scheduler
 from dustel.config import Settings
 from dustel.fax import inbound, outbound
-from dustel.provisioning import numbers, targets
-from tests.factories import tenant
-from tests.fax_support import Mailbox, fax_pdf, fax_tiff
+from dustel.provisioning import targets
+from tests.fax_support import Mailbox, fax_customer, fax_pdf, fax_tiff
 from tests.net import free_port
 
 
 @pytest.fixture
 def org(conn: psycopg.Connection) -> dict[str, Any]:
-    t = tenant(conn)
-    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (t["id"],))
+    t = fax_customer(conn)
     with conn.transaction():
-        numbers.add(conn, t["id"], "+492119876601")
         targets.faxbox_add(conn, t["id"], "office", "fax@example.org")
     return t
 

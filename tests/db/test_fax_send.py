@@ -14,9 +14,8 @@ from PIL import Image
 
 from dustel.errors import DustelError
 from dustel.fax import outbound
-from dustel.provisioning import numbers, targets
-from tests.factories import tenant
-from tests.fax_support import fax_pdf
+from dustel.provisioning import targets
+from tests.fax_support import fax_customer, fax_pdf
 
 pdf = fax_pdf
 
@@ -54,11 +53,7 @@ def test_bad_documents_are_refused(data: Any, rule: str) -> None:
 
 @pytest.fixture
 def org(conn: psycopg.Connection) -> dict[str, Any]:
-    t = tenant(conn)
-    conn.execute("UPDATE tenants SET email = 'chef@example.org' WHERE id = %s", (t["id"],))
-    with conn.transaction():
-        numbers.add(conn, t["id"], "+492119876601")
-    return t
+    return fax_customer(conn)
 
 
 def test_fax_send_refuses_and_queues_nothing(run: Any, org: dict[str, Any], tmp_path: Any,
