@@ -110,7 +110,7 @@ FS_PROFILE_MEDIA = (
 )
 # profile -> the gateways its template renders (the carrier leg of every outbound call: sofia/gateway/carrier)
 FS_GATEWAYS = {"carrier": ("carrier",)}
-# global channel defaults (dustel_vars.xml), in milliseconds
+# global channel defaults (switch.conf <variables>: switch_core.c sets them at start), in milliseconds
 FS_GLOBALS = (("media_timeout", 300000), ("media_hold_timeout", 1800000))
 # vanilla switch.conf (conf/vanilla/autoload_configs/switch.conf.xml), the caps apart
 FS_KEYBINDINGS = (
@@ -148,7 +148,8 @@ def switch_conf(s: Settings, node: EngineNode) -> str:
     max_sessions, sps = session_caps(s, node)
     settings = (*FS_CORE_SETTINGS[:4], ("max-sessions", str(max_sessions)), ("sessions-per-second", str(sps)),
                 *FS_CORE_SETTINGS[4:])
-    return _render("freeswitch", "switch.conf.xml.j2", keybindings=FS_KEYBINDINGS, settings=settings)
+    return _render("freeswitch", "switch.conf.xml.j2", keybindings=FS_KEYBINDINGS, settings=settings,
+                   globals=FS_GLOBALS)
 
 
 def fs_caps_commands(s: Settings, node: EngineNode) -> list[str]:
@@ -190,7 +191,6 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
         "autoload_configs/local_stream.conf.xml": _render(
             "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir, rates=MOH_RATES),
-        "autoload_configs/dustel_vars.xml": _render("freeswitch", "dustel_vars.xml.j2", globals=FS_GLOBALS),
         "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s),
                                              media=FS_PROFILE_MEDIA),
         "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s, media=FS_PROFILE_MEDIA,

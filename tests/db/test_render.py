@@ -74,7 +74,7 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
 
 def test_every_freeswitch_file_is_xml(conn: psycopg.Connection, provider: dict[str, str]) -> None:
     files = _render(conn)["freeswitch"]
-    assert len(files) == 15      # + dustel_vars.xml and the node's switch.conf (issue 32)
+    assert len(files) == 14      # + the node's switch.conf (issue 32)
     for text in files.values():
         ET.fromstring(text.encode())  # raises on malformed XML
 
@@ -351,9 +351,9 @@ def test_both_sofia_profiles_carry_the_rtp_timer_and_what_dustel_needs(conn: psy
         missing = {k: v for k, v in {**PROFILE_MUST, **own}.items() if params.get(k) != v}
         assert not missing, f"{profile}: missing or different {missing}"
     # no RTP for 5 minutes ends any leg (vanilla's deprecated rtp-timeout-sec 300 / rtp-hold-timeout-sec 1800)
-    globals_ = fs["autoload_configs/dustel_vars.xml"]
-    assert '<X-PRE-PROCESS cmd="set" data="media_timeout=300000"/>' in globals_
-    assert '<X-PRE-PROCESS cmd="set" data="media_hold_timeout=1800000"/>' in globals_
+    core = ET.fromstring(fs["nodes/freeswitch/switch.conf.xml"])
+    assert {v.get("name"): v.get("value") for v in core.iterfind("variables/variable")} == \
+        {"media_timeout": "300000", "media_hold_timeout": "1800000"}
 
 
 def _readme_profile_table() -> list[dict[str, str]]:
