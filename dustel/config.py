@@ -22,6 +22,10 @@ class EngineNode:
     port: int
     username: str
     secret: str
+    # FreeSWITCH only: this node's own switch.conf caps (None: the provider's
+    # fs_max_sessions / fs_sessions_per_second)
+    max_sessions: int | None = None
+    sessions_per_second: int | None = None
 
 
 # The demo's placeholders for who issues the invoices and collects the
@@ -78,6 +82,12 @@ class Settings:
     ami_port: int = 5038
     esl_host: str = "127.0.0.1"
     esl_port: int = 8021
+    # FreeSWITCH's switch.conf caps per node (vanilla: 1000 and 30); every
+    # leg is a session (a call through the carrier two, a fax three), so a
+    # node takes calls/s up to half of sessions_per_second.  A node's own
+    # max_sessions / sessions_per_second in [[esl_nodes]] wins.
+    fs_max_sessions: int = 4000
+    fs_sessions_per_second: int = 250
     moh_dir: str = "/var/lib/dustel/moh"
     logo_dir: str = "/var/lib/dustel/logo"     # sound logos, converted like hold music (provisioning/media.py)
     media_max_bytes: int = 20_000_000          # an upload larger than this is refused
@@ -88,6 +98,9 @@ class Settings:
     fax_engine: str = "asterisk"  # which engine places fax jobs' calls: asterisk (call files) | freeswitch (ESL)
     fax_max_attempts: int = 4     # tries per fax job (busy, no answer, a failed transmission)
     fax_retry_seconds: int = 300  # wait after attempt n failed: n × this
+    # FreeSWITCH: the carrier takes T.38 for the faxes dustel sends (the carrier
+    # leg then runs mod_spandsp's t38_gateway); 0: G.711 audio only
+    fax_send_t38: int = 0
     fax_mail_domain: str = "fax.dustel.invalid"   # e-mail to fax: <number>@<this>
     mailgw_host: str = "127.0.0.1"
     mailgw_port: int = 2525
@@ -375,12 +388,43 @@ def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise DustelError(f"{key}[{i}]", "must be a table")
+        unknown = set(item) - NODE_KEYS[key]
+        if unknown:
+            raise DustelError(f"{key}[{i}].{sorted(unknown)[0]}", "unknown setting")
         try:
             out.append(EngineNode(name=str(item["name"]), host=str(item["host"]),
                                   port=int(item["port"]), username=str(item.get("username", "")),
-                                  secret=str(item.get("secret", ""))))
+                                  secret=str(item.get("secret", "")),
+                                  **{k: _positive(f"{key}[{i}].{k}", item[k]) for k in NODE_CAPS if k in item}))
         except KeyError as exc:
             raise DustelError(f"{key}[{i}].{exc.args[0]}", "is required") from None
         except (TypeError, ValueError):
             raise DustelError(f"{key}[{i}].port", "must be an integer") from None
     return tuple(out)
+
+
+NODE_CAPS = ("max_sessions", "sessions_per_second")
+NODE_KEYS = {"esl_nodes": {"name", "host", "port", "username", "secret", *NODE_CAPS},
+             "ami_nodes": {"name", "host", "port", "username", "secret"}}
+
+
+def _positive(field: str, raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise DustelError(field, f"must be a positive integer (got {raw!r})")
+    return raw
+
+
+def fs_nodes(s: Settings) -> tuple[EngineNode, ...]:
+    """The FreeSWITCH nodes: ``esl_nodes``, else the one at ``esl_host``:``esl_port``
+    (a one-box install), named ``freeswitch``."""
+    return s.esl_nodes or (EngineNode("freeswitch", s.esl_host, s.esl_port, "", ""),)
+
+
+def session_caps(s: Settings, node: EngineNode) -> tuple[int, int]:
+    """(max-sessions, sessions-per-second) of a FreeSWITCH node's switch.conf:
+    the node's own, else the provider's; each at least 1."""
+    caps = (node.max_sessions or s.fs_max_sessions, node.sessions_per_second or s.fs_sessions_per_second)
+    for name, value in zip(("fs_max_sessions", "fs_sessions_per_second"), caps, strict=True):
+        if value < 1:
+            raise DustelError(name, f"must be a positive integer (got {value})")
+    return caps

@@ -890,6 +890,7 @@ class FreeSwitchEmulator:
         self.commands: list[str] = []
         self.clients: list[_Client] = []
         self.api_results: dict[str, str] = {}     # command prefix -> canned body (e.g. callcenter_config)
+        self.sofia = SofiaGateways()              # sofia's gateways (recording 11): SofiaGateways(conf_dir)
         self._srv: socket.socket | None = None
         self._seq = itertools.count(1000)
         self._closed = threading.Condition()
@@ -1019,6 +1020,8 @@ class FreeSwitchEmulator:
             return "+OK\n" if len(words) >= 3 and words[1] in self.channels else "-ERR No such channel!\n"
         if arg == "reloadxml":
             return "+OK [Success]\n"
+        if words[:1] == ["sofia"] and (gateways := self.sofia.api(words)) is not None:
+            return gateways
         if arg.startswith("sofia profile") and arg.endswith("rescan"):
             return "Reload XML [Success]\n+OK scan complete\n"
         if words[:1] == ["callcenter_config"]:
@@ -1138,11 +1141,14 @@ class FreeSwitchEmulator:
 
 # ------------------------------------------------- dialplan and loopback calls
 
-def dialplan_variables(xml_text: str, context: str, destination: str) -> dict[str, str] | None:
+def dialplan_variables(xml_text: str, context: str, destination: str,
+                       channel: dict[str, str] | None = None) -> dict[str, str] | None:
     """What a rendered XML dialplan sets before it hands a call to the socket:
     the first extension of ``context`` whose ``destination_number`` condition
     matches, its ``set``/``export`` actions applied in order (``$1``… from
-    the match) up to ``socket``.  None: nothing matches or hands it over."""
+    the match) up to ``socket``, on top of the ``channel``'s variables (an
+    ``export`` appends to its ``export_vars``).  None: nothing matches or
+    hands it over."""
     import re
     import xml.etree.ElementTree as ET
     for ctx in ET.fromstring(xml_text).iter("context"):
@@ -1155,14 +1161,18 @@ def dialplan_variables(xml_text: str, context: str, destination: str) -> dict[st
             m = re.search(cond.get("expression", ""), destination)
             if m is None:
                 continue
-            out: dict[str, str] = {}
+            out: dict[str, str] = dict(channel or {})
             groups = (m.group(0), *m.groups())
             for act in cond.iter("action"):
                 app = act.get("application")
                 data = re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))] or "", act.get("data", ""))
+                data = expand_known(data, out)
                 if app in ("set", "export"):
                     name, _, value = data.partition("=")
-                    out[name] = value
+                    if app == "export":
+                        export_variable(out, name, value)
+                    else:
+                        out[name] = value
                 elif app == "socket":
                     return out
             return None
@@ -1188,25 +1198,331 @@ def play_loopback_originate(arg: str, port: int, dialplan: str, far_end: tuple =
     once; the server under test serves each connection on its own.
     Returns (B leg, A leg or None when the B leg never answered)."""
     import re
-    m = re.fullmatch(r"originate \{([^}]*)\}loopback/([^/ ]+)/(\S+) (\S+) XML (\S+)", arg)
+    words = fs_split_blank(arg)        # mod_commands.c originate_function: the api's own word split
+    m = re.fullmatch(r"\{(.*)\}loopback/([^/ ]+)/(\S+)", words[1]) if len(words) == 5 and words[0] == "originate" \
+        and words[3] == "XML" else None
     if m is None:
         raise AssertionError(f"not a loopback originate to an extension: {arg!r}")
-    variables = dict(kv.split("=", 1) for kv in m.group(1).split(","))
-    dest, context, exten, context2 = m.group(2, 3, 4, 5)
+    variables = fs_bracket_vars(m.group(1))
+    dest, context, exten, context2 = m.group(2), m.group(3), words[2], words[4]
     caller = variables.get("origination_caller_id_number", "")
-    b_vars = dialplan_variables(dialplan, context, dest)
+    b_vars = dialplan_variables(dialplan, context, dest, variables)
     if b_vars is None:
         raise AssertionError(f"{dest} in context {context} reaches no socket")
-    b = OutboundCall(port, dest, {**variables, **b_vars, "loopback_leg": "B"}, caller=caller, callee=far_end)
+    b = OutboundCall(port, dest, {**b_vars, "loopback_leg": "B"}, caller=caller, callee=far_end)
     b.start()
     b.wait()
     if not b.bridged_us:
         return b, None
-    a_vars = dialplan_variables(dialplan, context2, exten)
+    a_vars = dialplan_variables(dialplan, context2, exten, variables)
     if a_vars is None:
         raise AssertionError(f"{exten} in context {context2} reaches no socket")
-    a = OutboundCall(port, exten, {**variables, **a_vars, "loopback_leg": "A"}, caller=caller, answered=True,
+    a = OutboundCall(port, exten, {**a_vars, "loopback_leg": "A"}, caller=caller, answered=True,
                      fax=(0, fax_ok))
     a.start()
     a.wait()
     return b, a
+
+
+# --------------------------------------- sofia's gateways: a changed gateway and its reload (recording 11)
+
+GATEWAY_RULE = "=" * 97 + "\n"
+
+
+class SofiaGateways:
+    """mod_sofia's gateways as recording 11 shows them: loaded from the
+    rendered ``sip_profiles/*.xml`` of ``conf_dir`` at start; ``sofia profile
+    P rescan`` reads the XML again (``switch_xml_reload`` first: its ``Reload
+    XML [Success]`` line) and adds the gateways it does not hold, but keeps one
+    it holds even when its definition changed (``Ignoring duplicate gateway``);
+    ``sofia profile P killgw G`` marks G deleted, and until the next rescan
+    ``sofia status gateway G`` is ``Invalid Gateway!``; a gateway made anew
+    has uptime 0 and its call counters reset.
+
+    ASSUMPTION (read in sofia.c / sofia_reg.c / mod_sofia.c at cc93a68, not
+    recorded): the rescan that follows a killgw at once loads the new
+    gateway too — parse_gateways skips only a *live* duplicate, and
+    sofia_reg_add_gateway takes a deleted one out of the hash (the
+    recording waited 2 s between them); ``killgw`` of an unknown gateway
+    answers ``-ERR no such gateway.``.  Without ``conf_dir`` there are no
+    gateways and a rescan only answers as before."""
+
+    def __init__(self, conf_dir: Path | None = None, clock: Any = time.monotonic) -> None:
+        self.conf_dir, self.clock = conf_dir, clock
+        self.gateways: dict[str, dict[str, Any]] = {}     # live: name -> profile, params, contact, since, calls_out
+        self.commands: list[str] = []
+        for profile, gateways in self._xml().items():
+            for name, params in gateways.items():
+                self._add(profile, name, params)
+
+    def _xml(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """profile -> gateway -> its params (with the profile's contact and context)."""
+        import xml.etree.ElementTree as ET
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        if self.conf_dir is None:
+            return out
+        for path in sorted((self.conf_dir / "sip_profiles").glob("*.xml")):
+            root = ET.fromstring(path.read_bytes())
+            settings = {p.get("name"): p.get("value") for p in root.iterfind("settings/param")}
+            ip = settings.get("sip-ip", "")
+            contact = f"{ip if ip and not ip.startswith('$') else '127.0.0.1'}:{settings.get('sip-port', '5060')}"
+            out[root.get("name", path.stem)] = {
+                g.get("name", ""): {"params": {p.get("name"): p.get("value") for p in g.iter("param")},
+                                    "contact": contact, "context": settings.get("context", "default")}
+                for g in root.iter("gateway")}
+        return out
+
+    def _add(self, profile: str, name: str, params: dict[str, Any]) -> None:
+        self.gateways[name] = {"profile": profile, **params, "since": self.clock(), "calls_out": 0}
+
+    def api(self, words: list[str]) -> str | None:
+        """The reply to a ``sofia …`` api command this class knows, else None."""
+        if words[1:3] == ["status", "gateway"] and len(words) == 4:
+            self.commands.append(" ".join(words))
+            gw = self.gateways.get(words[3])
+            return "Invalid Gateway!\n" if gw is None else self.status(words[3], gw)
+        if words[1:2] == ["profile"] and words[3:4] == ["killgw"] and len(words) == 5:
+            self.commands.append(" ".join(words))
+            gw = self.gateways.get(words[4])
+            if gw is None or gw["profile"] != words[2]:
+                return "-ERR no such gateway.\n"
+            del self.gateways[words[4]]
+            return "+OK gateway marked for deletion.\n"
+        if words[1:2] == ["profile"] and words[3:] == ["rescan"]:
+            self.commands.append(" ".join(words))
+            for name, params in self._xml().get(words[2], {}).items():
+                if name not in self.gateways:         # a live one is a duplicate: ignored, kept as it was
+                    self._add(words[2], name, params)
+            return "Reload XML [Success]\n+OK scan complete\n"
+        return None
+
+    def status(self, name: str, gw: dict[str, Any]) -> str:
+        """``sofia status gateway <name>`` (mod_sofia.c), as recorded."""
+        proxy = gw["params"].get("proxy", "")
+        user = gw["params"].get("username", "FreeSWITCH")
+        rows = [("Name    ", name), ("Profile ", gw["profile"]), ("Scheme  ", "Digest"), ("Realm   ", proxy),
+                ("Username", user), ("Password", "no"), ("From    ", f"<sip:{user}@{proxy}>"),
+                ("Contact ", f"<sip:gw+{name}@{gw['contact']};transport=udp;gw={name}>"), ("Exten   ", user),
+                ("To      ", f"sip:{user}@{proxy}"), ("Proxy   ", f"sip:{proxy}"), ("Context ", gw["context"]),
+                ("Expires ", "3600"), ("Freq    ", "3600"), ("Ping    ", "0"), ("PingFreq", "0"),
+                ("PingTime", "0.00"), ("PingState", "0/0/0"), ("State   ", "NOREG"), ("Status  ", "UP"),
+                ("Uptime  ", f"{int(self.clock() - gw['since'])}s"), ("CallsIN ", "0"),
+                ("CallsOUT", str(gw["calls_out"])), ("FailedCallsIN", "0"), ("FailedCallsOUT", "0")]
+        return GATEWAY_RULE + "".join(f"{k}\t{v}\n" for k, v in rows) + GATEWAY_RULE
+
+
+# ------------------------ FreeSWITCH's variable syntax, exports to a bridged leg, the codecs that leg offers
+
+def fs_split(text: str, delim: str) -> list[str]:
+    """switch_separate_string with a delimiter that is no space (switch_utils.c,
+    separate_string_char_delim + cleanup_separated_string): ``'…'`` protects
+    delimiters and is dropped, ``\\`` escapes the next character."""
+    parts, cur, quoted, i = [], "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            cur += ch + text[i + 1]
+            i += 2
+            continue
+        if ch == "'" and (quoted or "'" in text[i + 1:]):
+            quoted = not quoted
+        elif ch == delim and not quoted:
+            parts.append(cur)
+            cur = ""
+            i += 1
+            continue
+        cur += ch
+        i += 1
+    parts.append(cur)
+    return [_fs_cleanup(p, delim) for p in parts]
+
+
+def fs_split_blank(text: str) -> list[str]:
+    """switch_separate_string(…, ' ') (separate_string_blank_delim): words;
+    quotes protect spaces and are dropped."""
+    words, cur, quoted = [], "", False
+    for ch in text:
+        if ch == "'":
+            quoted = not quoted
+        elif ch == " " and not quoted:
+            if cur:
+                words.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    if cur:
+        words.append(cur)
+    return [_fs_cleanup(w, "") for w in words]
+
+
+def _fs_cleanup(text: str, delim: str) -> str:
+    out, quoted, i = "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and (text[i + 1] in "'\"\\" or (delim and text[i + 1] == delim)):
+            out += text[i + 1]
+            i += 2
+            continue
+        if ch == "'" and (quoted or "'" in text[i + 1:]):
+            quoted = not quoted
+        else:
+            out += ch
+        i += 1
+    return out.strip(" ")
+
+
+def fs_bracket_vars(inner: str) -> dict[str, str]:
+    """The variables of a ``{…}`` (switch_event_create_brackets): separated by
+    ``,`` unless the list starts ``^^<c>`` (then by ``c``)."""
+    delim = ","
+    if inner.startswith("^^") and len(inner) > 2:
+        delim, inner = inner[2], inner[3:]
+    out = {}
+    for item in fs_split(inner, delim):
+        name, sep, value = item.partition("=")
+        if sep:
+            out[name] = value
+    return out
+
+
+_NOLOCAL = ("nolocal:", "_nolocal_")
+
+
+def export_variable(variables: dict[str, str], name: str, value: str) -> None:
+    """The ``export`` application (switch_channel_export_variable_var_check):
+    set (``nolocal:``/``_nolocal_`` names too, under that name) and append the
+    name to ``export_vars``."""
+    variables[name] = value
+    variables["export_vars"] = f"{variables['export_vars']},{name}" if variables.get("export_vars") else name
+
+
+def expand_known(data: str, variables: dict[str, str]) -> str:
+    """``${name}`` of the channel's variables expanded, as FreeSWITCH expands
+    an action's data when it runs it; a variable the emulated channel does
+    not hold (the directory's, say) is left as written."""
+    import re
+    return re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: variables.get(m.group(1), m.group(0)), data)
+
+
+def bridged_leg_variables(caller: dict[str, str]) -> dict[str, str]:
+    """What the leg a ``bridge`` creates inherits of the caller's variables:
+    those named in its ``export_vars``, a ``nolocal:``/``_nolocal_`` prefix
+    dropped (switch_channel_process_export) — plus ``export_vars`` itself."""
+    out = {"export_vars": caller["export_vars"]} if caller.get("export_vars") else {}
+    for name in fs_split(caller.get("export_vars", ""), ","):
+        if name in caller:
+            out[next((name[len(p):] for p in _NOLOCAL if name.startswith(p)), name)] = caller[name]
+    return out
+
+
+def offered_codecs(leg: dict[str, str], originator_codec: str) -> str:
+    """The codecs a new SIP leg offers (switch_core_media_prepare_codecs):
+    its ``absolute_codec_string``, else — not yet answered, no
+    ``media_mix_inbound_outbound_codecs`` — the caller's codec alone."""
+    return leg.get("absolute_codec_string") or originator_codec
+
+
+LOOPBACK_CODEC = "L16@8000h@20i"     # mod_loopback.c tech_init: a loopback leg's codec (no loopback_initial_codec)
+
+
+# ---------------------------------- the socket application when the policy server fails (mod_event_socket.c)
+
+@dataclass
+class SocketOutcome:
+    """How a call through a rendered extension ended: ``executed`` (app,
+    data) in order; ``sip_code`` the SIP response a SIP caller got (0: none,
+    e.g. a loopback leg); ``cause`` the hangup cause; ``stuck`` the channel
+    stayed parked with nobody controlling it; ``bridged`` the dial string it
+    went to."""
+    executed: list[tuple[str, str]] = field(default_factory=list)
+    sip_code: int = 0
+    cause: str = ""
+    stuck: bool = False
+    bridged: str = ""
+    connected: bool = False
+
+
+def extension_actions(xml_text: str, context: str, destination: str) -> list[tuple[str, str]]:
+    """The actions of the first extension of ``context`` whose
+    ``destination_number`` condition matches (``$1``… substituted)."""
+    import re
+    import xml.etree.ElementTree as ET
+    for ctx in ET.fromstring(xml_text).iter("context"):
+        if ctx.get("name") != context:
+            continue
+        for ext in ctx.iter("extension"):
+            cond = ext.find("condition")
+            m = re.search(cond.get("expression", ""), destination) if cond is not None else None
+            if m is None:
+                continue
+            groups = (m.group(0), *m.groups())
+            return [(a.get("application", ""), re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))] or "",
+                                                      a.get("data", ""))) for a in cond.iter("action")]
+    return []
+
+
+def run_extension(xml_text: str, context: str, destination: str, sip: bool = True,
+                  connect_timeout: float = 25.0) -> SocketOutcome:
+    """FreeSWITCH running one extension of a rendered dialplan whose policy
+    server fails: ``set``/``export`` keep variables; ``socket host:port`` tries
+    a real TCP connect — refused: the application returns and the dialplan
+    goes on; accepted but no ``connect`` within ``connect_timeout`` (25 s in
+    FreeSWITCH: ``read_packet(listener, &ievent, 25)`` in listener_run): the
+    listener ends, and the channel, parked by the async socket, goes on in
+    the dialplan only with ``socket_resume`` true — otherwise it stays
+    parked for good; the server sending ``connect`` is a working server
+    (``connected``, nothing more is played here).  ``respond`` ends a SIP
+    channel (``sip``) with that code and is nothing to a loopback leg;
+    ``hangup`` ends it with the cause (a SIP caller gets mod_sofia's code
+    for it); ``bridge`` goes to the dial string; the actions running out
+    hang up NORMAL_CLEARING (480).
+
+    ASSUMPTION (no recording shows a failed socket; read in
+    mod_event_socket.c socket_function / listener_run, mod_sofia.c
+    hangup_cause_to_sip and switch_core_state_machine.c at cc93a68)."""
+    out = SocketOutcome()
+    variables: dict[str, str] = {}
+    for app, data in extension_actions(xml_text, context, destination):
+        out.executed.append((app, data))
+        if app == "export":
+            export_variable(variables, *data.partition("=")[::2])
+        elif app == "set":
+            name, _, value = data.partition("=")
+            variables[name] = value
+        elif app == "socket":
+            host, _, port = data.split()[0].rpartition(":")
+            try:
+                sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+            except OSError:
+                continue                                   # "Socket Error!": the application returns
+            with sock:
+                sock.settimeout(connect_timeout)
+                try:
+                    first = sock.recv(64)
+                except OSError:
+                    first = b""
+            if first.startswith(b"connect"):
+                out.connected = True
+                return out
+            if variables.get("socket_resume") != "true":
+                out.stuck = True                           # switch_ivr_park with nobody in control
+                return out
+        elif app == "respond" and sip:
+            out.sip_code, out.cause = int(data.split()[0]), SIP_TO_CAUSE.get(int(data.split()[0]), "")
+            return out
+        elif app == "hangup":
+            out.cause = data or "NORMAL_CLEARING"
+            out.sip_code = CAUSE_TO_SIP.get(out.cause, 480) if sip else 0
+            return out
+        elif app == "bridge":
+            out.bridged = data
+            return out
+    out.cause, out.sip_code = "NORMAL_CLEARING", 480 if sip else 0
+    return out
+
+
+# mod_sofia.c hangup_cause_to_sip (the causes the refusal table names; anything else 480)
+CAUSE_TO_SIP = {"UNALLOCATED_NUMBER": 404, "USER_BUSY": 486, "NO_USER_RESPONSE": 408, "NO_ANSWER": 480,
+                "CALL_REJECTED": 603, "INVALID_NUMBER_FORMAT": 484, "NORMAL_CIRCUIT_CONGESTION": 503,
+                "NORMAL_TEMPORARY_FAILURE": 503, "SWITCH_CONGESTION": 503, "EXCHANGE_ROUTING_ERROR": 483,
+                "RECOVERY_ON_TIMER_EXPIRE": 504, "NORMAL_CLEARING": 480}

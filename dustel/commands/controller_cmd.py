@@ -99,22 +99,28 @@ def controller_reload(env: Env) -> None:
         click.echo(line)
 
 
-def reload_nodes(env: Env, changed: dict[str, list[str] | None]) -> list[str]:
+def reload_nodes(env: Env, changed: dict[str, list[str] | None],
+                 killgw: dict[str, list[str]] | None = None) -> list[str]:
     """Send every node of each engine exactly the reloads for its changed
-    files (None: all).  mod_callcenter forgets agents and tiers on a reload
-    (the rendered config truncates them: the database owns them), so the
-    logins stored in the database are applied again in the same session."""
+    files (None: all) — ``killgw``: the FreeSWITCH gateways that changed —
+    and each node the commands of its own files.  mod_callcenter forgets
+    agents and tiers on a reload (the rendered config truncates them: the
+    database owns them), so the logins stored in the database are applied
+    again in the same session."""
     s = env.settings
     out = []
-    fs_cmds = C.fs_reload(changed["freeswitch"]) if "freeswitch" in changed else []
+    fs_cmds = C.fs_reload(changed["freeswitch"], killgw) if "freeswitch" in changed else []
+    own = C.fs_node_reload(s, changed["freeswitch"]) if "freeswitch" in changed else {}
     if any(c.startswith(b"api reload mod_callcenter") for c in fs_cmds):
         from ..callpath.calls import run_sync
         from ..queue import agents, service
         with env.tx() as conn:
             fs_cmds += [cmd for ch in run_sync(conn, agents.current()) for cmd in service.fs_commands(ch)]
-    for n in s.esl_nodes if fs_cmds else ():
+    for n in s.esl_nodes:
+        if not (fs_cmds or own.get(n.name)):
+            continue
         with _engine_errors(n.name):
-            replies = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run(fs_cmds)
+            replies = C.ESLClient(n.host, n.port, node_secret(s, n, "freeswitch")).run(fs_cmds + own.get(n.name, []))
         out.append(f"{n.name}: " + "; ".join(r.body.decode(errors="replace").strip().replace("\n", " ")
                                              for r in replies))
     ast_actions = C.ast_reload(changed["asterisk"]) if "asterisk" in changed else []

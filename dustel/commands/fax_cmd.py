@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .. import logs
-from ..config import EngineNode, Settings, node_secret
+from ..config import Settings, fs_nodes, node_secret
 from ..errors import DustelError, NotFound
 from ..fax import outbound, outbox
 from .common import INT, Env, emit, json_option, pass_env, table, tenant_filter
@@ -115,8 +115,9 @@ def placer_of(s: Settings) -> outbound.CallFiles | outbound.EventSocket:
     if s.fax_engine == "asterisk":
         return outbound.CallFiles(s.asterisk_outgoing_dir)
     if s.fax_engine == "freeswitch":
-        node = s.esl_nodes[0] if s.esl_nodes else EngineNode("freeswitch", s.esl_host, s.esl_port, "", "")
-        return outbound.EventSocket(node.host, node.port, node_secret(s, node, "freeswitch"))
+        node = fs_nodes(s)[0]
+        return outbound.EventSocket(node.host, node.port, node_secret(s, node, "freeswitch"),
+                                    t38=bool(s.fax_send_t38))
     raise DustelError("fax_engine", f"must be asterisk or freeswitch (got {s.fax_engine!r})")
 
 

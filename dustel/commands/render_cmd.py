@@ -47,14 +47,20 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
         sys.exit(1)
     if do_reload and not check:
         # exactly the reloads for what changed, to every configured node
+        from ..render.engines import node_reload_commands
         from .controller_cmd import reload_nodes
         s = env.settings
-        todo = {r.engine: r.plan.changed + r.plan.removed for r in results if r.reload}
+        todo = {r.engine: r.plan.changed + r.plan.removed for r in results if r.plan.differs}
         for r in results:
+            nodes = s.esl_nodes if r.engine == "freeswitch" else s.ami_nodes
             for cmd in r.reload:
-                nodes = s.esl_nodes if r.engine == "freeswitch" else s.ami_nodes
                 click.echo(f"reload {r.engine}: {cmd} -> " + (", ".join(n.name for n in nodes) or "no node"))
-        for line in reload_nodes(env, todo):
+            if r.engine == "freeswitch":
+                for node, cmds in node_reload_commands(s, r.plan.changed).items():
+                    for cmd in cmds:
+                        click.echo(f"reload {r.engine}: {cmd} -> {node}")
+        killgw = next((r.killgw for r in results if r.engine == "freeswitch"), {})
+        for line in reload_nodes(env, todo, killgw):
             click.echo(line)
 
 

@@ -214,7 +214,15 @@ class CallFiles:
         os.replace(tmp, f"{self.outgoing_local}/fax-{job['id']}-{attempt}.call")
 
 
-def originate(job: dict[str, object]) -> str:
+# What the carrier leg of a fax offers.  Bridged from the loopback B leg, FreeSWITCH offers only
+# the originating channel's codec (switch_core_media_prepare_codecs: ``originator_codec``) —
+# mod_loopback's L16/8000, which a carrier refuses (INCOMPATIBLE_DESTINATION) — unless the leg has
+# an ``absolute_codec_string``.  G.711 carries a fax (mod_spandsp needs it); A-law first, the
+# German PSTN's.
+FAX_CODECS = "PCMA,PCMU"
+
+
+def originate(job: dict[str, object], t38: bool = False) -> str:
     """FreeSWITCH: the ``originate`` of one attempt.  ``loopback/<to>/dustel-fax-out``
     hands its B leg — carrying the ``{…}`` variables (mod_loopback copies
     them) — to the policy through the rendered context ``dustel-fax-out``:
@@ -223,16 +231,31 @@ def originate(job: dict[str, object]) -> str:
     context ``dustel-fax-send``, which hands it to the policy server to run
     ``txfax``.  The file is the job's attempt's (``fax_send_path``: the policy
     server derives it from the job, no path travels in a variable); every
-    value is a validated number or an id."""
+    value is a validated number or an id.
+
+    The carrier leg's own variables travel as ``_nolocal_<name>`` (set on
+    neither loopback leg) named in ``export_vars``: the B leg's bridge hands
+    them to the leg it creates as ``<name>`` (switch_channel_process_export) —
+    the codecs (``FAX_CODECS``) and, with ``t38`` (setting ``fax_send_t38``: the
+    carrier takes T.38), ``fax_enable_t38`` and mod_spandsp's ``t38_gateway
+    self`` once the carrier answered (any variable starting ``execute_on_answer``
+    runs then).  The list is delimited by ``:`` (``{^^:…}``, switch_event_create_brackets)
+    because values hold commas; the one value with a space is quoted for the
+    api's own word split, which drops the quotes."""
     for key in ("id", "tenant_id"):
         if not str(job[key]).isdigit():
             raise ValueError(f"{key}: not a number")
     to = v.e164("to", str(job["to_number"]))
     sender = v.e164("from", str(job["from_number"]))
-    return (f"originate {{dustel_tenant={job['tenant_id']},dustel_fax_job={job['id']},"
-            f"origination_caller_id_number={sender},origination_caller_id_name=Fax,fax_ident={sender},"
-            f"originate_timeout=120,ignore_early_media=true}}loopback/{to}/dustel-fax-out "
-            "fax-send XML dustel-fax-send")
+    leg = {"absolute_codec_string": FAX_CODECS}
+    if t38:
+        leg |= {"fax_enable_t38": "true", "execute_on_answer_t38": "'t38_gateway self'"}
+    own = [f"dustel_tenant={job['tenant_id']}", f"dustel_fax_job={job['id']}",
+           f"origination_caller_id_number={sender}", "origination_caller_id_name=Fax", f"fax_ident={sender}",
+           "originate_timeout=120", "ignore_early_media=true",
+           *(f"_nolocal_{k}={val}" for k, val in leg.items()),
+           "export_vars=" + ",".join(f"_nolocal_{k}" for k in leg)]
+    return f"originate {{^^:{':'.join(own)}}}loopback/{to}/dustel-fax-out fax-send XML dustel-fax-send"
 
 
 def fax_send_path(spool_engine: str, job_id: int, attempt: int) -> str:
@@ -245,15 +268,15 @@ class EventSocket:
     node (``wire.commands.ESLClient``: blocking, one shot — the deliverer is
     no gevent process)."""
 
-    def __init__(self, host: str, port: int, password: str, timeout: float = 10) -> None:
-        self.host, self.port, self.password, self.timeout = host, port, password, timeout
+    def __init__(self, host: str, port: int, password: str, timeout: float = 10, t38: bool = False) -> None:
+        self.host, self.port, self.password, self.timeout, self.t38 = host, port, password, timeout, t38
 
     def place(self, job: dict[str, object], engine_tiff: str, attempt: int) -> None:
         from ..wire import esl
         from ..wire.commands import ESLClient
         # its ConnectionError / PermissionError are OSErrors: start_due keeps the job queued
         (reply,) = ESLClient(self.host, self.port, self.password, self.timeout).run(
-            [esl.command("bgapi " + originate(job))])
+            [esl.command("bgapi " + originate(job, self.t38))])
         if not reply.ok:
             raise OSError(f"originate refused: {reply.reply_text}")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import PurePosixPath
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from ..callpath import policy
 from ..callpath import variables as V
-from ..config import star_codes
+from ..config import EngineNode, Settings, fs_nodes, session_caps, star_codes
 from . import escape
 from .context import Provider, Tenant, queue_name
 
@@ -91,13 +93,80 @@ def _agent_wrapup(p: Provider) -> dict[int, int]:
 
 # ---------------------------------------------------------------- FreeSWITCH
 
+# Media settings of both sofia profiles (README, Rendering: every param of vanilla's internal /
+# external profiles, rendered or dropped and why).
+FS_CODEC_PREFS = "OPUS,G722,PCMA,PCMU"
+FS_PROFILE_MEDIA = (
+    # a timer paces every RTP read: without one a channel whose far end sends nothing (hold, silence
+    # suppression, a fax between pages) waits up to 5 s per read (switch_rtp.c "Not using a timer") —
+    # a BYE answered 5 s late, a 3 s call held 13 s (issue 32.1)
+    ("rtp-timer-name", "soft"),
+    # the A leg's codec is chosen when the call is answered or bridged, not on the INVITE: the bridged
+    # leg then offers every codec the caller offered (ep_codec_string), not the one codec picked early
+    # (switch_core_session_outgoing_channel: originator_codec)
+    ("inbound-late-negotiation", "true"),
+    ("inbound-codec-prefs", FS_CODEC_PREFS),
+    ("outbound-codec-prefs", FS_CODEC_PREFS),
+)
+# profile -> the gateways its template renders (the carrier leg of every outbound call: sofia/gateway/carrier)
+FS_GATEWAYS = {"carrier": ("carrier",)}
+# global channel defaults (switch.conf <variables>: switch_core.c sets them at start), in milliseconds
+FS_GLOBALS = (("media_timeout", 300000), ("media_hold_timeout", 1800000))
+# vanilla switch.conf (conf/vanilla/autoload_configs/switch.conf.xml), the caps apart
+FS_KEYBINDINGS = (
+    ("1", "help"), ("2", "status"), ("3", "show channels"), ("4", "show calls"), ("5", "sofia status"),
+    ("6", "reloadxml"), ("7", "console loglevel 0"), ("8", "console loglevel 7"),
+    ("9", "sofia status profile internal"), ("10", "sofia profile internal siptrace on"),
+    ("11", "sofia profile internal siptrace off"), ("12", "version"))
+FS_CORE_SETTINGS = (
+    ("colorize-console", "true"), ("dialplan-timestamps", "false"), ("max-db-handles", "50"),
+    ("db-handle-timeout", "10"), ("loglevel", "debug"), ("mailer-app", "sendmail"), ("mailer-app-args", "-t"),
+    ("dump-cores", "yes"))
+
+
+def socket_fallback() -> dict[str, str]:
+    """What the dialplan does when the policy server cannot be reached or
+    never takes the call (socket.xml.j2): refuse as ``internal_error`` —
+    its SIP code with ``respond`` (a SIP channel), its Q.850 cause with
+    ``hangup`` (a loopback leg, which has no SIP response to send)."""
+    reason = "internal_error"
+    sip_code, q850 = policy.REFUSALS[reason]
+    return {"reason": reason, "sip_code": str(sip_code), "cause": policy.CAUSES[q850],
+            "on_answer": "execute_on_answer_dustel_socket=set socket_resume=false"}
+
+
+def node_dir(node: EngineNode) -> str:
+    """The directory of a node's own files: nodes/<name>/ (each node's
+    freeswitch.xml includes only its own: the Ansible role's template)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", node.name):
+        raise escape.UnsafeValue(f"node {node.name[:40]!r}.name", "must be letters, digits, '.', '_' or '-' "
+                                                                  "(it names the node's directory)")
+    return f"nodes/{node.name}"
+
+
+def switch_conf(s: Settings, node: EngineNode) -> str:
+    max_sessions, sps = session_caps(s, node)
+    settings = (*FS_CORE_SETTINGS[:4], ("max-sessions", str(max_sessions)), ("sessions-per-second", str(sps)),
+                *FS_CORE_SETTINGS[4:])
+    return _render("freeswitch", "switch.conf.xml.j2", keybindings=FS_KEYBINDINGS, settings=settings,
+                   globals=FS_GLOBALS)
+
+
+def fs_caps_commands(s: Settings, node: EngineNode) -> list[str]:
+    """switch.conf is read at start only: ``fsctl`` sets a running node's
+    caps (mod_commands.c ctl_function; SCSC_MAX_SESSIONS, SCSC_SPS)."""
+    max_sessions, sps = session_caps(s, node)
+    return [f"fsctl max_sessions {max_sessions}", f"fsctl sps {sps}"]
+
+
 def fs_directory(p: Provider, t: Tenant) -> str:
     # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03)
     return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file))
 
 
 def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:
-    return _render("freeswitch", "tenant_dialplan.xml.j2", t=t, outbound=_outbound(p), star_regex=_star_regex(p))
+    return _render("freeswitch", "tenant_dialplan.xml.j2", t=t, outbound=_outbound(p), star_regex=_star_regex(p),
+                   fallback=socket_fallback())
 
 
 def _star_regex(p: Provider) -> str:
@@ -122,10 +191,15 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
         "autoload_configs/local_stream.conf.xml": _render(
             "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir, rates=MOH_RATES),
-        "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s)),
-        "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s),
-        "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p)),
+        "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s),
+                                             media=FS_PROFILE_MEDIA),
+        "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s, media=FS_PROFILE_MEDIA,
+                                            gateway=FS_GATEWAYS["carrier"][0]),
+        "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p),
+                                       fallback=socket_fallback()),
     }
+    for node in fs_nodes(s):
+        files[f"{node_dir(node)}/switch.conf.xml"] = switch_conf(s, node)
     for t in p.tenants:
         files[f"directory/{t.domain}.xml"] = fs_directory(p, t)
         files[f"dialplan/{t.context}.xml"] = fs_tenant_dialplan(p, t)
@@ -216,10 +290,17 @@ ENGINES: dict[str, Callable[[Provider], dict[str, str]]] = {
     "asterisk": asterisk_files,
 }
 
-def reload_commands(engine: str, changed: list[str]) -> list[str]:
+def reload_commands(engine: str, changed: list[str], killgw: Mapping[str, Iterable[str]] | None = None) -> list[str]:
     """What to send the engine after these files changed: ESL api commands
-    (FreeSWITCH) or AMI Reload modules (Asterisk), each once, in order."""
+    (FreeSWITCH) or AMI Reload modules (Asterisk), each once, in order.
+    ``killgw``: profile -> its gateways whose definition changed or went.
+    ``sofia profile P rescan`` adds new gateways but keeps a changed one
+    (``Ignoring duplicate gateway``, recording 11); ``killgw`` first marks it
+    deleted, and the rescan then loads the rendered one (sofia.c
+    parse_gateways skips only gateways not marked deleted).  A node's own
+    files (``nodes/<name>/``) are ``node_reload_commands``'."""
     out: list[str] = []
+    killgw = killgw or {}
 
     def add(cmd: str) -> None:
         if cmd not in out:
@@ -227,11 +308,16 @@ def reload_commands(engine: str, changed: list[str]) -> list[str]:
 
     for rel in changed:
         if engine == "freeswitch":
+            if rel.startswith("nodes/"):
+                continue
             if rel.endswith("acl.conf.xml"):
                 add("reloadacl")
             add("reloadxml")
             if rel.startswith("sip_profiles/"):
-                add(f"sofia profile {rel.split('/')[1].removesuffix('.xml')} rescan")
+                profile = rel.split("/")[1].removesuffix(".xml")
+                for gateway in sorted(killgw.get(profile, ())):
+                    add(f"sofia profile {profile} killgw {gateway}")
+                add(f"sofia profile {profile} rescan")
             if rel.endswith("callcenter.conf.xml"):
                 add("reload mod_callcenter")
             if rel.endswith("local_stream.conf.xml"):
@@ -240,3 +326,26 @@ def reload_commands(engine: str, changed: list[str]) -> list[str]:
             add({"pjsip.conf": "res_pjsip.so", "extensions.conf": "pbx_config.so", "queues.conf": "app_queue.so",
                  "musiconhold.conf": "res_musiconhold.so", "manager.conf": "manager"}[rel])
     return out
+
+
+def node_reload_commands(s: Settings, changed: Iterable[str]) -> dict[str, list[str]]:
+    """Node name -> the commands for its own changed files (its switch.conf:
+    the caps, with ``fsctl``)."""
+    changed = set(changed)
+    return {n.name: fs_caps_commands(s, n) for n in fs_nodes(s) if f"{node_dir(n)}/switch.conf.xml" in changed}
+
+
+def changed_gateways(old: str | None, new: str | None) -> list[str]:
+    """The gateways of a rendered sofia profile that a rescan would not
+    apply: defined in ``old`` and changed or gone in ``new`` (an ``old`` that
+    is no XML — edited by hand — has every gateway of ``new`` changed)."""
+    def gateways(text: str | None) -> dict[str, bytes]:
+        root = ET.fromstring(text.encode()) if text else None
+        return {} if root is None else {g.get("name", ""): ET.tostring(g) for g in root.iter("gateway")}
+
+    after = gateways(new)
+    try:
+        before = gateways(old)
+    except ET.ParseError:
+        return sorted(after)
+    return sorted(name for name, xml in before.items() if after.get(name) != xml)

@@ -3,7 +3,7 @@ generator that fails (e.g. an unsafe identifier) aborts before anything is
 written, so the last good output stays."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -20,7 +20,8 @@ class EngineResult:
     engine: str
     out: Path
     plan: writer.Plan
-    reload: list[str]
+    reload: list[str]                                  # to every node of the engine
+    killgw: dict[str, list[str]] = field(default_factory=dict)   # profile -> changed gateways (FreeSWITCH)
 
 
 def render_files(conn: psycopg.Connection, settings: Settings, engine_names: list[str],
@@ -35,6 +36,16 @@ def apply(rendered: dict[str, dict[str, str]], out: Path, *, write: bool, owner:
     results = []
     for name, files in rendered.items():
         target = out / name
+        # read before the write: a changed gateway needs more than a rescan
+        profiles = {rel: _text(target / rel) for rel in files if rel.startswith("sip_profiles/")} \
+            if name == "freeswitch" else {}
         pl = writer.write(target, files, owner, group) if write else writer.plan(target, files)
-        results.append(EngineResult(name, target, pl, engines.reload_commands(name, pl.changed + pl.removed)))
+        killgw = {rel.split("/")[1].removesuffix(".xml"): gws for rel in pl.changed
+                  if rel in profiles and (gws := engines.changed_gateways(profiles[rel], files[rel]))}
+        results.append(EngineResult(name, target, pl, engines.reload_commands(name, pl.changed + pl.removed, killgw),
+                                    killgw))
     return results
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +52,28 @@ FS_ALL = ["autoload_configs/acl.conf.xml", "sip_profiles/internal.xml", "sip_pro
 AST_ALL = ["pjsip.conf", "extensions.conf", "queues.conf", "musiconhold.conf", "manager.conf"]
 
 
-def fs_reload(changed: list[str] | None = None) -> list[bytes]:
+def fs_reload(changed: list[str] | None = None, killgw: Mapping[str, Iterable[str]] | None = None) -> list[bytes]:
     """The api commands for what changed (everything when None): ``reloadacl``,
-    ``reloadxml``, a ``rescan`` of each changed profile, the call-centre and
-    hold-music modules — the one list ``render.engines.reload_commands``."""
-    from ..render.engines import reload_commands
-    return [P.api(*cmd.split()) for cmd in reload_commands("freeswitch", FS_ALL if changed is None else changed)]
+    ``reloadxml``, a ``rescan`` of each changed profile — after a ``killgw`` of
+    each of its gateways in ``killgw`` (profile -> names), or of every gateway
+    on a full reload, which cannot know what the engine holds — the
+    call-centre and hold-music modules: the one list
+    ``render.engines.reload_commands``."""
+    from ..render.engines import FS_GATEWAYS, reload_commands
+    if changed is None:
+        changed, killgw = FS_ALL, FS_GATEWAYS
+    return [P.api(*cmd.split()) for cmd in reload_commands("freeswitch", changed, killgw)]
+
+
+def fs_node_reload(settings: Any, changed: list[str] | None = None) -> dict[str, list[bytes]]:
+    """Node name -> the api commands for its own changed files (all when None):
+    its session caps (``fsctl``)."""
+    from ..config import fs_nodes
+    from ..render.engines import node_dir, node_reload_commands
+    if changed is None:
+        changed = [f"{node_dir(n)}/switch.conf.xml" for n in fs_nodes(settings)]
+    return {node: [P.api(*cmd.split()) for cmd in cmds]
+            for node, cmds in node_reload_commands(settings, changed).items()}
 
 
 @dataclass

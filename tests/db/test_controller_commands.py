@@ -80,9 +80,12 @@ def test_reload_and_unreachable_node(configured: Cli, fs: FreeSwitchEmulator) ->
     r = configured.ok("controller", "reload")
     assert "+OK [Success]" in r.output
     fs.wait_sessions_closed(1)
+    # issue 32: everything, so every gateway is made anew (a rescan keeps a changed one) and the
+    # node's session caps are set (switch.conf is read at start only)
     assert fs.commands == ["auth test-esl-secret", "api reloadacl", "api reloadxml",
-                           "api sofia profile internal rescan", "api sofia profile carrier rescan",
-                           "api reload mod_callcenter", "api reload mod_local_stream", "exit"]
+                           "api sofia profile internal rescan", "api sofia profile carrier killgw carrier",
+                           "api sofia profile carrier rescan", "api reload mod_callcenter",
+                           "api reload mod_local_stream", "api fsctl max_sessions 4000", "api fsctl sps 250", "exit"]
     fs.stop()
     r = configured("controller", "reload")
     assert r.exit_code != 0 and r.stderr.startswith("error: node: fs1:")
@@ -151,3 +154,38 @@ def test_each_engine_gets_its_own_call_id_rule(configured: Cli, fs: FreeSwitchEm
     for bad in ("PJSIP/a\r\nAction: Originate", "PJSIP/a b", ""):
         with pytest.raises(ValueError, match="channel"):
             C.ast_hangup(bad)
+
+
+def test_a_changed_carrier_gateway_is_applied_on_render_reload(configured: Cli, fs: FreeSwitchEmulator) -> None:
+    """Issue 32.5a: after the carrier's address changed, ``render --reload``
+    sent ``sofia profile carrier rescan``; FreeSWITCH kept the old gateway
+    (``Ignoring duplicate gateway``, recording 11) and faxes went to the old
+    proxy.  Now ``killgw`` goes first — when the gateway changed, and only
+    then.  Issue 32.6: a node's changed caps reach that node with fsctl."""
+    from tests.esl_emulator import SofiaGateways
+    configured.ok("demo")
+    state = Path(configured.state_dir)
+    out = state / "live"
+    configured.ok("render", "--out", str(out), "--engine", "freeswitch")
+    fs.sofia = SofiaGateways(out / "freeswitch")                  # FreeSWITCH started on the rendered tree
+    assert "Proxy   \tsip:127.0.0.1:5070\n" in fs.api("sofia status gateway carrier")
+    config = (state / "dustel.toml").read_text()
+
+    def reload(extra: str) -> list[str]:
+        (state / "dustel.toml").write_text(extra + config)         # top-level keys before [[esl_nodes]]
+        before = fs.sessions_closed
+        configured.ok("render", "--out", str(out), "--engine", "freeswitch", "--reload")
+        fs.wait_sessions_closed(before + 1)
+        return fs.commands[len(fs.commands) - fs.commands[::-1].index("auth test-esl-secret"):]
+
+    sent = reload('carrier_host = "127.0.0.1:5071"\n')
+    assert sent == ["api reloadxml", "api sofia profile carrier killgw carrier", "api sofia profile carrier rescan",
+                    "exit"], sent
+    status = fs.api("sofia status gateway carrier")
+    assert "Proxy   \tsip:127.0.0.1:5071\n" in status and "Uptime  \t0s\n" in status, status
+    # the profile changed but not its gateway: a rescan alone
+    sent = reload('carrier_host = "127.0.0.1:5071"\nsip_external_ip = "192.0.2.9"\n')
+    assert "api sofia profile carrier rescan" in sent and not any("killgw" in c for c in sent), sent
+    # only the provider's caps changed: fsctl to the node, nothing else
+    sent = reload('carrier_host = "127.0.0.1:5071"\nsip_external_ip = "192.0.2.9"\nfs_sessions_per_second = 400\n')
+    assert sent == ["api fsctl max_sessions 4000", "api fsctl sps 400", "exit"], sent

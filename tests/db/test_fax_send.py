@@ -151,14 +151,51 @@ def test_the_retry_rule_comes_from_the_settings_and_stays_with_the_job(conn: psy
 def test_the_originate_names_only_our_values(conn: psycopg.Connection, org: dict[str, Any]) -> None:
     job = conn.execute("SELECT * FROM fax_jobs WHERE id = %s", (sending(conn, org),)).fetchone()
     assert outbound.originate(job) == (
-        f"originate {{dustel_tenant={org['id']},dustel_fax_job={job['id']},"
-        "origination_caller_id_number=+492119876601,origination_caller_id_name=Fax,fax_ident=+492119876601,"
-        "originate_timeout=120,ignore_early_media=true}loopback/+4940123456/dustel-fax-out "
+        f"originate {{^^:dustel_tenant={org['id']}:dustel_fax_job={job['id']}:"
+        "origination_caller_id_number=+492119876601:origination_caller_id_name=Fax:fax_ident=+492119876601:"
+        "originate_timeout=120:ignore_early_media=true:_nolocal_absolute_codec_string=PCMA,PCMU:"
+        "export_vars=_nolocal_absolute_codec_string}loopback/+4940123456/dustel-fax-out "
         "fax-send XML dustel-fax-send")
+    assert outbound.originate(job, t38=True).startswith(
+        f"originate {{^^:dustel_tenant={org['id']}:dustel_fax_job={job['id']}:")
+    assert ":_nolocal_fax_enable_t38=true:_nolocal_execute_on_answer_t38='t38_gateway self':export_vars=" \
+        "_nolocal_absolute_codec_string,_nolocal_fax_enable_t38,_nolocal_execute_on_answer_t38}loopback/" \
+        in outbound.originate(job, t38=True)
     for bad in ({"to_number": "+49401 &bgapi hupall"}, {"from_number": "+4921,dustel_tenant=1"},
                 {"tenant_id": "1}x"}):
         with pytest.raises((DustelError, ValueError)):
             outbound.originate({**job, **bad})
+
+
+def test_the_fax_leg_to_the_carrier_offers_g711_and_carries_the_tenant(conn: psycopg.Connection,
+                                                                       org: dict[str, Any]) -> None:
+    """Issue 32.5: fax sending on FreeSWITCH failed ``call not answered:
+    INCOMPATIBLE_DESTINATION`` — (b) the carrier leg, bridged from the
+    loopback B leg, offered only the loopback's L16/8000; (c) its CDR had no
+    tenant (``dustel-fax-out`` never exported ``dustel_tenant``).  The
+    originate as FreeSWITCH reads it, through the rendered context, gives
+    the carrier leg G.711 and the tenant."""
+    from dustel.render import service
+    from tests.esl_emulator import (
+        LOOPBACK_CODEC,
+        bridged_leg_variables,
+        dialplan_variables,
+        fs_bracket_vars,
+        fs_split_blank,
+        offered_codecs,
+    )
+    from tests.render_fixture import GOLDEN_SETTINGS
+    with conn.transaction():
+        public = service.render_files(conn, GOLDEN_SETTINGS, ["freeswitch"])["freeswitch"]["dialplan/public.xml"]
+    job = conn.execute("SELECT * FROM fax_jobs WHERE id = %s", (sending(conn, org),)).fetchone()
+    url = fs_split_blank(outbound.originate(job))[1]
+    originate_vars = fs_bracket_vars(url[1:url.index("}loopback/")])
+    b_leg = dialplan_variables(public, "dustel-fax-out", str(job["to_number"]), originate_vars)
+    assert b_leg is not None and b_leg["dustel_fax_dial"] == job["to_number"]
+    carrier = bridged_leg_variables(b_leg)
+    offer = offered_codecs(carrier, originator_codec=LOOPBACK_CODEC)
+    assert offer == "PCMA,PCMU", f"the carrier leg offers {offer}"
+    assert carrier.get("dustel_tenant") == str(org["id"]), f"the carrier leg's variables: {carrier}"
 
 
 def test_a_refused_call_is_not_retried(conn: psycopg.Connection, org: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
 
 def test_every_freeswitch_file_is_xml(conn: psycopg.Connection, provider: dict[str, str]) -> None:
     files = _render(conn)["freeswitch"]
-    assert len(files) == 13
+    assert len(files) == 14      # + the node's switch.conf (issue 32)
     for text in files.values():
         ET.fromstring(text.encode())  # raises on malformed XML
 
@@ -309,3 +309,175 @@ def test_event_socket_and_ami_accept_the_configured_hosts_only(conn: psycopg.Con
     assert 'default="deny"' in esl and 'cidr="192.0.2.20/32"' in esl and 'cidr="192.0.2.21/32"' in esl
     with pytest.raises(DustelError), conn.transaction():
         service.render_files(conn, replace(GOLDEN_SETTINGS, ami_acl="192.0.2.20; permit=0.0.0.0/0"), ENGINES)
+
+
+# ------------------------------------------------ issue 32: the FreeSWITCH path under real load and faults
+
+VANILLA = Path(__file__).resolve().parents[1] / "data" / "freeswitch-vanilla"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _params(xml_text: str) -> dict[str, str]:
+    return {p.get("name", ""): p.get("value", "") for p in ET.fromstring(xml_text).iterfind("settings/param")}
+
+
+def _vanilla_params(name: str) -> dict[str, str]:
+    text = re.sub(r"<!--.*?-->", "", (VANILLA / name).read_text(), flags=re.S)
+    text = re.sub(r"<X-PRE-PROCESS[^>]*/>", "", text)
+    return _params(text)
+
+
+# the params both rendered profiles must carry, and their values
+PROFILE_MUST = {
+    "rtp-timer-name": "soft",                  # issue 32.1: "switch_rtp.c Not using a timer"
+    "inbound-late-negotiation": "true",        # the bridged leg offers the caller's codecs
+    "inbound-codec-prefs": "OPUS,G722,PCMA,PCMU",
+    "outbound-codec-prefs": "OPUS,G722,PCMA,PCMU",
+    "context": "public",
+}
+
+
+def test_both_sofia_profiles_carry_the_rtp_timer_and_what_dustel_needs(conn: psycopg.Connection,
+                                                                        provider: dict[str, str]) -> None:
+    """Issue 32.1: no RTP timer in the rendered profiles — a channel whose
+    far end sends no RTP waited up to 5 s per read (BYE answered 5 s late,
+    a 3 s call billed 13 s).  Named here: the params each profile must have."""
+    fs = _render(conn)["freeswitch"]
+    for profile, own in (("internal", {"auth-calls": "true", "challenge-realm": "auto_from", "nonce-ttl": "60",
+                                       "inbound-reg-force-matching-username": "true", "sip-port": "15060"}),
+                         ("carrier", {"auth-calls": "false", "apply-inbound-acl": "dustel-carrier",
+                                      "sip-port": "5080"})):
+        params = _params(fs[f"sip_profiles/{profile}.xml"])
+        missing = {k: v for k, v in {**PROFILE_MUST, **own}.items() if params.get(k) != v}
+        assert not missing, f"{profile}: missing or different {missing}"
+    # no RTP for 5 minutes ends any leg (vanilla's deprecated rtp-timeout-sec 300 / rtp-hold-timeout-sec 1800)
+    core = ET.fromstring(fs["nodes/freeswitch/switch.conf.xml"])
+    assert {v.get("name"): v.get("value") for v in core.iterfind("variables/variable")} == \
+        {"media_timeout": "300000", "media_hold_timeout": "1800000"}
+
+
+def _readme_profile_table() -> list[dict[str, str]]:
+    text = README.read_text()
+    section = text[text.index("### FreeSWITCH profiles against vanilla"):]
+    section = section[:section.index("\n### ", 5)]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            for param in re.findall(r"`([^`]+)`", cells[0]):
+                rows.append({"param": param, "profile": cells[1], "vanilla": cells[2], "dustel": cells[3],
+                             "why": cells[4]})
+    return rows
+
+
+def test_every_vanilla_profile_param_is_rendered_or_a_written_down_drop(conn: psycopg.Connection,
+                                                                        provider: dict[str, str]) -> None:
+    """Issue 32.1: the rendered profiles had dropped vanilla params without a
+    word.  Every param of vanilla's internal/external profile has a row in
+    the README table; a "—" row is not rendered (a drop, with its reason), any
+    other row is rendered — with TLS and NAT on, so every param that can be
+    rendered is."""
+    s = replace(GOLDEN_SETTINGS, tls_cert_file="/etc/dustel/tls/agent.pem", sip_external_ip="node")
+    with conn.transaction():
+        fs = service.render_files(conn, s, ["freeswitch"])["freeswitch"]
+    rows = _readme_profile_table()
+    assert rows, "no table in README, section 'FreeSWITCH profiles against vanilla'"
+    for vanilla, ours in (("internal.xml", "internal"), ("external.xml", "carrier")):
+        rendered = _params(fs[f"sip_profiles/{ours}.xml"])
+        for param in _vanilla_params(vanilla):
+            row = next((r for r in rows if r["param"] == param and r["profile"] in (ours, "both")), None)
+            assert row is not None, f"vanilla {vanilla} param {param!r}: no row for {ours} in the README table"
+            if row["dustel"] == "—":
+                assert param not in rendered, f"{param!r} is rendered in {ours} but the README says dropped"
+                assert row["why"], f"{param!r}: a drop without a reason"
+            else:
+                assert param in rendered, f"{param!r}: the README says rendered in {ours}, it is not"
+
+
+def test_each_node_gets_its_switch_conf_with_its_session_caps(conn: psycopg.Connection,
+                                                              provider: dict[str, str]) -> None:
+    """Issue 32.6: vanilla's switch.conf caps sessions-per-second at 30 and
+    max-sessions at 1 000 (at 50 calls/s through the carrier, 100 sessions
+    a second).  Rendered per node: the node's own caps, else the provider's;
+    the rest of vanilla's switch.conf as it was."""
+    from dustel.config import EngineNode
+    nodes = (EngineNode("fs1", "10.0.0.11", 8021, "", "", max_sessions=12000, sessions_per_second=600),
+             EngineNode("fs2.dustel.example", "10.0.0.12", 8021, "", ""))
+    s = replace(GOLDEN_SETTINGS, esl_nodes=nodes, fs_max_sessions=5000, fs_sessions_per_second=300)
+    with conn.transaction():
+        fs = service.render_files(conn, s, ["freeswitch"])["freeswitch"]
+    assert {rel for rel in fs if rel.startswith("nodes/")} == {"nodes/fs1/switch.conf.xml",
+                                                               "nodes/fs2.dustel.example/switch.conf.xml"}
+    vanilla = _vanilla_params("switch.conf.xml")
+    assert (vanilla["max-sessions"], vanilla["sessions-per-second"]) == ("1000", "30")
+    for node, caps in (("fs1", ("12000", "600")), ("fs2.dustel.example", ("5000", "300"))):
+        root = ET.fromstring(fs[f"nodes/{node}/switch.conf.xml"])
+        assert root.get("name") == "switch.conf"
+        params = _params(fs[f"nodes/{node}/switch.conf.xml"])
+        assert (params["max-sessions"], params["sessions-per-second"]) == caps
+        assert {k: v for k, v in params.items() if k not in ("max-sessions", "sessions-per-second")} == \
+            {k: v for k, v in vanilla.items() if k not in ("max-sessions", "sessions-per-second")}
+        assert len(root.findall("cli-keybindings/key")) == 12
+    with pytest.raises(DustelError, match=r"node 'fs/\.\.'\.name"), conn.transaction():
+        service.render_files(conn, replace(s, esl_nodes=(EngineNode("fs/..", "h", 1, "", ""),)), ["freeswitch"])
+    with pytest.raises(DustelError, match="fs_sessions_per_second: must be a positive integer"), conn.transaction():
+        service.render_files(conn, replace(GOLDEN_SETTINGS, fs_sessions_per_second=0), ["freeswitch"])
+
+
+def _socket_extensions() -> list[tuple[str, str, str, bool]]:
+    """(file, context, a destination it takes, a SIP channel?) of every extension that hands a call to the socket."""
+    return [("dialplan/public.xml", "public", "+492115550101", True),           # a number of an account
+            ("dialplan/public.xml", "public", "+49305552000", True),            # a queue
+            ("dialplan/public.xml", "public", "+4921198765", True),             # a DDI block
+            ("dialplan/public.xml", "dustel-agent-out", "3-+491701234567", False),
+            ("dialplan/public.xml", "dustel-fax-out", "+491701234567", False),
+            ("dialplan/public.xml", "dustel-fax-send", "fax-send", False),
+            ("dialplan/t1.xml", "t1", "+4930555123", True),                    # outbound
+            ("dialplan/t3.xml", "t3", "*51*1*1234", True)]                     # a star code
+
+
+def test_a_failed_or_silent_policy_server_ends_in_the_refusal_tables_cause(conn: psycopg.Connection,
+                                                                            provider: dict[str, str]) -> None:
+    """Issue 32.3: at 50 calls/s FreeSWITCH logged 98 ``Socket Error!`` 24 s
+    after ``Trying host`` and those channels stayed in CS_EXECUTE until
+    shutdown.  Every socket of the rendered dialplan goes on to a refusal
+    with the table's ``internal_error`` — nobody listening (connect
+    refused), or a server that takes the connection and never sends
+    ``connect`` — never to a bridge, never parked for good."""
+    import socket as sk
+
+    from dustel.callpath.policy import CAUSES, REFUSALS
+    from tests.esl_emulator import run_extension
+    sip_code, q850 = REFUSALS["internal_error"]
+    free = sk.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()                                         # nothing listens here: connect is refused
+    silent = sk.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)                                    # the kernel takes the connection; nobody answers
+    for name, where in (("refused", port), ("silent", silent.getsockname()[1])):
+        s = replace(GOLDEN_SETTINGS, esl_outbound_port=where)
+        with conn.transaction():
+            fs = service.render_files(conn, s, ["freeswitch"])["freeswitch"]
+        for rel, context, dest, sip in _socket_extensions():
+            got = run_extension(fs[rel], context, dest, sip=sip, connect_timeout=0.3)
+            assert ("socket", f"127.0.0.1:{where} async full") in got.executed, (rel, context, got.executed)
+            assert not got.stuck, f"{name}: {context} {dest}: parked for good after the socket failed"
+            assert not got.bridged, f"{name}: {context} {dest}: an open door: {got.bridged}"
+            assert (got.sip_code, got.cause) == ((sip_code if sip else 0), CAUSES[q850]), (name, context, dest, got)
+    silent.close()
+
+
+def test_110_and_112_go_through_without_any_policy_server(conn: psycopg.Connection,
+                                                          provider: dict[str, str]) -> None:
+    """Issue 32.3: whatever bounds the socket, 110/112 must never wait for a
+    policy server: the emergency extension bridges to the PSAP of the
+    account's area before any socket, with nothing listening at all."""
+    from tests.esl_emulator import run_extension
+    fs = _render(conn)["freeswitch"]
+    for t in ("t1", "t2", "t3"):
+        for dialled in ("112", "110", "0112", "+49110"):
+            got = run_extension(fs[f"dialplan/{t}.xml"], t, dialled, connect_timeout=0.3)
+            assert not any(app == "socket" for app, _ in got.executed), (t, dialled, got.executed)
+            assert got.bridged == f"sofia/gateway/carrier/${{dustel_psap_prefix}}{dialled[-3:]}", (t, dialled, got)
