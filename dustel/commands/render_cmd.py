@@ -16,7 +16,7 @@ from .common import INT, Env, emit, json_option, pass_env
               help="Output directory (one sub-directory per engine); default <state-dir>/etc.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff against --out; write nothing.")
 @click.option("--check", is_flag=True, help="Exit 1 when --out differs from the database; write nothing.")
-@click.option("--tenant", "tenant_id", type=INT, help="Only this tenant's files, with --diff (never written).")
+@click.option("--tenant", "tenant_id", type=INT, help="With --diff: only what a render would change for this tenant.")
 @click.option("--reload", "do_reload", is_flag=True, help="After writing, ask the engines to reload what changed.")
 @json_option
 @pass_env
@@ -33,10 +33,16 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
         # tree they would delete every other tenant's files
         raise DustelError("tenant", "only with --diff (a partial tree is never written)")
     with env.tx() as conn:
-        rendered = service.render_files(conn, env.settings, names, tenant_id)
+        rendered = service.render_files(conn, env.settings, names)      # always the whole tree
+        domains = {r["sip_domain"]: r["id"] for r in conn.execute("SELECT id, sip_domain FROM tenants")}
+        if tenant_id is not None and tenant_id not in domains.values():
+            raise DustelError("tenant", f"no tenant with id {tenant_id}")
     if show_diff:
         for name, files in rendered.items():
-            click.echo(writer.diff(out / name, files, removals=tenant_id is None), nl=False)
+            if tenant_id is None:
+                click.echo(writer.diff(out / name, files), nl=False)
+            else:                     # the whole render's diff, only the hunks that touch the tenant
+                click.echo(service.tenant_diff(out / name, files, tenant_id, domains), nl=False)
         return
     results = service.apply(rendered, out, write=not check, owner=env.settings.config_owner,
                             group=env.settings.config_group)

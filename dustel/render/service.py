@@ -3,13 +3,14 @@ generator that fails (e.g. an unsafe identifier) aborts before anything is
 written, so the last good output stays."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from ..config import Settings, require_secrets
-from . import context, engines, writer
+from . import context, engines, scope, writer
 
 # the secret each engine's rendered files carry (event_socket.conf, manager.conf)
 SECRET_OF = {"freeswitch": "esl_password", "asterisk": "ami_secret"}
@@ -45,6 +46,29 @@ def apply(rendered: dict[str, dict[str, str]], out: Path, *, write: bool, owner:
         results.append(EngineResult(name, target, pl, engines.reload_commands(name, pl.changed + pl.removed, killgw),
                                     killgw))
     return results
+
+
+def tenant_diff(target: Path, files: dict[str, str], tenant_id: int, domains: dict[str, int]) -> str:
+    """What writing ``files`` (the whole tree) into ``target`` would change
+    for one tenant: the hunks of each changed or removed file that touch it
+    (render/scope.py); a tenant's own file (its dialplan, its directory)
+    whole."""
+    pl = writer.plan(target, files)
+    chunks = []
+    for rel in pl.changed + pl.removed:
+        old = (target / rel).read_text().splitlines(keepends=True) if (target / rel).exists() else []
+        new = files[rel].splitlines(keepends=True) if rel in files else []
+        chunks.append(scope.tenant_diff(rel, old, new, tenant_id, domains, _owner(rel, domains)))
+    return "".join(chunks)
+
+
+def _owner(rel: str, domains: dict[str, int]) -> int | None:
+    """The tenant a file belongs to whole (FreeSWITCH's per-tenant files), or None."""
+    if m := re.fullmatch(r"dialplan/t(\d+)\.xml", rel):
+        return int(m.group(1))
+    if m := re.fullmatch(r"directory/(.+)\.xml", rel):
+        return domains.get(m.group(1), -1)
+    return None
 
 
 def _text(path: Path) -> str | None:

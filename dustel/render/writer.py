@@ -43,13 +43,11 @@ def plan(out: Path, files: dict[str, str]) -> Plan:
     return p
 
 
-def diff(out: Path, files: dict[str, str], removals: bool = True) -> str:
-    """A unified diff of ``out`` against ``files``; ``removals=False`` for a
-    part of a tree (one tenant): files it does not hold are not gone."""
+def diff(out: Path, files: dict[str, str]) -> str:
+    """A unified diff of ``out`` against ``files`` (the whole tree; one
+    tenant's part of it: service.tenant_diff)."""
     chunks = []
     pl = plan(out, files)
-    if not removals:
-        pl.removed = []
     for rel in pl.changed:
         old = (out / rel).read_text().splitlines(keepends=True) if (out / rel).exists() else []
         chunks.extend(difflib.unified_diff(old, files[rel].splitlines(keepends=True), f"a/{rel}", f"b/{rel}"))

@@ -142,6 +142,36 @@ def test_cli_render_diff_check(run: Cli, tmp_path: Path) -> None:
     assert "pbx_config.so" not in r.stdout                                  # only what changed
 
 
+def test_a_tenants_diff_shows_exactly_what_a_render_changes_for_it(run: Cli, tmp_path: Path) -> None:
+    """Issue 31 item 3: `render --diff --tenant 1` rendered tenant 1 alone
+    and showed every other tenant's queues, agents, numbers and endpoints as
+    deleted (300+ lines) where the full --diff showed nothing."""
+    run.ok("demo")
+    out = tmp_path / "etc"
+    run.ok("render", "--out", str(out))
+    for t in ("1", "2", "3"):
+        assert run.ok("render", "--out", str(out), "--diff", "--tenant", t).stdout == ""
+    # a change of tenant 1 (an account renamed) and one of tenant 3 (a new number to its reception)
+    run.ok("account", "set", "000387100001", "--name", "Anna Küche")
+    run.ok("number", "add", "3", "+492119876700")
+    run.ok("number", "assign", "+492119876700", "--account", "000387100006")
+    full = run.ok("render", "--out", str(out), "--diff").stdout
+    one = run.ok("render", "--out", str(out), "--diff", "--tenant", "1").stdout
+    three = run.ok("render", "--out", str(out), "--diff", "--tenant", "3").stdout
+    two = run.ok("render", "--out", str(out), "--diff", "--tenant", "2").stdout
+    assert two == ""                                                       # nothing changes for tenant 2
+    changed = [ln for ln in one.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    assert changed and all("Anna" in ln for ln in changed), changed        # only its account's name
+    assert "9876700" not in one
+    assert "+492119876700" in three and "Anna" not in three
+    # together they are the whole render's change, line for line
+    def lines(d: str) -> set[str]:
+        return {ln for ln in d.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))}
+    assert lines(one) | lines(three) == lines(full)
+    r = run("render", "--out", str(out), "--diff", "--tenant", "99")
+    assert (r.exit_code, r.stderr) == (1, "error: tenant: no tenant with id 99\n")
+
+
 # ---------------------------------------------------------------- injection
 
 INJECTION = ["<evil/>", "&amp;&", '"quoted"', "]]><x>", "${system(rm -rf /)}", "$${global}",
