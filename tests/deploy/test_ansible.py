@@ -61,6 +61,24 @@ def test_a_bare_client_address_becomes_one_host_in_pg_hba_ipv4_and_ipv6() -> Non
     assert value == ["10.0.0.7/32", "2001:db8::7/128", "10.1.0.0/16", "2001:db8::/48", "::ffff:10.0.0.8/128"]
 
 
+def test_an_engine_whose_source_is_not_set_stops_the_play_early_and_says_where_it_comes_from(
+        tree: Tree, tmp_path: Path) -> None:
+    """Issue 31 item 14: on Debian 12 neither engine installs from Debian, and
+    the roles failed late (apt) or not at all clearly.  Each role now says
+    first where its engine comes from and what to set."""
+    for group, words in (("asterisk", "This Debian release has no asterisk package"),
+                         ("freeswitch", "FreeSWITCH is in no Debian release")):
+        inventory = tmp_path / f"{group}.yml"
+        inventory.write_text(f"all:\n  children:\n    {group}:\n      hosts:\n        tree:\n"
+                             "          ansible_connection: community.general.chroot\n"
+                             f"          ansible_host: {tree.path}\n"
+                             "          ansible_python_interpreter: /usr/bin/python3\n")
+        r = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml"], cwd=ANSIBLE,
+                           env=tool_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and words in r.stdout, r.stdout[-3000:]
+        assert recap(r.stdout)["changed"] == 0                      # nothing touched before it stopped
+
+
 def test_no_secret_is_committed_in_the_ansible_tree() -> None:
     """Secrets come only from the vault: no secret-named variable holds a
     literal anywhere (a reference to another variable, or empty), the
@@ -132,7 +150,7 @@ SECRETS = {"vault_dustel_db_password": "db-pw-for-the-test",
            "vault_dustel_ami_secret": "ami-secret-for-the-test"}
 
 
-def playbook(tree: Tree, wheelhouse: Path, inventory: Path) -> subprocess.CompletedProcess:
+def playbook(tree: Tree, wheelhouse: Path, inventory: Path, *more: str) -> subprocess.CompletedProcess:
     extra = {**SECRETS, "dustel_version": VERSION, "dustel_wheelhouse": str(wheelhouse),
              "postgresql_service_manager": "pg_ctlcluster", "postgresql_port": PG_PORT,
              "postgresql_listen_addresses": "127.0.0.1", "postgresql_clients": ["127.0.0.1"],
@@ -141,7 +159,8 @@ def playbook(tree: Tree, wheelhouse: Path, inventory: Path) -> subprocess.Comple
              "dustel_app_addresses": ["127.0.0.1"],
              # the tree's apt lists are those of its build: never refreshed here (no network needed)
              "postgresql_apt_cache_valid_time": 10 ** 9, "dustel_apt_cache_valid_time": 10 ** 9}
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", "-e", json.dumps(extra)],
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", "-e", json.dumps(extra),
+                           *more],
                           cwd=ANSIBLE, env=tool_env(), capture_output=True, text=True, timeout=900)
 
 
@@ -156,19 +175,30 @@ def test_the_roles_deploy_dustel_and_postgresql_on_a_fresh_debian_tree(tree: Tre
     made = subprocess.run([str(ROOT / "scripts/wheelhouse.sh"), str(wheelhouse), str(BIN / "pip")],
                           capture_output=True, text=True, timeout=900)
     assert made.returncode == 0, made.stderr[-2000:]
+    # issue 31 item 13: database and app on one host, a FreeSWITCH node, no asterisk group at all (a subset of
+    # the example inventory); the engine node is only in the inventory (--limit: no engine here)
+    host = (f"        tree:\n          ansible_connection: community.general.chroot\n"
+            f"          ansible_host: {tree.path}\n          ansible_python_interpreter: /usr/bin/python3\n")
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(
-        "all:\n  children:\n"
-        f"    database:\n      hosts:\n        tree:\n          ansible_connection: community.general.chroot\n"
-        f"          ansible_host: {tree.path}\n          ansible_python_interpreter: /usr/bin/python3\n"
-        "    app:\n      hosts:\n        tree:\n"
-        "    freeswitch:\n      hosts: {}\n    asterisk:\n      hosts: {}\n")
+    inventory.write_text("all:\n  children:\n    database:\n      hosts:\n" + host + "    app:\n      hosts:\n"
+                         "        tree:\n    freeswitch:\n      hosts:\n        fs1:\n"
+                         "          ansible_host: 127.0.0.2\n")
 
-    first = playbook(tree, wheelhouse, inventory)
+    first = playbook(tree, wheelhouse, inventory, "--limit", "tree")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     r1 = recap(first.stdout)
     assert r1["failed"] == 0 and r1["changed"] > 0, r1
-    second = playbook(tree, wheelhouse, inventory)
+    toml = (tree.path / "etc/dustel/dustel.toml").read_text()
+    assert '[[esl_nodes]]\nname = "fs1"\nhost = "127.0.0.2"' in toml and "[[ami_nodes]]" not in toml, toml
+    # … and an Asterisk-only inventory (no freeswitch group) gets as far as the settings it writes (check mode)
+    ast_only = tmp_path / "asterisk-only.yml"
+    ast_only.write_text("all:\n  children:\n    database:\n      hosts:\n" + host + "    app:\n      hosts:\n"
+                        "        tree:\n    asterisk:\n      hosts:\n        ast1:\n"
+                        "          ansible_host: 127.0.0.3\n")
+    checked = playbook(tree, wheelhouse, ast_only, "--limit", "tree", "--check", "--diff")
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-2000:]
+    assert '+[[ami_nodes]]' in checked.stdout and '-[[esl_nodes]]' in checked.stdout
+    second = playbook(tree, wheelhouse, inventory, "--limit", "tree")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
 
