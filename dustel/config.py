@@ -26,6 +26,11 @@ class EngineNode:
     # fs_max_sessions / fs_sessions_per_second)
     max_sessions: int | None = None
     sessions_per_second: int | None = None
+    # the cluster (issue 27): an engine node's SIP address host[:port], what the
+    # edge dispatches to (empty: its host and the provider's sip_port); an edge
+    # node's JSON-RPC port (HTTP, on its host: dispatcher.reload, ...)
+    sip: str = ""
+    rpc_port: int | None = None
 
 
 # The demo's placeholders for who issues the invoices and collects the
@@ -47,6 +52,14 @@ class Settings:
     # engines' own configs (event_socket.conf, manager.conf).
     esl_nodes: tuple[EngineNode, ...] = ()
     ami_nodes: tuple[EngineNode, ...] = ()
+    # the SIP edge (issue 27): Kamailio hosts (name, host and port of SIP, rpc_port);
+    # none: every engine takes SIP itself, as on one box
+    edge_nodes: tuple[EngineNode, ...] = ()
+    # who may call the edge's JSON-RPC (the hosts that run `dustel render --reload`)
+    edge_rpc_acl: str = "127.0.0.1/32"
+    # the policy servers the engines ask, in order (comma-separated host:port):
+    # when one does not answer the dialplan asks the next; empty: agi_host:agi_port
+    agi_servers: str = ""
     # secrets: from the environment or a 0600 file (<state-dir>/secrets.toml,
     # which ``dustel demo`` fills with random ones); never a default
     esl_password: str = ""
@@ -140,6 +153,7 @@ class Settings:
     # empty: the rendering user's
     config_owner: str = ""
     config_group: str = ""
+    kamailio_db_url: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -178,11 +192,15 @@ _ENV = {
     "config_owner": "DUSTEL_CONFIG_OWNER",
     "config_group": "DUSTEL_CONFIG_GROUP",
     "billing_first_month": "DUSTEL_BILLING_FIRST_MONTH",
+    "agi_servers": "DUSTEL_AGI_SERVERS",
+    "kamailio_db_url": "DUSTEL_KAMAILIO_DB_URL",
 }
 _INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
 
 
-SECRETS = ("esl_password", "ami_secret", "database_url")
+# kamailio_db_url: the database URL rendered into kamailio.cfg (its own role,
+# README Cluster): postgres://user:password@host[,host2]:port/db
+SECRETS = ("esl_password", "ami_secret", "database_url", "kamailio_db_url")
 # what FreeSWITCH / earlier dustel versions ship: known to every attacker
 DEFAULT_SECRETS = frozenset({"", "ClueCon", "dustel-ami", "amp111", "secret"})
 
@@ -254,7 +272,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
         data = _toml(cfg_path, "config")
         data.pop("state_dir", None)            # read by locate
         if any(k in data for k in SECRETS[:2]) or any(
-                isinstance(n, dict) and n.get("secret") for k in ("esl_nodes", "ami_nodes")
+                isinstance(n, dict) and n.get("secret") for k in NODE_KEYS
                 for n in (data.get(k) or []) if isinstance(data.get(k), list)):
             _private(cfg_path, "config")
     elif config_file:
@@ -270,9 +288,9 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
             data[key] = value          # the secrets file wins over the config file, the environment over both
 
     values: dict[str, object] = {}
-    known = set(Settings.__dataclass_fields__) - {"state_dir", "state_found", "extra", "esl_nodes", "ami_nodes"}
+    known = set(Settings.__dataclass_fields__) - {"state_dir", "state_found", "extra", *NODE_KEYS}
     for key, raw in data.items():
-        if key in ("esl_nodes", "ami_nodes"):
+        if key in NODE_KEYS:
             continue
         if key not in known:
             raise DustelError(f"config {key}", "unknown setting")
@@ -290,9 +308,8 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
             values[key] = Path(str(values[key]))
         elif not isinstance(values[key], str):
             raise DustelError(key, "must be a string")
-    nodes = {k: _nodes(k, data.get(k, [])) for k in ("esl_nodes", "ami_nodes")}
-    return Settings(state_dir=sd, state_found=how, esl_nodes=nodes["esl_nodes"], ami_nodes=nodes["ami_nodes"],
-                    **values)  # type: ignore[arg-type]
+    nodes = {k: _nodes(k, data.get(k, [])) for k in NODE_KEYS}
+    return Settings(state_dir=sd, state_found=how, **nodes, **values)  # type: ignore[arg-type]
 
 
 def star_codes(s: Settings) -> dict[str, str]:
@@ -360,25 +377,31 @@ LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 LISTEN_BACKLOG = 1024
 
 
-def node_sources(nodes: tuple[EngineNode, ...], fallback: str) -> dict[str, str]:
-    """Source address -> node name of the engine nodes a policy server
-    accepts requests from (their ``host``, resolved now).  Without configured
-    nodes only loopback may ask, as node ``fallback`` (a one-box demo)."""
+def node_addresses(nodes: tuple[EngineNode, ...], fallback: str) -> dict[str, tuple[str, ...]]:
+    """Source address -> the names of the engine nodes at it (their ``host``,
+    resolved now; several nodes may share a host).  Without configured nodes
+    only loopback may ask, as node ``fallback`` (a one-box demo)."""
     import socket
     if not nodes:
-        return {ip: fallback for ip in LOOPBACK}
-    out: dict[str, str] = {}
+        return {ip: (fallback,) for ip in LOOPBACK}
+    out: dict[str, tuple[str, ...]] = {}
     for n in nodes:
         try:
             infos = socket.getaddrinfo(n.host, None, proto=socket.IPPROTO_TCP)
         except OSError as exc:
             raise DustelError(f"node {n.name}.host", f"cannot be resolved ({exc})") from None
-        for info in infos:
-            ip = str(info[4][0])
-            out[ip] = n.name
-            if ip.count(".") == 3:
-                out["::ffff:" + ip] = n.name
+        for ip in {str(info[4][0]) for info in infos}:
+            for key in (ip, "::ffff:" + ip) if ip.count(".") == 3 else (ip,):
+                if n.name not in out.get(key, ()):
+                    out[key] = (*out.get(key, ()), n.name)
     return out
+
+
+def node_sources(nodes: tuple[EngineNode, ...], fallback: str) -> dict[str, str]:
+    """Source address -> node name of the engine nodes a policy server
+    accepts requests from (``node_addresses``; of several nodes at one
+    address the last configured)."""
+    return {ip: names[-1] for ip, names in node_addresses(nodes, fallback).items()}
 
 
 def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
@@ -394,8 +417,8 @@ def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
         try:
             out.append(EngineNode(name=str(item["name"]), host=str(item["host"]),
                                   port=int(item["port"]), username=str(item.get("username", "")),
-                                  secret=str(item.get("secret", "")),
-                                  **{k: _positive(f"{key}[{i}].{k}", item[k]) for k in NODE_CAPS if k in item}))
+                                  secret=str(item.get("secret", "")), sip=str(item.get("sip", "")),
+                                  **{k: _positive(f"{key}[{i}].{k}", item[k]) for k in NODE_INTS if k in item}))
         except KeyError as exc:
             raise DustelError(f"{key}[{i}].{exc.args[0]}", "is required") from None
         except (TypeError, ValueError):
@@ -404,8 +427,10 @@ def _nodes(key: str, raw: object) -> tuple[EngineNode, ...]:
 
 
 NODE_CAPS = ("max_sessions", "sessions_per_second")
-NODE_KEYS = {"esl_nodes": {"name", "host", "port", "username", "secret", *NODE_CAPS},
-             "ami_nodes": {"name", "host", "port", "username", "secret"}}
+NODE_INTS = (*NODE_CAPS, "rpc_port")
+NODE_KEYS = {"esl_nodes": {"name", "host", "port", "username", "secret", "sip", *NODE_CAPS},
+             "ami_nodes": {"name", "host", "port", "username", "secret", "sip"},
+             "edge_nodes": {"name", "host", "port", "rpc_port"}}
 
 
 def _positive(field: str, raw: object) -> int:
@@ -418,6 +443,12 @@ def fs_nodes(s: Settings) -> tuple[EngineNode, ...]:
     """The FreeSWITCH nodes: ``esl_nodes``, else the one at ``esl_host``:``esl_port``
     (a one-box install), named ``freeswitch``."""
     return s.esl_nodes or (EngineNode("freeswitch", s.esl_host, s.esl_port, "", ""),)
+
+
+def node_sip(s: Settings, node: EngineNode) -> str:
+    """An engine node's SIP address host:port (what the edge dispatches to):
+    its ``sip``, else its host and the provider's ``sip_port``."""
+    return node.sip or f"{node.host}:{s.sip_port}"
 
 
 def session_caps(s: Settings, node: EngineNode) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 from panoramisk.fast_agi import Application, Request
@@ -119,13 +120,15 @@ class Context:
     the admission and settlement batchers."""
 
     def __init__(self, pool: AsyncConnectionPool, node: str, workers: int = 1, max_batch: int = 64,
-                 nodes: Mapping[str, str] | None = None) -> None:
+                 nodes: Mapping[str, str | tuple[str, ...]] | None = None) -> None:
         self.pool = pool
         self.node = node
         self.star_codes: dict[str, str] = dict(codes.ACTIONS)
         # engine nodes by source address: only they may ask; a call is stored
         # under the node it came from, so no node can settle another's calls
-        self.nodes = dict(nodes) if nodes else {ip: node for ip in LOOPBACK}
+        # (several nodes at one address: the request names its own, node_of)
+        self.nodes = {ip: (n,) if isinstance(n, str) else tuple(n) for ip, n in nodes.items()} if nodes \
+            else {ip: (node,) for ip in LOOPBACK}
         self.tariffs = calls.TariffCache()
         self.logo_dir = "/var/lib/dustel/logo"     # settings.logo_dir: where the engine reads sound logos
         self.fax_read_dir = "/var/spool/dustel/fax"  # settings.fax_read_dir: where received faxes are read
@@ -563,6 +566,17 @@ ROUTES: dict[str, Handler] = {V.ROUTE_OUTBOUND: outbound, V.ROUTE_INBOUND: inbou
 REFUSE_ON_ERROR = {V.ROUTE_OUTBOUND, V.ROUTE_INBOUND, V.ROUTE_AGENT_LEG, V.ROUTE_FAX_OUT}
 
 
+def node_of(names: tuple[str, ...], query: str) -> str | None:
+    """The node a request comes from: the one configured at its source
+    address; where several share it, the one the request names
+    (``?node=<name>``: the dialplan's ``${SYSTEMNAME}``) — believed only for
+    a node at that address.  None: refused."""
+    named = parse_qs(query).get("node", [""])[0]
+    if named:
+        return named if named in names else None
+    return names[0] if len(names) == 1 else None
+
+
 class DustelAGI(Application):
     def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
@@ -592,13 +606,13 @@ class DustelAGI(Application):
                 log.warning("agi request incomplete, dropped")
                 return
             peer = writer.get_extra_info("peername")
-            node = self.ctx.nodes.get(peer[0] if peer else "")
+            headers = parse_request(raw)
+            script, _, query = headers.get("agi_network_script", "").partition("?")
+            node = node_of(self.ctx.nodes.get(peer[0] if peer else "", ()), query)
             if node is None:
                 log.warning("agi request from %s refused: not a configured engine node", peer)
                 return
-            headers = parse_request(raw)
             headers[NODE] = node
-            script = headers.get("agi_network_script", "").split("?")[0]
             route = self._route.get(script)
             if route is None:
                 log.warning("agi request for unknown route %r", script)
@@ -634,7 +648,7 @@ async def serve(dsn: str, host: str, port: int, node: str, *, ready: asyncio.Eve
         server = await asyncio.start_server(app.handler, host, port, limit=MAX_REQUEST_BYTES,
                                             backlog=LISTEN_BACKLOG)
         log.info("fastagi listening on %s:%s nodes=%s", host, port,
-                 ",".join(f"{n}@{ip}" for ip, n in sorted(ctx.nodes.items())))
+                 ",".join(f"{'+'.join(n)}@{ip}" for ip, n in sorted(ctx.nodes.items())))
         if ready is not None:
             ready.set()
 

@@ -10,7 +10,7 @@ import click
 
 from .. import logs
 from ..callpath import calls
-from ..config import node_sources, star_codes
+from ..config import node_addresses, node_sources, star_codes
 from ..errors import DustelError
 from ..provisioning import rates as rating_table
 from ..provisioning import tenants
@@ -101,7 +101,7 @@ def agi_serve(env: Env, host: str | None, port: int | None) -> None:
 
     logs.service(sys.stdout, logs.LEVELLED)
     s = env.settings
-    nodes = node_sources(s.ami_nodes, s.agi_node)
+    nodes = node_addresses(s.ami_nodes, s.agi_node)
     try:
         uvloop.run(fastagi.serve(env.url, host or s.agi_host, port or s.agi_port, s.agi_node, nodes=nodes,
                                  star_codes=star_codes(s), logo_dir=s.logo_dir,

@@ -16,7 +16,8 @@ import markupsafe
 
 from ..callpath import policy
 from ..callpath import variables as V
-from ..config import EngineNode, Settings, fs_nodes, session_caps, star_codes
+from ..config import EngineNode, Settings, fs_nodes, node_sip, session_caps, star_codes
+from ..errors import DustelError
 from . import escape
 from .context import Provider, Tenant, queue_name
 
@@ -40,7 +41,7 @@ def _env(engine: str) -> jinja2.Environment:
         autoescape=(engine == "freeswitch"), undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         finalize=_fs_finalize if engine == "freeswitch" else None)
-    env.filters.update(ast=escape.ast, fs_text=escape.fs_text, fs_id=escape.fs_id)
+    env.filters.update(ast=escape.ast, fs_text=escape.fs_text, fs_id=escape.fs_id, kam=escape.kam)
     env.globals["v"] = V
     return env
 
@@ -246,16 +247,64 @@ def carrier_match(s: Any) -> list[str]:
 
 # ---------------------------------------------------------------- Asterisk
 
+def _edge(s: Settings) -> dict[str, Any] | None:
+    """What an Asterisk node behind the SIP edge needs (None: no edge, the
+    node takes SIP itself): the edge's addresses (the only ones it takes SIP
+    from: an ACL), the first edge node (where calls to phones and the carrier
+    go: lookup(location) there), the header the edge marks carrier calls with."""
+    if not s.edge_nodes:
+        return None
+    addresses = [_host_of(n.host) for n in s.edge_nodes]
+    first = s.edge_nodes[0]
+    return {"permit": [f"{n.network_address}/{n.netmask}" for n in map(ipaddress.ip_network, cidrs(",".join(
+                addresses)))],
+            "match": cidrs(",".join(addresses)), "proxy": f"{first.host}:{first.port}",
+            "carrier_header": f"{EDGE_HEADER}: carrier", "source_header": EDGE_SOURCE_HEADER}
+
+
+def _host_of(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise escape.UnsafeValue("edge_nodes.host", f"{host[:40]!r} must be an IP address (the engines' ACL "
+                                                    "and identify match it)") from None
+    return host
+
+
 def pjsip_conf(p: Provider) -> str:
     return _render("asterisk", "pjsip.conf.j2", s=p.settings, tenants=p.tenants,
-                   carrier_match=carrier_match(p.settings))
+                   carrier_match=carrier_match(p.settings), edge=_edge(p.settings))
+
+
+def agi_servers(s: Settings) -> list[str]:
+    """The policy servers' FastAGI URLs, in the order the dialplan asks them
+    (``agi_servers``, else ``agi_host``:``agi_port``).  Behind the edge a
+    request names its node (``?node=${SYSTEMNAME}``: several nodes may share
+    one source address — fastagi accepts the name only from that address)."""
+    servers = [x.strip() for x in s.agi_servers.split(",") if x.strip()] or [f"{s.agi_host}:{s.agi_port}"]
+    for x in servers:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}", x):
+            raise escape.UnsafeValue("agi_servers", f"{x[:40]!r} is not host:port")
+    return [f"agi://{x}" for x in servers]
 
 
 def extensions_conf(p: Provider) -> str:
     s = p.settings
     return _render("asterisk", "extensions.conf.j2", s=s, tenants=p.tenants, numbers=_numbers(p),
-                   emergency=EMERGENCY_DIALS, agi=f"agi://{s.agi_host}:{s.agi_port}",
+                   emergency=EMERGENCY_DIALS, edge=_edge(s),
+                   agi_lines=_agi_lines(agi_servers(s), "?node=${SYSTEMNAME}" if s.edge_nodes else ""),
                    star_codes=sorted(star_codes(s)))
+
+
+def _agi_lines(servers: list[str], query: str) -> Callable[[str, str], str]:
+    """One AGI step of the dialplan: the first policy server, then each next
+    one while the last gave AGISTATUS FAILURE (it could not be reached or
+    broke off).  ExecIf splits its argument only outside parentheses, so an
+    address's ``:`` inside the AGI() stays whole."""
+    def lines(route: str, args: str) -> str:
+        first, *rest = (f"AGI({srv}/{route}{query}{args})" for srv in servers)
+        return first + "".join(f'\n same => n,ExecIf($["${{AGISTATUS}}" = "FAILURE"]?{app})' for app in rest)
+    return lines
 
 
 def queues_conf(p: Provider) -> str:
@@ -266,10 +315,19 @@ def musiconhold_conf(p: Provider) -> str:
     return _render("asterisk", "musiconhold.conf.j2", classes=_moh_classes(p), moh_dir=p.settings.moh_dir)
 
 
-def manager_conf(p: Provider) -> str:
+def manager_conf(p: Provider, node: EngineNode | None = None) -> str:
+    """manager.conf; behind the edge each node's own, bound to its address."""
     # Asterisk's permit= takes <address>/<netmask>
     permit = [f"{n.network_address}/{n.netmask}" for n in map(ipaddress.ip_network, cidrs(p.settings.ami_acl))]
-    return _render("asterisk", "manager.conf.j2", s=p.settings, permit=permit)
+    bind = (node.host, node.port) if node else (p.settings.ami_host, p.settings.ami_port)
+    return _render("asterisk", "manager.conf.j2", s=p.settings, permit=permit, bind=bind)
+
+
+def pjsip_node_conf(p: Provider, node: EngineNode) -> str:
+    """A node's transports behind the edge: bound to its own SIP address
+    (pjsip.conf includes it)."""
+    host, _, port = node_sip(p.settings, node).rpartition(":")
+    return _render("asterisk", "pjsip_node.conf.j2", s=p.settings, node=node, host=host, port=int(port))
 
 
 ASTERISK: dict[str, Callable[[Provider], str]] = {
@@ -281,13 +339,61 @@ ASTERISK: dict[str, Callable[[Provider], str]] = {
 }
 
 
+# behind the edge: one per node (nodes/<name>/...), installed into that node's /etc/asterisk
+ASTERISK_NODE: dict[str, Callable[[Provider, EngineNode], str]] = {
+    "pjsip_node.conf": pjsip_node_conf,
+    "manager.conf": manager_conf,
+}
+
+
 def asterisk_files(p: Provider) -> dict[str, str]:
-    return {name: gen(p) for name, gen in ASTERISK.items()}
+    files = {name: gen(p) for name, gen in ASTERISK.items()}
+    if p.settings.edge_nodes:
+        del files["manager.conf"]
+        for node in p.settings.ami_nodes:
+            for name, node_gen in ASTERISK_NODE.items():
+                files[f"{node_dir(node)}/{name}"] = node_gen(p, node)
+    return files
+
+
+# ---------------------------------------------------------------- the SIP edge (Kamailio)
+
+EDGE_HEADER = "X-Dustel-Edge"      # what the edge marks a carrier call with (and strips from everything else)
+EDGE_SOURCE_HEADER = "X-Dustel-Source"   # a phone's address as the edge saw it (the policy's IP rule), likewise
+EDGE_FR_MS = 2000                  # an engine node that sends no reply within this is skipped (tm fr_timer)
+EDGE_PING_S = 1                    # OPTIONS probe interval per engine node
+EDGE_PIKE = {"pike_unit": 2, "pike_density": 60, "ban_s": 60}    # flood limit per source address
+# every dialled form of 110/112 as one Kamailio regex (our constants: not user data)
+EDGE_EMERGENCY_RE = "^(" + "|".join(d.replace("+", "[+]") for d in EMERGENCY_DIALS) + ")$"
+
+
+def kamailio_cfg(p: Provider, edge: EngineNode) -> str:
+    s = p.settings
+    if not edge.rpc_port:
+        raise escape.UnsafeValue(f"edge node {edge.name}.rpc_port", "is required (its JSON-RPC listener)")
+    return _render("kamailio", "kamailio.cfg.j2", node=edge, db_url=kamailio_db_url(s),
+                   sip_listen=f"{_host_of(edge.host)}:{edge.port}", rpc_listen=f"{edge.host}:{edge.rpc_port}",
+                   rpc_port=edge.rpc_port, rpc_acl=cidrs(s.edge_rpc_acl), carrier=s.carrier_host,
+                   emergency_re=EDGE_EMERGENCY_RE, headers=(EDGE_HEADER, EDGE_SOURCE_HEADER), fr_ms=EDGE_FR_MS,
+                   ping_s=EDGE_PING_S, **EDGE_PIKE)
+
+
+def kamailio_db_url(s: Settings) -> str:
+    url = s.kamailio_db_url
+    if not re.fullmatch(r"postgres://[^\s\"\\$/@]+:[^\s\"\\$/@]+@[A-Za-z0-9.,:\[\]-]+/[A-Za-z0-9_]+", url):
+        raise DustelError("kamailio_db_url", "must be postgres://user:password@host[,host2][:port]/database "
+                                             "(Kamailio's own role; no quote, backslash or $)")
+    return url
+
+
+def kamailio_files(p: Provider) -> dict[str, str]:
+    return {f"{node_dir(edge)}/kamailio.cfg": kamailio_cfg(p, edge) for edge in p.settings.edge_nodes}
 
 
 ENGINES: dict[str, Callable[[Provider], dict[str, str]]] = {
     "freeswitch": freeswitch_files,
     "asterisk": asterisk_files,
+    "kamailio": kamailio_files,
 }
 
 def reload_commands(engine: str, changed: list[str], killgw: Mapping[str, Iterable[str]] | None = None) -> list[str]:
@@ -322,8 +428,13 @@ def reload_commands(engine: str, changed: list[str], killgw: Mapping[str, Iterab
                 add("reload mod_callcenter")
             if rel.endswith("local_stream.conf.xml"):
                 add("reload mod_local_stream")
+        elif engine == "kamailio":
+            # kamailio.cfg is read at start only (its tables are reloaded over its RPC: render/edge.py)
+            add("restart")
         else:
-            add({"pjsip.conf": "res_pjsip.so", "extensions.conf": "pbx_config.so", "queues.conf": "app_queue.so",
+            rel = rel.rsplit("/", 1)[-1]     # a node's own file (nodes/<name>/) reloads the same module
+            add({"pjsip_node.conf": "res_pjsip.so", "pjsip.conf": "res_pjsip.so", "extensions.conf": "pbx_config.so",
+                 "queues.conf": "app_queue.so",
                  "musiconhold.conf": "res_musiconhold.so", "manager.conf": "manager"}[rel])
     return out
 

@@ -103,3 +103,18 @@ def fs_id(value: object) -> str:
     if not _AST_ID.fullmatch(s):
         raise UnsafeValue("render", f"value {s[:40]!r} is not safe as a FreeSWITCH identifier")
     return s
+
+
+# a value inside a double-quoted string of kamailio.cfg: printable ASCII
+# without the quote, the backslash (escapes) and the cfg's own markers
+_KAM_SAFE = re.compile(r"[A-Za-z0-9 !#%&'()*+,./:;<=>?@^_`{|}~\[\]-]{1,400}")
+
+
+def kam(value: object) -> str:
+    """A value rendered into kamailio.cfg: refused (the render fails, the
+    last good output stays) unless every character is safe inside a quoted
+    string — no quote, backslash, ``$`` (a pseudo-variable) or line break."""
+    s = str(value)
+    if not _KAM_SAFE.fullmatch(s):
+        raise UnsafeValue("render", f"value {s[:40]!r} is not safe in kamailio.cfg")
+    return s

@@ -13,7 +13,7 @@ from ..config import Settings, require_secrets
 from . import context, engines, scope, writer
 
 # the secret each engine's rendered files carry (event_socket.conf, manager.conf)
-SECRET_OF = {"freeswitch": "esl_password", "asterisk": "ami_secret"}
+SECRET_OF = {"freeswitch": "esl_password", "asterisk": "ami_secret", "kamailio": "kamailio_db_url"}
 
 
 @dataclass

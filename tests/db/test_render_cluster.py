@@ -1,0 +1,138 @@
+"""The cluster's rendering (issue 27): kamailio.cfg per edge node, the
+edge's tables, Asterisk nodes behind the edge, policy-server fallback."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dustel.agi.fastagi import node_of
+from dustel.cli import cli as run_cli
+from dustel.config import EngineNode
+from dustel.errors import DustelError
+from dustel.render import engines, service, writer
+from tests.render_fixture import CLUSTER_SETTINGS, GOLDEN_SETTINGS, load_fixture
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cluster"
+NAMES = ["asterisk", "kamailio"]
+
+
+@pytest.fixture
+def provider(conn: psycopg.Connection, tmp_path: Path) -> dict[str, str]:
+    return load_fixture(conn, tmp_path)
+
+
+def _render(conn: psycopg.Connection, settings=CLUSTER_SETTINGS) -> dict[str, dict[str, str]]:
+    with conn.transaction():
+        return service.render_files(conn, settings, NAMES)
+
+
+def test_cluster_golden_files(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    rendered = _render(conn)
+    if os.environ.get("DUSTEL_UPDATE_GOLDEN"):
+        for name, files in rendered.items():
+            writer.write(GOLDEN / name, files)
+    for name, files in rendered.items():
+        expected = {str(p.relative_to(GOLDEN / name)): p.read_text()
+                    for p in (GOLDEN / name).rglob("*") if p.is_file() and p.name != writer.MANIFEST}
+        assert sorted(files) == sorted(expected), name
+        for rel, text in files.items():
+            assert text == expected[rel], f"{name}/{rel} differs from the golden file " \
+                                          "(DUSTEL_UPDATE_GOLDEN=1 to accept a deliberate change)"
+
+
+def test_a_request_names_its_node_only_among_the_nodes_at_its_address() -> None:
+    # two Asterisk nodes on one host (the cluster test's loopback): the request names its own
+    assert node_of(("ast1", "ast2"), "node=ast2") == "ast2"
+    assert node_of(("ast1", "ast2"), "") is None                 # ambiguous: refused
+    assert node_of(("ast1",), "node=ast2") is None                # a node elsewhere: refused
+    assert node_of(("ast1",), "") == "ast1" == node_of(("ast1",), "node=")   # one node: its address says it
+
+
+def test_the_edge_tables_follow_the_settings_and_reload_only_what_changed(run, tmp_path: Path) -> None:
+    run.ok("demo")
+    cfg = tmp_path / "cluster.toml"
+    cfg.write_text('agi_servers = "127.0.0.4:4573,127.0.0.5:4573"\ncarrier_match = "192.0.2.0/24, 198.51.100.7"\n'
+                   '[[edge_nodes]]\nname = "edge1"\nhost = "127.0.0.10"\nport = 5060\nrpc_port = 5081\n'
+                   '[[ami_nodes]]\nname = "ast1"\nhost = "127.0.0.2"\nport = 5038\nsip = "127.0.0.2:5060"\n'
+                   '[[ami_nodes]]\nname = "ast2"\nhost = "127.0.0.3"\nport = 5038\n')
+    env = {"DUSTEL_KAMAILIO_DB_URL": "postgres://kamailio:k-secret@127.0.0.1:5432/dustel"}
+    out = tmp_path / "etc"
+
+    def render(*args: str):
+        return run.runner.invoke(run_cli, ["--state-dir", run.state_dir, "--config", str(cfg), "render", "--out",
+                                           str(out), *args], env={"DATABASE_URL": run.url, **env},
+                                 catch_exceptions=False)
+    r = render("--json")
+    assert r.exit_code == 0, r.output
+    kam = next(d for d in json.loads(r.stdout) if d["engine"] == "kamailio")
+    assert kam["changed"] == ["nodes/edge1/kamailio.cfg"] and kam["tables"] == ["dispatcher", "address"]
+    with psycopg.connect(run.url) as c:
+        assert c.execute("SELECT destination, description FROM kamailio.dispatcher ORDER BY 1").fetchall() == [
+            ("sip:127.0.0.2:5060", "ast1"), ("sip:127.0.0.3:5060", "ast2")]     # ast2: its host, sip_port
+        assert c.execute("SELECT ip_addr, mask FROM kamailio.address ORDER BY 1").fetchall() == [
+            ("192.0.2.0", 24), ("198.51.100.7", 32)]
+    assert render("--check").exit_code == 0
+    cfg.write_text(cfg.read_text().replace('sip = "127.0.0.2:5060"', 'sip = "127.0.0.2:5070"'))
+    assert render("--check").exit_code == 1                  # a node moved: the table differs
+    assert render("--check").exit_code == 1                  # --check wrote nothing
+    r = render("--engine", "kamailio", "--reload")           # no edge listens: the RPC's failure is named
+    assert r.exit_code == 1 and "edge node edge1" in r.stderr and "dispatcher.reload" in r.stderr
+    assert render("--engine", "kamailio", "--check").exit_code == 0   # the table was written before the reload
+    cfg.write_text(cfg.read_text().replace('sip = "127.0.0.2:5070"', 'sip = "example.org:5060"'))
+    r = render()
+    assert r.exit_code == 1 and "node ast1.sip" in r.stderr
+
+
+def test_the_edge_refuses_what_it_cannot_render_safely(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    bad_url = replace(CLUSTER_SETTINGS, kamailio_db_url='postgres://k:x"y@h/db')
+    with pytest.raises(DustelError, match="kamailio_db_url"):
+        _render(conn, bad_url)
+    no_rpc = replace(CLUSTER_SETTINGS, edge_nodes=(EngineNode("edge1", "127.0.0.10", 5060, "", ""),))
+    with pytest.raises(DustelError, match="rpc_port"):
+        _render(conn, no_rpc)
+    by_name = replace(CLUSTER_SETTINGS, edge_nodes=(EngineNode("e", "edge.example", 5060, "", "", rpc_port=1),))
+    with pytest.raises(DustelError, match="must be an IP address"):
+        _render(conn, by_name)
+    with pytest.raises(DustelError, match="agi_servers"):
+        _render(conn, replace(CLUSTER_SETTINGS, agi_servers="127.0.0.4:4573/x,y"))
+
+
+def test_one_box_rendering_is_unchanged_by_the_cluster_settings_it_does_not_use(
+        conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    one = _render(conn, replace(GOLDEN_SETTINGS, kamailio_db_url=CLUSTER_SETTINGS.kamailio_db_url))
+    assert one["kamailio"] == {}
+    ext = one["asterisk"]["extensions.conf"]
+    assert "AGISTATUS" not in ext and "?node=" not in ext and "PJSIP_DIAL_CONTACTS" in ext
+
+
+def test_each_policy_server_is_asked_in_turn_at_every_agi_step(conn: psycopg.Connection,
+                                                              provider: dict[str, str]) -> None:
+    ext = _render(conn)["asterisk"]["extensions.conf"]
+    firsts = re.findall(r"AGI\(agi://127\.0\.0\.4:4573/(\w+)\?node=\$\{SYSTEMNAME\}(.*)\)$", ext, re.M)
+    seconds = re.findall(r'ExecIf\(\$\["\$\{AGISTATUS\}" = "FAILURE"\]\?AGI\(agi://127\.0\.0\.5:4573/(\w+)'
+                         r'\?node=\$\{SYSTEMNAME\}(.*)\)\)$', ext, re.M)
+    assert len(firsts) == 19 and firsts == seconds           # the same step, the same arguments
+    # 110/112 never wait for a policy server
+    emergency = ext.split("[dustel-emergency]")[1].split("\n[")[0]
+    assert "AGI" not in emergency and "@carrier" in emergency
+
+
+def test_engines_behind_the_edge_take_sip_only_from_it(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    ast = _render(conn)["asterisk"]
+    pjsip = ast["pjsip.conf"]
+    acl = pjsip.split("[edge-only]")[1].split("\n\n")[0]
+    assert acl.splitlines()[2:] == ["deny=0.0.0.0/0.0.0.0", "permit=127.0.0.10/255.255.255.255",
+                                    "permit=127.0.0.11/255.255.255.255"]
+    assert "md5_cred" not in pjsip and "type=auth" not in pjsip            # the edge authenticates
+    assert "match_header=X-Dustel-Edge: carrier" in pjsip and "transport-udp" not in pjsip
+    assert "bind=127.0.0.3:5060" in ast["nodes/ast2/pjsip_node.conf"]
+    assert "bindaddr=127.0.0.3" in ast["nodes/ast2/manager.conf"] and "manager.conf" not in ast
+    kam = _render(conn)["kamailio"]["nodes/edge2/kamailio.cfg"]
+    assert "listen=udp:127.0.0.11:5060" in kam and 'remove_hf("X-Dustel-Edge")' in kam
+    assert engines.reload_commands("asterisk", ["nodes/ast1/manager.conf"]) == ["manager"]
