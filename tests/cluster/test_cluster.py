@@ -2,7 +2,13 @@
 (tests/cluster/conftest.py): each an assertion on what the real parts did."""
 from __future__ import annotations
 
-from tests.cluster.conftest import NODES, Cluster, start_phone
+import re
+import threading
+import time
+
+from dustel.testing.cluster import wait_for
+from tests.cluster.conftest import EDGE, NODES, Cluster, _active, start_phone
+from tests.factories import PASSWORD
 
 
 def test_a_phone_registers_through_the_edge(cluster: Cluster) -> None:
@@ -44,3 +50,72 @@ def test_a_carrier_call_reaches_the_phone_through_either_node(cluster: Cluster) 
     rows = cluster.settled(since=since, n=2)
     assert {r["node"] for r in rows} == set(NODES) and all(r["direction"] == "in" for r in rows), rows
     assert cluster.phone_invites() - before == 2                 # each node reached the phone via the edge
+
+
+def _flood(source: str, edge: tuple[str, int], n: int) -> None:
+    """``n`` OPTIONS from ``source`` as fast as one socket sends them."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        port = s.getsockname()[1]
+        for i in range(n):
+            s.sendto((f"OPTIONS sip:{edge[0]}:{edge[1]} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK{i}\r\n"
+                      f"From: <sip:flood@{source}>;tag={i}\r\nTo: <sip:{edge[0]}>\r\nCall-ID: flood-{i}\r\n"
+                      "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), edge)
+
+
+def test_a_flooding_address_is_refused_but_its_112_connects(cluster: Cluster) -> None:
+    flooder = "127.0.0.32"
+    _flood(flooder, (EDGE, cluster.settings.edge_nodes[0].port), 400)
+    wait_for(lambda: "flood from 127.0.0.32" in cluster.kamailio.log.read_text(errors="replace"), 10,
+             "the edge to ban the flooding address")
+    r = cluster.sipp_run("call.xml", "0211123456", flooder, "-set", "user", cluster.user, "-set", "domain",
+                         cluster.domain, "-au", cluster.user, "-ap", PASSWORD, timeout=4)
+    assert r.returncode != 0 and "SIP/2.0 407" not in r.stdout            # dropped unanswered
+    before = len(cluster.carrier_invites())
+    r = cluster.sipp_run("call.xml", "112", flooder, "-set", "user", cluster.user, "-set", "domain",
+                         cluster.domain, "-au", cluster.user, "-ap", PASSWORD)
+    assert r.returncode == 0, r.stdout[-1500:]
+    emergency = cluster.carrier_invites()[before:]
+    assert len(emergency) == 1 and re.fullmatch(r"sip:\+?\d*112@127\.0\.0\.40:\d+", emergency[0]), emergency
+
+
+def test_with_one_policy_server_killed_calls_are_still_decided(cluster: Cluster) -> None:
+    first, second = cluster.policy
+    first.kill()                                      # SIGKILL: the first the dialplan asks is gone
+    since = cluster.now()
+    for _ in range(2):
+        r = cluster.call("0211123456")
+        assert r.returncode == 0, r.stdout[-1500:]
+    rows = cluster.settled(since=since, n=2)
+    assert {r["node"] for r in rows} == set(NODES)     # both nodes fell back to the second server
+    decided = re.findall(r"outbound call=(\S+) .* admit=True", second.text())
+    assert {r["call_id"] for r in rows} <= set(decided)
+
+
+def test_a_killed_node_is_skipped_and_112_keeps_connecting(cluster: Cluster) -> None:
+    ast1, ast2 = cluster.asterisks["ast1"], cluster.asterisks["ast2"]
+    since = cluster.now()
+    marked: list[float] = []
+
+    def watch() -> None:              # when the edge's probes take the dead node out
+        wait_for(lambda: "ast1" not in _active(cluster), 20, "the edge to mark ast1 inactive")
+        marked.append(time.monotonic() - t0)
+    t0 = time.monotonic()
+    ast1.kill()                                       # SIGKILL mid-traffic: no goodbye to anyone
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    # calls right after: whichever node the dispatcher picks, a dead node's silence fails over to ast2
+    before = len(cluster.carrier_invites())
+    for dialed in ("112", "0211123456", "112", "0211123456"):
+        r = cluster.call(dialed)
+        assert r.returncode == 0, (dialed, r.stdout[-1500:])
+    emergency = [u for u in cluster.carrier_invites()[before:] if re.match(r"sip:\+?\d*112@", u)]
+    assert len(emergency) == 2
+    rows = cluster.settled(since=since, n=2)
+    assert {r["node"] for r in rows} == {"ast2"}
+    watcher.join()
+    assert marked and _active(cluster) == {"ast2"}   # later calls go straight to the live node
+    print(f"\nfailover: ast1 marked inactive by the edge {marked[0]:.1f} s after its SIGKILL")
+    assert ast2.proc is not None and ast2.proc.poll() is None
