@@ -21,23 +21,38 @@ from ..callpath.calls import Q
 from ..queue import agents, service, stats
 from ..wire import commands
 from . import state
+from .lease import CHECK_SECONDS, AsyncLease
 
 log = logging.getLogger("dustel.controller.ami")
 
 REBUILD = object()
 
 
+class _Manager(Manager):  # type: ignore[misc]
+    """panoramisk's Manager reconnects on its own after every close; one
+    whose lease is gone must stay closed."""
+    stopped = False
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        return None if self.stopped else super().connect(*args, **kwargs)
+
+
 class AMINode:
     def __init__(self, name: str, host: str, port: int, username: str, secret: str, dsn: str) -> None:
         self.name, self.dsn = name, dsn
+        self.host, self.port, self.username, self.secret = host, port, username, secret
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.logins = 0
-        self.manager = Manager(host=host, port=port, username=username, secret=secret, events="call,system,agent",
-                               ping_delay=5, ping_interval=5, reconnect_timeout=1,
-                               on_login=self._on_login, on_disconnect=self._on_disconnect,
-                               log=logging.getLogger("dustel.controller.panoramisk"))
-        self.manager.register_event("*", self._on_event)
+        self.manager = self._manager()
+
+    def _manager(self) -> _Manager:
+        m = _Manager(host=self.host, port=self.port, username=self.username, secret=self.secret,
+                     events="call,system,agent", ping_delay=5, ping_interval=5, reconnect_timeout=1,
+                     on_login=self._on_login, on_disconnect=self._on_disconnect,
+                     log=logging.getLogger("dustel.controller.panoramisk"))
+        m.register_event("*", self._on_event)
+        return m
 
     def _on_login(self, manager: Manager) -> None:
         self.logins += 1
@@ -168,7 +183,26 @@ class AMINode:
         return [{str(k): str(v) for k, v in dict(m).items()} for m in msgs if m.get("Event") == item]
 
     async def run(self) -> None:
-        self.manager.connect()
+        """Follow the node while this controller holds its lease (lease.py);
+        when the lease is lost, stop, and wait to get it again."""
+        lease = AsyncLease(self.dsn, self.name)
+        while True:
+            await lease.acquire()
+            log.info("node=%s: lease taken, following it", self.name)
+            self.queue = asyncio.Queue()
+            self.manager = self._manager()
+            self.manager.connect()
+            worker = asyncio.create_task(self.follow())
+            try:
+                while await lease.held():
+                    await asyncio.sleep(CHECK_SECONDS)
+            finally:
+                log.warning("node=%s: lease lost, no longer following it", self.name)
+                self.manager.stopped = True
+                self.manager.close()
+                worker.cancel()
+
+    async def follow(self) -> None:
         while True:
             item = await self.queue.get()
             try:

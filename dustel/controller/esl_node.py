@@ -26,6 +26,7 @@ from ..wire import commands
 from ..wire import esl as P
 from ..wire.esl_reader import DustelInbound, ESLMessage
 from . import state
+from .lease import RETRY_SECONDS, Lease
 
 log = logging.getLogger("dustel.controller.esl")
 
@@ -159,9 +160,18 @@ class ESLNode:
         the database — is logged and retried with backoff; nothing ends this
         node's follower while the process lives."""
         backoff = 0.2
+        lease = Lease(self.dsn, self.name)
+        waiting = False
         while True:
+            if not lease.try_acquire():          # another controller follows the node (lease.py)
+                if not waiting:
+                    log.info("node=%s followed by another controller; standing by", self.name)
+                    waiting = True
+                gevent.sleep(RETRY_SECONDS)
+                continue
+            waiting = False
             try:
-                self.session()
+                self.session(lease)
                 backoff = 0.2
             except (OSError, NotConnectedError, OutboundSessionHasGoneAway, ValueError) as exc:
                 log.warning("node=%s %s:%s: %s", self.name, self.host, self.port, exc or type(exc).__name__)
@@ -171,7 +181,7 @@ class ESLNode:
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    def session(self) -> None:
+    def session(self, lease: Lease | None = None) -> None:
         esl = DustelInbound(self.host, self.port, self.password, timeout=5)
         esl.connect()
         self.esl = esl
@@ -194,6 +204,9 @@ class ESLNode:
                 if time.monotonic() - self.last_seen > self.watchdog:
                     log.warning("node=%s: nothing heard for %.0f s (no HEARTBEAT): reconnecting", self.name,
                                 self.watchdog)
+                    break
+                if lease is not None and not lease.held():
+                    log.warning("node=%s: lease lost, no longer following it", self.name)
                     break
         finally:
             try:

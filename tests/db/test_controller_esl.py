@@ -284,12 +284,12 @@ def test_wrong_password_is_refused_cleanly() -> None:
 def test_a_database_error_during_connect_never_ends_the_follower(fs: FreeSwitchEmulator) -> None:
     """Issue 15.11: a database error while (re)connecting killed the node's
     follower for good.  With the database unreachable the follower keeps
-    connecting (backoff) instead of dying."""
+    trying (issue 27: it follows a node only while it holds the node's lease,
+    a lock in that database — it stands by, and never dies)."""
     c = Controller("postgresql://nobody@127.0.0.1:1/nowhere?connect_timeout=1", fs.port)
     try:
-        wait_for(lambda: any("live state rebuilt" in line for line in c.log), 60, "the node followed")
-        assert any("could not read agent logins" in line for line in c.log)
-        assert c.proc.poll() is None and fs.sessions_closed == 0 and fs.subscribed() == 1
+        wait_for(lambda: sum("lease not tried" in line for line in c.log) >= 2, 60, "the lease tried again")
+        assert c.proc.poll() is None and fs.subscribed() == 0        # standing by, alive
     finally:
         c.stop()
 
@@ -410,3 +410,28 @@ def test_an_engine_crash_settles_the_reservations_of_its_lost_calls_at_once(
     assert m["reserved_cents"] == rows[up[2]]["reserved_cents"] > 0
     assert calls.run_sync(conn, reconcile.reconcile()) == []
     assert any("lost with the engine: settled from the CDR" in line for line in controller.log)
+
+
+def test_one_controller_follows_a_node_and_another_takes_it_over_when_it_dies(
+        db_url: str, fs: FreeSwitchEmulator) -> None:
+    """Issue 27: several controllers, each node followed by exactly one (a
+    PostgreSQL advisory lock per node on the follower's own connection).
+    The second stands by; SIGKILL the first and its connection — and so the
+    lock — is gone: the second takes the node over and rebuilds."""
+    first = Controller(db_url, fs.port)
+    try:
+        wait_for(lambda: fs.subscribed() == 1, what="the first controller following fs1")
+        second = Controller(db_url, fs.port)
+        try:
+            wait_for(lambda: any("standing by" in line for line in second.log), what="the second standing by")
+            assert fs.subscribed() == 1                          # exactly one follows the node
+            first.proc.kill()
+            first.stop()                                         # reaps it, closes its pipe
+            wait_for(lambda: any("live state rebuilt" in line for line in second.log), 30,
+                     "the second taking fs1 over")
+            assert fs.subscribed() == 1                          # the second's, the first's gone with it
+        finally:
+            second.stop()
+    finally:
+        if first.proc.returncode is None:
+            first.stop()
