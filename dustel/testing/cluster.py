@@ -243,8 +243,10 @@ class Service:
 
     def start(self, ready: Callable[[], bool] | None = None) -> None:
         out = self.log.open("ab")
+        # a session of its own: kill() takes its children too (a controller's engine processes)
         self.proc = subprocess.Popen([sys.executable, "-m", "dustel.cli", *self.argv], env=self.env,
-                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         out.close()
         if ready is not None:
             def up() -> bool:
@@ -258,8 +260,9 @@ class Service:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def kill(self) -> None:
+        """SIGKILL the service and its children: its host is gone."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self) -> None:
@@ -268,7 +271,7 @@ class Service:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
 

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 
 from dustel.callpath import calls
 from dustel.config import load_settings
+from dustel.controller import lease
 from dustel.provisioning import migrate, numbers
 from dustel.render import edge, service
 from dustel.testing.asterisk import Asterisk
@@ -95,10 +96,21 @@ class Cluster:
         r.stdout = log.read_text(errors="replace") if log.exists() else ""
         return r
 
-    def call(self, dialed: str, timeout: int = 30) -> subprocess.CompletedProcess[str]:
-        """The phone calls ``dialed`` through the edge (digest against the HA1)."""
+    def call(self, dialed: str, timeout: int = 30, hold_ms: int = 1000) -> subprocess.CompletedProcess[str]:
+        """The phone calls ``dialed`` through the edge (digest against the HA1), talks ``hold_ms``."""
         return self.sipp_run("call.xml", dialed, PHONE, "-set", "user", self.user, "-set", "domain", self.domain,
-                             "-au", self.user, "-ap", PASSWORD, timeout=timeout)
+                             "-au", self.user, "-ap", PASSWORD, "-d", str(hold_ms), timeout=timeout)
+
+    def controller(self, name: str) -> Service:
+        svc = Service(name, ["controller", "run"], self.env, self.base / f"{name}.log")
+        svc.start()
+        self.procs.append(svc)
+        self.controllers.append(svc)
+        return svc
+
+    def lease_holders(self) -> int:
+        with self.db() as c:
+            return len(c.execute(lease.holders_sql()).fetchall())
 
     def carrier_call(self, number: str = NUMBER) -> subprocess.CompletedProcess[str]:
         return self.sipp_run("carrier_call.xml", number, CARRIER)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from typing import Any
 
 from dustel.testing.cluster import wait_for
 from tests.cluster.conftest import EDGE, NODES, Cluster, _active, start_phone
@@ -92,6 +93,38 @@ def test_with_one_policy_server_killed_calls_are_still_decided(cluster: Cluster)
     assert {r["node"] for r in rows} == set(NODES)     # both nodes fell back to the second server
     decided = re.findall(r"outbound call=(\S+) .* admit=True", second.text())
     assert {r["call_id"] for r in rows} <= set(decided)
+
+
+def test_the_controller_owning_the_nodes_dies_and_the_other_takes_over_cdrs_exact(cluster: Cluster) -> None:
+    since = cluster.now()
+    first = cluster.controller("controller-a")
+    wait_for(lambda: cluster.lease_holders() == len(NODES), 20, "controller-a to hold both nodes' leases")
+    second = cluster.controller("controller-b")
+    wait_for(lambda: second.text().count("standing by") >= len(NODES), 20, "controller-b to stand by")
+    r = cluster.call("0211123456")                       # followed by controller-a
+    assert r.returncode == 0, r.stdout[-1500:]
+    long_call: list[Any] = []
+    talking = threading.Thread(target=lambda: long_call.append(cluster.call("0211123456", hold_ms=6000)))
+    talking.start()                                      # talks across the takeover
+    wait_for(lambda: any(r["state"] == "active" for r in cluster.call_rows(since)), 10, "the long call up")
+    t0 = time.monotonic()
+    first.kill()                                         # SIGKILL the controller host's processes
+    wait_for(lambda: second.text().count("lease taken") >= len(NODES), 20, "controller-b to take both nodes over")
+    took = time.monotonic() - t0
+    wait_for(lambda: second.text().count("live state rebuilt") >= len(NODES), 20, "controller-b's rebuilds")
+    talking.join()
+    assert long_call and long_call[0].returncode == 0, long_call[0].stdout[-1500:]
+    r = cluster.call("0211123456")                       # followed by controller-b
+    assert r.returncode == 0, r.stdout[-1500:]
+    rows = cluster.settled(since=since, n=3)
+    with cluster.db() as c:
+        for row in rows:                                  # exactly one CDR per call, its billsec the money's
+            cdrs = c.execute("SELECT billsec, hangup_cause FROM cdrs WHERE node = %s AND call_id = %s",
+                             (row["node"], row["call_id"])).fetchall()
+            assert len(cdrs) == 1 and cdrs[0]["hangup_cause"] != "LOST_WHILE_DISCONNECTED", (row, cdrs)
+            assert abs(cdrs[0]["billsec"] - row["billsec"]) <= 1, (row, cdrs)
+    assert cluster.lease_holders() == len(NODES)
+    print(f"\ncontroller takeover: controller-b followed both nodes {took:.1f} s after controller-a's SIGKILL")
 
 
 def test_a_killed_node_is_skipped_and_112_keeps_connecting(cluster: Cluster) -> None:
