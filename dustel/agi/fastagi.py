@@ -85,7 +85,8 @@ class Batcher:
 
     async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self.ctx.run_admission(self.flow([item for item, _ in batch]))
+            items = [item for item, _ in batch]
+            results = await self.ctx.run_admission(self.flow(items), again=lambda: self.flow(items))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # the database is unreachable: every request waiting now would wait
             # as long again — fail them all at once (a call is refused: the
@@ -153,11 +154,20 @@ class Context:
         for t in (*self._admit.workers, *self._settle.workers):
             t.cancel()
 
-    async def run_admission(self, flow: calls.Flow) -> Any:
+    async def run_admission(self, flow: calls.Flow, again: Callable[[], calls.Flow] | None = None) -> Any:
         """Admission waits for a connection as long as the database answers
         (a busy pool is load: latency, never a refusal); when no connection
         came within ``POOL_TIMEOUT`` and the database does not answer a
-        connection attempt either, it is gone (PoolTimeout)."""
+        connection attempt either, it is gone (PoolTimeout).
+
+        A pooled connection that broke (the primary died, the standby was
+        promoted: issue 27) fails the flow with OperationalError; the pool
+        then drops every broken connection and, where the database answers
+        again (the DSN names every server: whichever takes writes), the flow
+        runs once more (``again``: it anew).  That is safe for money: an
+        admission or settlement that did commit before the break is found
+        by (node, call id) and not repeated."""
+        retried = False
         while True:
             try:
                 async with self.pool.connection(timeout=POOL_TIMEOUT) as conn:
@@ -165,6 +175,12 @@ class Context:
             except PoolTimeout:
                 if not await self._database_answers():
                     raise
+            except psycopg.OperationalError:
+                await self.pool.check()           # the broken connections go, fresh ones come
+                if retried or again is None or not await self._database_answers():
+                    raise
+                log.warning("database connection lost; running the request again on a new one")
+                retried, flow = True, again()
 
     async def _database_answers(self) -> bool:
         try:
@@ -448,7 +464,8 @@ async def agent_leg(request: Request, ctx: Context) -> None:
 
 
 async def _leg(ctx: Context, req: CallRequest, callee: str) -> tuple[CallRequest, Decision]:
-    leg, d = await ctx.run_admission(calls.admit_leg(req, callee, ctx.tariffs))
+    leg, d = await ctx.run_admission(calls.admit_leg(req, callee, ctx.tariffs),
+                                     again=lambda: calls.admit_leg(req, callee, ctx.tariffs))
     log.info("leg call=%s tenant=%s callee=%s admit=%s reason=%s max=%s", leg.call_id, leg.tenant_id, callee,
              d.admit, d.reason, d.max_seconds)
     return leg, d

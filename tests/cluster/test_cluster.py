@@ -2,7 +2,10 @@
 (tests/cluster/conftest.py): each an assertion on what the real parts did."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -152,3 +155,37 @@ def test_a_killed_node_is_skipped_and_112_keeps_connecting(cluster: Cluster) -> 
     assert marked and _active(cluster) == {"ast2"}   # later calls go straight to the live node
     print(f"\nfailover: ast1 marked inactive by the edge {marked[0]:.1f} s after its SIGKILL")
     assert ast2.proc is not None and ast2.proc.poll() is None
+
+
+def test_the_standby_is_promoted_after_the_primary_dies_and_no_reservation_is_lost(cluster: Cluster) -> None:
+    primary, standby = cluster.pg
+    since = cluster.now()
+    long_call: list[Any] = []
+    talking = threading.Thread(target=lambda: long_call.append(cluster.call("0211123456", hold_ms=8000)))
+    talking.start()
+    row = wait_for(lambda: next((r for r in cluster.call_rows(since) if r["state"] == "active"), None), 10,
+                   "the long call admitted")
+    held = (row["reserved_cents"], row["reserved_free"], row["max_seconds"])
+    assert held[0] + held[1] > 0                         # committed on the primary and on the synchronous standby
+    primary.kill()                                        # SIGKILL: the primary's host is gone
+    t0 = time.monotonic()
+    standby.promote()
+    # every part reconnects to whichever server takes writes (the multi-host DSN): a new call is decided again
+    decided = wait_for(lambda: cluster.call("0211123456").returncode == 0, 60, "a call decided after the promotion")
+    took = time.monotonic() - t0
+    talking.join()
+    assert decided and long_call and long_call[0].returncode == 0, long_call[0].stdout[-1500:]
+    rows = cluster.settled(since=since, n=2, timeout=30)
+    survived = next(r for r in rows if r["call_id"] == row["call_id"])
+    # the reservation was not lost: the promoted server had it, the call settled on it
+    assert (survived["reserved_cents"], survived["reserved_free"], survived["max_seconds"]) == held
+    assert survived["billsec"] >= 7
+    with cluster.db() as c:
+        money = c.execute("SELECT reserved_cents FROM tenant_money WHERE tenant_id = %s",
+                          (cluster.tenant_id,)).fetchone()
+        assert money["reserved_cents"] == 0
+        assert c.execute("SELECT pg_is_in_recovery() AS r").fetchone()["r"] is False      # the promoted one
+    r = subprocess.run([sys.executable, "-m", "dustel.cli", "billing", "reconcile", "--json"], env=cluster.env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout + r.stderr
+    print(f"\ndatabase failover: a call decided again {took:.1f} s after the promotion began")
