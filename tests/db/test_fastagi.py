@@ -241,3 +241,50 @@ def test_an_external_agent_leg_is_decided_and_settled(db_url: str, conn: psycopg
         "admit", "PJSIP/+491701234567@carrier", "666", "1")
     leg = conn.execute("SELECT * FROM calls WHERE call_id = 'loc-1;2:leg'").fetchone()
     assert (leg["state"], leg["billsec"], leg["charged_cents"]) == ("settled", 60, 9)
+
+
+def test_after_the_databases_connections_broke_the_next_call_is_still_decided(db_url: str, conn: psycopg.Connection,
+                                                                               prepaid: dict[str, Any]) -> None:
+    """Issue 27: a promoted standby leaves the pool's connections broken.
+    The request that meets one runs again on a new connection — once, and
+    an admission that committed is found again, never doubled."""
+    args = [str(prepaid["t"]["id"]), prepaid["u"], "192.0.2.1:5060"]
+
+    async def scenario(port: int) -> list[dict[str, str]]:
+        first = decision(await request(port, block("outbound", args, "f1")))
+        # every connection of the server's pool is cut, as a dead primary's are
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        second = decision(await request(port, block("outbound", args, "f2")))
+        again = decision(await request(port, block("outbound", args, "f2")))      # the same call asks again
+        return [first, second, again]
+
+    ds = run_server(db_url, scenario)
+    assert [d["DUSTEL_ACTION"] for d in ds] == ["admit", "admit", "admit"], ds
+    rows = conn.execute("SELECT call_id, reserved_cents FROM calls ORDER BY call_id").fetchall()
+    assert [r["call_id"] for r in rows] == ["f1", "f2"]
+    assert conn.execute("SELECT reserved_cents FROM tenant_money").fetchone()["reserved_cents"] == sum(
+        r["reserved_cents"] for r in rows)
+
+
+def test_nodes_sharing_an_address_are_told_apart_by_the_name_they_give(db_url: str, conn: psycopg.Connection,
+                                                                       prepaid: dict[str, Any]) -> None:
+    """Issue 27: two Asterisk nodes on one host reach the policy server from
+    one address; each request names its node (``?node=${SYSTEMNAME}``),
+    believed only for a node configured at that address."""
+    args = [str(prepaid["t"]["id"]), prepaid["u"], "192.0.2.1:5060"]
+    nodes = {"127.0.0.1": ("ast1", "ast2"), "127.0.0.2": ("ast3",)}
+
+    async def scenario(port: int) -> dict[str, list[str]]:
+        return {
+            "ast1": await request(port, block("outbound?node=ast1", args, "n1")),
+            "ast2": await request(port, block("outbound?node=ast2", args, "n2")),
+            "unnamed": await request(port, block("outbound", args, "n3")),
+            "elsewhere": await request(port, block("outbound?node=ast3", args, "n4")),
+            "ast3": await request(port, block("outbound?node=ast3", args, "n5"), source="127.0.0.2"),
+        }
+
+    out = run_server(db_url, scenario, nodes=nodes)   # type: ignore[arg-type]
+    assert out["unnamed"] == [] and out["elsewhere"] == []
+    rows = conn.execute("SELECT node, call_id FROM calls ORDER BY call_id").fetchall()
+    assert [(r["node"], r["call_id"]) for r in rows] == [("ast1", "n1"), ("ast2", "n2"), ("ast3", "n5")]
