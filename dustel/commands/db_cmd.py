@@ -40,6 +40,20 @@ def migrate(env: Env, as_json: bool) -> None:
          lambda d: click.echo(f"applied: {', '.join(d['applied'])}" if d["applied"] else "schema up to date"))
 
 
+@group.command("grant-edge")
+@click.argument("role")
+@pass_env
+def grant_edge(env: Env, role: str) -> None:
+    """Grant ROLE (Kamailio's database role, made by the database's
+    administrator with search_path = kamailio) what the SIP edge needs:
+    read the subscriber view and the dispatcher and address tables, write
+    the locations.  Idempotent."""
+    from ..render import edge
+    with env.tx() as conn:
+        edge.grant(conn, role)
+    click.echo(f"granted {role} the SIP edge's tables (schema kamailio)")
+
+
 def _where(env: Env) -> str:
     return "DATABASE_URL" if env.settings.database_url else str(env.settings.state_dir / "pg")
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import urllib.error
 import urllib.request
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 from ..config import EngineNode, Settings, node_sip
 from ..errors import DustelError
@@ -83,6 +85,28 @@ def sync(conn: psycopg.Connection, s: Settings) -> list[str]:
             cur.executemany("INSERT INTO kamailio.address (grp, ip_addr, mask, port, tag) "
                             "VALUES (%s, %s, %s, %s, %s)", address_rows(s))
     return changed
+
+
+# what Kamailio's database role may do (dustel's schema owner grants it:
+# `dustel db grant-edge ROLE`); the role itself, its password and its
+# search_path = kamailio are made by the database's administrator (the Ansible
+# postgresql role): README, Cluster
+GRANTS = (
+    "GRANT USAGE ON SCHEMA kamailio TO {role}",
+    "GRANT SELECT ON ALL TABLES IN SCHEMA kamailio TO {role}",
+    "GRANT INSERT, UPDATE, DELETE ON kamailio.location, kamailio.location_attrs TO {role}",
+    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA kamailio TO {role}",
+)
+
+
+def grant(conn: psycopg.Connection, role: str) -> None:
+    """Grant an existing role what Kamailio needs of dustel's tables (idempotent)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise DustelError("role", "must be a lower-case PostgreSQL identifier (letters, digits, _)")
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+        raise DustelError("role", f"{role} does not exist (the database's administrator makes it: README, Cluster)")
+    for stmt in GRANTS:
+        conn.execute(psycopg.sql.SQL(stmt).format(role=psycopg.sql.Identifier(role)))
 
 
 def rpc(node: EngineNode, method: str, *params: Any, timeout: float = 5.0) -> Any:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -161,15 +162,14 @@ def _parts_or_skip() -> str:
 
 
 def _roles(url: str, kamailio_password: str) -> None:
-    """Kamailio's role: its schema first on the search path, reads dustel's
-    views and tables there, writes only the locations (README, Cluster)."""
+    """Kamailio's role, as the database's administrator makes it (its schema
+    first on the search path), then dustel's grants (README, Cluster)."""
     with psycopg.connect(url, autocommit=True) as c:
         c.execute(f"CREATE ROLE kamailio LOGIN PASSWORD '{kamailio_password}'")
         c.execute("ALTER ROLE kamailio SET search_path = kamailio")
-        c.execute("GRANT USAGE ON SCHEMA kamailio TO kamailio")
-        c.execute("GRANT SELECT ON ALL TABLES IN SCHEMA kamailio TO kamailio")
-        c.execute("GRANT INSERT, UPDATE, DELETE ON kamailio.location, kamailio.location_attrs TO kamailio")
-        c.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA kamailio TO kamailio")
+    r = subprocess.run([sys.executable, "-m", "dustel.cli", "db", "grant-edge", "kamailio"],
+                       env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 def _config(base: Path, rpc_port: int, sip_ports: dict[str, int], ami_ports: dict[str, int], agi_ports: list[int],

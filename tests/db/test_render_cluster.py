@@ -136,3 +136,33 @@ def test_engines_behind_the_edge_take_sip_only_from_it(conn: psycopg.Connection,
     kam = _render(conn)["kamailio"]["nodes/edge2/kamailio.cfg"]
     assert "listen=udp:127.0.0.11:5060" in kam and 'remove_hf("X-Dustel-Edge")' in kam
     assert engines.reload_commands("asterisk", ["nodes/ast1/manager.conf"]) == ["manager"]
+
+
+def test_the_edges_role_sees_the_ha1_view_and_writes_locations_nothing_else(run, conn: psycopg.Connection,
+                                                                          provider: dict[str, str]) -> None:
+    """The SIP edge reads usernames, realms and HA1s through dustel's view —
+    no password column exists — and may write only its locations."""
+    name = f"kam_{os.getpid()}"
+    conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'x'")
+    try:
+        assert run("db", "grant-edge", "no-such role").exit_code == 1
+        r = run("db", "grant-edge", "nosuchrole")
+        assert r.exit_code == 1 and "role: nosuchrole does not exist" in r.stderr
+        run.ok("db", "grant-edge", name)
+        run.ok("db", "grant-edge", name)                                  # idempotent
+        with conn.transaction():
+            conn.execute(f"SET LOCAL ROLE {name}")
+            conn.execute("SET LOCAL search_path = kamailio")
+            cols = [d.name for d in conn.execute("SELECT * FROM subscriber LIMIT 1").description]
+            assert cols == ["id", "username", "domain", "ha1", "ha1b"]
+            row = conn.execute("SELECT * FROM subscriber WHERE username = '000387100001'").fetchone()
+            assert re.fullmatch(r"[0-9a-f]{32}", row["ha1"]) and row["domain"] == "demo-starter.sip.dustel.de"
+            conn.execute("INSERT INTO location (ruid, username, contact) VALUES ('r1', 'u', 'sip:u@192.0.2.1')")
+        for forbidden in ("SELECT * FROM public.sip_accounts", "DELETE FROM kamailio.dispatcher",
+                          "SELECT * FROM public.calls"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {name}")
+                conn.execute(forbidden)
+    finally:
+        conn.execute(f"DROP OWNED BY {name}")
+        conn.execute(f"DROP ROLE {name}")
