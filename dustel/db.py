@@ -85,6 +85,21 @@ def with_dbname(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+def single_host(url: str) -> str:
+    """A URL naming several servers (libpq's host list: a primary and its
+    standbys, ``target_session_attrs=read-write``) as the one that takes
+    writes now — for tools that parse one host only (yoyo's migrations)."""
+    parts = urlsplit(url)
+    if "," not in parts.netloc:
+        return url
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        host, port = conn.info.host, conn.info.port
+    userinfo = parts.netloc.rpartition("@")[0]
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("target_session_attrs="))
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}" if userinfo else hostport, query=query))
+
+
 def connect(url: str, **kw: object) -> psycopg.Connection:
     return psycopg.connect(url, row_factory=dict_row, **kw)  # type: ignore[arg-type]
 

@@ -33,7 +33,8 @@ def _yoyo_uri(url: str) -> str:
 
 
 def _backend(url: str):  # type: ignore[no-untyped-def]
-    return get_backend(_yoyo_uri(url))
+    from ..db import single_host  # yoyo parses one host: the writable one of a list
+    return get_backend(_yoyo_uri(single_host(url)))
 
 
 def status(url: str) -> MigrationStatus:

@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 from dustel.callpath import calls
 from dustel.config import load_settings
 from dustel.controller import lease
-from dustel.provisioning import migrate, numbers
+from dustel.provisioning import numbers
 from dustel.render import edge, service
 from dustel.testing.asterisk import Asterisk
 from dustel.testing.asterisk import Unavailable as AsteriskUnavailable
@@ -218,8 +218,6 @@ def _start(base: Path, sipp: str, chroot: Asterisk, started: list[Any]) -> Clust
     started.append(primary)
     with psycopg.connect(primary.url(), autocommit=True) as c:
         c.execute("CREATE DATABASE dustel")
-    migrate.migrate(primary.url("dustel"))
-    _roles(primary.url("dustel"), "cluster-kamailio-secret")
     standby.init_standby(primary, "standby1")
     standby.start()
     started.append(standby)
@@ -230,6 +228,11 @@ def _start(base: Path, sipp: str, chroot: Asterisk, started: list[Any]) -> Clust
         wait_for(lambda: c.execute("SELECT 1 FROM pg_stat_replication WHERE application_name = 'standby1' "
                                    "AND sync_state = 'sync'").fetchone(), 20, "the standby to be synchronous")
     db_url = multi_host_url([primary, standby], "dustel")
+    # through the host list, as every dustel process connects (yoyo parses one host: db.single_host)
+    r = subprocess.run([sys.executable, "-m", "dustel.cli", "db", "migrate"], env={**os.environ, "DATABASE_URL": db_url},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "applied" in r.stdout, r.stdout + r.stderr
+    _roles(db_url, "cluster-kamailio-secret")
 
     edge_port = free_port([EDGE])
     rpc_port = free_port([EDGE])
