@@ -229,8 +229,8 @@ def _start(base: Path, sipp: str, chroot: Asterisk, started: list[Any]) -> Clust
                                    "AND sync_state = 'sync'").fetchone(), 20, "the standby to be synchronous")
     db_url = multi_host_url([primary, standby], "dustel")
     # through the host list, as every dustel process connects (yoyo parses one host: db.single_host)
-    r = subprocess.run([sys.executable, "-m", "dustel.cli", "db", "migrate"], env={**os.environ, "DATABASE_URL": db_url},
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "dustel.cli", "db", "migrate"],
+                       env={**os.environ, "DATABASE_URL": db_url}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "applied" in r.stdout, r.stdout + r.stderr
     _roles(db_url, "cluster-kamailio-secret")
 
