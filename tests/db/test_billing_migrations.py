@@ -66,3 +66,40 @@ def test_earlier_corrections_keep_their_call_and_the_invoice_that_billed_them(ol
         {"ref": "reconcile:fs1:u1:100", "call_node": "fs1", "call_id": "u1", "invoice_id": inv},   # billed in Nov
         {"ref": "reconcile:fs1:u2:leg2:100", "call_node": "fs1", "call_id": "u2:leg2", "invoice_id": None},
         {"ref": "reconcile:fs9:gone:7", "call_node": None, "call_id": None, "invoice_id": inv}]
+
+
+def test_documents_issued_before_languages_stay_as_they_were_issued(old_url: str) -> None:
+    """0024 (issue 31.12): every tenant and every document issued before is
+    German (their headings were; their stored line texts are kept as they
+    were issued), options and zones get German names, and a new document
+    must name its language."""
+    _upto(old_url, "0021_plan_periods")
+    with psycopg.connect(old_url, autocommit=True, row_factory=dict_row) as c:
+        t = c.execute("""INSERT INTO tenants (name, customer_type, plan, sip_domain, created_on, number_quota)
+                         VALUES ('Firma', 'business', 'business_flex', 't.example', '2026-01-01', 10)
+                         RETURNING id""").fetchone()["id"]
+        inv = c.execute("""INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net,
+                                                 vat_percent, net_cents, vat_cents, gross_cents, payment_means,
+                                                 recipient)
+                           VALUES ('RE-2026-000001', 'invoice', %s, '2026-11-01', '2026-12-02', '2026-12-16', true,
+                                   19, 720, 137, 857, 'transfer', '{}') RETURNING id""", (t,)).fetchone()["id"]
+        c.execute("""INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit_cents,
+                                                amount_cents, net_cents, period_start, period_end)
+                     VALUES (%s, 1, 'base_fee', 'Base fee business flex, 12/2026', 1, 720, 720, 720, '2026-12-01',
+                             '2026-12-31')""", (inv,))
+    assert "0024_invoice_language" in migrate.migrate(old_url)
+    with psycopg.connect(old_url, row_factory=dict_row) as c:
+        assert c.execute("SELECT language FROM invoices").fetchone()["language"] == "de"
+        assert c.execute("SELECT language FROM tenants").fetchone()["language"] == "de"
+        assert c.execute("SELECT description FROM invoice_lines").fetchone()["description"] == \
+            "Base fee business flex, 12/2026"                                  # as issued: never rewritten
+        assert c.execute("SELECT description_de FROM zones WHERE code = 'de_mobile'").fetchone()[
+            "description_de"] == "Deutschland, Mobilfunknetze"
+        assert c.execute("""SELECT description_de FROM plan_options WHERE plan = 'business_flex'
+                              AND option = 'extra_account'""").fetchone()["description_de"] == "ein weiteres SIP-Konto"
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            c.execute("""INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net,
+                                               vat_percent, net_cents, vat_cents, gross_cents, payment_means,
+                                               recipient)
+                         SELECT 'RE-2026-000002', kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent,
+                                net_cents, vat_cents, gross_cents, payment_means, recipient FROM invoices""")
