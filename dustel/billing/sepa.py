@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from ..errors import DustelError
+from ..provisioning import validate
 from . import money
 from .einvoice import Issuer
 
@@ -58,8 +59,8 @@ def add_mandate(conn: psycopg.Connection, tenant_id: int, *, holder: str, iban: 
         raise DustelError("tenant", "public bodies pay by invoice (bank transfer), not by direct debit")
     iban = check_iban(iban)
     bic = check_bic(bic, iban)
-    holder = holder.strip()
-    if not 1 <= len(holder) <= 70 or any(ord(c) < 32 for c in holder):
+    holder = validate.edge("holder", holder).strip()
+    if not 1 <= len(holder) <= 70:
         raise DustelError("holder", "must be 1 to 70 characters on one line")
     if signed_on > dt.date.today():
         raise DustelError("signed_on", "must not be in the future")
