@@ -428,3 +428,45 @@ def test_old_rows_print_on_one_line_and_free_text_options_meet_the_edge_rule(con
         assert (exc.value.field, exc.value.rule) == (field, "must not contain control characters or line breaks "
                                                             "(U+0085)")
     assert dump(run.url) == before
+
+
+def test_a_mandate_reference_is_a_sepa_mandate_id(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 31 item 19: `mandate add --reference` took a space (which the
+    EPC's pain.008 schema refuses in a mandate id, RestrictedIdentificationSEPA2),
+    a leading, trailing or double '/' (the EPC's rule for every identifier)
+    and a reference differing only in case from one in use (banks ignore
+    case) — none of which sepaxml's schema (Max35Text) catches before the
+    bank does.  Refused now with the field and the rule, nothing written."""
+    from lxml import etree
+
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Anna")
+    u = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Bert")
+    run.ok("mandate", "add", str(u["id"]), "--holder", "Bert", "--iban", IBAN, "--signed", "2026-01-02",
+           "--reference", "dustel-x-1")
+    before = dump(run.url)
+    chars = "must hold only the SEPA characters A-Z a-z 0-9 / - ? : ( ) . , ' + (no space); "
+    for ref, rule in (("DUSTEL 1", chars + "U+0020 is not one"), ("x;1", chars + "';' (U+003B) is not one"),
+                      ("Müller-1", chars + "'ü' (U+00FC) is not one"), ("a|b", chars + "'|' (U+007C) is not one"),
+                      ("x" * 36, "must be 1 to 35 characters (a SEPA mandate reference), not 36"),
+                      ("/M-1", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("M-1/", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("M//1", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("DUSTEL-X-1", "DUSTEL-X-1 is used already as dustel-x-1 (banks ignore case)")):
+        r = run("mandate", "add", str(t["id"]), "--holder", "Anna", "--iban", IBAN, "--signed", "2026-01-02",
+                "--reference", ref)
+        assert (r.exit_code, r.stderr) == (1, f"error: reference: {rule}\n"), ref
+    assert dump(run.url) == before
+    # every SEPA identifier character is a mandate id's, and it reaches the pain.008 as written
+    # (x,1,System(id) and ../../etc/passwd, the issue's examples, are SEPA mandate ids too: see Decisions)
+    ref = "KD/1-a?b:(c).d,e'f+g"
+    run.ok("mandate", "add", str(t["id"]), "--holder", "Anna", "--iban", IBAN, "--signed", "2026-01-02",
+           "--reference", ref)
+    issuer_config(run.state_dir)
+    with conn.transaction():
+        conn.execute("INSERT INTO billing_profiles (tenant_id, autotopup_threshold_cents, autotopup_amount_cents) "
+                     "VALUES (%s, 500, 2000)", (t["id"],))
+        sepa.autotopup(conn, dt.date.today(), 2)
+    out = tmp_path / "dd.xml"
+    run.ok("sepa", "export", "--date", (dt.date.today() + dt.timedelta(days=3)).isoformat(), "--out", str(out))
+    ids = etree.fromstring(out.read_bytes()).findall(f".//{{urn:iso:std:iso:20022:tech:xsd:{sepa.SCHEMA}}}MndtId")
+    assert [m.text for m in ids] == [ref]

@@ -52,3 +52,16 @@ UPDATE plan_options SET description_de = description WHERE description_de IS NUL
 UPDATE zones SET description_de = description WHERE description_de IS NULL;
 ALTER TABLE plan_options ALTER COLUMN description_de SET NOT NULL;
 ALTER TABLE zones ALTER COLUMN description_de SET NOT NULL;
+
+-- Issue 31.19: a SEPA mandate reference (MndtId, EPC AT-01) is the EPC's
+-- restricted identifier (its pain.008 schema's RestrictedIdentificationSEPA2:
+-- A-Z a-z 0-9 / - ? : ( ) . , ' + and no space, unlike a message or
+-- end-to-end id), 1 to 35 characters, never starting or ending with '/' nor
+-- holding '//' (the EPC's rule for every reference and identifier); and
+-- banks compare it without case.  billing/sepa.py: mandate_reference says
+-- the same with a message.  Mandates filed before keep their reference
+-- (NOT VALID: it was signed so); sepa export refuses one that breaks the rule.
+ALTER TABLE sepa_mandates DROP CONSTRAINT sepa_mandates_reference_check;
+ALTER TABLE sepa_mandates ADD CONSTRAINT sepa_mandates_reference_check
+    CHECK (reference ~ '^[A-Za-z0-9/?:().,''+-]{1,35}$' AND reference !~ '^/|/$|//') NOT VALID;
+CREATE UNIQUE INDEX sepa_mandates_reference_nocase ON sepa_mandates (upper(reference));
