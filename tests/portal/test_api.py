@@ -109,3 +109,141 @@ def test_parallel_wrong_passwords_never_slip_under_the_limit(db_url: str, two: d
     assert sorted(outcomes).count("wrong") == users.LOCK_AFTER, outcomes
     n = conn.execute("SELECT count(*) AS n FROM portal_login_failures").fetchone()["n"]
     assert n == users.LOCK_AFTER
+
+
+def received_fax(conn: psycopg.Connection, tenant_id: int, pdf: bytes) -> int:
+    with conn.transaction():
+        f = conn.execute("""INSERT INTO faxes (tenant_id, direction, faxbox, node, call_id, remote_number, status, pages)
+                            VALUES (%s, 'in', 'box', 'fs1', %s, '+492115550100', 'received', 1) RETURNING id""",
+                         (tenant_id, f"fax-{tenant_id}")).fetchone()["id"]
+        conn.execute("""INSERT INTO mail_outbox (tenant_id, fax_id, kind, recipient, subject, body, attachment_name,
+                                                 attachment) VALUES (%s, %s, 'fax_in', 'x@example.org', 'Fax', 'Fax',
+                                                 'fax.pdf', %s)""", (tenant_id, f, pdf))
+    return f
+
+
+def invoice_of(conn: psycopg.Connection, tenant_id: int) -> str:
+    from dustel.billing import invoices
+    conn.execute("UPDATE tenants SET created_on = '2025-01-01' WHERE id = %s", (tenant_id,))
+    invoices.run(conn, dt.date(2025, 3, 1), dt.date(2025, 4, 2), tenant_id=tenant_id, today=dt.date(2025, 4, 2))
+    return conn.execute("SELECT number FROM invoices WHERE tenant_id = %s ORDER BY id LIMIT 1",
+                        (tenant_id,)).fetchone()["number"]
+
+
+@pytest.fixture
+def b_things(conn: psycopg.Connection, two: dict[str, Any], run: Cli) -> dict[str, Any]:
+    """Tenant B with one of everything an id can name."""
+    b = two["B"]
+    run.ok("forward", "set", b["a1"], "--mode", "immediate", "--to", b["a2"])
+    run.ok("blacklist", "add", b["a1"], "+492215550199")
+    run.ok("speeddial", "set", str(b["id"]), "7", "+492215550198")
+    conn.execute("INSERT INTO moh_classes (tenant_id, name) VALUES (%s, 'jazz')", (b["id"],))
+    return {"fax": received_fax(conn, b["id"], fax_pdf()), "invoice": invoice_of(conn, b["id"]),
+            "user": b["users"]["admin"]["id"]}
+
+
+def cross_tenant_requests(b: dict[str, Any], things: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every endpoint that names something by id, with tenant B's ids."""
+    u, n, q = b["a1"], b["number"], b["queue"]
+    fwd = {"json": {"mode": "immediate", "targets": [b["a2"]]}}
+    return [
+        ("PUT", f"/users/{things['user']}/password", {"json": {"password": "Fremdes-Passw0rt-9"}}),
+        ("DELETE", f"/users/{things['user']}", {}),
+        ("GET", f"/accounts/{u}", {}),
+        ("PATCH", f"/accounts/{u}", {"json": {"tls": "tls_srtp"}}),
+        ("PUT", f"/accounts/{u}/password", {"json": {"password": "Fremdes-Passw0rt-9"}}),
+        ("GET", f"/accounts/{u}/forward", {}), ("GET", f"/accounts/{u}/group", {}),
+        ("PUT", f"/accounts/{u}/forward", fwd), ("PUT", f"/accounts/{u}/group", {"json": {"targets": [b["a2"]]}}),
+        ("DELETE", f"/accounts/{u}/forward", {}), ("DELETE", f"/accounts/{u}/group", {}),
+        ("GET", f"/accounts/{u}/zones", {}), ("PUT", f"/accounts/{u}/zones", {"json": {"preset": "world"}}),
+        ("GET", f"/accounts/{u}/blacklist", {}),
+        ("POST", f"/accounts/{u}/blacklist", {"json": {"pattern": "+492215550197"}}),
+        ("DELETE", f"/accounts/{u}/blacklist/+492215550199", {}),
+        ("PUT", f"/numbers/{n}/route", {"json": {"kind": "account", "target": u}}),
+        ("PUT", f"/numbers/{n}/route", {"json": {"kind": None}}),
+        ("DELETE", "/speeddials/7", {}),
+        ("DELETE", "/moh/jazz", {}),
+        ("GET", f"/faxes/{things['fax']}/pdf", {}),
+        ("GET", f"/invoices/{things['invoice']}/pdf", {}), ("GET", f"/invoices/{things['invoice']}/xml", {}),
+        ("GET", f"/queues/{q}/stats?start=2026-01-01&end=2026-01-02", {}),
+        ("PUT", "/limits", {"json": {"account": u, "max_call_seconds": 60}}),
+    ]
+
+
+# endpoints whose path parameter is no other tenant's id: a tenant's own key
+# (a speed dial code, a hold music class it creates, the agent's action)
+OWN_KEYS = {("PUT", "/api/v1/speeddials/{code}"), ("POST", "/api/v1/moh/{cls}"), ("POST", "/api/v1/agent/{action}")}
+
+
+def test_every_endpoint_answers_another_tenants_ids_with_404(app_client: TestClient, two: dict[str, Any],
+                                                              b_things: dict[str, Any], db_url: str) -> None:
+    admin = login(app_client, "admin-a")
+    reqs = cross_tenant_requests(two["B"], b_things)
+    covered = set()
+    for method, path, _ in reqs:
+        for route in app_client.app.routes:
+            if getattr(route, "methods", None) and method in route.methods and \
+                    route.path.startswith("/api/") and route.path_regex.match("/api/v1" + path.split("?")[0]):
+                covered.add((method, route.path))
+                break
+    with_ids = {(m, r.path) for r in app_client.app.routes if "{" in getattr(r, "path", "")
+                and r.path.startswith("/api/") for m in r.methods}
+    assert with_ids - OWN_KEYS <= covered, f"not tried with another tenant's ids: {sorted(with_ids - covered)}"
+    before = {k: v for k, v in dump(db_url).items() if not k.startswith("portal_sessions")}
+    for method, path, kw in reqs:
+        r = admin(method, path, **kw)
+        assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert set(r.json()["error"]) == {"field", "rule"}
+    after = {k: v for k, v in dump(db_url).items() if not k.startswith("portal_sessions")}
+    assert after == before
+    # the same ids of one's own tenant are found (the 404 above is the tenant binding, not a typo)
+    own = login(app_client, "admin-b")
+    for method, path, kw in reqs:
+        if method == "GET":
+            assert own(method, path, **kw).status_code == 200, path
+    # an agent cannot log in to another tenant's queue either
+    agent = login(app_client, "agent-a")
+    r = agent("POST", "/agent/login", json={"queue": "20", "pin": "4711"})
+    assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("PUT", "/accounts/{a1}/forward", {"mode": "immediate", "targets": ["+4930111111", "+4930222222", "+4930333333"]},
+     "targets"),
+    ("PUT", "/accounts/{a1}/forward", {"mode": "sometimes", "targets": ["{a2}"]}, "mode"),
+    ("PUT", "/accounts/{a1}/forward", {"mode": "no-answer", "timeout": 500, "targets": ["{a2}"]}, "timeout"),
+    ("PUT", "/accounts/{a1}/forward", {"mode": "immediate", "targets": ["{a2}\u202e"]}, "targets"),
+    ("PATCH", "/accounts/{a1}", {"display_name": "Empfang\nX-Evil: 1"}, "display_name"),
+    ("PATCH", "/accounts/{a1}", {"allowed_ips": ["10.0.0.1/8"]}, "allowed_ip"),
+    ("PATCH", "/accounts/{a1}", {"tls": "maybe"}, "tls"),
+    ("PUT", "/accounts/{a1}/password", {"password": "short1"}, "password"),
+    ("PUT", "/accounts/{a1}/zones", {"preset": "mars"}, "preset"),
+    ("POST", "/accounts/{a1}/whitelist", {"pattern": "jeder"}, "pattern"),
+    ("PUT", "/speeddials/12345", {"target": "+4930111111"}, "code"),
+    ("PUT", "/limits", {"credit_limit": "-5"}, "credit_limit"),
+    ("PUT", "/limits", {"max_call_seconds": "lang"}, "max_call_seconds"),
+    ("PUT", "/numbers/{number}/route", {"kind": "queue", "target": "nope"}, "queue"),
+    ("POST", "/users", {"login": "x", "role": "admin", "password": PW}, "login"),
+    ("POST", "/users", {"login": "neu", "role": "boss", "password": PW}, "role"),
+    ("GET", "/calls?limit=100000", None, "limit"),
+    ("GET", "/calls?before=nonsense", None, "before"),
+    ("GET", "/queues/{queue}/stats?start=gestern&end=2026-01-02", None, "start"),
+])
+def test_bad_input_names_the_field_and_writes_nothing(app_client: TestClient, two: dict[str, Any], db_url: str,
+                                                      method: str, path: str, body: Any, field: str) -> None:
+    a = two["A"]
+    admin = login(app_client, "admin-a")
+    fill = {k: a[k] for k in ("a1", "a2", "number", "queue")}
+    body = json.loads(json.dumps(body).replace("{a2}", a["a2"])) if body is not None else None
+    before = {k: v for k, v in dump(db_url).items() if not k.startswith("portal_sessions")}
+    r = admin(method, path.format(**fill), **({"json": body} if body is not None else {}))
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["field"] == field, r.json()
+    assert {k: v for k, v in dump(db_url).items() if not k.startswith("portal_sessions")} == before
+
+
+def test_a_control_character_in_a_path_meets_the_edge_rule(app_client: TestClient, two: dict[str, Any]) -> None:
+    admin = login(app_client, "admin-a")
+    r = admin("GET", "/accounts/000387%0A00001/forward")
+    assert r.status_code == 400 and r.json()["error"] == {
+        "field": "username", "rule": "must not contain control characters or line breaks (U+000A)"}

@@ -145,6 +145,8 @@ def agent_act(action: str, body: AgentIn, request: Request, caller: users.Caller
             raise DustelError("agent", "your phone is another agent's contact; ask your admin")
         if not out.ok:
             wrong = REASONS.get(out.reason, ("agent", out.reason))
+            if out.reason == "unknown_queue":
+                raise NotFound(*wrong)
             if out.reason not in ("wrong_pin", "locked"):
                 raise DustelError(*wrong)
         state = agent_state(conn, caller)
