@@ -125,6 +125,7 @@ class AgentIn(BaseModel):
 REASONS = {"need_queue": ("queue", "name the queue (its code) to log in to"),
            "need_pin": ("pin", "the agent PIN is required to log in"),
            "wrong_pin": ("pin", "wrong PIN"), "locked": ("pin", "too many wrong PINs: locked for a while"),
+           "rate_limited": ("pin", "too many wrong PINs a minute from here: wait a minute"),
            "unknown_queue": ("queue", "no such queue"), "not_a_member": ("queue", "not a member of this queue"),
            "not_logged_in": ("queue", "not logged in there"), "not_an_agent": ("agent", "no phone or number")}
 
@@ -147,7 +148,7 @@ def agent_act(action: str, body: AgentIn, request: Request, caller: users.Caller
             wrong = REASONS.get(out.reason, ("agent", out.reason))
             if out.reason == "unknown_queue":
                 raise NotFound(*wrong)
-            if out.reason not in ("wrong_pin", "locked"):
+            if out.reason not in ("wrong_pin", "locked", "rate_limited"):
                 raise DustelError(*wrong)
         state = agent_state(conn, caller)
     if wrong is not None:               # a wrong PIN is counted (committed), then refused
