@@ -113,7 +113,8 @@ def test_parallel_wrong_passwords_never_slip_under_the_limit(db_url: str, two: d
 
 def received_fax(conn: psycopg.Connection, tenant_id: int, pdf: bytes) -> int:
     with conn.transaction():
-        f = conn.execute("""INSERT INTO faxes (tenant_id, direction, faxbox, node, call_id, remote_number, status, pages)
+        f = conn.execute("""INSERT INTO faxes (tenant_id, direction, faxbox, node, call_id, remote_number, status,
+                                               pages)
                             VALUES (%s, 'in', 'box', 'fs1', %s, '+492115550100', 'received', 1) RETURNING id""",
                          (tenant_id, f"fax-{tenant_id}")).fetchone()["id"]
         conn.execute("""INSERT INTO mail_outbox (tenant_id, fax_id, kind, recipient, subject, body, attachment_name,
