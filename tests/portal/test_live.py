@@ -21,7 +21,7 @@ import pytest
 from dustel.portal.app import create_app
 from dustel.wire import esl as P
 from tests.db.test_controller_esl import Controller
-from tests.esl_emulator import FreeSwitchEmulator, fs_frames, wait_for
+from tests.esl_emulator import FreeSwitchEmulator, fs_frames
 from tests.fax_support import fax_pdf
 from tests.portal.conftest import PW, Server, settings
 
@@ -41,22 +41,6 @@ def queue_start(tenant_id: int, queue: str, call: str) -> dict[str, str]:
               "CC-Member-Joined-Time": str(int(now.timestamp())),
               "Event-Date-Timestamp": str(int(now.timestamp() * 1_000_000))})
     return {k: v for k, v in h.items() if k not in ("Content-Length",)}
-
-
-@pytest.fixture
-def fs() -> Iterator[FreeSwitchEmulator]:
-    emu = FreeSwitchEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
-def controller(db_url: str, fs: FreeSwitchEmulator) -> Iterator[Controller]:
-    c = Controller(db_url, fs.port)
-    wait_for(lambda: fs.subscribed() == 1, what="controller subscribed")
-    yield c
-    c.stop()
 
 
 @pytest.fixture
