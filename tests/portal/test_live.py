@@ -9,7 +9,6 @@ import datetime as dt
 import http.client
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,4 +165,5 @@ def test_a_customer_in_a_real_browser(server: Server, fs: FreeSwitchEmulator, co
     caller = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'tr.caller[data-call="{call}"]')))
     w1 = caller.find_element(By.CLASS_NAME, "wait").text
     assert w1.count(":") == 1
-    time.sleep(0)   # the wait counts up on the page itself (no server poll)
+    # the wait counts up on the page itself, between pushes (no server poll)
+    wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'tr.caller[data-call="{call}"] .wait').text != w1)
