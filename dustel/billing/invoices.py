@@ -489,6 +489,18 @@ def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due
     return numbers
 
 
+def document(conn: psycopg.Connection, number: str, tenant_id: int | None = None) \
+        -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An invoice or credit note with the mandate its PDF and XML name (a
+    credit note: its invoice's); with ``tenant_id`` another tenant's is no
+    invoice (the same error as a number that does not exist)."""
+    inv = get(conn, number)
+    if tenant_id is not None and inv["tenant_id"] != tenant_id:
+        raise DustelError("invoice", f"no invoice or credit note {number}")
+    from . import sepa
+    return inv, sepa.mandate_of_invoice(conn, inv["corrects"] or inv["id"])
+
+
 def get(conn: psycopg.Connection, number: str) -> dict[str, Any]:
     inv = conn.execute("""SELECT i.*, c.number AS corrects_number FROM invoices i
                             LEFT JOIN invoices c ON c.id = i.corrects WHERE i.number = %s""", (number,)).fetchone()

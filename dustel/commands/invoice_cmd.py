@@ -119,10 +119,7 @@ def invoice_show(env: Env, as_json: bool, number: str) -> None:
 
 def _document(env: Env, number: str) -> tuple[dict, dict | None]:
     with env.tx() as conn:
-        inv = invoices.get(conn, number)
-        base = inv["corrects"] or inv["id"]
-        mandate = sepa.mandate_of_invoice(conn, base)
-    return inv, mandate
+        return invoices.document(conn, number)
 
 
 @invoice.command("pdf")

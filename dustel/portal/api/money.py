@@ -46,12 +46,9 @@ def invoice_list(request: Request, month: str | None = None, caller: users.Calle
 def invoice_of(conn, caller: users.Caller, number: str) -> tuple[dict, dict | None]:
     """The caller's tenant's invoice and its mandate; another tenant's is no invoice."""
     try:
-        inv = invoices.get(conn, number)
+        return invoices.document(conn, number, caller.tenant_id)
     except DustelError:
-        inv = None
-    if inv is None or inv["tenant_id"] != caller.tenant_id:
-        raise NotFound("invoice", f"no invoice or credit note {number}")
-    return inv, sepa.mandate_of_invoice(conn, inv["corrects"] or inv["id"])
+        raise NotFound("invoice", f"no invoice or credit note {number}") from None
 
 
 @api.get("/invoices/{number}/pdf")
