@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python bench/fax.py
 	$(BIN)/python bench/mailgw.py
 	$(BIN)/python bench/billing.py
+	$(BIN)/python bench/portal.py
 
 # the embedded PostgreSQL of the demo is stopped before its files go
 clean:

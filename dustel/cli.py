@@ -23,6 +23,7 @@ from .commands import (
     invoice_cmd,
     media_cmd,
     number_cmd,
+    portal_cmd,
     render_cmd,
     target_cmd,
     tenant_cmd,
@@ -100,7 +101,7 @@ for command in (
     controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo, health_cmd.health,
     invoice_cmd.invoice, invoice_cmd.credit_note, invoice_cmd.payment, invoice_cmd.mandate,
-    invoice_cmd.sepa_group, invoice_cmd.ledger, invoice_cmd.scheduler,
+    invoice_cmd.sepa_group, invoice_cmd.ledger, invoice_cmd.scheduler, portal_cmd.portal,
 ):
     cli.add_command(command)
 billing_cmd.billing.add_command(invoice_cmd.billing_profile)

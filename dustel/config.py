@@ -153,6 +153,17 @@ class Settings:
     # empty: the rendering user's
     config_owner: str = ""
     config_group: str = ""
+    # the Kundencenter (F-13, `dustel portal serve`): where it listens, the
+    # secret its session tokens and form tokens are keyed with (a secret:
+    # environment or the 0600 secrets file, never a default), how long a
+    # session lives idle and at most, and whether its cookie is Secure (0
+    # only for plain-HTTP tests and a demo on localhost; behind TLS keep 1)
+    portal_host: str = "127.0.0.1"
+    portal_port: int = 8080
+    portal_secret: str = ""
+    portal_session_minutes: int = 30
+    portal_session_hours: int = 12
+    portal_cookie_secure: int = 1
     kamailio_db_url: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -194,13 +205,19 @@ _ENV = {
     "billing_first_month": "DUSTEL_BILLING_FIRST_MONTH",
     "agi_servers": "DUSTEL_AGI_SERVERS",
     "kamailio_db_url": "DUSTEL_KAMAILIO_DB_URL",
+    "portal_host": "DUSTEL_PORTAL_HOST",
+    "portal_port": "DUSTEL_PORTAL_PORT",
+    "portal_secret": "DUSTEL_PORTAL_SECRET",
+    "portal_cookie_secure": "DUSTEL_PORTAL_COOKIE_SECURE",
 }
 _INT_FIELDS = {f.name for f in fields(Settings) if f.type in ("int", int)}
 
 
 # kamailio_db_url: the database URL rendered into kamailio.cfg (its own role,
 # README Cluster): postgres://user:password@host[,host2]:port/db
-SECRETS = ("esl_password", "ami_secret", "database_url", "kamailio_db_url")
+SECRETS = ("esl_password", "ami_secret", "database_url", "portal_secret", "kamailio_db_url")
+# the secrets `dustel demo` makes (random) when the secrets file lacks them
+DEMO_SECRETS = ("esl_password", "ami_secret", "portal_secret")
 # what FreeSWITCH / earlier dustel versions ship: known to every attacker
 DEFAULT_SECRETS = frozenset({"", "ClueCon", "dustel-ami", "amp111", "secret"})
 
@@ -271,7 +288,7 @@ def load_settings(state_dir: str | Path | None = None, config_file: str | Path |
     if cfg_path.exists():
         data = _toml(cfg_path, "config")
         data.pop("state_dir", None)            # read by locate
-        if any(k in data for k in SECRETS[:2]) or any(
+        if any(k in data for k in DEMO_SECRETS) or any(
                 isinstance(n, dict) and n.get("secret") for k in NODE_KEYS
                 for n in (data.get(k) or []) if isinstance(data.get(k), list)):
             _private(cfg_path, "config")
@@ -344,17 +361,27 @@ def require_issuer(s: Settings, demo: bool) -> None:
 
 
 def ensure_demo_secrets(state_dir: Path) -> bool:
-    """The demo's engine secrets: random, made once, in a 0600 file.  True
-    when made now."""
+    """The demo's secrets (engines, Kundencenter): random, made once, in a
+    0600 file; a file made by an older dustel gets the ones it lacks.  True
+    when any was made now."""
     import secrets
     path = secrets_path(state_dir)
+    have: dict[str, object] = {}
     if path.exists():
+        _private(path, "secrets file")
+        have = _toml(path, "secrets file")
+    missing = [k for k in DEMO_SECRETS if k not in have]
+    if not missing:
         return False
     state_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(f'{k} = "{secrets.token_urlsafe(18)}"\n' for k in SECRETS[:2])
+    text = "".join(f'{k} = "{secrets.token_urlsafe(18)}"\n' for k in missing)
+    if have or path.exists():
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return True
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# made by `dustel demo`: the engine secrets of this demo (keep mode 0600)\n" + text)
+        f.write("# made by `dustel demo`: the secrets of this demo (keep mode 0600)\n" + text)
     return True
 
 

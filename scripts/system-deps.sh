@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite uses: sipp (sip-tester) for SIP traffic,
 # mmdebstrap to build the Asterisk chroot, openssl for test certificates,
-# poppler-utils (pdftoppm) to look at the invoice PDF; the cluster test's
+# poppler-utils (pdftoppm) to look at the invoice PDF, chromium and
+# chromium-driver for the Kundencenter's browser test; the cluster test's
 # parts (tests/cluster): Kamailio 5.6 with its PostgreSQL modules, and
 # PostgreSQL 15's server binaries (initdb, pg_basebackup, pg_ctl) for the
 # primary and its streaming standby.  Installs only what is missing;
@@ -14,6 +15,8 @@ command -v sipp >/dev/null || missing+=(sip-tester)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v openssl >/dev/null || missing+=(openssl)     # test certificates for SIP over TLS
 command -v pdftoppm >/dev/null || missing+=(poppler-utils)   # the invoice PDF rendered to an image (billing tests)
+command -v chromium >/dev/null || missing+=(chromium)         # the Kundencenter's real-browser test (headless)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v kamailio >/dev/null || missing+=(kamailio)         # the SIP edge (cluster test)
 installed kamailio-postgres-modules || missing+=(kamailio-postgres-modules)
 installed postgresql-15 || missing+=(postgresql-15)             # primary + streaming standby (cluster test)

@@ -23,7 +23,8 @@ import psycopg
 
 from ..config import Settings, require_issuer
 from ..errors import DustelError
-from .money import decimal_eur, eur
+from . import texts
+from .money import decimal_eur
 
 FACTURX_GUIDELINE = "urn:cen.eu:en16931:2017"
 XRECHNUNG_GUIDELINE = "urn:cen.eu:en16931:2017#compliant#urn:xeinkauf.de:kosit:xrechnung_3.0"
@@ -78,13 +79,14 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
         raise DustelError("email", f"tenant {inv['tenant_id']} has none; XRechnung 3.0 needs the buyer's "
                                    "electronic address (BT-49): dustel tenant set --email")
     credit = inv["kind"] == "credit_note"
+    say = texts.of(inv["language"])
     doc = Document()
     doc.context.guideline_parameter.id = XRECHNUNG_GUIDELINE if xrechnung else FACTURX_GUIDELINE
     doc.header.id = inv["number"]
     doc.header.type_code = "381" if credit else "380"
     doc.header.issue_date_time = inv["issued_on"]
     note = IncludedNote()
-    note.content = (f"Kundennummer {rcp['customer_number']}, Tarif {rcp['plan']}")
+    note.content = say("xml.note", customer=rcp["customer_number"], plan=rcp["plan"])
     doc.header.notes.add(note)
 
     ag = doc.trade.agreement
@@ -97,7 +99,7 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
     seller.address.country_id = "DE"
     seller.electronic_address.uri_ID = ("EM", issuer.email)
     seller.tax_registrations.add(TaxRegistration(id=("VA", issuer.vat_id)))
-    seller.contact.person_name = "Kundenservice"
+    seller.contact.person_name = say("xml.contact")
     seller.contact.telephone.number = issuer.phone
     seller.contact.email.address = issuer.email
     buyer = ag.buyer
@@ -126,15 +128,14 @@ def build_xml(inv: dict[str, Any], issuer: Issuer, *, xrechnung: bool = False,
         pm.payer_account.iban = mandate["iban"]
         st.creditor_reference_id = issuer.creditor_id
         terms.debit_mandate_id = mandate["reference"]
-        terms.description = (f"Der Betrag wird am oder nach dem {inv['due_on']:%d.%m.%Y} per SEPA-Lastschrift "
-                             f"eingezogen (Mandat {mandate['reference']}).")
+        terms.description = say("xml.debit", due=say.date(inv["due_on"]), mandate=mandate["reference"])
     else:
         pm.type_code = "58"
         pm.payee_account.iban = issuer.iban
         pm.payee_account.account_name = issuer.name
         pm.payee_institution.bic = issuer.bic
-        terms.description = ("Der Betrag wird Ihrem Kundenkonto gutgeschrieben." if credit else
-                             f"Zahlbar bis {inv['due_on']:%d.%m.%Y} ohne Abzug, Verwendungszweck {inv['number']}.")
+        terms.description = (say("pay.credited") if credit else
+                             say("xml.transfer", due=say.date(inv["due_on"]), number=inv["number"]))
     if not credit:
         terms.due = inv["due_on"]
     st.payment_means.add(pm)
@@ -253,16 +254,17 @@ def build_pdf(inv: dict[str, Any], issuer: Issuer, xml: bytes, *, mandate: dict[
     from fpdf.output import PDFICCProfile
 
     credit = inv["kind"] == "credit_note"
+    say = texts.of(inv["language"])
     rcp = inv["recipient"]
     created = dt.datetime.combine(inv["issued_on"], dt.time(), dt.UTC)
-    title = f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}"
+    title = f"{say('doc.credit_note' if credit else 'doc.invoice')} {inv['number']}"
     pdf = FPDF(format="A4", enforce_compliance="PDF/A-3B")
     for style, path in FONT_FILES.items():
         pdf.add_font(FONT, style, str(path))
     pdf.set_creation_date(created)
     pdf.set_title(title)
     pdf.set_author(issuer.name)
-    pdf.set_lang("de-DE")
+    pdf.set_lang(texts.PDF_LANG[say.lang])
     pdf.set_xmp_metadata(_xmp(title, issuer.name, created))
     pdf.add_output_intent(OutputIntentSubType.PDFA, "sRGB IEC61966-2.1", "sRGB IEC61966-2.1", "https://www.color.org",
                           PDFICCProfile(contents=srgb_profile(), n=3, alternate="DeviceRGB"), "sRGB IEC61966-2.1")
@@ -283,68 +285,68 @@ def build_pdf(inv: dict[str, Any], issuer: Issuer, xml: bytes, *, mandate: dict[
     for s in (rcp["name"], rcp.get("street") or "", f"{rcp.get('postcode') or ''} {rcp.get('city') or ''}".strip()):
         text(s)
     pdf.ln(8)
-    text(f"{'Gutschrift' if credit else 'Rechnung'} {inv['number']}", 14, "B", 8)
+    text(title, 14, "B", 8)
     start = min(ln["period_start"] for ln in inv["lines"])
     end = max(ln["period_end"] for ln in inv["lines"])
-    facts = [("Rechnungsdatum", f"{inv['issued_on']:%d.%m.%Y}"),
-             ("Leistungszeitraum", f"{start:%d.%m.%Y} - {end:%d.%m.%Y}"),
-             ("Kundennummer", rcp["customer_number"]), ("Tarif", rcp["plan"])]
+    facts = [(say("fact.issued"), say.date(inv["issued_on"])),
+             (say("fact.period"), f"{say.date(start)} - {say.date(end)}"),
+             (say("fact.customer"), rcp["customer_number"]), (say("fact.plan"), rcp["plan"])]
     if rcp.get("leitweg_id"):
-        facts.append(("Leitweg-ID", rcp["leitweg_id"]))
+        facts.append((say("fact.leitweg"), rcp["leitweg_id"]))
     if rcp.get("vat_id"):
-        facts.append(("USt-IdNr. Kunde", rcp["vat_id"]))
+        facts.append((say("fact.vat_id"), rcp["vat_id"]))
     if credit:
-        facts.append(("Korrektur zu Rechnung", inv.get("corrects_number") or ""))
-        facts.append(("Grund", inv.get("reason") or ""))
+        facts.append((say("fact.corrects"), inv.get("corrects_number") or ""))
+        facts.append((say("fact.reason"), inv.get("reason") or ""))
     for k, val in facts:
         pdf.set_font(FONT, "", 9)
         pdf.cell(45, 5, k)
         pdf.cell(0, 5, val, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(5)
-    basis = "netto" if inv["prices_net"] else "brutto"
-    cols = [(10, "Pos."), (w - 10 - 18 - 28 - 28, "Leistung"), (18, "Menge"), (28, f"Einzel {basis}"),
-            (28, f"Betrag {basis}")]
+    basis = say("basis.net" if inv["prices_net"] else "basis.gross")
+    cols = [(10, say("col.position")), (w - 10 - 18 - 28 - 28, say("col.description")), (18, say("col.quantity")),
+            (28, say("col.unit", basis=basis)), (28, say("col.amount", basis=basis))]
     pdf.set_font(FONT, "B", 9)
-    for cw, head in cols:
-        pdf.cell(cw, 6, head, border="B", align="L" if head in ("Pos.", "Leistung") else "R")
+    for i, (cw, head) in enumerate(cols):
+        pdf.cell(cw, 6, head, border="B", align="L" if i < 2 else "R")
     pdf.ln()
     pdf.set_font(FONT, "", 9)
-    for ln in inv["lines"]:
+    for ln in inv["lines"]:            # a line's text in full, wrapped in its column (never cut off)
+        rows = len(pdf.multi_cell(cols[1][0], 5, ln["description"], align="L", dry_run=True, output="LINES"))
+        if pdf.will_page_break(5 * rows):
+            pdf.add_page()
+        top = pdf.get_y()
         pdf.cell(cols[0][0], 5, str(ln["position"]))
-        desc = ln["description"]
-        while pdf.get_string_width(desc) > cols[1][0] - 2 and len(desc) > 3:
-            desc = desc[:-4] + "..."
-        pdf.cell(cols[1][0], 5, desc)
+        pdf.multi_cell(cols[1][0], 5, ln["description"], align="L", new_x="RIGHT", new_y="TOP")
         pdf.cell(cols[2][0], 5, str(ln["quantity"]), align="R")
-        pdf.cell(cols[3][0], 5, eur(ln["unit_cents"]), align="R")
-        pdf.cell(cols[4][0], 5, eur(ln["amount_cents"]), align="R", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(cols[3][0], 5, say.eur(ln["unit_cents"]), align="R")
+        pdf.cell(cols[4][0], 5, say.eur(ln["amount_cents"]), align="R", new_x="LMARGIN")
+        pdf.set_y(top + 5 * rows)
     pdf.ln(3)
-    totals = [("Summe netto", inv["net_cents"]), (f"USt {inv['vat_percent']} %", inv["vat_cents"]),
-              ("Gesamtbetrag", inv["gross_cents"])]
+    totals = [(say("total.net"), inv["net_cents"]), (say("total.vat", percent=inv["vat_percent"]), inv["vat_cents"]),
+              (say("total.gross"), inv["gross_cents"])]
     for i, (k, cents) in enumerate(totals):
         pdf.set_font(FONT, "B" if i == 2 else "", 10)
         pdf.cell(w - 40, 6, k, align="R")
-        pdf.cell(40, 6, f"{eur(cents)} EUR", align="R", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(40, 6, f"{say.eur(cents)} EUR", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
     if credit:
-        pay = "Der Betrag wird Ihrem Kundenkonto gutgeschrieben."
+        pay = say("pay.credited")
     elif inv["payment_means"] == "sepa_dd" and mandate is not None:
-        pay = (f"Wir ziehen den Betrag am oder nach dem {inv['due_on']:%d.%m.%Y} per SEPA-Lastschrift von "
-               f"{mask_iban(mandate['iban'])} ein. Mandatsreferenz {mandate['reference']}, "
-               f"Gläubiger-ID {issuer.creditor_id}.")
+        pay = say("pay.debit", due=say.date(inv["due_on"]), iban=mask_iban(mandate["iban"]),
+                  mandate=mandate["reference"], creditor=issuer.creditor_id)
     else:
-        pay = (f"Bitte überweisen Sie den Betrag bis zum {inv['due_on']:%d.%m.%Y} auf IBAN {issuer.iban} "
-               f"(BIC {issuer.bic}), Verwendungszweck {inv['number']}.")
+        pay = say("pay.transfer", due=say.date(inv["due_on"]), iban=issuer.iban, bic=issuer.bic, number=inv["number"])
     if not inv["prices_net"]:
-        pay += f" Im Gesamtbetrag sind {eur(inv['vat_cents'])} EUR Umsatzsteuer ({inv['vat_percent']} %) enthalten."
+        pay += say("pay.vat_included", vat=say.eur(inv["vat_cents"]), percent=inv["vat_percent"])
     pdf.set_font(FONT, "", 9)
     pdf.multi_cell(w, 5, pay)
     pdf.set_auto_page_break(False)          # the footer sits in the bottom margin
     pdf.set_y(-22)
     pdf.set_font(FONT, "", 7)
-    pdf.multi_cell(w, 3.5, f"{issuer.name}, {issuer.street}, {issuer.postcode} {issuer.city} · "
-                           f"USt-IdNr. {issuer.vat_id} · IBAN {issuer.iban} · BIC {issuer.bic} · "
-                           f"Gläubiger-ID {issuer.creditor_id}", align="C")
+    pdf.multi_cell(w, 3.5, say("footer", name=issuer.name, street=issuer.street, postcode=issuer.postcode,
+                               city=issuer.city, vat_id=issuer.vat_id, iban=issuer.iban, bic=issuer.bic,
+                               creditor=issuer.creditor_id), align="C")
     return bytes(pdf.output())
 
 

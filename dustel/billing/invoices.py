@@ -37,7 +37,8 @@ from psycopg.types.json import Jsonb
 
 from ..callpath import calls
 from ..errors import DustelError
-from . import money
+from ..provisioning import validate
+from . import money, texts
 from .months import last_day, next_month
 
 BATCH = 500
@@ -72,6 +73,7 @@ class Draft:
     vat_percent: int
     recipient: dict[str, Any]
     mandate_id: int | None
+    language: str = texts.DEFAULT               # its texts' (tenants.language on the day it is drafted)
     plan_from: dt.datetime | None = None       # the plan period it bills (tenants.plan_changed_at)
     lines: list[Line] = field(default_factory=list)
     usage_cents: int = 0
@@ -84,7 +86,7 @@ class Draft:
 
 _TENANTS = """
 SELECT t.id, t.name, t.customer_type, t.email, t.plan_since, t.plan_changed_at, t.timezone, t.cancel_at,
-       p.name AS plan_name, p.prices_net, p.vat_percent,
+       t.language, p.name AS plan_name, p.prices_net, p.vat_percent,
        -- the month the plan started: its fees unless an earlier plan's invoice billed them in advance
        CASE WHEN t.plan_since >= %(m0)s AND t.plan_since < %(m1)s THEN NOT EXISTS (
            SELECT 1 FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id
@@ -121,7 +123,7 @@ u AS (SELECT c.tenant_id, c.zone, count(*)::int AS calls, sum(c.billsec)::bigint
         FROM calls c JOIN tb ON tb.id = c.tenant_id
        WHERE {_IN_USAGE} AND c.charged_cents > 0
        GROUP BY 1, 2)
-SELECT u.*, coalesce(z.description, u.zone) AS zone_name FROM u LEFT JOIN zones z ON z.code = u.zone
+SELECT u.*, z.description, z.description_de FROM u JOIN zones z ON z.code = u.zone
  ORDER BY 1, 2"""
 
 # the reconciliation's corrections no invoice has billed yet (each names its
@@ -139,7 +141,7 @@ SELECT l.id, l.tenant_id, (-l.amount_cents)::bigint AS cents, l.created_at < tb.
  ORDER BY l.id"""
 
 _OPTIONS = """
-SELECT tp.tenant_id, tp.option, tp.quantity, po.price_cents, po.description
+SELECT tp.tenant_id, tp.option, tp.quantity, po.price_cents, po.description, po.description_de
   FROM tenant_options tp JOIN plan_options po ON po.plan = tp.plan AND po.option = tp.option
  WHERE po.price_cents > 0 AND (%(tenant)s::bigint IS NULL OR tp.tenant_id = %(tenant)s)
  ORDER BY tp.tenant_id, tp.option"""
@@ -184,12 +186,15 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                      "city": addr.get("city", ""), "country": "DE", "leitweg_id": t["leitweg_id"],
                      "vat_id": t["vat_id"], "customer_number": money.customer_number(t["id"]), "plan": t["plan_name"]}
         d = Draft(t["id"], period, t["prices_net"], t["vat_percent"], recipient,
-                  None if t["customer_type"] == "public_body" else t["mandate_id"], t["plan_changed_at"])
+                  None if t["customer_type"] == "public_body" else t["mandate_id"], t["language"],
+                  t["plan_changed_at"])
+        say = texts.of(d.language)
         changed = t["plan_changed_at"].astimezone(ZoneInfo(t["timezone"])).date() if t["plan_changed_at"] else None
         used_from = max(period, changed) if changed else period         # the usage lines' period
         used_to = min(last_day(period), until) if until else last_day(period)
         for u in by_tenant["usage"].get(t["id"], []):
-            d.lines.append(Line("usage", f"Calls: {u['zone_name']} ({u['calls']} calls, {_minutes(u['seconds'])})",
+            d.lines.append(Line("usage", say("line.usage", zone=texts.name_of(u, d.language),
+                                             calls=say.calls(u["calls"]), minutes=_minutes(u["seconds"])),
                                 1, u["cents"], used_from, used_to))
             d.usage_cents += u["cents"]
         corrected = 0
@@ -198,8 +203,7 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
                 d.corrections.append(a["id"])            # billed by this invoice: in a call's charge or below
                 corrected += 0 if a["in_usage"] else a["cents"]
         if corrected:
-            d.lines.append(signed_line("usage", "Corrections of call charges billed before (reconciled with "
-                                       "the engines' records)", corrected, used_from, used_to))
+            d.lines.append(signed_line("usage", say("line.corrections"), corrected, used_from, used_to))
             d.usage_cents += corrected
         months = [] if until else [m1]        # a plan closed: nothing in advance
         if t["first_month"]:
@@ -210,18 +214,19 @@ def drafts(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = No
             end = last_day(start)
             label = f"{start:%m/%Y}"
             if t["base_fee_cents"]:
-                d.lines.append(Line("base_fee", f"Base fee {t['plan_name']}, {label}", 1, t["base_fee_cents"],
-                                    start, end))
+                d.lines.append(Line("base_fee", say("line.base_fee", plan=t["plan_name"], month=label), 1,
+                                    t["base_fee_cents"], start, end))
             for o in by_tenant["options"].get(t["id"], []):
-                d.lines.append(Line("option", f"{o['description']}, {label}", o["quantity"], o["price_cents"],
-                                    start, end))
+                d.lines.append(Line("option", say("line.option", option=texts.name_of(o, d.language), month=label),
+                                    o["quantity"], o["price_cents"], start, end))
+            size = t["number_large_block_over"]
             for n in by_tenant["numbers"].get(t["id"], []):
                 if n["small"]:
-                    d.lines.append(Line("numbers", f"Numbers (single and blocks up to "
-                                        f"{t['number_large_block_over'] or 'any size'}), {label}",
+                    d.lines.append(Line("numbers", say("line.numbers_small", size=size, month=label) if size
+                                        else say("line.numbers_any", month=label),
                                         n["small"], t["number_monthly_cents"], start, end))
                 if n["large"]:
-                    d.lines.append(Line("numbers", f"Numbers in blocks over {t['number_large_block_over']}, {label}",
+                    d.lines.append(Line("numbers", say("line.numbers_large", size=size, month=label),
                                         n["large"], t["number_monthly_large_cents"], start, end))
         if d.lines or d.corrections:
             out.append(d)
@@ -250,13 +255,14 @@ def _take(conn: psycopg.Connection, series: str, year: int, last: int, n: int) -
 _STORE = """
 INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents,
                       vat_cents, gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from,
-                      created_at)
+                      language, created_at)
 SELECT number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent, net_cents, vat_cents,
-       gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from, coalesce(at, now())
+       gross_cents, usage_cents, corrects, reason, payment_means, recipient, plan_from, language, coalesce(at, now())
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
        number text, kind text, tenant_id bigint, period date, issued_on date, due_on date, prices_net boolean,
        vat_percent int, net_cents bigint, vat_cents bigint, gross_cents bigint, usage_cents bigint,
-       corrects bigint, reason text, payment_means text, recipient jsonb, plan_from timestamptz, at timestamptz)
+       corrects bigint, reason text, payment_means text, recipient jsonb, plan_from timestamptz, language text,
+       at timestamptz)
 RETURNING id, number, tenant_id"""
 
 _STORE_LINES = """
@@ -284,7 +290,7 @@ def preview(conn: psycopg.Connection, period: dt.date, tenant_id: int | None = N
     """The invoices month ``period`` would get now, as drafts: no number,
     nothing stored or booked (also for a month still running)."""
     return [{"tenant_id": d.tenant_id, "name": d.recipient["name"], "plan": d.recipient["plan"],
-             "period": d.period, "prices_net": d.prices_net, "vat_percent": d.vat_percent,
+             "language": d.language, "period": d.period, "prices_net": d.prices_net, "vat_percent": d.vat_percent,
              "usage_cents": d.usage_cents, "payment_means": d.payment_means, **price(d)}
             for d in drafts(conn, period, tenant_id)]
 
@@ -327,7 +333,7 @@ def store(conn: psycopg.Connection, batch: list[Draft], issued_on: dt.date, due_
                      "vat_percent": d.vat_percent, "net_cents": p["net_cents"], "vat_cents": p["vat_cents"],
                      "gross_cents": p["gross_cents"], "usage_cents": d.usage_cents, "corrects": None, "reason": None,
                      "payment_means": d.payment_means, "recipient": d.recipient,
-                     "plan_from": d.plan_from.isoformat() if d.plan_from else None,
+                     "plan_from": d.plan_from.isoformat() if d.plan_from else None, "language": d.language,
                      "at": at.isoformat() if at else None})
     ids = {r["tenant_id"]: r["id"] for r in conn.execute(_STORE, {"rows": Jsonb(rows)})}
     lines, ledger, debits, corrections = [], [], [], []
@@ -397,9 +403,11 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
                        (number,)).fetchone()
     if inv is None:
         raise DustelError("invoice", f"no invoice {number}")
-    reason_text = reason.strip()
-    if not reason_text or len(reason_text) > 200 or any(ord(c) < 32 for c in reason_text):
+    reason_text = validate.edge("reason", reason).strip()
+    if not 1 <= len(reason_text) <= 200:
         raise DustelError("reason", "must be 1 to 200 characters of text on one line")
+    # a credit note is a document of its own day: in the tenant's language then
+    lang = conn.execute("SELECT language FROM tenants WHERE id = %s", (inv["tenant_id"],)).fetchone()["language"]
     done = conn.execute("""SELECT coalesce(sum(gross_cents), 0)::bigint AS gross,
                                   coalesce(sum(net_cents), 0)::bigint AS net
                              FROM invoices WHERE corrects = %s""", (inv["id"],)).fetchone()
@@ -421,14 +429,15 @@ def credit_note(conn: psycopg.Connection, number: str, reason: str, amount_cents
     (num,) = _take(conn, "GS", issued_on.year, _counter(conn, "GS", issued_on.year), 1)
     row = conn.execute(
         """INSERT INTO invoices (number, kind, tenant_id, period, issued_on, due_on, prices_net, vat_percent,
-                                 net_cents, vat_cents, gross_cents, corrects, reason, payment_means, recipient)
-           VALUES (%s, 'credit_note', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
+                                 net_cents, vat_cents, gross_cents, corrects, reason, payment_means, recipient,
+                                 language)
+           VALUES (%s, 'credit_note', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *""",
         (num, inv["tenant_id"], inv["period"], issued_on, issued_on, inv["prices_net"], inv["vat_percent"],
-         net, vat, gross, inv["id"], reason_text, inv["payment_means"], Jsonb(inv["recipient"]))).fetchone()
+         net, vat, gross, inv["id"], reason_text, inv["payment_means"], Jsonb(inv["recipient"]), lang)).fetchone()
     conn.execute("""INSERT INTO invoice_lines (invoice_id, position, kind, description, quantity, unit_cents,
                                                amount_cents, net_cents, period_start, period_end)
                     VALUES (%s, 1, 'correction', %s, 1, %s, %s, %s, %s, %s)""",
-                 (row["id"], f"Credit for invoice {number}: {reason_text}", amount, amount, net,
+                 (row["id"], texts.of(lang)("line.credit", number=number, reason=reason_text), amount, amount, net,
                   inv["period"], last_day(inv["period"])))
     money.post(conn, inv["tenant_id"], gross, "credit_note", f"credit_note:{num}", invoice_id=row["id"])
     # a credit for an invoice still to be collected lowers the debit, or drops
@@ -478,6 +487,18 @@ def close_plan(conn: psycopg.Connection, tenant_id: int, at: dt.datetime, *, due
         numbers += [r["number"] for r in rows]
         month = next_month(month)
     return numbers
+
+
+def document(conn: psycopg.Connection, number: str, tenant_id: int | None = None) \
+        -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An invoice or credit note with the mandate its PDF and XML name (a
+    credit note: its invoice's); with ``tenant_id`` another tenant's is no
+    invoice (the same error as a number that does not exist)."""
+    inv = get(conn, number)
+    if tenant_id is not None and inv["tenant_id"] != tenant_id:
+        raise DustelError("invoice", f"no invoice or credit note {number}")
+    from . import sepa
+    return inv, sepa.mandate_of_invoice(conn, inv["corrects"] or inv["id"])
 
 
 def get(conn: psycopg.Connection, number: str) -> dict[str, Any]:

@@ -51,14 +51,17 @@ def decimal_eur(cents: int) -> Decimal:
     return (Decimal(cents) / 100).quantize(Decimal("0.01"))
 
 
-def eur(cents: int, plain: bool = False) -> str:
+def eur(cents: int, plain: bool = False, *, lang: str = "de") -> str:
     """Cents as text, the sign in front of the whole amount: German style
-    (1.234,56; documents, mails) or ``plain`` (1234.56; the CLI's tables).
-    Never through floor division of a negative number (-150 ct is -1,50)."""
+    (1.234,56; documents, mails), English (1,234.56; an English invoice) or
+    ``plain`` (1234.56).  Never through floor division of a negative number
+    (-150 ct is -1,50)."""
     sign = "-" if cents < 0 else ""
     whole, part = divmod(abs(cents), 100)
     if plain:
         return f"{sign}{whole}.{part:02d}"
+    if lang == "en":
+        return f"{sign}{whole:,}.{part:02d}"
     return f"{sign}{whole:,}".replace(",", ".") + f",{part:02d}"
 
 

@@ -7,7 +7,10 @@ going out), ``reference`` (what the payer wrote), ``transaction_id`` (the
 bank's id of the line; a line imported before is skipped), and optionally
 ``name`` and ``iban``; comma or semicolon separated.  Every line is checked
 before anything is written: one bad line refuses the file, naming the line
-and the field.  Matching, in this order:
+(the physical line it starts on) and the field.  Every cell meets the edge
+rule (``validate.edge``: no control character, line or paragraph break)
+before its column's own rule, as a CLI option does.  Matching, in this
+order:
 
 1. ``DD-<n>`` with a negative amount: the bank returned direct debit n →
    booked back with the return fee (``sepa.return_debit``);
@@ -25,12 +28,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from ..errors import DustelError
+from ..provisioning import validate
 from . import invoices, money, sepa
 
 METHODS = ("transfer", "paypal", "giropay", "klarna")
@@ -56,6 +61,38 @@ def _date(field: str, text: str) -> dt.date:
     raise DustelError(field, "must be a date YYYY-MM-DD or DD.MM.YYYY")
 
 
+REQUIRED = {"date", "amount", "reference", "transaction_id"}      # and optionally name, iban
+
+
+def _records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """The CSV records of ``text`` with the physical line each starts on
+    (a quoted cell may span lines; blank lines are skipped).  A CR alone in
+    an unquoted cell, which the csv module cannot read past, meets the edge
+    rule like any cell's control character, named by its line and column."""
+    text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)       # lines end at LF alone
+    header: list[str] = []
+    last = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = lines[reader.line_num - 1] if 0 < reader.line_num <= len(lines) else ""
+            if "\r" in line:
+                cells = next(csv.reader([line[:line.index("\r")]], delimiter=delimiter), [])
+                column = header[len(cells) - 1] if 0 < len(cells) <= len(header) else "cell"
+                validate.edge(f"statement line {reader.line_num} {column}", "\r")
+            raise DustelError(f"statement line {reader.line_num}", f"is not CSV ({exc})") from None
+        start, last = last + 1, reader.line_num
+        if row:
+            if not header:
+                header = [c.strip().lower() for c in row]
+            yield start, row
+
+
 def read_statement(data: bytes) -> list[StatementLine]:
     try:
         text = data.decode("utf-8-sig")
@@ -66,27 +103,32 @@ def read_statement(data: bytes) -> list[StatementLine]:
             raise DustelError("statement", "must be UTF-8 or Windows-1252 text") from None
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = ";" if first.count(";") > first.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    cols = {c.strip().lower() for c in (reader.fieldnames or [])}
-    missing = {"date", "amount", "reference", "transaction_id"} - cols
+    records = _records(text, delimiter)
+    n, head = next(records, (1, []))
+    cols = [validate.edge(f"statement line {n} header", c).strip().lower() for c in head]
+    missing = REQUIRED - set(cols)
     if missing:
         raise DustelError("statement", f"the header lacks the column(s) {', '.join(sorted(missing))}")
     out, seen = [], set()
-    for i, raw in enumerate(reader, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+    for i, cells in records:
         where = f"statement line {i}"
-        cents = money.signed_cents(f"{where} amount", row["amount"])
+        if len(cells) > len(cols):
+            raise DustelError(where, f"has {len(cells)} cells, the header names {len(cols)} (a cell holding "
+                                     f"'{delimiter}' must be quoted)")
+        # every cell meets the one edge rule first, named by its line and column
+        row = {c: validate.edge(f"{where} {c}", v).strip() for c, v in zip(cols, cells, strict=False)}
+        cents = money.signed_cents(f"{where} amount", row.get("amount", ""))
         if cents == 0:
             raise DustelError(f"{where} amount", "must not be 0")
-        tx = row["transaction_id"]
+        tx = row.get("transaction_id", "")
         if not tx or len(tx) > 100:
             raise DustelError(f"{where} transaction_id", "must be 1 to 100 characters")
         if tx in seen:
             raise DustelError(f"{where} transaction_id", f"{tx} is in the file twice")
         seen.add(tx)
-        if len(row["reference"]) > 300:
+        if len(row.get("reference", "")) > 300:
             raise DustelError(f"{where} reference", "must be at most 300 characters")
-        out.append(StatementLine(i, _date(f"{where} date", row["date"]), cents, row["reference"], tx,
+        out.append(StatementLine(i, _date(f"{where} date", row.get("date", "")), cents, row.get("reference", ""), tx,
                                  row.get("name", "")[:140], row.get("iban", "")[:34]))
     return out
 
@@ -168,7 +210,7 @@ def add(conn: psycopg.Connection, tenant_id: int, cents: int, method: str, trans
         raise DustelError("method", f"must be one of {', '.join(METHODS)}")
     if cents <= 0:
         raise DustelError("amount", "must be more than 0")
-    if not transaction_id or len(transaction_id) > 100 or any(ord(c) < 33 for c in transaction_id):
+    if not validate.edge("ref", transaction_id) or len(transaction_id) > 100 or " " in transaction_id:
         raise DustelError("ref", "must be 1 to 100 characters without spaces")
     if conn.execute("SELECT 1 FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,)).fetchone() is None:
         raise DustelError("tenant", f"no tenant {tenant_id}")

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from ..errors import DustelError
+from ..provisioning import validate
 from . import money
 from .einvoice import Issuer
 
@@ -49,6 +50,32 @@ def check_bic(value: str | None, iban: str) -> str:
         raise DustelError("bic", f"not a valid BIC ({exc})") from None
 
 
+# A mandate reference (MndtId, EPC AT-01) as the EPC's pain.008 schema has
+# it (RestrictedIdentificationSEPA2; sepaxml's pain.008.001.08 schema says
+# only Max35Text, so it would pass anything): the SEPA Latin characters
+# without the space a message or end-to-end id may hold.  Migration 0024's
+# CHECK on sepa_mandates.reference is the database's copy.
+MANDATE_CHARACTERS = "A-Z a-z 0-9 / - ? : ( ) . , ' +"
+_MANDATE_ID = re.compile(r"[A-Za-z0-9/?:().,'+-]+")
+
+
+def mandate_reference(field: str, value: str) -> str:
+    """A SEPA mandate reference: 1 to 35 of the EPC's identifier characters
+    (no space), never starting or ending with '/' nor holding '//' (the
+    EPC's rule for every reference and identifier).  Banks compare it
+    without case (the uniqueness check does too)."""
+    if not 1 <= len(value) <= 35:
+        raise DustelError(field, f"must be 1 to 35 characters (a SEPA mandate reference), not {len(value)}")
+    if not _MANDATE_ID.fullmatch(value):
+        bad = next(ch for ch in value if not _MANDATE_ID.fullmatch(ch))
+        shown = f"'{bad}' (U+{ord(bad):04X})" if bad.isprintable() and bad != " " else f"U+{ord(bad):04X}"
+        raise DustelError(field, f"must hold only the SEPA characters {MANDATE_CHARACTERS} (no space); "
+                                 f"{shown} is not one")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise DustelError(field, "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)")
+    return value
+
+
 def add_mandate(conn: psycopg.Connection, tenant_id: int, *, holder: str, iban: str, bic: str | None,
                 signed_on: dt.date, reference: str | None) -> dict[str, Any]:
     te = conn.execute("SELECT id, customer_type FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,)).fetchone()
@@ -58,8 +85,8 @@ def add_mandate(conn: psycopg.Connection, tenant_id: int, *, holder: str, iban: 
         raise DustelError("tenant", "public bodies pay by invoice (bank transfer), not by direct debit")
     iban = check_iban(iban)
     bic = check_bic(bic, iban)
-    holder = holder.strip()
-    if not 1 <= len(holder) <= 70 or any(ord(c) < 32 for c in holder):
+    holder = validate.edge("holder", holder).strip()
+    if not 1 <= len(holder) <= 70:
         raise DustelError("holder", "must be 1 to 70 characters on one line")
     if signed_on > dt.date.today():
         raise DustelError("signed_on", "must not be in the future")
@@ -69,10 +96,12 @@ def add_mandate(conn: psycopg.Connection, tenant_id: int, *, holder: str, iban: 
     if reference is None:
         n = conn.execute("SELECT count(*) AS n FROM sepa_mandates WHERE tenant_id = %s", (tenant_id,)).fetchone()["n"]
         reference = f"DUSTEL-{tenant_id}-{n + 1}"
-    if not re.fullmatch(r"[A-Za-z0-9+?/:().,' -]{1,35}", reference):
-        raise DustelError("reference", "must be 1 to 35 of the SEPA characters A-Z a-z 0-9 + ? / - : ( ) . , ' space")
-    if conn.execute("SELECT 1 FROM sepa_mandates WHERE reference = %s", (reference,)).fetchone():
-        raise DustelError("reference", f"{reference} is used already")
+    mandate_reference("reference", reference)
+    used = conn.execute("SELECT reference FROM sepa_mandates WHERE upper(reference) = upper(%s)",
+                        (reference,)).fetchone()
+    if used:
+        raise DustelError("reference", f"{reference} is used already" + (
+            "" if used["reference"] == reference else f" as {used['reference']} (banks ignore case)"))
     return conn.execute(
         """INSERT INTO sepa_mandates (tenant_id, reference, holder, iban, bic, signed_on)
            VALUES (%s, %s, %s, %s, %s, %s) RETURNING *""",
@@ -156,6 +185,13 @@ def export(conn: psycopg.Connection, collection_date: dt.date, issuer: Issuer, t
             ORDER BY d.id FOR UPDATE OF d""", (collection_date,)).fetchall()
     if not rows:
         return None
+    for r in rows:                    # a mandate filed before the rule (migration 0024) would fail at the bank
+        try:
+            mandate_reference("reference", r["mandate_ref"])
+        except DustelError as exc:
+            raise DustelError(f"mandate {r['mandate_ref']}", f"{exc.rule}: filed before this rule, it cannot be "
+                                                             f"collected; tenant {r['tenant_id']} needs a new mandate "
+                                                             "(mandate revoke, mandate add)") from None
     sepa = SepaDD({"name": issuer.name, "IBAN": check_iban(issuer.iban), "BIC": issuer.bic, "batch": True,
                    "creditor_id": issuer.creditor_id, "currency": "EUR"}, schema=SCHEMA, clean=True)
     seq = {}

@@ -21,6 +21,7 @@ from .. import db
 from ..billing import money
 from ..config import Settings, load_settings
 from ..errors import db_errors
+from ..provisioning import validate
 
 
 class Env:
@@ -113,7 +114,7 @@ def cell(column: str, value: Any, zone: str = HUMAN_ZONE) -> str:
     if isinstance(value, dt.datetime):
         local = value.astimezone(ZoneInfo(zone)) if value.tzinfo else value
         return local.strftime("%Y-%m-%d %H:%M:%S %Z").rstrip()
-    return str(value)
+    return validate.shown(str(value))          # a row stays one line, whatever a text held before the edge rule
 
 
 def table(rows: list[dict[str, Any]], columns: list[str], zone: str = HUMAN_ZONE) -> None:

@@ -66,3 +66,5 @@ def _human(d: dict, env: Env) -> None:
     click.echo(f"  .venv/bin/dustel --state-dir {sd} invoice preview --month {month:%Y-%m}"
                "   # this month's invoices so far, as drafts (nothing issued)")
     click.echo(f"  .venv/bin/dustel --state-dir {sd} ledger 1   # a tenant's money movements")
+    click.echo(f"  DUSTEL_PORTAL_COOKIE_SECURE=0 .venv/bin/dustel --state-dir {sd} portal serve   # the Kundencenter "
+               f"on http://127.0.0.1:{env.settings.portal_port}/ (logins in {d['credentials_file']})")

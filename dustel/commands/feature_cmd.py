@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from ..provisioning import features, schedule
-from ..provisioning import validate as v
 from .common import INT, Env, emit, euro, json_option, pass_env, table, tenant_required
 
 
@@ -117,8 +116,7 @@ def _show_limits(d: dict) -> None:
 def limits_set(env: Env, as_json: bool, tenant_id: int, credit_limit: str | None,
                max_call_seconds: int | None, account: str | None) -> None:
     """Set limits."""
-    remove = credit_limit is not None and credit_limit.strip().lower() == "none"
-    cents = v.money_cents("credit_limit", credit_limit) if credit_limit is not None and not remove else None
+    cents, remove = features.credit_limit_arg(credit_limit)
     with env.tx() as conn:
         out = features.set_limits(conn, tenant_id, credit_limit_cents=cents,
                                   max_call_seconds=max_call_seconds, account=account, remove_credit_limit=remove)

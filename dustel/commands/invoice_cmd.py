@@ -119,10 +119,7 @@ def invoice_show(env: Env, as_json: bool, number: str) -> None:
 
 def _document(env: Env, number: str) -> tuple[dict, dict | None]:
     with env.tx() as conn:
-        inv = invoices.get(conn, number)
-        base = inv["corrects"] or inv["id"]
-        mandate = sepa.mandate_of_invoice(conn, base)
-    return inv, mandate
+        return invoices.document(conn, number)
 
 
 @invoice.command("pdf")
@@ -246,7 +243,8 @@ mandate = click.Group("mandate", help="SEPA direct-debit mandates.")
 @click.option("--iban", required=True)
 @click.option("--bic", help="Default: from the IBAN's bank.")
 @click.option("--signed", required=True, help="Date the mandate was signed, YYYY-MM-DD.")
-@click.option("--reference", help="Mandate reference (default DUSTEL-<tenant>-<n>).")
+@click.option("--reference", help="Mandate reference as signed: 1 to 35 of A-Z a-z 0-9 / - ? : ( ) . , ' + "
+                                  "(no space, no leading, trailing or double /; default DUSTEL-<tenant>-<n>).")
 @json_option
 @pass_env
 def mandate_add(env: Env, as_json: bool, tenant_id: int, holder: str, iban: str, bic: str | None, signed: str,

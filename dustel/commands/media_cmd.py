@@ -8,7 +8,6 @@ import click
 
 from ..errors import DustelError
 from ..provisioning import media
-from ..provisioning import validate as v
 from .common import INT, Env, emit, json_option, pass_env, table, tenant_required
 
 
@@ -26,11 +25,7 @@ def _upload(env: Env, tenant_id: int, kind: str, cls: str, path: str, root: str)
 
 
 def _remove(env: Env, tenant_id: int, kind: str, cls: str, root: str) -> list[str]:
-    with env.tx() as conn:
-        files = media.remove(conn, root, tenant_id, kind, cls)
-    for f in files:              # after the commit: a failed removal leaves the rows, never stray rows
-        f.unlink(missing_ok=True)
-    return [str(f) for f in files]
+    return [str(f) for f in media.drop(env.tx, root, tenant_id, kind, cls)]
 
 
 moh = click.Group("moh", help="Hold music classes of a tenant (F-07, business flex).")
@@ -74,7 +69,7 @@ logo = click.Group("logo", help="Sound logos played before a call is put through
 
 
 def _logo_class(number: str | None) -> str:
-    return "tenant" if number is None else v.e164("number", number)[1:]
+    return media.logo_class(number)
 
 
 @logo.command("upload")
@@ -85,16 +80,9 @@ def _logo_class(number: str | None) -> str:
 @pass_env
 def logo_upload(env: Env, as_json: bool, tenant_id: int, file: str, number: str | None) -> None:
     """Set the sound logo (replaces the one before)."""
-    cls = _logo_class(number)
-    with env.tx() as conn:
-        old = [r["name"] for r in media.listing(conn, tenant_id, "logo") if r["class"] == cls]
-    row = _upload(env, tenant_id, "logo", cls, file, env.settings.logo_dir)
-    stale = [o for o in old if o != row["name"]]
-    if stale:                    # the logo before: its row, then (after the commit) its files
-        with env.tx() as conn:
-            files = media.forget(conn, env.settings.logo_dir, tenant_id, "logo", cls, stale)
-        for f in files:
-            f.unlink(missing_ok=True)
+    s = env.settings
+    row = media.set_logo(env.tx, s.logo_dir, tenant_id, _logo_class(number), _read(file),
+                         max_bytes=s.media_max_bytes, max_seconds=s.media_max_seconds)
     emit(row, as_json, lambda d: click.echo(f"sound logo for {number or 'every number'}: {d['seconds']} s"))
 
 

@@ -2,10 +2,8 @@
 behaviour itself lives in dustel.queue)."""
 from __future__ import annotations
 
-import datetime as dt
 import os
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import click
 
@@ -205,15 +203,6 @@ def queue_hours(env: Env, as_json: bool, tenant_id: int, name: str, rules: tuple
                                             + ("always open" if not d["opening_hours"] else "opening hours set")))
 
 
-def _when(name: str, value: str, tz: str) -> dt.datetime:
-    """An ISO date or date-time; without an offset it is the tenant's local time."""
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise DustelError(name, "must be an ISO date or date-time (2026-11-01 or 2026-11-01T08:00)") from None
-    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
-
-
 @queue.command("stats")
 @click.option("--tenant", "tenant_id", type=INT, required=True, help="The queue's tenant.")
 @click.option("--queue", "queue_name", required=True, help="Queue name.")
@@ -240,7 +229,8 @@ def queue_stats(env: Env, as_json: bool, tenant_id: int, queue_name: str, start:
     with env.tx() as conn:
         t = tenants.get(conn, tenant_id)
         tz = t["timezone"]
-        _, rows = stats.report(conn, tenant_id, queue_name, _when("from", start, tz), _when("to", end, tz), by)
+        _, rows = stats.report(conn, tenant_id, queue_name, stats.moment("from", start, tz),
+                               stats.moment("to", end, tz), by)
     if as_json:
         data: bytes = (stats.to_json(rows) + "\n").encode()
     elif fmt == "xlsx":

@@ -4,7 +4,7 @@ import datetime as dt
 
 import click
 
-from ..billing import einvoice, months
+from ..billing import einvoice, months, texts
 from ..provisioning import tenants
 from ..provisioning import validate as v
 from .common import INT, Env, emit, euro, json_option, pass_env, table
@@ -64,7 +64,7 @@ def _show_human(d: dict) -> None:
     lim = d["limits"]
     click.echo(f"tenant {d['id']}: {d['name']}")
     click.echo(f"  plan {d['plan_name']} ({d['payment']}), {d['customer_type']}, domain {d['sip_domain']},"
-               f" tz {d['timezone']}, since {d['created_on']}")
+               f" tz {d['timezone']}, invoices in {d['language']}, since {d['created_on']}")
     click.echo(f"  lines in/out {lim['lines_in']}/{lim['lines_out']}, accounts {d['counts']['accounts']}"
                f"/{lim['accounts_max']}, numbers {d['counts']['numbers']}/{lim['numbers_max'] or '-'},"
                f" queues {d['counts']['queues']}")
@@ -96,6 +96,8 @@ def show(env: Env, as_json: bool, tenant_id: int) -> None:
 @click.option("--name")
 @click.option("--email", help="'' clears it.")
 @click.option("--timezone")
+@click.option("--language", type=click.Choice(texts.LANGUAGES),
+              help="Of its invoices and credit notes from now on: de (the default) or en.")
 @click.option("--type", "customer_type", type=click.Choice(tenants.CUSTOMER_TYPES))
 @click.option("--plan")
 @click.option("--number-quota", type=INT)
@@ -105,7 +107,7 @@ def show(env: Env, as_json: bool, tenant_id: int) -> None:
 @json_option
 @pass_env
 def set_(env: Env, as_json: bool, tenant_id: int, name: str | None, email: str | None,
-         timezone: str | None, customer_type: str | None, plan: str | None,
+         timezone: str | None, language: str | None, customer_type: str | None, plan: str | None,
          number_quota: int | None, clip_agreement: str | None, options: tuple[str, ...]) -> None:
     """Change a tenant: fields, plan, booked options."""
     parsed = []
@@ -120,7 +122,8 @@ def set_(env: Env, as_json: bool, tenant_id: int, name: str | None, email: str |
     with env.tx() as conn:
         changed = tenants.set_fields(conn, tenant_id, due_days=env.settings.invoice_due_days,
                                      first_month=months.first_billed(env.settings.billing_first_month), name=name,
-                                     email=email, timezone=timezone, customer_type=customer_type, plan=plan,
+                                     email=email, timezone=timezone, language=language,
+                                     customer_type=customer_type, plan=plan,
                                      number_quota=number_quota, clip_agreement_on=agreement)
         if changed["closing_invoices"]:
             einvoice.issuing(conn, env.settings)     # else the transaction, the invoices with it, is rolled back

@@ -119,6 +119,14 @@ def load(conn: psycopg.Connection, credentials_file: Path,
     features.speed_dial_set(conn, b["id"], "2", b_ber)
     features.set_limits(conn, b["id"], credit_limit_cents=50000)
     queue_day(conn, b["id"], "support", b["sip_domain"])
+    # the Kundencenter's users of the business tenant, one per role
+    from ..portal import users as portal_users
+    portal: list[tuple[str, str]] = []
+    for login, role, agent in (("rheinwerk-admin", "admin", None), ("rheinwerk-supervisor", "supervisor", None),
+                               ("petra.meyer", "agent", "Petra Meyer")):
+        pw = password()
+        portal_users.add(conn, b["id"], login, role, pw, agent)
+        portal.append((login, pw))
     # a small realistic rate table, so a newcomer's first non-flat call is rated, not refused no_rate
     if conn.execute("SELECT count(*) AS n FROM rates").fetchone()["n"] == 0:
         rates.store(conn, rates.read(rates.DEMO_RATES))
@@ -129,6 +137,9 @@ def load(conn: psycopg.Connection, credentials_file: Path,
         f.write("# demo SIP credentials (username@domain password); shown nowhere else\n")
         for user, dom, pw in creds:
             f.write(f"{user}@{dom} {pw}\n")
+        f.write("# Kundencenter (dustel portal serve) logins of the business tenant: login password\n")
+        for login, pw in portal:
+            f.write(f"{login} {pw}\n")
     return True
 
 

@@ -112,6 +112,16 @@ def show_diversion(conn: psycopg.Connection, username: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- limits
 
+def credit_limit_arg(text: str | None) -> tuple[int | None, bool]:
+    """A credit limit as the operator or customer writes it: EUR (``50``,
+    ``49.90``), or ``none`` to remove it -> (cents or None, remove)."""
+    if text is None:
+        return None, False
+    if text.strip().lower() == "none":
+        return None, True
+    return v.money_cents("credit_limit", text), False
+
+
 def set_limits(conn: psycopg.Connection, tenant_id: int, *, credit_limit_cents: int | None = None,
                max_call_seconds: int | None = None, account: str | None = None,
                remove_credit_limit: bool = False) -> dict[str, Any]:

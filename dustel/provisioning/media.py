@@ -217,3 +217,36 @@ def forget(conn: psycopg.Connection, root: str | Path, tenant_id: int, kind: str
                             AND name = ANY(%s) RETURNING name""", (tenant_id, kind, cls, names)).fetchall()
     d = Path(root) / class_dir_name(tenant_id, kind, cls)
     return [d / str(r) / f"{row['name']}.wav" for row in rows for r in RATES]
+
+
+def set_logo(tx: Callable[[], AbstractContextManager[psycopg.Connection]], root: str | Path, tenant_id: int, cls: str,
+             data: bytes, *, max_bytes: int, max_seconds: int) -> dict[str, Any]:
+    """A sound logo (class ``tenant`` or a number's digits) replacing the one
+    before: the new files and row first, then the old row, then (after that
+    commit) the old files."""
+    with tx() as conn:
+        old = [r["name"] for r in listing(conn, tenant_id, "logo") if r["class"] == cls]
+    row = upload(tx, root, tenant_id, "logo", cls, data, max_bytes=max_bytes, max_seconds=max_seconds)
+    stale = [o for o in old if o != row["name"]]
+    if stale:
+        with tx() as conn:
+            files = forget(conn, root, tenant_id, "logo", cls, stale)
+        for f in files:
+            f.unlink(missing_ok=True)
+    return row
+
+
+def drop(tx: Callable[[], AbstractContextManager[psycopg.Connection]], root: str | Path, tenant_id: int, kind: str,
+         cls: str) -> list[Path]:
+    """Remove a class: its rows in one transaction, its files after the
+    commit (a failed removal leaves the rows, never stray rows)."""
+    with tx() as conn:
+        files = remove(conn, root, tenant_id, kind, cls)
+    for f in files:
+        f.unlink(missing_ok=True)
+    return files
+
+
+def logo_class(number: str | None) -> str:
+    """The class of a sound logo: ``tenant`` (every number) or the number's digits."""
+    return "tenant" if number is None else v.e164("number", number)[1:]

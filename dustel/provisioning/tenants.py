@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from ..billing import invoices
+from ..billing import invoices, texts
 from ..billing.months import last_day
 from ..errors import DustelError, NotFound
 from . import validate as v
@@ -71,6 +71,10 @@ def set_fields(conn: psycopg.Connection, tenant_id: int, *, at: dt.datetime | No
         cols["email"] = v.email("email", changes["email"]) if changes["email"] != "" else None
     if changes.get("timezone") is not None:
         cols["timezone"] = v.timezone("timezone", changes["timezone"])
+    if changes.get("language") is not None:     # its documents' from now on (a plan change's closing
+        if changes["language"] not in texts.LANGUAGES:              # invoices too); issued ones keep theirs
+            raise DustelError("language", f"must be one of {', '.join(texts.LANGUAGES)}")
+        conn.execute("UPDATE tenants SET language = %s WHERE id = %s", (changes["language"], tenant_id))
     if changes.get("customer_type") is not None:
         if changes["customer_type"] not in CUSTOMER_TYPES:
             raise DustelError("customer_type", f"must be one of {', '.join(CUSTOMER_TYPES)}")

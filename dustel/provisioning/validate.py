@@ -31,10 +31,23 @@ def edge(field: str, value: str) -> str:
     tab, NEL (U+0085), U+2028, a right-to-left override.  Each field's own
     rule (a name, a number, an IBAN …) comes after."""
     for ch in value:
-        cat = unicodedata.category(ch)
-        if cat[0] == "C" or cat in ("Zl", "Zp"):
+        if _off_edge(ch):
             raise DustelError(field, f"must not contain control characters or line breaks (U+{ord(ch):04X})")
     return value
+
+
+def _off_edge(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat[0] == "C" or cat in ("Zl", "Zp")
+
+
+def shown(value: str) -> str:
+    """A text on one line as a person reads it: a character the edge rule
+    refuses (one stored before the rule, e.g. by an earlier statement
+    import) shown as its escape (``\\n``, ``\\x85``, ``\\u2028``), never raw."""
+    if not any(map(_off_edge, value)):
+        return value
+    return "".join(ch.encode("unicode_escape").decode("ascii") if _off_edge(ch) else ch for ch in value)
 
 
 def text(field: str, value: str, *, max_len: int, min_len: int = 1) -> str:

@@ -15,9 +15,14 @@ from inside a star-code call (FastAGI EXEC) or as AMI actions (re-apply
 after a restart)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..wire import commands as C
 from ..wire import esl as P
 from .agents import Change
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def fs_agent(c: Change) -> str:
@@ -74,3 +79,27 @@ def ast_actions(c: Change) -> list[dict[str, str]]:
     if c.op in ("pause", "unpause"):
         return [C.ami("QueuePause", Queue=q, Interface=iface, Paused="true" if c.op == "pause" else "false")]
     raise ValueError(f"op: unknown queue change {c.op!r}")
+
+
+def push(settings: Settings, changes: list[Change]) -> list[str]:
+    """Send changes made outside a call (the Kundencenter's agent page) to
+    every configured node: FreeSWITCH over a one-shot Event Socket, Asterisk
+    as AMI actions.  The database already holds them (and the controller
+    applies them again after an engine restart), so a node that cannot be
+    reached is reported, not fatal: the problems, one line per node."""
+    from ..config import node_secret
+    problems: list[str] = []
+    fs = [cmd for c in changes for cmd in fs_commands(c)]
+    for n in settings.esl_nodes if fs else ():
+        try:
+            replies = C.ESLClient(n.host, n.port, node_secret(settings, n, "freeswitch")).run(fs)
+            problems += [f"{n.name}: {r.body.decode(errors='replace').strip()}" for r in replies if not r.ok]
+        except (OSError, PermissionError, ConnectionError) as exc:
+            problems.append(f"{n.name}: {type(exc).__name__}: {exc}")
+    ast = [a for c in changes for a in ast_actions(c)]
+    for n in settings.ami_nodes if ast else ():
+        try:
+            C.ami_run(n.host, n.port, n.username or settings.ami_username, node_secret(settings, n, "asterisk"), ast)
+        except (OSError, ConnectionError) as exc:
+            problems.append(f"{n.name}: {type(exc).__name__}: {exc}")
+    return problems

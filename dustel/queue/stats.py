@@ -158,6 +158,17 @@ def from_ami(node: str, msg: Mapping[str, str]) -> list[Q]:
 
 # ------------------------------------------------------------------ reports
 
+def moment(name: str, value: str, tz: str) -> dt.datetime:
+    """An ISO date or date-time of a report's range; without an offset it is
+    the tenant's local time."""
+    from ..errors import DustelError
+    try:
+        t = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise DustelError(name, "must be an ISO date or date-time (2026-11-01 or 2026-11-01T08:00)") from None
+    return t if t.tzinfo else t.replace(tzinfo=ZoneInfo(tz))
+
+
 _BUCKETS = """
 WITH q AS (SELECT q.id, q.service_level_seconds AS sl, t.timezone
              FROM queues q JOIN tenants t ON t.id = q.tenant_id

@@ -214,7 +214,8 @@ def test_demo_twice_changes_nothing(run: Cli, tmp_path: Any) -> None:
     creds = (tmp_path / "state" / "demo-credentials.txt")
     assert oct(creds.stat().st_mode & 0o777) == "0o600"
     lines = [ln for ln in creds.read_text().splitlines() if not ln.startswith("#")]
-    assert len(lines) == 10
+    assert len(lines) == 13                      # 10 SIP accounts, 3 Kundencenter users (issue 28)
+    assert [ln.split()[0] for ln in lines[10:]] == ["rheinwerk-admin", "rheinwerk-supervisor", "petra.meyer"]
     for ln in lines:   # the demo passwords appear nowhere but in that file
         assert ln.split()[1] not in r.output
     before = dump(run.url)

@@ -80,7 +80,7 @@ def test_a_month_bills_usage_fees_and_vat_exactly_and_once(conn: psycopg.Connect
                      ("base_fee", 1, 720, 720),
                      ("option", 1, 832, 832), ("option", 2, 84, 168), ("option", 1, 832, 832),  # acd, lines, flat
                      ("numbers", 1, 42, 42), ("numbers", 100, 36, 3600)]
-    assert "2 calls, 5:00 min" in b["lines"][0]["description"]
+    assert "2 Verbindungen, 5:00 min" in b["lines"][0]["description"]      # German unless the tenant chose English
     assert all(ln["period_start"] == dt.date(2026, 12, 1) for ln in b["lines"][2:])   # fees in advance
     # business: net prices, VAT 19 % on the net sum, rounded half up
     assert (b["net_cents"], b["vat_cents"], b["gross_cents"]) == (6249, 1187, 7436)
@@ -230,7 +230,7 @@ def test_cli_invoice_run_list_show(conn: psycopg.Connection, run) -> None:
     rows = json.loads(run.ok("invoice", "list", "--month", "2026-11", "--json").output)
     assert [x["gross_cents"] for x in rows] == [7436, 3089, rows[2]["gross_cents"]]
     shown = run.ok("invoice", "show", "RE-2026-000002").output
-    assert "gross 30,89 €" in shown and "Base fee complete, 11/2026" in shown
+    assert "gross 30,89 €" in shown and "Grundgebühr complete, 11/2026" in shown
     for bad, msg in ((["--month", "11/2026"], "month: must be YYYY-MM"),
                      (["--month", "2026-11", "--date", "2026-11-15"], "month: 2026-11 has not ended")):
         r = run("invoice", "run", *bad)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import xmlschema
 
-from dustel.billing import fees, invoices, money, sepa
+from dustel.billing import fees, invoices, money, payments, sepa
 from dustel.billing.einvoice import Issuer
 from dustel.config import Settings
 from dustel.provisioning import numbers
@@ -351,3 +351,122 @@ def test_mandate_list_masks_the_iban_and_a_pdf_never_goes_to_a_terminal(conn: ps
         os.close(main)
     assert r.returncode == 1 and r.stderr == ("error: out: the PDF is binary and stdout is a terminal: give --out "
                                               "FILE.pdf (or redirect stdout)\n")
+
+
+@pytest.mark.parametrize("column,cell,code", [
+    ("reference", '"KD-{t} line\nbreak"', "000A"), ("reference", "KD-{t} bare\rCR", "000D"),
+    ("reference", '"KD-{t} quoted\rCR"', "000D"), ("reference", "KD-{t}\ttab", "0009"),
+    ("reference", "KD-{t}\u2028ls", "2028"), ("reference", "KD-{t}\x85nel", "0085"),
+    ("reference", "KD-{t}\x00nul", "0000"), ("reference", "KD-{t}\u202erlo", "202E"),
+    ("name", '"Anna\nSchmitz"', "000A"), ("name", "Anna\rSchmitz", "000D"), ("name", "Anna\tSchmitz", "0009"),
+    ("name", "Anna\u2028Schmitz", "2028"), ("name", "Anna\x85Schmitz", "0085"),
+    ("transaction_id", "tx\u20282", "2028"), ("memo", "an\tunused column", "0009")])
+def test_a_statement_cell_with_a_control_character_refuses_the_file(conn: psycopg.Connection, run, tmp_path: Path,
+                                                                    column: str, cell: str, code: str) -> None:
+    """Issue 31 item 18: `payment import` stored references and names with
+    LF, CR, tab, U+2028 or U+0085 verbatim (a bare CR crashed the csv
+    reader).  Every cell meets the edge rule, named by its line and column;
+    one bad line refuses the whole file."""
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Anna Schmitz")
+    row = {"date": "2026-12-03", "amount": "5,00", "reference": f"KD-{t['id']}", "transaction_id": "tx2",
+           "name": "Anna Schmitz", "memo": "-"}
+    row[column] = cell.format(t=t["id"])
+    csv = tmp_path / "konto.csv"
+    csv.write_bytes(("date;amount;reference;transaction_id;name;memo\n"
+                     f"2026-12-02;5,00;KD-{t['id']};tx1;Anna Schmitz;-\n" + ";".join(row.values()) + "\n")
+                    .encode("utf-8"))
+    before = dump(run.url)
+    r = run("payment", "import", str(csv))
+    assert (r.exit_code, r.stderr) == (1, f"error: statement line 3 {column}: must not contain control characters "
+                                          f"or line breaks (U+{code})\n")
+    assert dump(run.url) == before                                  # line 2 was good: nothing of the file is kept
+
+
+def test_a_statement_line_with_more_cells_than_the_header_is_refused(conn: psycopg.Connection, run,
+                                                                     tmp_path: Path) -> None:
+    """A reference holding the separator unquoted shifted the cells (and a
+    cell beyond the header crashed the import with an AttributeError)."""
+    csv = tmp_path / "konto.csv"
+    csv.write_text("date,amount,reference,transaction_id\n2026-12-03,5.00,KD-1,thanks,tx1\n")
+    r = run("payment", "import", str(csv))
+    assert (r.exit_code, r.stderr) == (1, "error: statement line 2: has 5 cells, the header names 4 (a cell holding "
+                                          "',' must be quoted)\n")
+
+
+def test_old_rows_print_on_one_line_and_free_text_options_meet_the_edge_rule(conn: psycopg.Connection, run) -> None:
+    """Issue 31 item 18: `payment list` printed what an earlier import
+    stored raw (a row broken over lines); U+0085 was accepted by
+    credit-note --reason, payment add --ref and mandate add --holder, and
+    by the functions behind them."""
+    from dustel.errors import DustelError
+
+    t = old_tenant(conn, "complete", dt.date(2026, 1, 5), name="Becker")
+    settled_call(conn, t["id"], "de_mobile", 60, 19, at("2026-11-03 10:00"))
+    invoices.run(conn, dt.date(2026, 11, 1), dt.date(2026, 12, 2))
+    with conn.transaction():                    # as the import before the rule stored it
+        conn.execute("""INSERT INTO payments (tenant_id, method, amount_cents, ref, reference, state, received_on)
+                        VALUES (NULL, 'transfer', 777, 'bank:old', 'line\nbreak\u2028and\x85nel\rcr', 'unmatched',
+                                '2026-12-03')""")
+    out = run.ok("payment", "list", "--unmatched").stdout
+    assert out.splitlines()[1].endswith(r"line\nbreak\u2028and\x85nel\rcr") and len(out.splitlines()) == 2, out
+    before = dump(run.url)
+    for args, field in ((["credit-note", "RE-2026-000001", "--reason", "Kulanz\x85x"], "reason"),
+                        (["payment", "add", str(t["id"]), "5", "--method", "giropay", "--ref", "G\x851"], "ref"),
+                        (["mandate", "add", str(t["id"]), "--holder", "Becker\x85x", "--iban", IBAN, "--signed",
+                          "2026-01-02"], "holder")):
+        r = run(*args)
+        assert (r.exit_code, r.stderr) == (1, f"error: {field}: must not contain control characters or line breaks "
+                                              "(U+0085)\n"), args
+    assert dump(run.url) == before
+    for call, field in ((lambda: invoices.credit_note(conn, "RE-2026-000001", "Kulanz\x85x", None,
+                                                      dt.date(2026, 12, 3)), "reason"),
+                        (lambda: payments.add(conn, t["id"], 500, "giropay", "G\x851", dt.date(2026, 12, 3)), "ref"),
+                        (lambda: sepa.add_mandate(conn, t["id"], holder="Becker\x85x", iban=IBAN, bic=None,
+                                                  signed_on=dt.date(2026, 1, 2), reference=None), "holder")):
+        with pytest.raises(DustelError) as exc, conn.transaction():
+            call()
+        assert (exc.value.field, exc.value.rule) == (field, "must not contain control characters or line breaks "
+                                                            "(U+0085)")
+    assert dump(run.url) == before
+
+
+def test_a_mandate_reference_is_a_sepa_mandate_id(conn: psycopg.Connection, run, tmp_path: Path) -> None:
+    """Issue 31 item 19: `mandate add --reference` took a space (which the
+    EPC's pain.008 schema refuses in a mandate id, RestrictedIdentificationSEPA2),
+    a leading, trailing or double '/' (the EPC's rule for every identifier)
+    and a reference differing only in case from one in use (banks ignore
+    case) — none of which sepaxml's schema (Max35Text) catches before the
+    bank does.  Refused now with the field and the rule, nothing written."""
+    from lxml import etree
+
+    t = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Anna")
+    u = old_tenant(conn, "starter", dt.date(2026, 1, 5), name="Bert")
+    run.ok("mandate", "add", str(u["id"]), "--holder", "Bert", "--iban", IBAN, "--signed", "2026-01-02",
+           "--reference", "dustel-x-1")
+    before = dump(run.url)
+    chars = "must hold only the SEPA characters A-Z a-z 0-9 / - ? : ( ) . , ' + (no space); "
+    for ref, rule in (("DUSTEL 1", chars + "U+0020 is not one"), ("x;1", chars + "';' (U+003B) is not one"),
+                      ("Müller-1", chars + "'ü' (U+00FC) is not one"), ("a|b", chars + "'|' (U+007C) is not one"),
+                      ("x" * 36, "must be 1 to 35 characters (a SEPA mandate reference), not 36"),
+                      ("/M-1", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("M-1/", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("M//1", "must not start or end with '/' nor hold '//' (the EPC rule for SEPA identifiers)"),
+                      ("DUSTEL-X-1", "DUSTEL-X-1 is used already as dustel-x-1 (banks ignore case)")):
+        r = run("mandate", "add", str(t["id"]), "--holder", "Anna", "--iban", IBAN, "--signed", "2026-01-02",
+                "--reference", ref)
+        assert (r.exit_code, r.stderr) == (1, f"error: reference: {rule}\n"), ref
+    assert dump(run.url) == before
+    # every SEPA identifier character is a mandate id's, and it reaches the pain.008 as written
+    # (x,1,System(id) and ../../etc/passwd, the issue's examples, are SEPA mandate ids too: see Decisions)
+    ref = "KD/1-a?b:(c).d,e'f+g"
+    run.ok("mandate", "add", str(t["id"]), "--holder", "Anna", "--iban", IBAN, "--signed", "2026-01-02",
+           "--reference", ref)
+    issuer_config(run.state_dir)
+    with conn.transaction():
+        conn.execute("INSERT INTO billing_profiles (tenant_id, autotopup_threshold_cents, autotopup_amount_cents) "
+                     "VALUES (%s, 500, 2000)", (t["id"],))
+        sepa.autotopup(conn, dt.date.today(), 2)
+    out = tmp_path / "dd.xml"
+    run.ok("sepa", "export", "--date", (dt.date.today() + dt.timedelta(days=3)).isoformat(), "--out", str(out))
+    ids = etree.fromstring(out.read_bytes()).findall(f".//{{urn:iso:std:iso:20022:tech:xsd:{sepa.SCHEMA}}}MndtId")
+    assert [m.text for m in ids] == [ref]

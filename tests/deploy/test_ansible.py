@@ -147,7 +147,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
 
 SECRETS = {"vault_dustel_db_password": "db-pw-for-the-test",
            "vault_dustel_esl_password": "esl-pw-for-the-test",
-           "vault_dustel_ami_secret": "ami-secret-for-the-test"}
+           "vault_dustel_ami_secret": "ami-secret-for-the-test",
+           "vault_dustel_portal_secret": "portal-secret-for-the-test"}
 
 
 def playbook(tree: Tree, wheelhouse: Path, inventory: Path, *more: str) -> subprocess.CompletedProcess:
@@ -234,7 +235,8 @@ def test_the_roles_deploy_dustel_and_postgresql_on_a_fresh_debian_tree(tree: Tre
     # the units: hardened, and systemd accepts them
     units = sorted(p.name for p in (tree.path / "etc/systemd/system").glob("dustel-*.service"))
     assert units == ["dustel-agi.service", "dustel-controller.service", "dustel-esl.service",
-                     "dustel-fax-deliver.service", "dustel-mailgw.service", "dustel-scheduler.service"]
+                     "dustel-fax-deliver.service", "dustel-mailgw.service", "dustel-portal.service",
+                     "dustel-scheduler.service"]
     for name in units:
         text = (tree.path / "etc/systemd/system" / name).read_text()
         for line in ("Type=simple", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",

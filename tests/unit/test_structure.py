@@ -69,3 +69,20 @@ def test_the_shells_and_the_controller_never_import_each_other() -> None:
                     top.add(node.module.split(".")[0])
             allowed = {"greenswitch", "gevent"} if path.name == "esl_reader.py" else set()
             assert not (top & ENGINE_LIBS) - allowed, f"{sub}/{path.name} imports {sorted(top & ENGINE_LIBS)}"
+
+
+def test_the_portal_is_an_asyncio_process_without_gevent() -> None:
+    """Issue 28: the Kundencenter (uvicorn, asyncio) imports no gevent,
+    greenswitch or panoramisk — not in its own modules, and not through
+    anything it loads (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+    paths = sorted((PKG / "portal").rglob("*.py"))
+    assert paths, "dustel/portal is the Kundencenter"
+    for path in paths:
+        bad = hits(imports(path), ENGINE_LIBS | {"dustel.agi", "dustel.controller"})
+        assert not bad, f"portal/{path.name} imports {sorted(bad)}"
+    code = ("import sys, dustel.portal.app, dustel.commands.portal_cmd; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gevent', 'greenswitch', 'panoramisk')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
