@@ -57,6 +57,9 @@ class Settings:
     edge_nodes: tuple[EngineNode, ...] = ()
     # who may call the edge's JSON-RPC (the hosts that run `dustel render --reload`)
     edge_rpc_acl: str = "127.0.0.1/32"
+    # the edge's flood limit: requests per 2 s from one source address, over it
+    # the address is refused for a minute -- never a call to 110/112
+    edge_flood_requests: int = 100
     # the policy servers the engines ask, in order (comma-separated host:port):
     # when one does not answer the dialplan asks the next; empty: agi_host:agi_port
     agi_servers: str = ""

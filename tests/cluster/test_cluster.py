@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from dustel.testing.cluster import wait_for
-from tests.cluster.conftest import EDGE, NODES, Cluster, _active, start_phone
+from tests.cluster.harness import EDGE, NODES, Cluster, _active, start_phone
 from tests.factories import PASSWORD
 
 
