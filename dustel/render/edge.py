@@ -3,7 +3,8 @@ kamailio.cfg, written by ``dustel render`` from the settings and reloaded
 over each edge node's JSON-RPC when they changed.
 
 - ``kamailio.dispatcher``: set 1, every engine node's SIP address (Asterisk
-  and FreeSWITCH nodes alike: any node takes any call);
+  and FreeSWITCH nodes alike: any node takes any call), probed; set 2, the
+  same never probed: the last resort when set 1 has no node alive;
 - ``kamailio.address``: group 1, the carrier's networks (``carrier_match``,
   else ``carrier_host``'s address) — the only way the edge recognises it.
 
@@ -26,6 +27,8 @@ from ..errors import DustelError
 from . import engines
 
 DISPATCH_SET = 1
+LAST_RESORT_SET = 2          # the same nodes, never probed (flag 4): when set 1 has none alive
+SKIP_PROBING = 4
 CARRIER_GROUP = 1
 # table -> the RPC that makes Kamailio read it again
 RELOADS = {"dispatcher": "dispatcher.reload", "address": "permissions.addressReload"}
@@ -45,6 +48,7 @@ def dispatcher_rows(s: Settings) -> list[tuple[int, str, int, int, str, str]]:
         if not ok:
             raise DustelError(f"node {node.name}.sip", f"{sip[:40]!r} must be <IP address>:<port>")
         rows.append((DISPATCH_SET, f"sip:{sip}", 0, 0, "", node.name[:64]))
+        rows.append((LAST_RESORT_SET, f"sip:{sip}", SKIP_PROBING, 0, "", node.name[:64]))
     return sorted(rows)
 
 

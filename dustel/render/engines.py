@@ -362,6 +362,7 @@ EDGE_HEADER = "X-Dustel-Edge"      # what the edge marks a carrier call with (an
 EDGE_SOURCE_HEADER = "X-Dustel-Source"   # a phone's address as the edge saw it (the policy's IP rule), likewise
 EDGE_FR_MS = 2000                  # an engine node that sends no reply within this is skipped (tm fr_timer)
 EDGE_PING_S = 1                    # OPTIONS probe interval per engine node
+EDGE_PING_MISSES = 2               # probes in a row without a 2xx take a node out
 EDGE_PIKE = {"pike_unit": 2, "ban_s": 60}    # flood limit per source address: edge_flood_requests per 2 s
 # every dialled form of 110/112 as one Kamailio regex (our constants: not user data)
 EDGE_EMERGENCY_RE = "^(" + "|".join(d.replace("+", "[+]") for d in EMERGENCY_DIALS) + ")$"
@@ -377,7 +378,7 @@ def kamailio_cfg(p: Provider, edge: EngineNode) -> str:
                    sip_listen=f"{_host_of(edge.host)}:{edge.port}", rpc_listen=f"{edge.host}:{edge.rpc_port}",
                    rpc_port=edge.rpc_port, rpc_acl=cidrs(s.edge_rpc_acl), carrier=s.carrier_host,
                    emergency_re=EDGE_EMERGENCY_RE, headers=(EDGE_HEADER, EDGE_SOURCE_HEADER), fr_ms=EDGE_FR_MS,
-                   ping_s=EDGE_PING_S, pike_density=s.edge_flood_requests, **EDGE_PIKE)
+                   ping_s=EDGE_PING_S, ping_misses=EDGE_PING_MISSES, pike_density=s.edge_flood_requests, **EDGE_PIKE)
 
 
 def kamailio_db_url(s: Settings) -> str:

@@ -258,13 +258,11 @@ def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_req
                                 "-mp", str(free_port([CARRIER])), "-trace_msg", "-message_file", str(cl.carrier_log),
                                 "-nostdin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base)
     started.append(carrier)
-    shared = {k: v for k, v in rendered["asterisk"].items() if not k.startswith("nodes/")}
     for i, name in enumerate(NODES):
         ast = chroot.instance(name)
-        own = {k.rsplit("/", 1)[1]: v for k, v in rendered["asterisk"].items() if k.startswith(f"nodes/{name}/")}
         ast.add_moh_class_dir(f"{settings.moh_dir}/default/8000")
-        ast.start({**shared, **own, "rtp.conf": f"[general]\nrtpstart={21000 + 1000 * i}\nrtpend={21999 + 1000 * i}\n"},
-                  dirs=[settings.fax_spool_dir])
+        rtp = f"[general]\nrtpstart={21000 + 1000 * i}\nrtpend={21999 + 1000 * i}\n"
+        ast.start({**node_files(rendered["asterisk"], name), "rtp.conf": rtp}, dirs=[settings.fax_spool_dir])
         started.append(ast)
         cl.asterisks[name] = ast
     # the edge sees both nodes alive (its OPTIONS probes)
@@ -275,10 +273,29 @@ def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_req
     return cl
 
 
+def node_files(rendered: dict[str, str], name: str) -> dict[str, str]:
+    """A node's /etc/asterisk from the render: the shared files and its own
+    (nodes/<name>/...) beside them, as the Ansible role installs them."""
+    shared = {k: v for k, v in rendered.items() if not k.startswith("nodes/")}
+    return {**shared, **{k.rsplit("/", 1)[1]: v for k, v in rendered.items() if k.startswith(f"nodes/{name}/")}}
+
+
+def rerender(cl: Cluster) -> None:
+    """Render the database as it is now into every node and reload it (new accounts, numbers)."""
+    with cl.db() as conn, conn.transaction():
+        rendered = service.render_files(conn, cl.settings, ["asterisk"])["asterisk"]
+    for name, ast in cl.asterisks.items():
+        if ast.proc is not None and ast.proc.poll() is None:
+            ast.update_config(node_files(rendered, name))
+            ast.cli("module reload res_pjsip.so")
+            ast.cli("dialplan reload")
+
+
 def _active(cl: Cluster) -> set[str]:
     """The engine nodes the edge's dispatcher holds active (dispatcher.list)."""
     names = {f"sip:{n.sip}": n.name for n in cl.settings.ami_nodes}
     return {names.get(d["DEST"]["URI"], d["DEST"]["URI"]) for s in cl.rpc("dispatcher.list")["RECORDS"]
+            if s["SET"]["ID"] == edge.DISPATCH_SET
             for d in s["SET"]["TARGETS"] if d["DEST"]["FLAGS"].startswith("A")}
 
 

@@ -73,8 +73,10 @@ def test_the_edge_tables_follow_the_settings_and_reload_only_what_changed(run, t
     kam = next(d for d in json.loads(r.stdout) if d["engine"] == "kamailio")
     assert kam["changed"] == ["nodes/edge1/kamailio.cfg"] and kam["tables"] == ["dispatcher", "address"]
     with psycopg.connect(run.url) as c:
-        assert c.execute("SELECT destination, description FROM kamailio.dispatcher ORDER BY 1").fetchall() == [
-            ("sip:127.0.0.2:5060", "ast1"), ("sip:127.0.0.3:5060", "ast2")]     # ast2: its host, sip_port
+        assert c.execute("SELECT setid, destination, flags, description FROM kamailio.dispatcher ORDER BY 1, 2"
+                         ).fetchall() == [
+            (1, "sip:127.0.0.2:5060", 0, "ast1"), (1, "sip:127.0.0.3:5060", 0, "ast2"),    # ast2: host, sip_port
+            (2, "sip:127.0.0.2:5060", 4, "ast1"), (2, "sip:127.0.0.3:5060", 4, "ast2")]    # never probed
         assert c.execute("SELECT ip_addr, mask FROM kamailio.address ORDER BY 1").fetchall() == [
             ("192.0.2.0", 24), ("198.51.100.7", 32)]
     assert render("--check").exit_code == 0
