@@ -60,6 +60,9 @@ class Settings:
     # the edge's flood limit: requests per 2 s from one source address, over it
     # the address is refused for a minute -- never a call to 110/112
     edge_flood_requests: int = 100
+    # an engine node that sends no answer to an INVITE within this is skipped
+    # for the next (Kamailio's fr_timer): the failover bound of a dead node
+    edge_failover_ms: int = 2000
     # the policy servers the engines ask, in order (comma-separated host:port):
     # when one does not answer the dialplan asks the next; empty: agi_host:agi_port
     agi_servers: str = ""

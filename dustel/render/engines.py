@@ -360,7 +360,6 @@ def asterisk_files(p: Provider) -> dict[str, str]:
 
 EDGE_HEADER = "X-Dustel-Edge"      # what the edge marks a carrier call with (and strips from everything else)
 EDGE_SOURCE_HEADER = "X-Dustel-Source"   # a phone's address as the edge saw it (the policy's IP rule), likewise
-EDGE_FR_MS = 2000                  # an engine node that sends no reply within this is skipped (tm fr_timer)
 EDGE_PING_S = 1                    # OPTIONS probe interval per engine node
 EDGE_PING_MISSES = 2               # probes in a row without a 2xx take a node out
 EDGE_PIKE = {"pike_unit": 2, "ban_s": 60}    # flood limit per source address: edge_flood_requests per 2 s
@@ -374,10 +373,12 @@ def kamailio_cfg(p: Provider, edge: EngineNode) -> str:
         raise escape.UnsafeValue(f"edge node {edge.name}.rpc_port", "is required (its JSON-RPC listener)")
     if s.edge_flood_requests < 1:
         raise DustelError("edge_flood_requests", "must be a positive integer (requests per 2 s per address)")
+    if not 200 <= s.edge_failover_ms <= 30000:
+        raise DustelError("edge_failover_ms", "must be 200 to 30000 (milliseconds)")
     return _render("kamailio", "kamailio.cfg.j2", node=edge, db_url=kamailio_db_url(s),
                    sip_listen=f"{_host_of(edge.host)}:{edge.port}", rpc_listen=f"{edge.host}:{edge.rpc_port}",
                    rpc_port=edge.rpc_port, rpc_acl=cidrs(s.edge_rpc_acl), carrier=s.carrier_host,
-                   emergency_re=EDGE_EMERGENCY_RE, headers=(EDGE_HEADER, EDGE_SOURCE_HEADER), fr_ms=EDGE_FR_MS,
+                   emergency_re=EDGE_EMERGENCY_RE, headers=(EDGE_HEADER, EDGE_SOURCE_HEADER), fr_ms=s.edge_failover_ms,
                    ping_s=EDGE_PING_S, ping_misses=EDGE_PING_MISSES, pike_density=s.edge_flood_requests, **EDGE_PIKE)
 
 
