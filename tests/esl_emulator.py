@@ -370,6 +370,11 @@ class OutboundCall:
     progressed: bool = False
     delivered: list = field(default_factory=list)   # the events the socket was sent (its subscription's)
     unparked: bool = False
+    # the dialplan's actions after the ``socket`` application (socket.xml.j2: the refusal), which the
+    # channel goes on with when the listener ends and ``socket_resume`` is true (see _listener_gone)
+    after_socket: list = field(default_factory=list)
+    resumed: bool = False         # the channel went on in the dialplan after the policy server went away
+    peer_gone: bool = False       # the policy server's end of the socket closed
 
     def __post_init__(self) -> None:
         self.sub = Subscription(self.uuid)      # what this socket asked for (myevents, nixevent, filter)
@@ -451,7 +456,45 @@ class OutboundCall:
 
     def _send(self, data: bytes) -> None:
         with self._lock:
-            self._sock.sendall(data)
+            if self.peer_gone:
+                return                     # FreeSWITCH writes nothing to a listener that is gone
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                self.peer_gone = True
+
+    def server_gone(self) -> bool:
+        """Has the policy server closed its end (a crash, a stop)?  A
+        non-blocking peek: EOF or a reset."""
+        if self.peer_gone:
+            return True
+        try:
+            self.peer_gone = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.peer_gone = True
+        return self.peer_gone
+
+    def _listener_gone(self) -> bool:
+        """The listener ended while an application runs (the server crashed).
+        ASSUMPTION (no recording loses a server mid-call; read in
+        mod_event_socket.c at cc93a68, the end of listener_run): with the
+        channel variable ``socket_resume`` true and the channel neither
+        hibernating nor transferred, the listener sets the channel's state to
+        CS_RESET — the running application (a ringing ``bridge``) is
+        interrupted, its legs cancelled, and the channel goes on with the
+        dialplan's actions after ``socket`` (``after_socket``: the refusal);
+        without it the queued applications run on by themselves, and events
+        go nowhere.  True when the channel resumed."""
+        if not self.server_gone() or self.variables.get("socket_resume") != "true" or self.answered:
+            return False
+        self.resumed = True
+        for app, data in self.after_socket:
+            if self.hangup_cause:
+                break
+            self._execute(app, data)
+        return True
 
     def _serve(self) -> None:
         buf = bytearray()
@@ -637,6 +680,9 @@ class OutboundCall:
         self.rang.append([name for name, _ in legs])
         if self.while_ringing is not None:
             self.while_ringing(len(self.rang) - 1)
+            if self._listener_gone():        # the server went away while the legs rang
+                self.cancelled += [name for name, _ in legs]
+                return
         outcome = [(name, own, self.phones.get(name, self.callee)) for name, own in legs]
         winner = next(((n, own, what) for n, own, what in outcome if what[0] == "answer"), None)
         ringing = [n for n, _, what in outcome if what[0] in ("ring", "noanswer") or (winner and what[0] == "answer")]

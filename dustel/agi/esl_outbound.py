@@ -250,7 +250,7 @@ class CallControl:
             if queued:     # counted among the queue's waiting callers until callcenter ends
                 self.queue_waiting(data, True)
             try:
-                replies = s.execute_all(plan)
+                replies = s.execute_all([fs.RESUME_OFF, *plan])      # one write: the plan can no longer resume
                 self.plan_reached = all(str(r.data).startswith("+OK") for r in replies)
                 if not d.admit:
                     return
@@ -394,7 +394,7 @@ class CallControl:
         except (ValueError, psycopg.Error) as exc:
             log.warning("leg call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
             d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
-        for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
+        for app, arg in [fs.RESUME_OFF, *plan]:     # a loopback leg: no SIP response, a hangup cause instead
             s.call_command(app, arg or None)
         self.plan_reached = True
         if d.admit:
@@ -434,7 +434,7 @@ class CallControl:
                 self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
             s.call_command("hangup", fs.cause_name(INTERNAL_ERROR.q850))
             return INTERNAL_ERROR
-        for app, arg in plan:
+        for app, arg in [fs.RESUME_OFF, *plan]:
             s.call_command(app, arg or None)
         self.plan_reached = True
         if d.admit:

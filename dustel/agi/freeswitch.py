@@ -21,6 +21,12 @@ from ..wire.esl import header_value, token
 
 Action = tuple[str, str]     # (application, argument)
 
+# The first application of every plan, in the same write: the dialplan hands the call over with
+# ``socket_resume=true`` (socket.xml.j2), so a socket that ends before the plan goes on to the refusal;
+# once FreeSWITCH holds the plan, a policy server that dies while the call rings must leave it running
+# (the controller settles it from its CDR) — not turn a ringing call into a 503.
+RESUME_OFF: Action = ("set", f"{V.SOCKET_RESUME}=false")
+
 
 # What the outbound socket subscribes to (issue 32.2).  ``myevents`` alone
 # brings every event of the channel — 14 for a bridged call, 98 KB

@@ -28,6 +28,9 @@ QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max 
 STAGE = "DUSTEL_S"
 LOGO = "DUSTEL_LOGO"                # inbound: the sound logo to play before the call is put through ('' none)
 EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)
+# FreeSWITCH: true, a socket that ends before the policy server took the call's plan goes on in the
+# dialplan (to the refusal); the server sets it false with its plan, the dialplan at answer
+SOCKET_RESUME = "socket_resume"
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.

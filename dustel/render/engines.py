@@ -132,7 +132,7 @@ def socket_fallback() -> dict[str, str]:
     reason = "internal_error"
     sip_code, q850 = policy.REFUSALS[reason]
     return {"reason": reason, "sip_code": str(sip_code), "cause": policy.CAUSES[q850],
-            "on_answer": "execute_on_answer_dustel_socket=set socket_resume=false"}
+            "on_answer": f"execute_on_answer_dustel_socket=set {V.SOCKET_RESUME}=false"}
 
 
 def node_dir(node: EngineNode) -> str:
