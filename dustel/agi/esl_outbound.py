@@ -45,6 +45,7 @@ from ..queue import agents, codes, hours, service, stats
 from ..wire.esl import command, header_value
 from ..wire.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
+from .workers import supervise
 
 log = logging.getLogger("dustel.esl")
 
@@ -708,7 +709,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("dustel").setLevel(logging.INFO)
     workers = args.workers or os.cpu_count() or 1
     if args.worker is None and workers > 1:
-        supervise(args.host, args.port, workers, list(argv if argv is not None else sys.argv[1:]))
+        supervise("dustel.agi.esl_main", "outbound event socket", args.host, args.port, workers,
+                  list(argv if argv is not None else sys.argv[1:]))
         return
     dsn = os.environ.get("DUSTEL_ESL_DSN", "")
     if not dsn:
@@ -719,64 +721,3 @@ def main(argv: list[str] | None = None) -> None:
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
     Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
     serve(dsn, args.host, args.port, nodes, args.max_calls, args.worker)
-
-
-def supervise(host: str, port: int, workers: int, argv: list[str]) -> None:
-    """One worker process per core, each a whole server listening on the
-    same port with SO_REUSEPORT, so the kernel spreads the calls over them
-    and no single gevent process is the limit (issue 32.2).  This process
-    only holds the port (bound with SO_REUSEPORT, not listening: port 0
-    becomes one port for all), starts the workers with its own environment,
-    starts again one that dies, and stops them on SIGTERM."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((host, port))
-    port = holder.getsockname()[1]
-
-    def start(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", *_strip(argv, ("--port", "--workers")),
-                                 "--port", str(port), "--worker", str(i)])
-
-    log.info("outbound event socket on %s:%s: %s worker processes", host, port, workers)
-    procs = [start(i) for i in range(workers)]
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            for i, p in enumerate(procs):
-                if p.poll() is not None and not stopping:
-                    log.warning("worker %s ended with status %s; starting it again", i, p.returncode)
-                    procs[i] = start(i)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        holder.close()
-
-
-def _strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """``argv`` without ``options`` (``--opt value`` and ``--opt=value``)."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in options:
-            skip = True
-        elif not a.startswith(tuple(o + "=" for o in options)):
-            out.append(a)
-    return out
-

@@ -9,6 +9,7 @@ full`` after setting ``dustel_tenant`` (and, inbound, ``dustel_target_kind``
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from ..callpath.policy import CAUSES, REFUSALS, CallRequest, Decision, clean_cal
 from ..fax.inbound import Received
 from ..queue.hours import QueueState
 from ..wire.esl import header_value, token
+from ..wire.fetch import Overlay
 
 Action = tuple[str, str]     # (application, argument)
 
@@ -304,3 +306,45 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         return out
     out.append(("bridge", header_value(bridge_target(d, data), "bridge")))
     return out
+
+
+# ------------------------------------------------------------- the dialplan fetch (mod_xml_curl)
+
+_TENANT_CONTEXT = re.compile(r"t([0-9]{1,18})")
+
+
+def fetched_channel(form: Mapping[str, str]) -> Mapping[str, str] | None:
+    """A dialplan fetch's request (``wire.fetch.Form``) as the channel data the
+    socket would get for the same call after the rendered extension — or
+    None: the static dialplan routes it (the server answers "not found").
+
+    The fetch decides a phone's calls that its tenant's context (``t<id>``,
+    the directory's ``user_context``) hands to the policy as outbound calls
+    (``FS_OUTBOUND``): the tenant of the context, as that extension exports
+    it, and the phone's domain.  Everything else stays with the static
+    dialplan as rendered: emergency (its first extension, no server at
+    all), star codes and speed dials (``*``: the socket and a transfer),
+    and every other context — the carrier's numbers in ``public`` (queues,
+    fax, forwarding stages: the socket), the loopback legs of agents and
+    fax jobs."""
+    if form.get("section") != "dialplan":
+        return None
+    context = form.get("Hunt-Context") or form.get("Caller-Context") or ""
+    dest = form.get("Hunt-Destination-Number") or form.get("Caller-Destination-Number") or ""
+    m = _TENANT_CONTEXT.fullmatch(context)
+    if m is None or dest.startswith("*") or re.search(V.FS_EMERGENCY, dest) or not re.search(V.FS_OUTBOUND, dest):
+        return None
+    data = Overlay({"variable_dustel_tenant": m.group(1), "variable_dustel_domain": form.get("variable_domain_name")
+                    or "", "Caller-Destination-Number": dest, "Caller-Context": context}, form)
+    return data if route_of(data) == V.ROUTE_OUTBOUND else None
+
+
+def fetch_actions(d: Decision, data: Mapping[str, str]) -> list[Action]:
+    """The applications of a fetched dialplan document: what the rendered
+    extension sets before its socket — the tenant, exported so that every
+    leg's CDR carries it, and the domain — then the very plan the socket
+    executes for the decision (``actions``)."""
+    prelude: list[Action] = [("export", f"dustel_tenant={token(data.get('variable_dustel_tenant', ''), 'tenant')}")]
+    if data.get("variable_dustel_domain"):
+        prelude.append(("set", f"dustel_domain={token(data.get('variable_dustel_domain'), 'domain')}"))
+    return prelude + actions(d, data)

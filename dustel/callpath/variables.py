@@ -45,7 +45,14 @@ ROUTE_FAX_OUT = "fax_out"                # a fax job's call: the policy decides 
 ROUTE_FAX_RESULT = "fax_result"          # a fax job's attempt ended: FAX / DIAL / REFUSED and its status
 ROUTE_FAX_SEND = "fax_send"              # FreeSWITCH: a fax job's answered call runs txfax (dustel-fax-send)
 FAX_JOB = "DUSTEL_FAX_JOB"               # the fax job a call-file call belongs to
+FETCH_PATH = "/dialplan"                 # FreeSWITCH's dialplan fetch (mod_xml_curl): POST http://host:port<this>
 ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
+
+# FreeSWITCH: what a tenant's context (t<id>) takes as an emergency call (the first extension: straight to the
+# PSAP, never a policy server) and as an outbound call (the policy decides); the rendered dialplan and the
+# dialplan fetch server (agi.freeswitch.fetched_channel) read the same patterns
+FS_EMERGENCY = r"^(?:0|00|\+49|0049)?(11[02])$"
+FS_OUTBOUND = r"^([+]?[0-9*#]{1,32})$"
 
 # Star codes (F-06), configurable per provider in a later step.
 STAR_LOGIN = "*51"

@@ -1,0 +1,202 @@
+"""Dialplan fetch server (FreeSWITCH, ``mod_xml_curl``): the decision core over HTTP.
+
+With ``fs_decision = fetch`` FreeSWITCH asks for the dialplan of every call
+it routes (``xml_curl.conf.xml``: binding ``dialplan``, ``POST /dialplan``,
+recording 12) and runs the document it gets: no thread, socket or event
+stream per call in the engine.  Run as ``dustel xmlcurl serve``, which execs
+``python -m dustel.agi.xmlcurl`` with the DSN and the engine nodes in its
+environment (never argv): an asyncio process on uvloop — the FastAGI
+server's machinery (``aio``: the pool, batched admission) — with uvicorn's
+HTTP/1.1 on httptools (keep-alive, pipelining, a malformed request answered
+400, no proxy headers: the client address is the TCP peer's).  It never
+imports gevent; the decision is ``callpath``'s, the applications
+``agi.freeswitch``'s, as on the outbound socket.
+
+An answer is one of recording 12's three: a ``dialplan`` document with the
+decision's applications (the time limit armed for the answer, the bridge),
+the same with a refusal (``respond`` with the refusal table's code), or
+``not found`` for what the fetch does not decide (``fetched_channel``) —
+FreeSWITCH then routes the call with its static dialplan, which is also what
+it does when this server is down, slow (12b: after the binding's timeout) or
+answers anything but 200: the rendered dialplan's socket, then the refusal.
+The call is settled by the controller from the hangup events it follows
+anyway (``calls.settle_from_cdr`` on CHANNEL_HANGUP_COMPLETE): this server
+keeps nothing per call.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import uvicorn
+from psycopg_pool import PoolTimeout
+
+from ..callpath import calls
+from ..callpath import variables as V
+from ..callpath.policy import INTERNAL_ERROR, Decision
+from ..config import LISTEN_BACKLOG
+from ..wire import fetch
+from . import freeswitch as fs
+from .aio import Context, expire_loop, open_pool
+
+log = logging.getLogger("dustel.xmlcurl")
+
+PATH = V.FETCH_PATH
+MAX_BODY = 65536          # a request is ~6 KB (recording 12: 158 fields)
+
+ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
+                Awaitable[None]]
+
+
+async def answer(ctx: Context, form: Mapping[str, str], node: str) -> bytes:
+    """The document for one fetch: ``node`` is the engine node it came from
+    ('' : the request's own switch name, a one-box demo)."""
+    data = fs.fetched_channel(form)
+    if data is None:
+        return fetch.NOT_FOUND
+    d: Decision = INTERNAL_ERROR
+    call_id = form.get("Unique-ID") or ""
+    try:
+        req = replace(fs.request_from(data), node=node or fs.node_of(data))
+        d = await ctx.admit(req)
+        acts = fs.fetch_actions(d, data)
+    except (ValueError, calls.UnknownAccount, psycopg.Error, PoolTimeout) as exc:
+        log.warning("fetch call=%s refused: %s: %s", call_id, type(exc).__name__, exc)
+        if d.admit:      # admitted, but nothing can be executed: its line and money back at once
+            await ctx.settle(req.node, req.call_id, 0)
+        d, acts = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})
+    log.info("fetch call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", call_id,
+             data.get("variable_dustel_tenant"), data.get("variable_user_name"), data.get("Caller-Destination-Number"),
+             d.admit, d.reason, d.max_seconds)
+    return fetch.document(data.get("Caller-Context") or "", f"dustel-{call_id}",
+                          data.get("Caller-Destination-Number") or "", acts)
+
+
+async def _respond(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: bytes = b"",
+                   content_type: bytes = b"text/plain") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def application(ctx: Context) -> ASGI:
+    """The ASGI application: ``POST /dialplan`` from a configured engine node
+    (``config.node_sources``, as the other policy servers); anything else 403
+    / 404 / 413.  A request that fails unexpectedly is answered 500:
+    FreeSWITCH then uses its static dialplan (the safe path)."""
+    async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                  send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        peer = scope.get("client") or ("", 0)
+        node = ctx.nodes.get(peer[0])
+        if node is None:
+            log.warning("fetch from %s refused: not a configured engine node", peer[0])
+            await _respond(send, 403)
+            return
+        if scope["method"] != "POST" or scope["path"] != PATH:
+            await _respond(send, 404)
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if len(body) > MAX_BODY:
+                log.warning("fetch from %s over %s bytes refused", peer[0], MAX_BODY)
+                await _respond(send, 413)
+                return
+            if not msg.get("more_body"):
+                break
+        try:
+            doc = await answer(ctx, fetch.Form(body), node)
+        except Exception:      # noqa: BLE001 — the server outlives any request; FreeSWITCH falls back
+            log.exception("fetch failed")
+            await _respond(send, 500)
+            return
+        await _respond(send, 200, doc, b"text/xml")
+    return app
+
+
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, with the policy servers' backlog (``LISTEN_BACKLOG``:
+    a burst the kernel queues instead of dropping SYNs); with ``reuse_port``
+    every worker process listens on the same port (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(dsn: str, host: str, port: int, nodes: Mapping[str, str], *, worker: int | None = None,
+                min_conn: int = 2, max_conn: int = 8) -> None:
+    """Serve until SIGTERM / SIGINT (uvicorn's graceful shutdown).  ``nodes``:
+    source address -> node name of the FreeSWITCH nodes that may fetch ('':
+    the request's switch name); ``worker``: one of several processes on the
+    port (the first sweeps the expired reservations)."""
+    async with open_pool(dsn, min_conn, max_conn) as pool:
+        ctx = Context(pool, "", nodes=nodes)
+        sock = listen_socket(host, port, reuse_port=worker is not None)
+        config = uvicorn.Config(application(ctx), http="httptools", lifespan="off", access_log=False,
+                                log_config=None, proxy_headers=False, server_header=False, date_header=False,
+                                timeout_keep_alive=5, backlog=LISTEN_BACKLOG)
+        server = uvicorn.Server(config)
+        log.info("dialplan fetch listening on %s:%s%s worker=%s nodes=%s", host, sock.getsockname()[1], PATH,
+                 worker or 0, ",".join(f"{n or '(switch name)'}@{ip}" for ip, n in sorted(ctx.nodes.items())))
+        expire = asyncio.create_task(expire_loop(ctx)) if not worker else None
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if expire is not None:
+                expire.cancel()
+            ctx.close()
+            sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    import os
+    import sys
+
+    import uvloop
+
+    from .. import logs
+    from ..config import LOOPBACK
+    from .workers import supervise
+    ap = argparse.ArgumentParser(prog="dustel xmlcurl serve",
+                                 description="DSN in $DUSTEL_XMLCURL_DSN, engine nodes in $DUSTEL_XMLCURL_NODES (JSON "
+                                             "{address: name}; default: loopback only)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8096)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes on the one port (settings: xmlcurl_workers; 0: one per core)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
+    args = ap.parse_args(argv)
+    if args.workers < 0:
+        ap.error("--workers: must be 0 (one per core) or more")
+    logs.service(sys.stderr)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)       # dustel's own lines are the log
+    workers = args.workers or os.cpu_count() or 1
+    if args.worker is None and workers > 1:
+        supervise("dustel.agi.xmlcurl", "dialplan fetch", args.host, args.port, workers,
+                  list(argv if argv is not None else sys.argv[1:]))
+        return
+    dsn = os.environ.get("DUSTEL_XMLCURL_DSN", "")
+    if not dsn:
+        ap.error("DUSTEL_XMLCURL_DSN: must name the database (never on the command line)")
+    nodes = json.loads(os.environ.get("DUSTEL_XMLCURL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    uvloop.run(serve(dsn, args.host, args.port, nodes, worker=args.worker))
+
+
+if __name__ == "__main__":
+    main()
