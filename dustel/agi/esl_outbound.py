@@ -39,13 +39,13 @@ from .. import logs
 from ..callpath import calls, divert
 from ..callpath import variables as V
 from ..callpath.policy import INTERNAL_ERROR, Decision
-from ..config import LISTEN_BACKLOG, LOOPBACK
+from ..config import LISTEN_BACKLOG
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
 from ..wire.esl import command, header_value
 from ..wire.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
-from .workers import supervise
+from .workers import Service, parser, this_process
 
 log = logging.getLogger("dustel.esl")
 
@@ -683,39 +683,28 @@ def _expire_loop() -> None:
             log.warning("expire failed: %s", exc)
 
 
+SERVICE = Service("dustel esl serve", "dustel.agi.esl_main", "outbound event socket", "DUSTEL_ESL", 8084,
+                  "esl_workers")
+
+
 def main(argv: list[str] | None = None) -> None:
-    import argparse
     import json
     import os
     import sys
-    ap = argparse.ArgumentParser(prog="dustel esl serve",
-                                 description="DSN in $DUSTEL_ESL_DSN, engine nodes in $DUSTEL_ESL_NODES (JSON "
-                                             "{address: name}; default: loopback only)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8084)
+    ap = parser(SERVICE)
     ap.add_argument("--max-calls", type=int, default=20000, help="calls held at once (settings: esl_max_calls)")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="worker processes on the one port (settings: esl_workers; 0: one per core)")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
     args = ap.parse_args(argv)
     if args.max_calls < 1:
         ap.error("--max-calls: must be at least 1")
-    if args.workers < 0:
-        ap.error("--workers: must be 0 (one per core) or more")
     logs.service(sys.stderr)
     # greenswitch logs three INFO lines a call on the root logger ("Call from …
     # ended", "Waiting for … greenlet exit"): dustel's own lines are the log
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("dustel").setLevel(logging.INFO)
-    workers = args.workers or os.cpu_count() or 1
-    if args.worker is None and workers > 1:
-        supervise("dustel.agi.esl_main", "outbound event socket", args.host, args.port, workers,
-                  list(argv if argv is not None else sys.argv[1:]))
+    mine = this_process(SERVICE, ap, args, list(argv if argv is not None else sys.argv[1:]))
+    if mine is None:
         return
-    dsn = os.environ.get("DUSTEL_ESL_DSN", "")
-    if not dsn:
-        ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
-    nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    dsn, nodes = mine
     Runtime.star_codes = json.loads(os.environ.get("DUSTEL_STAR_CODES") or "{}") or dict(codes.ACTIONS)
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir

@@ -3,9 +3,57 @@ and ``dustel xmlcurl serve`` share (no event loop here: a supervisor only
 starts, restarts and stops processes)."""
 from __future__ import annotations
 
+import argparse
 import logging
+from dataclasses import dataclass
 
 log = logging.getLogger("dustel.workers")
+
+
+@dataclass(frozen=True)
+class Service:
+    """A policy server's process: ``python -m <module>``, its DSN and engine
+    nodes in ``<env>_DSN`` / ``<env>_NODES`` (never argv)."""
+    prog: str          # the command that execs it
+    module: str
+    what: str          # for the log
+    env: str
+    port: int
+    setting: str       # the setting of its worker processes
+
+
+def parser(svc: Service) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=svc.prog,
+                                 description=f"DSN in ${svc.env}_DSN, engine nodes in ${svc.env}_NODES (JSON "
+                                             "{address: name}; default: loopback only)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=svc.port)
+    ap.add_argument("--workers", type=int, default=1,
+                    help=f"worker processes on the one port (settings: {svc.setting}; 0: one per core)")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
+    return ap
+
+
+def this_process(svc: Service, ap: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: list[str]) -> tuple[str, dict[str, str]] | None:
+    """With several workers wanted and this the supervisor: supervise them
+    (None when they were stopped); else what this server process serves
+    with: the DSN and the engine nodes (source address -> node name; none
+    configured: loopback, named by the engine itself)."""
+    import json
+    import os
+
+    from ..config import LOOPBACK
+    if args.workers < 0:
+        ap.error("--workers: must be 0 (one per core) or more")
+    workers = args.workers or os.cpu_count() or 1
+    if args.worker is None and workers > 1:
+        supervise(svc.module, svc.what, args.host, args.port, workers, argv)
+        return None
+    dsn = os.environ.get(f"{svc.env}_DSN", "")
+    if not dsn:
+        ap.error(f"{svc.env}_DSN: must name the database (never on the command line)")
+    return dsn, json.loads(os.environ.get(f"{svc.env}_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
 
 
 def supervise(module: str, what: str, host: str, port: int, workers: int, argv: list[str]) -> None:

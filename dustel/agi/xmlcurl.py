@@ -43,6 +43,7 @@ from ..config import LISTEN_BACKLOG
 from ..wire import fetch
 from . import freeswitch as fs
 from .aio import Context, expire_loop, open_pool
+from .workers import Service, parser, this_process
 
 log = logging.getLogger("dustel.xmlcurl")
 
@@ -162,39 +163,24 @@ async def serve(dsn: str, host: str, port: int, nodes: Mapping[str, str], *, wor
             sock.close()
 
 
+SERVICE = Service("dustel xmlcurl serve", "dustel.agi.xmlcurl", "dialplan fetch", "DUSTEL_XMLCURL", 8096,
+                  "xmlcurl_workers")
+
+
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import json
-    import os
     import sys
 
     import uvloop
 
     from .. import logs
-    from ..config import LOOPBACK
-    from .workers import supervise
-    ap = argparse.ArgumentParser(prog="dustel xmlcurl serve",
-                                 description="DSN in $DUSTEL_XMLCURL_DSN, engine nodes in $DUSTEL_XMLCURL_NODES (JSON "
-                                             "{address: name}; default: loopback only)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8096)
-    ap.add_argument("--workers", type=int, default=1,
-                    help="worker processes on the one port (settings: xmlcurl_workers; 0: one per core)")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
+    ap = parser(SERVICE)
     args = ap.parse_args(argv)
-    if args.workers < 0:
-        ap.error("--workers: must be 0 (one per core) or more")
     logs.service(sys.stderr)
     logging.getLogger("uvicorn").setLevel(logging.WARNING)       # dustel's own lines are the log
-    workers = args.workers or os.cpu_count() or 1
-    if args.worker is None and workers > 1:
-        supervise("dustel.agi.xmlcurl", "dialplan fetch", args.host, args.port, workers,
-                  list(argv if argv is not None else sys.argv[1:]))
+    mine = this_process(SERVICE, ap, args, list(argv if argv is not None else sys.argv[1:]))
+    if mine is None:
         return
-    dsn = os.environ.get("DUSTEL_XMLCURL_DSN", "")
-    if not dsn:
-        ap.error("DUSTEL_XMLCURL_DSN: must name the database (never on the command line)")
-    nodes = json.loads(os.environ.get("DUSTEL_XMLCURL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    dsn, nodes = mine
     uvloop.run(serve(dsn, args.host, args.port, nodes, worker=args.worker))
 
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +20,16 @@ import pytest
 from dustel.callpath import calls
 from dustel.provisioning import numbers, targets
 from dustel.wire import esl as P
+from tests.db.conftest import RATES
 from tests.esl_emulator import OutboundCall, Replayer, load, parse_command, read_command, wait_for
 from tests.factories import account, tenant
 from tests.net import connect_burst
+from tests.processes import ServerProcess, served_cmdline
 
-RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
 
+class Server(ServerProcess):
+    """``python -m dustel.agi.esl_main`` as ``dustel esl serve`` execs it."""
 
-class Server:
     def __init__(self, db_url: str, nodes: dict[str, str] | None = None,
                  extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  open_files: int | None = None) -> None:
@@ -37,33 +38,8 @@ class Server:
         def limit_files() -> None:     # (in the child) as systemd starts a service: a low soft limit
             if open_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_files)
-        self.log: list[str] = []
-        self._port = threading.Event()
-        self.port = 0
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._port.wait(30):
-            self.proc.kill()
-            raise AssertionError("esl server did not start: " + "".join(self.log))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                self._port.set()
-
-    def logged(self, pattern: str) -> list[str]:
-        return [line for line in list(self.log) if re.search(pattern, line)]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        super().__init__([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0", *args], env, "esl server",
+                         preexec_fn=limit_files)
 
 
 @pytest.fixture
@@ -72,17 +48,6 @@ def server(db_url: str) -> Iterator[Server]:
     yield s
     s.stop()
     assert s.proc.returncode is not None
-
-
-@pytest.fixture
-def prepaid(conn: psycopg.Connection) -> dict[str, Any]:
-    conn.execute(RATES)
-    t = tenant(conn, plan="starter")
-    with conn.transaction():
-        numbers.add(conn, t["id"], "+492111234567")
-    user = account(conn, t["id"], allowed_nets=["192.0.2.0/24"], caller_id="+492111234567")
-    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
-    return {"tenant": t, "user": user}
 
 
 def outbound(server: Server, p: dict[str, Any], dest: str, **kw: Any) -> OutboundCall:
@@ -400,25 +365,8 @@ def test_only_configured_engine_nodes_may_connect(db_url: str, conn: psycopg.Con
 
 def test_esl_serve_keeps_the_dsn_off_the_command_line(tmp_path: Any) -> None:
     """Issue 16.4: ``ps`` showed the DSN with its password."""
-    secret = "postgresql://dustel:s3cret-pw@127.0.0.1:1/nowhere"
-    env = {**os.environ, "DATABASE_URL": secret}
-    proc = subprocess.Popen([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "esl", "serve",
-                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "listening on" in line:
-                break
-        else:
-            raise AssertionError("esl serve did not start")
-        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode()
-        assert "dustel.agi.esl_main" in cmdline and "s3cret" not in cmdline
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    cmdline = served_cmdline(str(tmp_path), "esl", "serve")
+    assert "dustel.agi.esl_main" in cmdline and "s3cret" not in cmdline
 
 
 def test_an_account_without_a_number_presents_one_of_the_tenant(server: Server, conn: psycopg.Connection,

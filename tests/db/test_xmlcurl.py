@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -19,11 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from dustel.callpath import calls
 from dustel.config import Settings
 from dustel.provisioning import numbers
 from dustel.render import engines, service
-from tests.db.test_controller_esl import Controller
+from tests.db.conftest import Controller
 from tests.db.test_esl_outbound import Server as EslServer
 from tests.esl_emulator import (
     Binding,
@@ -38,43 +36,15 @@ from tests.esl_emulator import (
     wait_for,
     xml_curl_binding,
 )
-from tests.factories import account, tenant
-
-RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
+from tests.processes import SECRET_DSN, ServerProcess, served_cmdline
 
 
-class XmlCurlServer:
+class XmlCurlServer(ServerProcess):
     """``python -m dustel.agi.xmlcurl`` as ``dustel xmlcurl serve`` execs it."""
 
     def __init__(self, db_url: str, nodes: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         env = {**os.environ, "DUSTEL_XMLCURL_DSN": db_url, "DUSTEL_XMLCURL_NODES": json.dumps(nodes or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.xmlcurl", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        self.log: list[str] = []
-        self._port = threading.Event()
-        self.port = 0
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._port.wait(30):
-            self.proc.kill()
-            raise AssertionError("xmlcurl server did not start: " + "".join(self.log))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                self._port.set()
-
-    def logged(self, pattern: str) -> list[str]:
-        return [line for line in list(self.log) if re.search(pattern, line)]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        super().__init__([sys.executable, "-m", "dustel.agi.xmlcurl", "--port", "0", *args], env, "xmlcurl server")
 
 
 @pytest.fixture
@@ -85,33 +55,11 @@ def xmlcurl(db_url: str) -> Iterator[XmlCurlServer]:
 
 
 @pytest.fixture
-def engine() -> Iterator[FreeSwitchEmulator]:
-    """The node's inbound Event Socket, which the controller follows."""
-    emu = FreeSwitchEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
-def controller(db_url: str, engine: FreeSwitchEmulator) -> Iterator[Controller]:
-    c = Controller(db_url, engine.port)           # node fs1
-    wait_for(lambda: engine.subscribed() == 1, what="controller subscribed")
-    yield c
-    c.stop()
-
-
-@pytest.fixture
-def prepaid(conn: psycopg.Connection) -> dict[str, Any]:
-    conn.execute(RATES)
-    t = tenant(conn, plan="starter")
+def routed(conn: psycopg.Connection, prepaid: dict[str, Any]) -> dict[str, Any]:
+    """``prepaid`` with its number routed to its account."""
     with conn.transaction():
-        numbers.add(conn, t["id"], "+492111234567")
-    user = account(conn, t["id"], allowed_nets=["192.0.2.0/24"], caller_id="+492111234567")
-    with conn.transaction():
-        numbers.assign(conn, "+492111234567", "account", user)
-    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
-    return {"tenant": t, "user": user}
+        numbers.assign(conn, "+492111234567", "account", prepaid["user"])
+    return prepaid
 
 
 def rendered(conn: psycopg.Connection, tmp: Path, xmlcurl_port: int, esl_port: int = 8084,
@@ -177,14 +125,14 @@ def test_the_recorded_requests_get_an_http_answer_on_one_keep_alive_connection(x
             assert not resp.will_close
 
 
-def test_only_configured_engine_nodes_may_fetch(db_url: str, prepaid: dict[str, Any], conn: psycopg.Connection,
+def test_only_configured_engine_nodes_may_fetch(db_url: str, routed: dict[str, Any], conn: psycopg.Connection,
                                                 tmp_path: Path) -> None:
     """As the other policy servers: the engine nodes' addresses only (a
     stranger gets 403 — FreeSWITCH would take the static dialplan)."""
     server = XmlCurlServer(db_url, nodes={"127.0.0.2": "fs1"})
     try:
         files = rendered(conn, tmp_path, server.port)
-        stranger = phone(files, prepaid, "01701234567")
+        stranger = phone(files, routed, "01701234567")
         assert stranger.answer == "failed" and stranger.via == "static"
         wait_for(lambda: server.logged("fetch from 127.0.0.1 refused: not a configured engine node"),
                  what="the refusal logged")
@@ -196,18 +144,18 @@ def test_only_configured_engine_nodes_may_fetch(db_url: str, prepaid: dict[str, 
 # ------------------------------------------------------------------ the answers
 
 def test_a_phone_call_is_fetched_admitted_limited_bridged_and_settled_by_the_controller(
-        xmlcurl: XmlCurlServer, controller: Controller, engine: FreeSwitchEmulator, conn: psycopg.Connection,
-        prepaid: dict[str, Any], tmp_path: Path) -> None:
+        xmlcurl: XmlCurlServer, controller: Controller, fs: FreeSwitchEmulator, conn: psycopg.Connection,
+        routed: dict[str, Any], tmp_path: Path) -> None:
     """Answer (1) of recording 12: the decision's variables, the time limit
     armed for the answer (``execute_on_answer=sched_hangup +N``), the
     tenant exported, the bridge.  No socket: the call is settled by the
     controller from CHANNEL_HANGUP_COMPLETE's billsec (the CDR)."""
     files = rendered(conn, tmp_path, xmlcurl.port)
-    c = phone(files, prepaid, "01701234567", callee=("answer", 2000), engine=engine)
+    c = phone(files, routed, "01701234567", callee=("answer", 2000), engine=fs)
     assert (c.via, c.answer, c.socket) == ("fetch", "document", None)
-    tid = prepaid["tenant"]["id"]
+    tid = routed["tenant"]["id"]
     assert c.channel.executed == [
-        ("export", f"dustel_tenant={tid}"), ("set", f"dustel_domain={prepaid['tenant']['sip_domain']}"),
+        ("export", f"dustel_tenant={tid}"), ("set", f"dustel_domain={routed['tenant']['sip_domain']}"),
         ("set", "dustel_action=admit"), ("set", "dustel_reason=ok"),
         ("set", "effective_caller_id_number=+492111234567"),
         ("set", "execute_on_answer=sched_hangup +666 ALLOTTED_TIMEOUT"),
@@ -227,20 +175,20 @@ def test_a_phone_call_is_fetched_admitted_limited_bridged_and_settled_by_the_con
 
 
 def test_refusals_are_answered_with_the_refusal_tables_code(xmlcurl: XmlCurlServer, controller: Controller,
-                                                            engine: FreeSwitchEmulator, conn: psycopg.Connection,
-                                                            prepaid: dict[str, Any], tmp_path: Path) -> None:
+                                                            fs: FreeSwitchEmulator, conn: psycopg.Connection,
+                                                            routed: dict[str, Any], tmp_path: Path) -> None:
     """Answer (2) of recording 12: ``respond`` with the code of
     ``policy.REFUSALS`` — the caller gets it, nothing is reserved."""
     files = rendered(conn, tmp_path, xmlcurl.port)
-    tid = prepaid["tenant"]["id"]
-    wrong_ip = phone(files, prepaid, "01701234567", ip="198.51.100.7", engine=engine)
+    tid = routed["tenant"]["id"]
+    wrong_ip = phone(files, routed, "01701234567", ip="198.51.100.7", engine=fs)
     assert wrong_ip.via == "fetch" and wrong_ip.channel.executed[2:] == [
         ("set", "dustel_action=refuse"), ("set", "dustel_reason=ip_not_allowed"), ("respond", "403")]
     assert (wrong_ip.channel.responded, wrong_ip.channel.hangup_cause) == (403, "CALL_REJECTED")
-    invalid = phone(files, prepaid, "0123", engine=engine)
+    invalid = phone(files, routed, "0123", engine=fs)
     assert invalid.channel.executed[-2:] == [("set", "dustel_reason=invalid_number"), ("respond", "484")]
     conn.execute("UPDATE tenant_money SET balance_cents = 0")
-    broke = phone(files, prepaid, "01701234567", engine=engine)
+    broke = phone(files, routed, "01701234567", engine=fs)
     assert broke.channel.executed[-2:] == [("set", "dustel_reason=insufficient_credit"), ("respond", "402")]
     assert conn.execute("SELECT count(*) AS n FROM calls").fetchone()["n"] == 0
     wait_for(lambda: conn.execute("SELECT count(*) AS n FROM cdrs").fetchone()["n"] == 3, what="three CDRs")
@@ -248,7 +196,7 @@ def test_refusals_are_answered_with_the_refusal_tables_code(xmlcurl: XmlCurlServ
 
 
 def test_what_the_fetch_does_not_decide_is_not_found_and_routed_statically(
-        xmlcurl: XmlCurlServer, db_url: str, conn: psycopg.Connection, prepaid: dict[str, Any],
+        xmlcurl: XmlCurlServer, db_url: str, conn: psycopg.Connection, routed: dict[str, Any],
         tmp_path: Path) -> None:
     """Answer (3) of recording 12, ``not found``: FreeSWITCH routes the call
     with its static dialplan.  For a star code (the socket runs it) and the
@@ -257,18 +205,18 @@ def test_what_the_fetch_does_not_decide_is_not_found_and_routed_statically(
     esl = EslServer(db_url)
     try:
         files = rendered(conn, tmp_path, xmlcurl.port, esl_port=esl.port)
-        star = phone(files, prepaid, "*52", esl_port=esl.port)
+        star = phone(files, routed, "*52", esl_port=esl.port)
         assert (star.answer, star.via) == ("not found", "socket")
         assert ("set", "dustel_star=*52") not in star.socket.executed      # set by the static extension …
         assert star.socket.variables.get("dustel_star") == "*52"          # … before its socket
-        t = prepaid["tenant"]
+        t = routed["tenant"]
         inbound = FetchedCall("+492111234567", {}, context="public",
                               binding=xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"]),
                               static=files["dialplan/public.xml"], caller="+4930555000", esl_port=esl.port,
                               callee=("answer", 3)).run()
         assert (inbound.answer, inbound.via) == ("not found", "socket")
-        assert inbound.socket.variables["dustel_target"] == prepaid["user"]
-        assert any(app == "bridge" and f"user/{prepaid['user']}@{t['sip_domain']}" in arg
+        assert inbound.socket.variables["dustel_target"] == routed["user"]
+        assert any(app == "bridge" and f"user/{routed['user']}@{t['sip_domain']}" in arg
                    for app, arg in inbound.socket.executed)
         wait_for(lambda: (r := call_row(conn, inbound.uuid)) and r["state"] == "settled", what="the socket settled")
     finally:
@@ -276,7 +224,7 @@ def test_what_the_fetch_does_not_decide_is_not_found_and_routed_statically(
     assert not xmlcurl.logged(f"call={star.uuid}") and not xmlcurl.logged(f"call={inbound.uuid}")
 
 
-def test_110_and_112_never_wait_for_any_server(conn: psycopg.Connection, prepaid: dict[str, Any],
+def test_110_and_112_never_wait_for_any_server(conn: psycopg.Connection, routed: dict[str, Any],
                                                tmp_path: Path) -> None:
     """With the fetch, every call's routing would ask a server first; a
     server host that is down but routable holds it for the binding's
@@ -292,7 +240,7 @@ def test_110_and_112_never_wait_for_any_server(conn: psycopg.Connection, prepaid
         assert profile_dialplans(files["sip_profiles/internal.xml"])[0] == \
             ("XML", f"/etc/freeswitch/dustel/{engines.EMERGENCY_FILE}")
         for dialled in ("112", "110", "0112", "+49110"):
-            c = phone(files, prepaid, dialled, callee=("answer", 5))
+            c = phone(files, routed, dialled, callee=("answer", 5))
             assert (c.via, c.request) == ("emergency", b""), (dialled, c.via)
             assert c.channel.executed[-1] == ("bridge", f"sofia/gateway/carrier/0211{dialled[-3:]}")
             assert (c.channel.billsec, c.channel.hangup_cause) == (5, "NORMAL_CLEARING")
@@ -306,7 +254,7 @@ def test_110_and_112_never_wait_for_any_server(conn: psycopg.Connection, prepaid
 
 
 def test_a_fetch_that_times_out_falls_back_to_the_static_dialplan(db_url: str, conn: psycopg.Connection,
-                                                                  prepaid: dict[str, Any], tmp_path: Path) -> None:
+                                                                  routed: dict[str, Any], tmp_path: Path) -> None:
     """Recording 12b: a server slower than the binding's timeout — FreeSWITCH
     gives up and routes with the static dialplan: the socket (the call is
     decided and bridged there), then the refusal when that fails too; never
@@ -321,14 +269,14 @@ def test_a_fetch_that_times_out_falls_back_to_the_static_dialplan(db_url: str, c
         binding = xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"])
         assert binding is not None and (binding.port, binding.path, binding.timeout) == (port, "/dialplan", 2.0)
         fast = Binding(binding.host, port, binding.path, 0.3)     # the test's own timeout, not the rendered 2 s
-        c = phone(files, prepaid, "01701234567", binding=fast, esl_port=esl.port, callee=("answer", 4))
+        c = phone(files, routed, "01701234567", binding=fast, esl_port=esl.port, callee=("answer", 4))
         assert (c.answer, c.via) == ("failed", "socket")
         assert ("bridge", "sofia/gateway/carrier/+491701234567") in c.socket.executed
         wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled", what="the socket settled")
     finally:
         esl.stop()
     # and with the socket gone too: the rendered refusal, never an open door
-    lone = phone(files, prepaid, "01701234567", binding=fast)
+    lone = phone(files, routed, "01701234567", binding=fast)
     slow.close()
     assert (lone.answer, lone.via) == ("failed", "static")
     assert (lone.channel.responded, lone.channel.executed[-1]) == (503, ("respond", "503"))
@@ -383,8 +331,8 @@ CASES = [   # (destination, source address, balance in cents, talk seconds / wha
 
 
 def test_the_fetch_and_the_socket_decide_alike(db_url: str, xmlcurl: XmlCurlServer, controller: Controller,
-                                               engine: FreeSwitchEmulator, conn: psycopg.Connection,
-                                               prepaid: dict[str, Any], tmp_path: Path) -> None:
+                                               fs: FreeSwitchEmulator, conn: psycopg.Connection,
+                                               routed: dict[str, Any], tmp_path: Path) -> None:
     """One core, both engines' paths, never a rule written twice: the same
     calls through the outbound socket and through the fetch get the same
     applications (after what each path adds: the socket's
@@ -393,7 +341,7 @@ def test_the_fetch_and_the_socket_decide_alike(db_url: str, xmlcurl: XmlCurlServ
     same charge — the socket's settled by the socket, the fetch's by the
     controller from its CDR."""
     esl = EslServer(db_url)
-    tid = prepaid["tenant"]["id"]
+    tid = routed["tenant"]["id"]
     free = money(conn, tid)["free_seconds"]           # the start credit: each path starts with all of it
     try:
         files = rendered(conn, tmp_path, xmlcurl.port, esl_port=esl.port)
@@ -403,15 +351,15 @@ def test_the_fetch_and_the_socket_decide_alike(db_url: str, xmlcurl: XmlCurlServ
                 conn.execute("UPDATE tenant_money SET balance_cents = %s, free_seconds = %s WHERE tenant_id = %s",
                              (balance, free, tid))
                 if path == "fetch":
-                    c = phone(files, prepaid, dest, ip=ip, callee=far_end, engine=engine)
+                    c = phone(files, routed, dest, ip=ip, callee=far_end, engine=fs)
                     assert c.via == "fetch", (dest, c.via, c.answer)
                     ch, plan = c.channel, c.channel.executed[2:]
                 else:
                     variables = dialplan_variables(files[f"dialplan/t{tid}.xml"], f"t{tid}", dest, {
-                        "user_name": prepaid["user"], "domain_name": prepaid["tenant"]["sip_domain"],
+                        "user_name": routed["user"], "domain_name": routed["tenant"]["sip_domain"],
                         "sip_network_ip": ip, "sip_via_protocol": "udp"})
                     assert variables is not None
-                    ch = OutboundCall(esl.port, dest, variables, caller=prepaid["user"], callee=far_end,
+                    ch = OutboundCall(esl.port, dest, variables, caller=routed["user"], callee=far_end,
                                       switchname="fs1")
                     ch.start()
                     ch.wait()
@@ -431,7 +379,7 @@ def test_the_fetch_and_the_socket_decide_alike(db_url: str, xmlcurl: XmlCurlServ
 
 
 def test_fetch_mode_renders_only_what_it_needs_and_the_static_dialplan_stays(conn: psycopg.Connection,
-                                                                             prepaid: dict[str, Any],
+                                                                             routed: dict[str, Any],
                                                                              tmp_path: Path) -> None:
     """``fs_decision = fetch`` changes three files — the binding, the
     internal profile's dialplans, the emergency file — and leaves the
@@ -448,25 +396,9 @@ def test_fetch_mode_renders_only_what_it_needs_and_the_static_dialplan_stays(con
 def test_xmlcurl_serve_keeps_the_dsn_off_the_command_line_and_checks_its_settings(tmp_path: Path) -> None:
     """``dustel xmlcurl serve`` execs the server with the DSN and the nodes in
     its environment (``ps`` shows argv to every user), as ``esl serve``."""
-    secret = "postgresql://dustel:s3cret-pw@127.0.0.1:1/nowhere"
-    env = {**os.environ, "DATABASE_URL": secret}
-    proc = subprocess.Popen([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "xmlcurl", "serve",
-                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "dialplan fetch listening on" in line:
-                break
-        else:
-            raise AssertionError("xmlcurl serve did not start")
-        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode()
-        assert "dustel.agi.xmlcurl" in cmdline and "s3cret" not in cmdline
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    cmdline = served_cmdline(str(tmp_path), "xmlcurl", "serve")
+    assert "dustel.agi.xmlcurl" in cmdline and "s3cret" not in cmdline
+    env = {**os.environ, "DATABASE_URL": SECRET_DSN}
     bad = subprocess.run([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "xmlcurl", "serve"],
                          env={**env, "DUSTEL_FS_DECISION": "both"}, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: fs_decision: must be socket or fetch (got 'both')"
