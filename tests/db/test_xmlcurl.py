@@ -29,6 +29,7 @@ from tests.esl_emulator import (
     FreeSwitchEmulator,
     OutboundCall,
     dialplan_variables,
+    fetch_request,
     fetched_actions,
     http_messages,
     post,
@@ -123,6 +124,17 @@ def test_the_recorded_requests_get_an_http_answer_on_one_keep_alive_connection(x
             assert (resp.status, resp.getheader("Content-Type")) == (200, "text/xml")
             assert resp.read() == not_found
             assert not resp.will_close
+
+
+def test_the_emulator_posts_recording_12s_requests_byte_for_byte() -> None:
+    """The emulator's fetch (``fetch_request``) with each recorded call's
+    values is the recorded request, byte for byte: the header lines, the
+    158 fields in FreeSWITCH's order, ``switch_url_encode``'s encoding."""
+    from urllib.parse import unquote
+    for _, req in (m for m in http_messages("12-dialplan-fetch") if m[0] == "fs->server"):
+        body = req.partition(b"\r\n\r\n")[2].decode()
+        values = {k: unquote(v) for k, _, v in (f.partition("=") for f in body.split("&"))}
+        assert fetch_request("127.0.0.1", 8096, "/dialplan", values, {}) == req
 
 
 def test_only_configured_engine_nodes_may_fetch(db_url: str, routed: dict[str, Any], conn: psycopg.Connection,
