@@ -494,13 +494,18 @@ def fetch_ladder(args: argparse.Namespace, rates: tuple[int, ...]) -> None:
         ladder(f"dustel xmlcurl serve (dialplan fetch{f', {args.workers} workers' if args.workers else ''}; "
                "settled by the controller from its CDR: its CPU per call in the last column)", port, server.pid,
                args.seconds, args.hold, rates, engine=engine, also=ctl.pid)
-        time.sleep(args.hold + 3)
         import psycopg
-        with psycopg.connect(url) as c:
-            active = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()
+        ended = time.monotonic()
+        with psycopg.connect(url, autocommit=True) as c:
+            while True:          # the controller works through the hangups queued behind the load
+                time.sleep(0.5)
+                active = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()
+                if not active or not active[0] or time.monotonic() - ended > 120:
+                    break
             done = c.execute("SELECT count(*) FROM calls WHERE state = 'settled'").fetchone()
         print(f"=> after the ladder: {done[0] if done else 0} calls settled by the controller, "
-              f"{active[0] if active else 0} still held", flush=True)
+              f"{active[0] if active else 0} still held {time.monotonic() - ended:.1f} s after the last step",
+              flush=True)
     finally:
         for p in (server, ctl):
             p.terminate()

@@ -1820,21 +1820,7 @@ class FetchedCall:
                     return acts
                 continue
             if self.binding is not None:
-                values = {"hostname": self.switchname, "FreeSWITCH-Switchname": self.switchname}
-                for k in ("Unique-ID", "Channel-Call-UUID", "Caller-Unique-ID", "Hunt-Unique-ID"):
-                    values[k] = self.uuid
-                for k in ("Caller-Destination-Number", "Hunt-Destination-Number"):
-                    values[k] = self.destination
-                for k in ("Caller-Caller-ID-Number", "Caller-ANI", "Caller-Username", "Hunt-Caller-ID-Number",
-                          "Hunt-ANI", "Hunt-Username"):
-                    values[k] = self.caller
-                values.update({"Caller-Context": self.context, "Hunt-Context": self.context,
-                               "Caller-Network-Addr": self.source_ip, "Hunt-Network-Addr": self.source_ip})
-                variables = {"uuid": self.uuid, "call_uuid": self.uuid, "sip_network_ip": self.source_ip,
-                             "sip_from_user": self.caller, "sip_to_user": self.destination,
-                             "sip_req_user": self.destination, **self.variables}
-                self.request = fetch_request(self.binding.host, self.binding.port, self.binding.path, values,
-                                             variables)
+                self.request = self.fetch_request(self.binding)
                 started = time.monotonic()
                 got = post(self.binding, self.request)
                 self.fetch_seconds = time.monotonic() - started
@@ -1848,6 +1834,23 @@ class FetchedCall:
                     self.answer = "failed"
             return self._static()
         return None
+
+    def fetch_request(self, binding: Binding) -> bytes:
+        """The POST mod_xml_curl sends for this call (``fetch_request``)."""
+        values = {"hostname": self.switchname, "FreeSWITCH-Switchname": self.switchname}
+        for k in ("Unique-ID", "Channel-Call-UUID", "Caller-Unique-ID", "Hunt-Unique-ID"):
+            values[k] = self.uuid
+        for k in ("Caller-Destination-Number", "Hunt-Destination-Number"):
+            values[k] = self.destination
+        for k in ("Caller-Caller-ID-Number", "Caller-ANI", "Caller-Username", "Hunt-Caller-ID-Number",
+                  "Hunt-ANI", "Hunt-Username"):
+            values[k] = self.caller
+        values.update({"Caller-Context": self.context, "Hunt-Context": self.context,
+                       "Caller-Network-Addr": self.source_ip, "Hunt-Network-Addr": self.source_ip})
+        variables = {"uuid": self.uuid, "call_uuid": self.uuid, "sip_network_ip": self.source_ip,
+                     "sip_from_user": self.caller, "sip_to_user": self.destination,
+                     "sip_req_user": self.destination, **self.variables}
+        return fetch_request(binding.host, binding.port, binding.path, values, variables)
 
     def _static(self) -> list[tuple[str, str]] | None:
         """The static dialplan: its extension's actions up to the socket run

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -295,6 +296,33 @@ def test_a_fetch_that_times_out_falls_back_to_the_static_dialplan(db_url: str, c
     assert not any(app == "bridge" for app, _ in lone.channel.executed)
 
 
+def test_a_decision_freeswitch_never_ran_holds_nothing_once_the_call_ended(
+        xmlcurl: XmlCurlServer, controller: Controller, fs: FreeSwitchEmulator, conn: psycopg.Connection,
+        routed: dict[str, Any], tmp_path: Path) -> None:
+    """The server admitted a call (its reservation and line taken) but its
+    answer came too late for FreeSWITCH, which routed statically — and the
+    socket failed too: the caller got the refusal.  The reservation is not
+    held until its expiry: the controller settles the call from the CDR of
+    its hangup (0 s), as for every call of the fetch."""
+    files = rendered(conn, tmp_path, xmlcurl.port)
+    binding = xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"])
+    assert binding is not None
+    tid = routed["tenant"]["id"]
+    late = FetchedCall("01701234567", {"user_name": routed["user"], "domain_name": routed["tenant"]["sip_domain"],
+                                       "dustel_tenant": str(tid), "sip_network_ip": "192.0.2.10"},
+                       context=f"t{tid}", binding=None, static=files[f"dialplan/t{tid}.xml"], caller=routed["user"],
+                       engine=fs)
+    got = post(binding, late.fetch_request(binding))      # the server decides; FreeSWITCH is gone by then
+    assert got is not None and got[0] == 200 and b'application="bridge"' in got[1]
+    assert call_row(conn, late.uuid)["state"] == "active" and money(conn, tid)["reserved_cents"] > 0
+    late.run()                                            # … the static dialplan: the socket fails, the refusal
+    assert (late.via, late.channel.responded) == ("static", 503)
+    row = wait_for(lambda: (r := call_row(conn, late.uuid)) and r["state"] == "settled" and r,
+                   what="released from the CDR")
+    assert (row["billsec"], row["charged_cents"]) == (0, 0)
+    assert nothing_held(conn, tid)
+
+
 def test_the_recorded_timeout_is_what_the_binding_renders() -> None:
     """12b's binding (``timeout`` 2) as the rendered ``xml_curl.conf.xml``
     sets it, and what the emulator's fetch does with an answer that comes
@@ -414,3 +442,23 @@ def test_xmlcurl_serve_keeps_the_dsn_off_the_command_line_and_checks_its_setting
     bad = subprocess.run([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "xmlcurl", "serve"],
                          env={**env, "DUSTEL_FS_DECISION": "both"}, capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and bad.stderr.strip() == "error: fs_decision: must be socket or fetch (got 'both')"
+
+
+def test_worker_processes_share_the_port(db_url: str, controller: Controller, fs: FreeSwitchEmulator,
+                                         conn: psycopg.Connection, routed: dict[str, Any], tmp_path: Path) -> None:
+    """``xmlcurl_workers`` (as ``esl_workers``): whole servers on one port
+    (SO_REUSEPORT), the same supervisor; every fetch is answered."""
+    server = XmlCurlServer(db_url, args=("--workers", "2"))
+    try:
+        wait_for(lambda: len(server.logged(r"listening on 127\.0\.0\.1:\d+/dialplan worker=\d")) == 2,
+                 what="two workers")
+        assert {re.search(r":(\d+)/", line).group(1)                           # type: ignore[union-attr]
+                for line in server.logged("listening on")} == {str(server.port)}
+        files = rendered(conn, tmp_path, server.port)
+        placed = []
+        for _ in range(4):           # one after the other: the starter plan has two lines
+            placed.append(phone(files, routed, "0211123456", callee=("answer", 1), engine=fs))
+            wait_for(lambda: nothing_held(conn, routed["tenant"]["id"]), what="settled by the controller")
+        assert [(c.via, c.answer, c.channel.billsec) for c in placed] == [("fetch", "document", 1)] * 4, server.log
+    finally:
+        server.stop()
