@@ -314,9 +314,9 @@ _TENANT_CONTEXT = re.compile(r"t([0-9]{1,18})")
 
 
 def fetched_channel(form: Mapping[str, str]) -> Mapping[str, str] | None:
-    """A dialplan fetch's request (``wire.fetch.Form``) as the channel data the
-    socket would get for the same call after the rendered extension — or
-    None: the static dialplan routes it (the server answers "not found").
+    """A dialplan fetch's request (``wire.fetch.Form``) for a phone's call as
+    the channel data the socket would get for the same call after the
+    rendered extension — or None (a carrier's call: ``fetched_number``).
 
     The fetch decides a phone's calls that its tenant's context (``t<id>``,
     the directory's ``user_context``) hands to the policy as outbound calls
@@ -324,9 +324,8 @@ def fetched_channel(form: Mapping[str, str]) -> Mapping[str, str] | None:
     it, and the phone's domain.  Everything else stays with the static
     dialplan as rendered: emergency (its first extension, no server at
     all), star codes and speed dials (``*``: the socket and a transfer),
-    and every other context — the carrier's numbers in ``public`` (queues,
-    fax, forwarding stages: the socket), the loopback legs of agents and
-    fax jobs."""
+    and the other contexts but ``public`` — the loopback legs of agents
+    and fax jobs."""
     if form.get("section") != "dialplan":
         return None
     context = form.get("Hunt-Context") or form.get("Caller-Context") or ""
@@ -339,12 +338,45 @@ def fetched_channel(form: Mapping[str, str]) -> Mapping[str, str] | None:
     return data if route_of(data) == V.ROUTE_OUTBOUND else None
 
 
-def fetch_actions(d: Decision, data: Mapping[str, str]) -> list[Action]:
-    """The applications of a fetched dialplan document: what the rendered
-    extension sets before its socket — the tenant, exported so that every
-    leg's CDR carries it, and the domain — then the very plan the socket
-    executes for the decision (``actions``)."""
-    prelude: list[Action] = [("export", f"dustel_tenant={token(data.get('variable_dustel_tenant', ''), 'tenant')}")]
+def phone_prelude(data: Mapping[str, str]) -> list[Action]:
+    """What a tenant context's ``outbound`` extension sets before its socket:
+    the tenant, exported so that every leg's CDR carries it, and the domain."""
+    out: list[Action] = [("export", f"dustel_tenant={token(data.get('variable_dustel_tenant', ''), 'tenant')}")]
     if data.get("variable_dustel_domain"):
-        prelude.append(("set", f"dustel_domain={token(data.get('variable_dustel_domain'), 'domain')}"))
-    return prelude + actions(d, data)
+        out.append(("set", f"dustel_domain={token(data.get('variable_dustel_domain'), 'domain')}"))
+    return out
+
+
+def fetched_number(form: Mapping[str, str]) -> str | None:
+    """The destination of a carrier's call (the ``public`` context) that the
+    fetch may decide once it knows the number's target (``number_channel``);
+    None: not a carrier's call."""
+    if form.get("section") != "dialplan" or (form.get("Hunt-Context") or form.get("Caller-Context")) != "public":
+        return None
+    return form.get("Hunt-Destination-Number") or form.get("Caller-Destination-Number") or None
+
+
+def number_channel(form: Mapping[str, str], prelude: list[Action], dest: str) -> Mapping[str, str]:
+    """A carrier's call as the socket's channel data after the number's
+    ``public`` extension: its ``prelude`` (render.context.fs_number_actions)
+    applied as channel variables."""
+    values = {"variable_" + data.partition("=")[0]: data.partition("=")[2] for _, data in prelude}
+    return Overlay({**values, "Caller-Destination-Number": dest, "Caller-Context": "public"}, form)
+
+
+def single_stage(stages: tuple[Stage, ...]) -> Stage | None:
+    """The one stage of a plan that a fetched dialplan rings by itself:
+    accounts only — no external leg to admit and settle, no second stage to
+    read after the first (those keep the socket)."""
+    if len(stages) != 1 or stages[0].externals or not stages[0].accounts:
+        return None
+    return stages[0]
+
+
+def fetch_actions(d: Decision, data: Mapping[str, str], prelude: list[Action], stage: Stage | None = None,
+                  logo: str = "") -> list[Action]:
+    """The applications of a fetched dialplan document: what the rendered
+    extension sets before its socket (``prelude``), then the very plan the
+    socket executes for the decision (``actions``, ``with_logo``)."""
+    acts = actions(d, data, stage=stage, legs={}) if stage is not None else actions(d, data)
+    return [*prelude, *(with_logo(acts, logo) if logo else acts)]

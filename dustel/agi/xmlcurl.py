@@ -26,6 +26,7 @@ keeps nothing per call.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,10 +37,12 @@ import psycopg
 import uvicorn
 from psycopg_pool import PoolTimeout
 
-from ..callpath import calls
+from ..callpath import calls, divert
 from ..callpath import variables as V
 from ..callpath.policy import INTERNAL_ERROR, Decision
 from ..config import LISTEN_BACKLOG
+from ..provisioning import media
+from ..render import context
 from ..wire import fetch
 from . import freeswitch as fs
 from .aio import Context, expire_loop, open_pool
@@ -54,28 +57,55 @@ ASGI = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callab
                 Awaitable[None]]
 
 
+async def carriers_call(ctx: Context, form: Mapping[str, str], dest: str) \
+        -> tuple[Mapping[str, str], list[fs.Action], divert.Stage, str] | None:
+    """A carrier's call to a number whose call the fetched dialplan runs by
+    itself — an account or a ring group whose plan, read now, is one stage
+    of accounts — as (channel, the number extension's prelude, the stage,
+    the sound logo); None: the static dialplan (its socket) routes it."""
+    found = await ctx.run_steps(context.fs_routed(dest))
+    if found is None or found[0]["kind"] not in ("account", "group"):
+        return None
+    n, ddi = found
+    r = await ctx.run_steps(divert.routing(n["tenant_id"], n["kind"], n["target"], dest, dt.datetime.now(dt.UTC)))
+    stage = fs.single_stage(r.stages)
+    if stage is None:
+        return None
+    prelude = context.fs_number_actions(n, ddi)
+    logo = media.file_path(ctx.logo_dir, n["tenant_id"], "logo", *r.logo, 48000) if r.logo else ""
+    return fs.number_channel(form, prelude, dest), prelude, stage, logo
+
+
 async def answer(ctx: Context, form: Mapping[str, str], node: str) -> bytes:
     """The document for one fetch: ``node`` is the engine node it came from
     ('' : the request's own switch name, a one-box demo)."""
-    data = fs.fetched_channel(form)
-    if data is None:
-        return fetch.NOT_FOUND
-    d: Decision = INTERNAL_ERROR
     call_id = form.get("Unique-ID") or ""
+    d: Decision = INTERNAL_ERROR
+    data: Mapping[str, str] | None = None
     try:
+        data = fs.fetched_channel(form)
+        stage, logo = None, ""
+        if data is not None:
+            prelude = fs.phone_prelude(data)
+        elif (dest := fs.fetched_number(form)) is not None and (got := await carriers_call(ctx, form, dest)):
+            data, prelude, stage, logo = got
+        else:
+            return fetch.NOT_FOUND
         req = replace(fs.request_from(data), node=node or fs.node_of(data))
         d = await ctx.admit(req)
-        acts = fs.fetch_actions(d, data)
+        acts = fs.fetch_actions(d, data, prelude, stage, logo)
     except (ValueError, calls.UnknownAccount, psycopg.Error, PoolTimeout) as exc:
         log.warning("fetch call=%s refused: %s: %s", call_id, type(exc).__name__, exc)
         if d.admit:      # admitted, but nothing can be executed: its line and money back at once
             await ctx.settle(req.node, req.call_id, 0)
         d, acts = INTERNAL_ERROR, fs.actions(INTERNAL_ERROR, {})
+        data = data if data is not None else form
     log.info("fetch call=%s tenant=%s account=%s callee=%s admit=%s reason=%s max=%s", call_id,
-             data.get("variable_dustel_tenant"), data.get("variable_user_name"), data.get("Caller-Destination-Number"),
-             d.admit, d.reason, d.max_seconds)
-    return fetch.document(data.get("Caller-Context") or "", f"dustel-{call_id}",
-                          data.get("Caller-Destination-Number") or "", acts)
+             data.get("variable_dustel_tenant"), data.get("variable_user_name") or data.get("variable_dustel_target"),
+             data.get("Caller-Destination-Number"), d.admit, d.reason, d.max_seconds)
+    context_name = data.get("Caller-Context") or form.get("Hunt-Context") or ""
+    dest = fs.fetched_number(form) if context_name == "public" else data.get("Caller-Destination-Number")
+    return fetch.document(context_name, f"dustel-{call_id}", dest or "", acts)
 
 
 async def _respond(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, body: bytes = b"",
@@ -139,13 +169,14 @@ def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.sock
 
 
 async def serve(dsn: str, host: str, port: int, nodes: Mapping[str, str], *, worker: int | None = None,
-                min_conn: int = 2, max_conn: int = 8) -> None:
+                min_conn: int = 2, max_conn: int = 8, logo_dir: str = "") -> None:
     """Serve until SIGTERM / SIGINT (uvicorn's graceful shutdown).  ``nodes``:
     source address -> node name of the FreeSWITCH nodes that may fetch ('':
     the request's switch name); ``worker``: one of several processes on the
     port (the first sweeps the expired reservations)."""
     async with open_pool(dsn, min_conn, max_conn) as pool:
         ctx = Context(pool, "", nodes=nodes)
+        ctx.logo_dir = logo_dir or ctx.logo_dir       # settings.logo_dir: where the engine reads sound logos
         sock = listen_socket(host, port, reuse_port=worker is not None)
         config = uvicorn.Config(application(ctx), http="httptools", lifespan="off", access_log=False,
                                 log_config=None, proxy_headers=False, server_header=False, date_header=False,
@@ -168,6 +199,7 @@ SERVICE = Service("dustel xmlcurl serve", "dustel.agi.xmlcurl", "dialplan fetch"
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
     import sys
 
     import uvloop
@@ -181,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     if mine is None:
         return
     dsn, nodes = mine
-    uvloop.run(serve(dsn, args.host, args.port, nodes, worker=args.worker))
+    uvloop.run(serve(dsn, args.host, args.port, nodes, worker=args.worker,
+                     logo_dir=os.environ.get("DUSTEL_LOGO_DIR", "")))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def xmlcurl_serve(env: Env, host: str | None, port: int | None) -> None:
             "--port", str(s.xmlcurl_port if port is None else port), "--workers", str(s.xmlcurl_workers)]
     # the DSN and the nodes through the environment, never argv (as esl serve)
     child_env = {**os.environ, "DUSTEL_XMLCURL_DSN": env.url,
-                 "DUSTEL_XMLCURL_NODES": json.dumps(node_sources(s.esl_nodes, ""))}
+                 "DUSTEL_XMLCURL_NODES": json.dumps(node_sources(s.esl_nodes, "")), "DUSTEL_LOGO_DIR": s.logo_dir}
     sys.stdout.flush()
     os.execve(sys.executable, argv, child_env)
 

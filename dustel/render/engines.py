@@ -18,7 +18,7 @@ from ..callpath import policy
 from ..callpath import variables as V
 from ..config import EngineNode, Settings, fs_decision, fs_nodes, session_caps, star_codes
 from . import escape
-from .context import Provider, Tenant, queue_name
+from .context import Provider, Tenant, fs_number_actions, fs_number_pattern, queue_name
 
 FS_STRATEGIES = {"ring_all": "ring-all", "longest_idle": "longest-idle-agent", "round_robin": "round-robin",
                  "fewest_calls": "agent-with-fewest-calls", "random": "random"}
@@ -58,7 +58,8 @@ def _numbers(p: Provider) -> list[dict[str, Any]]:
     for t in p.tenants:
         for n in t.numbers:
             out.append({**n, "tenant_id": t.id, "domain": t.domain, "engine_target": _engine_target(t, n),
-                        "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"]})
+                        "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"],
+                        "fs_pattern": fs_number_pattern(n), "actions": fs_number_actions(n, "$1")})
     return sorted(out, key=lambda n: n["e164"])
 
 

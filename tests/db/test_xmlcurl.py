@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from dustel.config import Settings
-from dustel.provisioning import numbers
+from dustel.provisioning import features, numbers
 from dustel.render import engines, service
 from tests.db.conftest import Controller
 from tests.db.test_esl_outbound import Server as EslServer
@@ -38,6 +38,7 @@ from tests.esl_emulator import (
     wait_for,
     xml_curl_binding,
 )
+from tests.factories import account
 from tests.processes import SECRET_DSN, ServerProcess, served_cmdline
 
 
@@ -187,6 +188,31 @@ def test_a_phone_call_is_fetched_admitted_limited_bridged_and_settled_by_the_con
              what="the decision logged")
 
 
+def test_a_carriers_call_to_an_account_is_fetched_and_settled_by_the_controller(
+        xmlcurl: XmlCurlServer, controller: Controller, fs: FreeSwitchEmulator, conn: psycopg.Connection,
+        routed: dict[str, Any], tmp_path: Path) -> None:
+    """A number routed to an account whose plan is one stage of accounts
+    (no forwarding, or a group call with accounts): the fetched extension
+    sets what the number's ``public`` extension sets, then the socket's plan
+    — the account's phones ring for the stage's time — and the controller
+    settles the call from its CDR (an inbound call: nothing charged)."""
+    files = rendered(conn, tmp_path, xmlcurl.port)
+    t, user = routed["tenant"], routed["user"]
+    c = FetchedCall("+492111234567", {}, context="public",
+                    binding=xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"]),
+                    static=files["dialplan/public.xml"], caller="+4930555000", callee=("answer", 42), engine=fs).run()
+    assert (c.via, c.answer) == ("fetch", "document")
+    assert c.channel.executed[:4] == [("export", f"dustel_tenant={t['id']}"), ("set", "dustel_target_kind=account"),
+                                      ("set", f"dustel_target={user}"), ("set", f"dustel_domain={t['sip_domain']}")]
+    assert ("bridge", f"{{leg_timeout=60}}user/{user}@{t['sip_domain']}") in c.channel.executed
+    row = wait_for(lambda: (r := call_row(conn, c.uuid)) and r["state"] == "settled" and r,
+                   what="settled from the controller's CDR")
+    assert (row["direction"], row["billsec"], row["charged_cents"]) == ("in", 42, 0)
+    cdr = conn.execute("SELECT * FROM cdrs WHERE call_id = %s", (c.uuid,)).fetchone()
+    assert (cdr["tenant_id"], cdr["direction"], cdr["account"]) == (t["id"], "in", user)
+    assert nothing_held(conn, t["id"])
+
+
 def test_refusals_are_answered_with_the_refusal_tables_code(xmlcurl: XmlCurlServer, controller: Controller,
                                                             fs: FreeSwitchEmulator, conn: psycopg.Connection,
                                                             routed: dict[str, Any], tmp_path: Path) -> None:
@@ -212,9 +238,10 @@ def test_what_the_fetch_does_not_decide_is_not_found_and_routed_statically(
         xmlcurl: XmlCurlServer, db_url: str, conn: psycopg.Connection, routed: dict[str, Any],
         tmp_path: Path) -> None:
     """Answer (3) of recording 12, ``not found``: FreeSWITCH routes the call
-    with its static dialplan.  For a star code (the socket runs it) and the
-    carrier's numbers (``public``: queues, fax, forwarding stages keep the
-    socket's round trips); nothing decided, nothing reserved."""
+    with its static dialplan.  For a star code (the socket runs it) and a
+    carrier's call whose plan needs the socket's round trips (here a
+    forwarding on no answer: its second stage is read when the first ended);
+    nothing decided, nothing reserved by the fetch."""
     esl = EslServer(db_url)
     try:
         files = rendered(conn, tmp_path, xmlcurl.port, esl_port=esl.port)
@@ -223,6 +250,9 @@ def test_what_the_fetch_does_not_decide_is_not_found_and_routed_statically(
         assert ("set", "dustel_star=*52") not in star.socket.executed      # set by the static extension …
         assert star.socket.variables.get("dustel_star") == "*52"          # … before its socket
         t = routed["tenant"]
+        other = account(conn, t["id"])
+        with conn.transaction():       # two stages: the second is read when the first ended unanswered
+            features.set_diversion(conn, routed["user"], kind="forward", mode="no_answer", timeout=5, targets=[other])
         inbound = FetchedCall("+492111234567", {}, context="public",
                               binding=xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"]),
                               static=files["dialplan/public.xml"], caller="+4930555000", esl_port=esl.port,
@@ -414,8 +444,48 @@ def test_the_fetch_and_the_socket_decide_alike(db_url: str, xmlcurl: XmlCurlServ
                 got[path] = (plan, ch.responded, ch.billsec, row and {k: row[k] for k in kept},
                              money(conn, tid)["balance_cents"])
             assert got["socket"] == got["fetch"], dest
+        conn.execute("UPDATE tenant_money SET balance_cents = 100, free_seconds = %s WHERE tenant_id = %s", (free, tid))
+        with conn.transaction():
+            features.list_add(conn, routed["user"], "black", "+4930666*")
+        for caller, phone_does in INBOUND:
+            got = {}
+            for path in ("socket", "fetch"):
+                if path == "fetch":
+                    c = FetchedCall("+492111234567", {}, context="public", caller=caller,
+                                    binding=xml_curl_binding(files["autoload_configs/xml_curl.conf.xml"]),
+                                    static=files["dialplan/public.xml"], phones={routed["user"]: phone_does},
+                                    engine=fs).run()
+                    assert c.via == "fetch", (caller, c.via, c.answer)
+                    ch, plan = c.channel, c.channel.executed[len(ch_prelude(c.channel.executed)):]
+                else:
+                    variables = dialplan_variables(files["dialplan/public.xml"], "public", "+492111234567", {})
+                    assert variables is not None
+                    ch = OutboundCall(esl.port, "+492111234567", variables, caller=caller,
+                                      phones={routed["user"]: phone_does}, switchname="fs1")
+                    ch.start()
+                    ch.wait()
+                    plan = ch.executed[1:]
+                plan = [a for a in plan if a[0] != "hangup"]
+                wait_for(lambda: nothing_held(conn, tid), what=f"{path} {caller}: nothing held")
+                row = call_row(conn, ch.uuid)
+                got[path] = (plan, ch.responded, ch.billsec,
+                             row and {k: row[k] for k in ("direction", "route", "billsec", "charged_cents")})
+            assert got["socket"] == got["fetch"], caller
     finally:
         esl.stop()
+
+
+def ch_prelude(executed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The number extension's own actions at the head of a fetched plan (up to the decision's first)."""
+    return executed[:next(i for i, (app, data) in enumerate(executed) if data.startswith("dustel_action="))]
+
+
+INBOUND = [   # (caller, what the account's phone does)
+    ("+4930555000", ("answer", 42)),
+    ("+4930555000", ("absent",)),          # not registered: USER_NOT_REGISTERED at once
+    ("+4930555000", ("busy",)),
+    ("+4930666123", ("answer", 5)),        # on the account's blacklist: 603
+]
 
 
 def test_fetch_mode_renders_only_what_it_needs_and_the_static_dialplan_stays(conn: psycopg.Connection,
