@@ -15,7 +15,8 @@ imports gevent; the decision is ``callpath``'s, the applications
 An answer is one of recording 12's three: a ``dialplan`` document with the
 decision's applications (the time limit armed for the answer, the bridge),
 the same with a refusal (``respond`` with the refusal table's code), or
-``not found`` for what the fetch does not decide (``fetched_channel``) —
+``not found`` for what one document cannot carry (``fetched_channel``,
+``carriers_call``: what keeps the socket's round trips) —
 FreeSWITCH then routes the call with its static dialplan, which is also what
 it does when this server is down, slow (12b: after the binding's timeout) or
 answers anything but 200: the rendered dialplan's socket, then the refusal.
