@@ -1711,7 +1711,10 @@ def fetched_actions(doc: bytes, context: str, destination: str) -> list[tuple[st
     dialplan), the actions of the first extension whose condition matches
     (``$1``… substituted), or None — the document is the dialplan but has
     neither the context (nor ``global``) nor a matching extension: no route
-    (mod_dialplan_xml does not go on to the static dialplan)."""
+    (mod_dialplan_xml does not go on to the static dialplan).  ASSUMPTION
+    (recording 12 shows a matching extension and ``not found`` only; read in
+    switch_xml.c switch_xml_locate and mod_dialplan_xml.c at cc93a68): the
+    other cases, and a document that does not parse taken as no answer."""
     import re
     import xml.etree.ElementTree as ET
     try:
@@ -1770,7 +1773,14 @@ class FetchedCall:
     there, with its variables at that time and its billsec.
 
     ``via``: emergency | fetch | static | socket | none; ``answer``:
-    document | not found | failed (refused, error status, timeout) | none."""
+    document | not found | failed (refused, error status, timeout) | none.
+
+    ASSUMPTION (no recording routes with a dialplan list; read in
+    switch_core_state_machine.c switch_core_standard_on_routing and
+    mod_dialplan_xml.c dialplan_hunt at cc93a68): the profile's dialplans
+    are hunted in order until one finds an extension; ``XML:<file>`` parses
+    that file alone (no binding is consulted) and hunts the channel's
+    context, else ``global``, and finding nothing goes on to the next."""
 
     destination: str
     variables: dict[str, str]
