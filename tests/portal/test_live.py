@@ -19,7 +19,7 @@ import pytest
 
 from dustel.portal.app import create_app
 from dustel.wire import esl as P
-from tests.db.test_controller_esl import Controller
+from tests.db.conftest import Controller
 from tests.esl_emulator import FreeSwitchEmulator, fs_frames
 from tests.fax_support import fax_pdf
 from tests.portal.conftest import PW, Server, settings
