@@ -15,7 +15,17 @@ server sends ``exit`` (after its settlement), FreeSWITCH answers and
 closes, as it does for a lingering socket (recording 05).
 
     .venv/bin/python bench/esl_policy.py [--seconds 4] [--hold 1] [--workers N]
-                                         [--server-root DIR] [--only dustel|peer]
+                                         [--server-root DIR] [--only dustel|peer|fetch]
+
+The dialplan fetch (issue 32.7) beside them: ``dustel xmlcurl serve`` asked
+as mod_xml_curl asks (recording 12's request with the call's values, a
+phone's outbound call: one connection and one POST per call, the decision
+the answered document); after ``--hold`` seconds the call's
+CHANNEL_HANGUP_COMPLETE goes to the real controller through the emulated
+inbound Event Socket, and the controller settles it from its CDR — so the
+fetch path's settlement is the controller's CPU, printed beside the
+server's (the controller follows every call on either path; on the socket
+path its settlement from the CDR is a no-op after the server's own).
 
 Prints, per server, paced steps of rising rate until the decision's p99
 passes 1 s (or calls fail): achieved calls/s, p50 / p99 / max of the
@@ -46,7 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._db import fresh_database  # noqa: E402
 from bench.policy import TENANTS, free_port, pace, pct, populate, start  # noqa: E402
 from dustel.wire import esl as P  # noqa: E402
-from tests.esl_emulator import REAL_CHANNEL, REAL_OTHER_LEG, SOCKET_APP, Subscription, real_event_base  # noqa: E402
+from tests.esl_emulator import (  # noqa: E402
+    REAL_CHANNEL,
+    REAL_OTHER_LEG,
+    SOCKET_APP,
+    FreeSwitchEmulator,
+    Subscription,
+    fetch_request,
+    real_event_base,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 _SEQ = iter(range(10**9))
@@ -226,6 +244,57 @@ async def fs_call(port: int, tenant: int, hold: float) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------ the dialplan fetch (mod_xml_curl)
+
+UUID_SLOT = "f" * 36          # a template's call id, replaced by the call's (same length: Content-Length holds)
+_FETCH_SEQ = iter(range(10**9))
+
+
+@functools.cache
+def fetch_template(port: int, tenant: int) -> bytes:
+    """Recording 12's request for a call from tenant ``tenant``'s phone (its
+    context, account, domain, the directory's tenant), encoded once."""
+    user, domain = f"000387{tenant:06d}", f"t{tenant}.sip.dustel.de"
+    values = {"hostname": "bench", "FreeSWITCH-Switchname": "bench", "Caller-Context": f"t{tenant}",
+              "Hunt-Context": f"t{tenant}", "Caller-Destination-Number": "01701234567",
+              "Hunt-Destination-Number": "01701234567", "Caller-Caller-ID-Number": user, "Hunt-Caller-ID-Number": user,
+              **{k: UUID_SLOT for k in ("Unique-ID", "Channel-Call-UUID", "Caller-Unique-ID", "Hunt-Unique-ID")}}
+    variables = {"uuid": UUID_SLOT, "call_uuid": UUID_SLOT, "user_name": user, "domain_name": domain,
+                 "dustel_tenant": str(tenant), "sip_network_ip": "192.0.2.10", "sip_via_protocol": "udp"}
+    return fetch_request("127.0.0.1", port, "/dialplan", values, variables)
+
+
+async def fetch_call(port: int, tenant: int, hold: float, engine: FreeSwitchEmulator) -> dict[str, Any]:
+    """One call's fetch as mod_xml_curl makes it (a connection of its own,
+    the POST, the whole answer, close), then — admitted — its talk and the
+    hangup the controller follows."""
+    uuid = f"fe{os.getpid():06d}-0000-4000-8000-{next(_FETCH_SEQ):012d}"
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: dict[str, Any] = {"refused": False, "ended": False}
+    try:
+        writer.write(fetch_template(port, tenant).replace(UUID_SLOT.encode(), uuid.encode()))
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    out["decision_s"] = time.perf_counter() - t0
+    if not head.startswith(b"HTTP/1.1 200") or b'application="bridge"' not in body:
+        out["refused"] = True
+        return out
+    await asyncio.sleep(hold)
+    user = f"000387{tenant:06d}"
+    engine.emit({"Event-Name": "CHANNEL_HANGUP_COMPLETE", "Unique-ID": uuid, "Call-Direction": "inbound",
+                 "Caller-Caller-ID-Number": user, "Caller-Destination-Number": "01701234567",
+                 "Channel-Name": f"sofia/internal/{user}", "variable_dustel_tenant": str(tenant),
+                 "variable_user_name": user, "variable_billsec": str(int(hold)), "Hangup-Cause": "NORMAL_CLEARING"})
+    out["ended"] = True
+    out["settle_s"] = 0.0          # the controller's: not observed per call here (its CPU is)
+    return out
+
+
 # ------------------------------------------------------------------ the servers' CPU
 
 def _tree(root: int) -> list[int]:
@@ -263,41 +332,49 @@ def cpu_seconds(root: int) -> float:
 
 # ------------------------------------------------------------------ steps
 
-async def paced(port: int, pid: int, rate: int, seconds: float, hold: float) -> dict[str, float]:
-    cpu0 = cpu_seconds(pid)
-    results, achieved = await pace(rate, seconds, lambda t: fs_call(port, t, hold))
+async def paced(port: int, pid: int, rate: int, seconds: float, hold: float, engine: Any = None,
+                also: int = 0) -> dict[str, float]:
+    """One step; with ``engine`` the calls are fetched (``fetch_call``) and
+    ``also`` is the controller's pid, its CPU per call printed beside."""
+    cpu0, also0 = cpu_seconds(pid), cpu_seconds(also) if also else 0.0
+    results, achieved = await pace(rate, seconds, (lambda t: fs_call(port, t, hold)) if engine is None else
+                                   (lambda t: fetch_call(port, t, hold, engine)))
     cpu = cpu_seconds(pid) - cpu0
+    if also:
+        await asyncio.sleep(1.0)        # the last hangups' settlements
+    also_cpu = (cpu_seconds(also) - also0) if also else 0.0
     ok = [r for r in results if isinstance(r, dict)]
     through = [r for r in ok if r["ended"] and "settle_s" in r and not r["refused"]]
     return {"offered": rate, "achieved": achieved, "n": len(results), "failed": len(results) - len(through),
             **pct("decision", [r["decision_s"] for r in ok if "decision_s" in r]),
             **pct("settle", [r["settle_s"] for r in through]),
-            "cpu_ms": 1000 * cpu / max(len(results), 1)}
+            "cpu_ms": 1000 * cpu / max(len(results), 1), "also_ms": 1000 * also_cpu / max(len(results), 1)}
 
 
 HEAD = (f"{'offered/s':>10} {'achieved/s':>11} {'calls':>6} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} | {'settle p50':>10} {'p99 ms':>7} | {'CPU ms/call':>11}")
+        f"{'max ms':>8} | {'settle p50':>10} {'p99 ms':>7} | {'CPU ms/call':>11} {'controller':>10}")
 
 
 def row(r: dict[str, float]) -> str:
     return (f"{r['offered']:>10} {r['achieved']:>11.0f} {r['n']:>6} {r['failed']:>7} "
             f"{r.get('decision_p50_ms', 0):>8.1f} {r.get('decision_p99_ms', 0):>8.1f} "
             f"{r.get('decision_max_ms', 0):>8.1f} | {r.get('settle_p50_ms', 0):>10.1f} "
-            f"{r.get('settle_p99_ms', 0):>7.1f} | {r['cpu_ms']:>11.2f}")
+            f"{r.get('settle_p99_ms', 0):>7.1f} | {r['cpu_ms']:>11.2f} {r['also_ms']:>10.2f}")
 
 
 RATES = (50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000)
 
 
-def ladder(label: str, port: int, pid: int, seconds: float, hold: float, rates: tuple[int, ...]) -> None:
+def ladder(label: str, port: int, pid: int, seconds: float, hold: float, rates: tuple[int, ...],
+           engine: Any = None, also: int = 0) -> None:
     """Rising paced steps until the p99 passes 1 s or calls fail; then the
     highest rate that held (p99 < 1 s, every call through)."""
-    asyncio.run(paced(port, pid, 50, 2, hold))       # warm-up, not shown: pools, caches, prepared statements
+    asyncio.run(paced(port, pid, 50, 2, hold, engine, also))  # warm-up, not shown: pools, caches, statements
     time.sleep(hold + 0.5)
     print(f"\n{label}\n{HEAD}", flush=True)
     best, cpu = 0, []
     for rate in rates:
-        r = asyncio.run(paced(port, pid, rate, seconds, hold))
+        r = asyncio.run(paced(port, pid, rate, seconds, hold, engine, also))
         print(row(r), flush=True)
         good = r["failed"] == 0 and r.get("decision_p99_ms", 1e9) < 1000
         if good:
@@ -349,14 +426,16 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=0, help="dustel's worker processes (0: its default)")
     ap.add_argument("--server-root", default=str(ROOT), help="the checkout whose dustel server runs")
-    ap.add_argument("--only", choices=("dustel", "peer"))
+    ap.add_argument("--only", choices=("dustel", "peer", "fetch"))
     ap.add_argument("--rates", default=",".join(map(str, RATES)))
     args = ap.parse_args()
     rates = tuple(int(r) for r in args.rates.split(","))
     print(f"FreeSWITCH policy benchmark (outbound Event Socket, recording 10b's event mix): {TENANTS} prepaid "
           f"tenants, {args.seconds:g} s per step, calls talk {args.hold:g} s, {os.cpu_count()} cores (servers, "
           "clients and PostgreSQL share them); decision = connect … bridge, settle = HANGUP_COMPLETE … exit")
-    if args.only != "peer":
+    if args.only in (None, "fetch"):
+        fetch_ladder(args, rates)
+    if args.only in (None, "dustel"):
         url = fresh_database("dustel_bench_esl")
         populate(url)
         port = free_port()
@@ -378,7 +457,7 @@ def main() -> None:
         finally:
             dustel.terminate()
             dustel.wait(10)
-    if args.only != "dustel":
+    if args.only in (None, "peer"):
         peer_port = free_port()
         peer = start([sys.executable, __file__, "--peer", str(peer_port)], dict(os.environ), "ready")
         try:
@@ -387,6 +466,51 @@ def main() -> None:
         finally:
             peer.terminate()
             peer.wait(10)
+
+
+def fetch_ladder(args: argparse.Namespace, rates: tuple[int, ...]) -> None:
+    """The dialplan fetch server, with the controller settling from the
+    hangups of the emulated engine it follows."""
+    url = fresh_database("dustel_bench_fetch")
+    populate(url)
+    port = free_port()
+    engine = FreeSwitchEmulator()
+    engine.start()
+    env = {**os.environ, "DUSTEL_XMLCURL_DSN": url, "DUSTEL_XMLCURL_NODES": json.dumps({"127.0.0.1": ""}),
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "dustel.agi.xmlcurl", "--port", str(port)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    listening: list[str] = []
+    server = start(cmd, env, "listening on", lambda line: listening.append(line) if "listening on" in line else 0)
+    ctl = start([sys.executable, "-m", "dustel.controller.esl_main"],
+                {**os.environ, "DUSTEL_CONTROLLER_DSN": url, "PYTHONPATH": str(ROOT),
+                 "DUSTEL_CONTROLLER_NODES": json.dumps([["bench", "127.0.0.1", engine.port, "ClueCon"]])},
+                "live state rebuilt")
+    try:
+        deadline = time.time() + 30
+        while len(listening) + 1 < max(1, args.workers) and time.time() < deadline:
+            time.sleep(0.05)
+        ladder(f"dustel xmlcurl serve (dialplan fetch{f', {args.workers} workers' if args.workers else ''}; "
+               "settled by the controller from its CDR: its CPU per call in the last column)", port, server.pid,
+               args.seconds, args.hold, rates, engine=engine, also=ctl.pid)
+        import psycopg
+        ended = time.monotonic()
+        with psycopg.connect(url, autocommit=True) as c:
+            while True:          # the controller works through the hangups queued behind the load
+                time.sleep(0.5)
+                active = c.execute("SELECT count(*) FROM calls WHERE state = 'active'").fetchone()
+                if not active or not active[0] or time.monotonic() - ended > 120:
+                    break
+            done = c.execute("SELECT count(*) FROM calls WHERE state = 'settled'").fetchone()
+        print(f"=> after the ladder: {done[0] if done else 0} calls settled by the controller, "
+              f"{active[0] if active else 0} still held {time.monotonic() - ended:.1f} s after the last step",
+              flush=True)
+    finally:
+        for p in (server, ctl):
+            p.terminate()
+            p.wait(10)
+        engine.stop()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ for command in (
     target_cmd.faxbox, target_cmd.ringgroup, target_cmd.queue, target_cmd.agent, media_cmd.moh, media_cmd.logo,
     fax_cmd.fax, fax_cmd.mailgw,
     billing_cmd.rates, billing_cmd.credit, billing_cmd.billing, billing_cmd.agi, billing_cmd.esl,
+    billing_cmd.xmlcurl,
     controller_cmd.controller, controller_cmd.call,
     render_cmd.render, demo_cmd.demo, health_cmd.health,
     invoice_cmd.invoice, invoice_cmd.credit_note, invoice_cmd.payment, invoice_cmd.mandate,

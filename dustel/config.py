@@ -83,6 +83,17 @@ class Settings:
     # worker processes of the outbound Event Socket server, all listening on
     # its port (SO_REUSEPORT: the kernel spreads the calls); 0: one per core
     esl_workers: int = 0
+    # how FreeSWITCH asks the policy: "socket" (the outbound Event Socket per
+    # call) or "fetch" (the dialplan of each call fetched by mod_xml_curl from
+    # ``dustel xmlcurl serve``, the static dialplan's socket behind it)
+    fs_decision: str = "socket"
+    xmlcurl_host: str = "127.0.0.1"
+    xmlcurl_port: int = 8096
+    xmlcurl_timeout: int = 2          # seconds mod_xml_curl waits (then: the static dialplan)
+    xmlcurl_workers: int = 0          # as esl_workers
+    # where each FreeSWITCH node finds dustel's rendered tree (the Ansible
+    # freeswitch role's freeswitch_dustel_dir): the emergency dialplan file
+    fs_dustel_dir: str = "/etc/freeswitch/dustel"
     sip_domain_suffix: str = "sip.dustel.de"
     carrier_host: str = "127.0.0.1:5070"
     # the carrier's source addresses (comma-separated CIDRs): the only way
@@ -186,6 +197,10 @@ _ENV = {
     "esl_outbound_port": "DUSTEL_ESL_OUTBOUND_PORT",
     "esl_max_calls": "DUSTEL_ESL_MAX_CALLS",
     "esl_workers": "DUSTEL_ESL_WORKERS",
+    "fs_decision": "DUSTEL_FS_DECISION",
+    "xmlcurl_host": "DUSTEL_XMLCURL_HOST",
+    "xmlcurl_port": "DUSTEL_XMLCURL_PORT",
+    "xmlcurl_workers": "DUSTEL_XMLCURL_WORKERS",
     "sip_domain_suffix": "DUSTEL_SIP_DOMAIN_SUFFIX",
     "carrier_host": "DUSTEL_CARRIER_HOST",
     "carrier_match": "DUSTEL_CARRIER_MATCH",
@@ -343,6 +358,23 @@ def star_codes(s: Settings) -> dict[str, str]:
     except ValueError as exc:
         field, _, rule = str(exc).partition(": ")
         raise DustelError(field, rule) from None
+
+
+FS_DECISIONS = ("socket", "fetch")
+
+
+def fs_decision(s: Settings) -> str:
+    """How FreeSWITCH asks the policy (``fs_decision``), checked with the
+    settings that go with it."""
+    if s.fs_decision not in FS_DECISIONS:
+        raise DustelError("fs_decision", f"must be socket or fetch (got {s.fs_decision[:20]!r})")
+    if not 1 <= s.xmlcurl_timeout <= 60:
+        raise DustelError("xmlcurl_timeout", "must be 1-60 seconds (mod_xml_curl's timeout)")
+    if s.fs_decision == "fetch" and not (s.fs_dustel_dir.startswith("/") and
+                                         all(c not in s.fs_dustel_dir for c in ",$ \t\r\n")):
+        raise DustelError("fs_dustel_dir", "must be an absolute path without ',', '$' or spaces (it names a file "
+                                           "in a sofia profile's dialplan list)")
+    return s.fs_decision
 
 
 def require_secrets(s: Settings, *names: str) -> None:

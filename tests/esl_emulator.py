@@ -370,6 +370,11 @@ class OutboundCall:
     progressed: bool = False
     delivered: list = field(default_factory=list)   # the events the socket was sent (its subscription's)
     unparked: bool = False
+    # the dialplan's actions after the ``socket`` application (socket.xml.j2: the refusal), which the
+    # channel goes on with when the listener ends and ``socket_resume`` is true (see _listener_gone)
+    after_socket: list = field(default_factory=list)
+    resumed: bool = False         # the channel went on in the dialplan after the policy server went away
+    peer_gone: bool = False       # the policy server's end of the socket closed
 
     def __post_init__(self) -> None:
         self.sub = Subscription(self.uuid)      # what this socket asked for (myevents, nixevent, filter)
@@ -387,6 +392,31 @@ class OutboundCall:
     def wait(self, timeout: float = 30) -> OutboundCall:
         if not self._done.wait(timeout):
             raise TimeoutError(f"call {self.uuid} still running: executed={self.executed}")
+        return self
+
+    def run_dialplan(self, actions: list[tuple[str, str]]) -> OutboundCall:
+        """Run a dialplan extension's applications on this channel, with no
+        socket (a fetched document, a static extension): each in turn, the
+        channel's ``${var}`` expanded; a ``bridge`` that failed hangs the
+        caller up with the originate's cause unless ``continue_on_fail`` is
+        set or the cause is NO_ANSWER / NO_USER_RESPONSE (mod_dptools
+        audio_bridge_function, switch_channel_handle_cause); the applications
+        running out hang up NORMAL_CLEARING.  ASSUMPTION (read at cc93a68;
+        recording 12 runs an answered bridge and a ``respond`` only)."""
+        self._done, self._lock = threading.Event(), threading.Lock()
+        self.bridged, self.queued = threading.Event(), threading.Event()
+        self.peer_gone = True                    # no socket: events go nowhere
+        for app, data in actions:
+            if self.hangup_cause:
+                break
+            self._execute(app, expand_known(data, self.variables))
+            if app == "bridge" and not self.hangup_cause:
+                cause = self.variables.get("originate_disposition", "")
+                if self.variables.get("continue_on_fail") != "true" and cause not in ("NO_ANSWER", "NO_USER_RESPONSE"):
+                    self._hangup(cause or "NORMAL_CLEARING", {})
+        if not self.hangup_cause:
+            self._hangup("NORMAL_CLEARING", {})
+        self._done.set()
         return self
 
     # --- what FreeSWITCH sends
@@ -451,7 +481,45 @@ class OutboundCall:
 
     def _send(self, data: bytes) -> None:
         with self._lock:
-            self._sock.sendall(data)
+            if self.peer_gone:
+                return                     # FreeSWITCH writes nothing to a listener that is gone
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                self.peer_gone = True
+
+    def server_gone(self) -> bool:
+        """Has the policy server closed its end (a crash, a stop)?  A
+        non-blocking peek: EOF or a reset."""
+        if self.peer_gone:
+            return True
+        try:
+            self.peer_gone = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.peer_gone = True
+        return self.peer_gone
+
+    def _listener_gone(self) -> bool:
+        """The listener ended while an application runs (the server crashed).
+        ASSUMPTION (no recording loses a server mid-call; read in
+        mod_event_socket.c at cc93a68, the end of listener_run): with the
+        channel variable ``socket_resume`` true and the channel neither
+        hibernating nor transferred, the listener sets the channel's state to
+        CS_RESET — the running application (a ringing ``bridge``) is
+        interrupted, its legs cancelled, and the channel goes on with the
+        dialplan's actions after ``socket`` (``after_socket``: the refusal);
+        without it the queued applications run on by themselves, and events
+        go nowhere.  True when the channel resumed."""
+        if not self.server_gone() or self.variables.get("socket_resume") != "true" or self.answered:
+            return False
+        self.resumed = True
+        for app, data in self.after_socket:
+            if self.hangup_cause:
+                break
+            self._execute(app, data)
+        return True
 
     def _serve(self) -> None:
         buf = bytearray()
@@ -529,6 +597,8 @@ class OutboundCall:
         if app == "set":
             name, _, value = arg.partition("=")
             self.variables[name] = value
+        elif app == "export":
+            export_variable(self.variables, *arg.partition("=")[::2])
         elif app == "answer":
             self._answer()
         elif app == "hangup":
@@ -637,6 +707,9 @@ class OutboundCall:
         self.rang.append([name for name, _ in legs])
         if self.while_ringing is not None:
             self.while_ringing(len(self.rang) - 1)
+            if self._listener_gone():        # the server went away while the legs rang
+                self.cancelled += [name for name, _ in legs]
+                return
         outcome = [(name, own, self.phones.get(name, self.callee)) for name, own in legs]
         winner = next(((n, own, what) for n, own, what in outcome if what[0] == "answer"), None)
         ringing = [n for n, _, what in outcome if what[0] in ("ring", "noanswer") or (winner and what[0] == "answer")]
@@ -650,6 +723,7 @@ class OutboundCall:
             else:
                 disposition, dialstatus = "USER_NOT_REGISTERED", "USER_NOT_REGISTERED"
             # channel variables: every later event of the channel carries them (recording 08)
+            self.variables["originate_disposition"] = disposition
             self.later = {**self.later, "variable_originate_disposition": disposition,
                           "variable_DIALSTATUS": dialstatus}
             self._emit("CHANNEL_EXECUTE_COMPLETE", **app_h, variable_current_application=app_h["Application"])
@@ -1526,3 +1600,300 @@ CAUSE_TO_SIP = {"UNALLOCATED_NUMBER": 404, "USER_BUSY": 486, "NO_USER_RESPONSE":
                 "CALL_REJECTED": 603, "INVALID_NUMBER_FORMAT": 484, "NORMAL_CIRCUIT_CONGESTION": 503,
                 "NORMAL_TEMPORARY_FAILURE": 503, "SWITCH_CONGESTION": 503, "EXCHANGE_ROUTING_ERROR": 483,
                 "RECOVERY_ON_TIMER_EXPIRE": 504, "NORMAL_CLEARING": 480}
+
+
+# ------------------------------------------------- the dialplan fetch (mod_xml_curl, recordings 12 and 12b)
+#
+# Different format: one JSON line per whole HTTP message ({"dir": "fs->server" | "server->fs"}).  What
+# FreeSWITCH does with a call when mod_xml_curl binds the dialplan section (mod_xml_curl.c,
+# switch_xml.c switch_xml_locate, mod_dialplan_xml.c dialplan_hunt, switch_core_state_machine.c at cc93a68):
+# one POST per routing of a channel, a new connection each (a curl handle per fetch, cleaned up after it),
+# CURLOPT_TIMEOUT the binding's ``timeout`` for the whole exchange; a 200 whose document has a ``dialplan``
+# section is the call's dialplan (the static one is not consulted); ``not found``, another status, no
+# answer in time or a refused connection: the static dialplan.
+
+def http_messages(name: str) -> list[tuple[str, bytes]]:
+    """[(dir, whole HTTP message)] of a dialplan fetch recording."""
+    path = TRANSCRIPTS / (name if name.endswith(".jsonl") else name + ".jsonl")
+    return [(d["dir"], d["data"].encode()) for d in map(json.loads, path.read_text().splitlines()) if d]
+
+
+def _recorded_fetch() -> tuple[list[str], list[tuple[str, str]]]:
+    """Recording 12's first request: its header lines and its form fields, in order."""
+    head, _, body = http_messages("12-dialplan-fetch")[0][1].partition(b"\r\n\r\n")
+    from urllib.parse import unquote
+    fields = [(k, unquote(v)) for k, _, v in (f.partition("=") for f in body.decode().split("&"))]
+    return head.decode().split("\r\n"), fields
+
+
+FETCH_HEAD, FETCH_FIELDS = _recorded_fetch()
+
+
+def fetch_request(host: str, port: int, path: str, values: dict[str, str], variables: dict[str, str]) -> bytes:
+    """The POST FreeSWITCH sends for a call: recording 12's request line and
+    headers (Host and Content-Length this one's) and its 158 form fields in
+    their order, with this call's ``values`` where it has them, and its
+    channel ``variables`` as ``variable_*`` fields: a recorded one takes the
+    call's value, the others come after the recorded ``variable_*`` fields
+    (where FreeSWITCH writes the channel's variables, before ``Hunt-*``);
+    values encoded with ``switch_url_encode``.  ASSUMPTION (recording 12 is a
+    carrier call): a phone's call brings the same fields, its own values
+    (its context is the directory's ``user_context``) and its variables —
+    the authenticated ``user_name``, the directory user's and domain's."""
+    fields = [(k, values.get(k, v)) for k, v in FETCH_FIELDS]
+    last_var = max(i for i, (k, _) in enumerate(fields) if k.startswith("variable_"))
+    extra = [(f"variable_{k}", v) for k, v in variables.items() if f"variable_{k}" not in dict(fields)]
+    fields = [(k, variables.get(k[9:], v) if k.startswith("variable_") else v) for k, v in fields]
+    fields = fields[:last_var + 1] + extra + fields[last_var + 1:]
+    body = "&".join(f"{k}={P.url_encode(v)}" for k, v in fields).encode()
+    head = [f"POST {path} HTTP/1.1" if line.startswith("POST ") else f"Host: {host}:{port}"
+            if line.startswith("Host: ") else f"Content-Length: {len(body)}" if line.startswith("Content-Length: ")
+            else line for line in FETCH_HEAD]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@dataclass
+class Binding:
+    """The ``dialplan`` binding of a rendered ``xml_curl.conf.xml``."""
+    host: str
+    port: int
+    path: str
+    timeout: float
+
+
+def xml_curl_binding(conf: str) -> Binding | None:
+    """mod_xml_curl's do_config: the binding whose ``gateway-url`` binds the
+    dialplan section (None: no such binding — the module does not fetch)."""
+    import xml.etree.ElementTree as ET
+    from urllib.parse import urlsplit
+    for b in ET.fromstring(conf).iter("binding"):
+        params = {p.get("name"): p for p in b.iter("param")}
+        url = params.get("gateway-url")
+        if url is None or "dialplan" not in (url.get("bindings") or "").split("|"):
+            continue
+        u = urlsplit(url.get("value", ""))
+        timeout = params.get("timeout")
+        return Binding(u.hostname or "", u.port or 80, u.path, float(timeout.get("value")) if timeout is not None
+                       else 0.0)
+    return None
+
+
+def post(binding: Binding, request: bytes) -> tuple[int, bytes] | None:
+    """One fetch: connect, send, read the whole answer, close, all within the
+    binding's timeout (CURLOPT_TIMEOUT).  None: refused, reset or timed out
+    (curl's error; FreeSWITCH logs ``Received HTTP error 0``, recording 12b)."""
+    import http.client
+    deadline = time.monotonic() + (binding.timeout or 300)
+    try:
+        sock = socket.create_connection((binding.host, binding.port), timeout=binding.timeout or 300)
+    except OSError:
+        return None
+    try:
+        sock.sendall(request)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        body = resp.read()
+        return (resp.status, body) if time.monotonic() <= deadline else None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        sock.close()
+
+
+NOT_FOUND = "not found"
+
+
+def fetched_actions(doc: bytes, context: str, destination: str) -> list[tuple[str, str]] | str | None:
+    """What FreeSWITCH makes of a 200's document for a call routed in
+    ``context``: ``NOT_FOUND`` (a ``result`` section ``not found``, or no
+    ``dialplan`` section: switch_xml_locate goes on to the static
+    dialplan), the actions of the first extension whose condition matches
+    (``$1``… substituted), or None — the document is the dialplan but has
+    neither the context (nor ``global``) nor a matching extension: no route
+    (mod_dialplan_xml does not go on to the static dialplan).  ASSUMPTION
+    (recording 12 shows a matching extension and ``not found`` only; read in
+    switch_xml.c switch_xml_locate and mod_dialplan_xml.c at cc93a68): the
+    other cases, and a document that does not parse taken as no answer."""
+    import re
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(doc)
+    except ET.ParseError:
+        return NOT_FOUND             # switch_xml_locate: a parse error is logged, the next binding / static
+    sections = {s.get("name"): s for s in root.iter("section")}
+    result = sections.get("result")
+    if result is not None and any(r.get("status", "").lower() == "not found" for r in result.iter("result")):
+        return NOT_FOUND
+    section = sections.get("dialplan")
+    if section is None:
+        return NOT_FOUND
+    ctx = next((c for c in section.iter("context") if c.get("name") == context), None) or \
+        next((c for c in section.iter("context") if c.get("name") == "global"), None)
+    if ctx is None:
+        return None
+    for ext in ctx.iter("extension"):
+        cond = ext.find("condition")
+        if cond is None:
+            continue
+        m = re.search(cond.get("expression", ""), destination) if cond.get("field") == "destination_number" else None
+        if m is None:
+            continue
+        groups = (m.group(0), *m.groups())
+        return [(a.get("application", ""), re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))] or "",
+                                                  a.get("data", ""))) for a in cond.iter("action")]
+    return None
+
+
+def profile_dialplans(profile_xml: str) -> list[tuple[str, str]]:
+    """A sofia profile's ``dialplan`` param as switch_core_standard_on_routing
+    reads it: ``,``-separated dialplans, each ``name[:arg]`` (the XML
+    dialplan's arg is an alternative file); mod_sofia's default ``XML``."""
+    import xml.etree.ElementTree as ET
+    value = next((p.get("value", "") for p in ET.fromstring(profile_xml).iter("param")
+                  if p.get("name") == "dialplan"), "XML")
+    return [(d.partition(":")[0], d.partition(":")[2]) for d in value.split(",") if d]
+
+
+@dataclass
+class FetchedCall:
+    """FreeSWITCH routing one call with the rendered configuration and
+    ``mod_xml_curl`` bound to the dialplan (``fs_decision = fetch``): the
+    profile's dialplans in order — an ``XML:<file>`` one hunts that file
+    alone (``alt_files``: its path -> text; its context, else ``global``;
+    no fetch), ``XML`` fetches (``binding``) and falls back to the
+    ``static`` dialplan text on ``not found``, a failed or a timed-out
+    fetch — then runs the extension found on an emulated channel
+    (``OutboundCall`` with no socket: the same applications, events and
+    outcomes as on the outbound socket).  A static extension that hands the
+    call to the socket connects to ``esl_port`` (an ``OutboundCall`` there);
+    without one the socket fails and the dialplan goes on (``run_extension``).
+    With ``engine`` (an inbound Event Socket emulator the controller
+    follows), the channel's CHANNEL_CREATE, ANSWER and HANGUP_COMPLETE go
+    there, with its variables at that time and its billsec.
+
+    ``via``: emergency | fetch | static | socket | none; ``answer``:
+    document | not found | failed (refused, error status, timeout) | none.
+
+    ASSUMPTION (no recording routes with a dialplan list; read in
+    switch_core_state_machine.c switch_core_standard_on_routing and
+    mod_dialplan_xml.c dialplan_hunt at cc93a68): the profile's dialplans
+    are hunted in order until one finds an extension; ``XML:<file>`` parses
+    that file alone (no binding is consulted) and hunts the channel's
+    context, else ``global``, and finding nothing goes on to the next."""
+
+    destination: str
+    variables: dict[str, str]
+    context: str
+    binding: Binding | None
+    static: str
+    dialplans: list = field(default_factory=lambda: [("XML", "")])
+    alt_files: dict = field(default_factory=dict)
+    caller: str = "000387100001"
+    callee: tuple = ("answer", 30)
+    phones: dict = field(default_factory=dict)
+    uuid: str = field(default_factory=new_uuid)
+    switchname: str = "fs1"
+    source_ip: str = "192.0.2.10"
+    esl_port: int | None = None
+    engine: Any = None
+    while_ringing: Any = None
+    via: str = "none"
+    answer: str = "none"
+    request: bytes = b""
+    fetch_seconds: float = 0.0
+    channel: Any = None
+    socket: Any = None
+
+    def run(self) -> FetchedCall:
+        t0 = time.time()
+        if self.engine is not None:
+            self.engine.call(self.caller, self.destination, dict(self.variables), uuid=self.uuid, t0=t0)
+        actions = self._route()
+        if actions is None:
+            return self._end(t0)
+        ch = OutboundCall(0, self.destination, dict(self.variables), caller=self.caller, callee=self.callee,
+                          uuid=self.uuid, switchname=self.switchname, phones=self.phones,
+                          while_ringing=self.while_ringing)
+        ch.run_dialplan(actions)
+        self.channel = ch
+        return self._end(t0)
+
+    def _route(self) -> list[tuple[str, str]] | None:
+        for name, arg in self.dialplans:
+            if name != "XML":
+                continue
+            if arg:                              # an alternative file: parsed alone, no binding consulted
+                acts = fetched_actions(self.alt_files[arg].encode(), self.context, self.destination)
+                if isinstance(acts, list):
+                    self.via = "emergency"
+                    return acts
+                continue
+            if self.binding is not None:
+                self.request = self.fetch_request(self.binding)
+                started = time.monotonic()
+                got = post(self.binding, self.request)
+                self.fetch_seconds = time.monotonic() - started
+                if got is not None and got[0] == 200:
+                    acts = fetched_actions(got[1], self.context, self.destination)
+                    if acts != NOT_FOUND:
+                        self.via, self.answer = "fetch", "document"
+                        return acts if isinstance(acts, list) else None
+                    self.answer = NOT_FOUND
+                else:
+                    self.answer = "failed"
+            return self._static()
+        return None
+
+    def fetch_request(self, binding: Binding) -> bytes:
+        """The POST mod_xml_curl sends for this call (``fetch_request``)."""
+        values = {"hostname": self.switchname, "FreeSWITCH-Switchname": self.switchname}
+        for k in ("Unique-ID", "Channel-Call-UUID", "Caller-Unique-ID", "Hunt-Unique-ID"):
+            values[k] = self.uuid
+        for k in ("Caller-Destination-Number", "Hunt-Destination-Number"):
+            values[k] = self.destination
+        for k in ("Caller-Caller-ID-Number", "Caller-ANI", "Caller-Username", "Hunt-Caller-ID-Number",
+                  "Hunt-ANI", "Hunt-Username"):
+            values[k] = self.caller
+        values.update({"Caller-Context": self.context, "Hunt-Context": self.context,
+                       "Caller-Network-Addr": self.source_ip, "Hunt-Network-Addr": self.source_ip})
+        variables = {"uuid": self.uuid, "call_uuid": self.uuid, "sip_network_ip": self.source_ip,
+                     "sip_from_user": self.caller, "sip_to_user": self.destination,
+                     "sip_req_user": self.destination, **self.variables}
+        return fetch_request(binding.host, binding.port, binding.path, values, variables)
+
+    def _static(self) -> list[tuple[str, str]] | None:
+        """The static dialplan: its extension's actions up to the socket run
+        here; the socket is an OutboundCall to ``esl_port`` with the
+        variables set so far, or fails (and the dialplan goes on)."""
+        acts = extension_actions(self.static, self.context, self.destination)
+        if not acts:
+            return None
+        if not any(app == "socket" for app, _ in acts):
+            self.via = "static"
+            return acts
+        i = [app for app, _ in acts].index("socket")
+        if self.esl_port is None:
+            self.via = "static"
+            return acts[:i] + acts[i + 1:]         # the socket fails at once (nothing listens): goes on
+        self.via = "socket"
+        variables = dialplan_variables(self.static, self.context, self.destination, self.variables) or {}
+        self.socket = OutboundCall(self.esl_port, self.destination, variables, caller=self.caller,
+                                   callee=self.callee, uuid=self.uuid, switchname=self.switchname, phones=self.phones,
+                                   after_socket=acts[i + 1:], while_ringing=self.while_ringing)
+        self.socket.start()
+        self.socket.wait()
+        self.channel = self.socket
+        return None
+
+    def _end(self, t0: float) -> FetchedCall:
+        ch = self.channel
+        if self.engine is not None:
+            if ch is not None:
+                self.engine.channels[self.uuid]["vars"].update(ch.variables)
+                if ch.bridged_us:
+                    self.engine.answer(self.uuid, at=t0 + 1)
+            talk = ch.billsec if ch is not None and ch.bridged_us else 0
+            self.engine.hangup(self.uuid, cause=(ch.hangup_cause if ch is not None else "") or "NO_ROUTE_DESTINATION",
+                               at=t0 + 1 + talk if talk else None)
+        return self

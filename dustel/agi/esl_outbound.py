@@ -39,12 +39,13 @@ from .. import logs
 from ..callpath import calls, divert
 from ..callpath import variables as V
 from ..callpath.policy import INTERNAL_ERROR, Decision
-from ..config import LISTEN_BACKLOG, LOOPBACK
+from ..config import LISTEN_BACKLOG
 from ..provisioning import media
 from ..queue import agents, codes, hours, service, stats
 from ..wire.esl import command, header_value
 from ..wire.esl_reader import DustelSession, ESLMessage
 from . import freeswitch as fs
+from .workers import Service, parser, this_process
 
 log = logging.getLogger("dustel.esl")
 
@@ -250,7 +251,7 @@ class CallControl:
             if queued:     # counted among the queue's waiting callers until callcenter ends
                 self.queue_waiting(data, True)
             try:
-                replies = s.execute_all(plan)
+                replies = s.execute_all([fs.RESUME_OFF, *plan])      # one write: the plan can no longer resume
                 self.plan_reached = all(str(r.data).startswith("+OK") for r in replies)
                 if not d.admit:
                     return
@@ -394,7 +395,7 @@ class CallControl:
         except (ValueError, psycopg.Error) as exc:
             log.warning("leg call=%s refused: %s: %s", data.get("Unique-ID"), type(exc).__name__, exc)
             d, plan = INTERNAL_ERROR, [("hangup", fs.cause_name(INTERNAL_ERROR.q850))]
-        for app, arg in plan:           # a loopback leg: no SIP response to send, a hangup cause instead
+        for app, arg in [fs.RESUME_OFF, *plan]:     # a loopback leg: no SIP response, a hangup cause instead
             s.call_command(app, arg or None)
         self.plan_reached = True
         if d.admit:
@@ -434,7 +435,7 @@ class CallControl:
                 self.settle(data, {"variable_billsec": "0", "Hangup-Cause": "NORMAL_TEMPORARY_FAILURE"})
             s.call_command("hangup", fs.cause_name(INTERNAL_ERROR.q850))
             return INTERNAL_ERROR
-        for app, arg in plan:
+        for app, arg in [fs.RESUME_OFF, *plan]:
             s.call_command(app, arg or None)
         self.plan_reached = True
         if d.admit:
@@ -682,101 +683,30 @@ def _expire_loop() -> None:
             log.warning("expire failed: %s", exc)
 
 
+SERVICE = Service("dustel esl serve", "dustel.agi.esl_main", "outbound event socket", "DUSTEL_ESL", 8084,
+                  "esl_workers")
+
+
 def main(argv: list[str] | None = None) -> None:
-    import argparse
     import json
     import os
     import sys
-    ap = argparse.ArgumentParser(prog="dustel esl serve",
-                                 description="DSN in $DUSTEL_ESL_DSN, engine nodes in $DUSTEL_ESL_NODES (JSON "
-                                             "{address: name}; default: loopback only)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8084)
+    ap = parser(SERVICE)
     ap.add_argument("--max-calls", type=int, default=20000, help="calls held at once (settings: esl_max_calls)")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="worker processes on the one port (settings: esl_workers; 0: one per core)")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)      # set by the supervisor for its workers
     args = ap.parse_args(argv)
     if args.max_calls < 1:
         ap.error("--max-calls: must be at least 1")
-    if args.workers < 0:
-        ap.error("--workers: must be 0 (one per core) or more")
     logs.service(sys.stderr)
     # greenswitch logs three INFO lines a call on the root logger ("Call from …
     # ended", "Waiting for … greenlet exit"): dustel's own lines are the log
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("dustel").setLevel(logging.INFO)
-    workers = args.workers or os.cpu_count() or 1
-    if args.worker is None and workers > 1:
-        supervise(args.host, args.port, workers, list(argv if argv is not None else sys.argv[1:]))
+    mine = this_process(SERVICE, ap, args, list(argv if argv is not None else sys.argv[1:]))
+    if mine is None:
         return
-    dsn = os.environ.get("DUSTEL_ESL_DSN", "")
-    if not dsn:
-        ap.error("DUSTEL_ESL_DSN: must name the database (never on the command line)")
-    nodes = json.loads(os.environ.get("DUSTEL_ESL_NODES") or "{}") or {ip: "" for ip in LOOPBACK}
+    dsn, nodes = mine
     Runtime.star_codes = json.loads(os.environ.get("DUSTEL_STAR_CODES") or "{}") or dict(codes.ACTIONS)
     Runtime.logo_dir = os.environ.get("DUSTEL_LOGO_DIR") or Runtime.logo_dir
     Runtime.fax_spool_dir = os.environ.get("DUSTEL_FAX_SPOOL_DIR") or Runtime.fax_spool_dir
     Runtime.fax_read_dir = os.environ.get("DUSTEL_FAX_READ_DIR") or Runtime.fax_spool_dir
     serve(dsn, args.host, args.port, nodes, args.max_calls, args.worker)
-
-
-def supervise(host: str, port: int, workers: int, argv: list[str]) -> None:
-    """One worker process per core, each a whole server listening on the
-    same port with SO_REUSEPORT, so the kernel spreads the calls over them
-    and no single gevent process is the limit (issue 32.2).  This process
-    only holds the port (bound with SO_REUSEPORT, not listening: port 0
-    becomes one port for all), starts the workers with its own environment,
-    starts again one that dies, and stops them on SIGTERM."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((host, port))
-    port = holder.getsockname()[1]
-
-    def start(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", *_strip(argv, ("--port", "--workers")),
-                                 "--port", str(port), "--worker", str(i)])
-
-    log.info("outbound event socket on %s:%s: %s worker processes", host, port, workers)
-    procs = [start(i) for i in range(workers)]
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
-    try:
-        while not stopping:
-            time.sleep(0.5)
-            for i, p in enumerate(procs):
-                if p.poll() is not None and not stopping:
-                    log.warning("worker %s ended with status %s; starting it again", i, p.returncode)
-                    procs[i] = start(i)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        holder.close()
-
-
-def _strip(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """``argv`` without ``options`` (``--opt value`` and ``--opt=value``)."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in options:
-            skip = True
-        elif not a.startswith(tuple(o + "=" for o in options)):
-            out.append(a)
-    return out
-

@@ -9,6 +9,7 @@ full`` after setting ``dustel_tenant`` (and, inbound, ``dustel_target_kind``
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -18,8 +19,15 @@ from ..callpath.policy import CAUSES, REFUSALS, CallRequest, Decision, clean_cal
 from ..fax.inbound import Received
 from ..queue.hours import QueueState
 from ..wire.esl import header_value, token
+from ..wire.fetch import Overlay
 
 Action = tuple[str, str]     # (application, argument)
+
+# The first application of every plan, in the same write: the dialplan hands the call over with
+# ``socket_resume=true`` (socket.xml.j2), so a socket that ends before the plan goes on to the refusal;
+# once FreeSWITCH holds the plan, a policy server that dies while the call rings must leave it running
+# (the controller settles it from its CDR) — not turn a ringing call into a 503.
+RESUME_OFF: Action = ("set", f"{V.SOCKET_RESUME}=false")
 
 
 # What the outbound socket subscribes to (issue 32.2).  ``myevents`` alone
@@ -298,3 +306,77 @@ def actions(d: Decision, data: Mapping[str, str], queue: QueueState | None = Non
         return out
     out.append(("bridge", header_value(bridge_target(d, data), "bridge")))
     return out
+
+
+# ------------------------------------------------------------- the dialplan fetch (mod_xml_curl)
+
+_TENANT_CONTEXT = re.compile(r"t([0-9]{1,18})")
+
+
+def fetched_channel(form: Mapping[str, str]) -> Mapping[str, str] | None:
+    """A dialplan fetch's request (``wire.fetch.Form``) for a phone's call as
+    the channel data the socket would get for the same call after the
+    rendered extension — or None (a carrier's call: ``fetched_number``).
+
+    The fetch decides a phone's calls that its tenant's context (``t<id>``,
+    the directory's ``user_context``) hands to the policy as outbound calls
+    (``FS_OUTBOUND``): the tenant of the context, as that extension exports
+    it, and the phone's domain.  Everything else stays with the static
+    dialplan as rendered: emergency (its first extension, no server at
+    all), star codes and speed dials (``*``: the socket and a transfer),
+    and the other contexts but ``public`` — the loopback legs of agents
+    and fax jobs."""
+    if form.get("section") != "dialplan":
+        return None
+    context = form.get("Hunt-Context") or form.get("Caller-Context") or ""
+    dest = form.get("Hunt-Destination-Number") or form.get("Caller-Destination-Number") or ""
+    m = _TENANT_CONTEXT.fullmatch(context)
+    if m is None or dest.startswith("*") or re.search(V.FS_EMERGENCY, dest) or not re.search(V.FS_OUTBOUND, dest):
+        return None
+    data = Overlay({"variable_dustel_tenant": m.group(1), "variable_dustel_domain": form.get("variable_domain_name")
+                    or "", "Caller-Destination-Number": dest, "Caller-Context": context}, form)
+    return data if route_of(data) == V.ROUTE_OUTBOUND else None
+
+
+def phone_prelude(data: Mapping[str, str]) -> list[Action]:
+    """What a tenant context's ``outbound`` extension sets before its socket:
+    the tenant, exported so that every leg's CDR carries it, and the domain."""
+    out: list[Action] = [("export", f"dustel_tenant={token(data.get('variable_dustel_tenant', ''), 'tenant')}")]
+    if data.get("variable_dustel_domain"):
+        out.append(("set", f"dustel_domain={token(data.get('variable_dustel_domain'), 'domain')}"))
+    return out
+
+
+def fetched_number(form: Mapping[str, str]) -> str | None:
+    """The destination of a carrier's call (the ``public`` context) that the
+    fetch may decide once it knows the number's target (``number_channel``);
+    None: not a carrier's call."""
+    if form.get("section") != "dialplan" or (form.get("Hunt-Context") or form.get("Caller-Context")) != "public":
+        return None
+    return form.get("Hunt-Destination-Number") or form.get("Caller-Destination-Number") or None
+
+
+def number_channel(form: Mapping[str, str], prelude: list[Action], dest: str) -> Mapping[str, str]:
+    """A carrier's call as the socket's channel data after the number's
+    ``public`` extension: its ``prelude`` (render.context.fs_number_actions)
+    applied as channel variables."""
+    values = {"variable_" + data.partition("=")[0]: data.partition("=")[2] for _, data in prelude}
+    return Overlay({**values, "Caller-Destination-Number": dest, "Caller-Context": "public"}, form)
+
+
+def single_stage(stages: tuple[Stage, ...]) -> Stage | None:
+    """The one stage of a plan that a fetched dialplan rings by itself:
+    accounts only — no external leg to admit and settle, no second stage to
+    read after the first (those keep the socket)."""
+    if len(stages) != 1 or stages[0].externals or not stages[0].accounts:
+        return None
+    return stages[0]
+
+
+def fetch_actions(d: Decision, data: Mapping[str, str], prelude: list[Action], stage: Stage | None = None,
+                  logo: str = "") -> list[Action]:
+    """The applications of a fetched dialplan document: what the rendered
+    extension sets before its socket (``prelude``), then the very plan the
+    socket executes for the decision (``actions``, ``with_logo``)."""
+    acts = actions(d, data, stage=stage, legs={}) if stage is not None else actions(d, data)
+    return [*prelude, *(with_logo(acts, logo) if logo else acts)]

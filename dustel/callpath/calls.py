@@ -471,11 +471,21 @@ def settle_from_cdr(node: str, call_id: str) -> Flow:
     """Settle a call from the controller's CDR of it (the engine's billsec):
     a settlement the policy server lost (restart, database error, missed
     hangup) still bills; a call already settled, or none, is left alone."""
-    rows = (yield Q("SELECT billsec FROM cdrs WHERE node = %(node)s AND call_id = %(call)s",
-                    {"node": node, "call": call_id}))
-    if not rows:
-        return Settlement("unknown")
-    return (yield from settle(node, call_id, int(rows[0]["billsec"])))
+    ((_, result),) = yield from settle_from_cdrs(node, [call_id])
+    return result
+
+
+def settle_from_cdrs(node: str, call_ids: list[str]) -> Flow:
+    """``settle_from_cdr`` for a batch of hangups of one node: their CDRs read
+    in one statement, the calls settled in one ``settle_many`` (with the
+    step driver: three round trips for the batch).  Returns (call id,
+    Settlement) per id, ``unknown`` where there is no CDR."""
+    rows = (yield Q("SELECT call_id, billsec FROM cdrs WHERE node = %(node)s AND call_id = ANY(%(ids)s::text[])",
+                    {"node": node, "ids": list(call_ids)}))
+    billsec = {r["call_id"]: int(r["billsec"]) for r in rows}
+    items = [(node, c, billsec[c]) for c in call_ids if c in billsec]
+    done = dict(zip((c for _, c, _ in items), (yield from settle_many(items)) if items else [], strict=True))
+    return [(c, done.get(c, Settlement("unknown"))) for c in call_ids]
 
 
 # The active calls of a node whose channel the engine no longer has (its

@@ -28,6 +28,9 @@ QUEUE_MAX_WAIT = "DUSTEL_QUEUE_MAX_WAIT"  # inbound to a queue: the queue's max 
 STAGE = "DUSTEL_S"
 LOGO = "DUSTEL_LOGO"                # inbound: the sound logo to play before the call is put through ('' none)
 EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the tenant's, or CLIP no screening)
+# FreeSWITCH: true, a socket that ends before the policy server took the call's plan goes on in the
+# dialplan (to the refusal); the server sets it false with its plan, the dialplan at answer
+SOCKET_RESUME = "socket_resume"
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.
@@ -42,7 +45,14 @@ ROUTE_FAX_OUT = "fax_out"                # a fax job's call: the policy decides 
 ROUTE_FAX_RESULT = "fax_result"          # a fax job's attempt ended: FAX / DIAL / REFUSED and its status
 ROUTE_FAX_SEND = "fax_send"              # FreeSWITCH: a fax job's answered call runs txfax (dustel-fax-send)
 FAX_JOB = "DUSTEL_FAX_JOB"               # the fax job a call-file call belongs to
+FETCH_PATH = "/dialplan"                 # FreeSWITCH's dialplan fetch (mod_xml_curl): POST http://host:port<this>
 ROUTE_NEXT_STAGE = "next_stage"          # an account's / group's stage 1 ended unanswered: what follows, read now
+
+# FreeSWITCH: what a tenant's context (t<id>) takes as an emergency call (the first extension: straight to the
+# PSAP, never a policy server) and as an outbound call (the policy decides); the rendered dialplan and the
+# dialplan fetch server (agi.freeswitch.fetched_channel) read the same patterns
+FS_EMERGENCY = r"^(?:0|00|\+49|0049)?(11[02])$"
+FS_OUTBOUND = r"^([+]?[0-9*#]{1,32})$"
 
 # Star codes (F-06), configurable per provider in a later step.
 STAR_LOGIN = "*51"

@@ -1,4 +1,4 @@
-"""rates import/list, credit topup/show, agi serve, esl serve."""
+"""rates import/list, credit topup/show, agi serve, esl serve, xmlcurl serve."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import click
 
 from .. import logs
 from ..callpath import calls
-from ..config import node_addresses, node_sources, star_codes
+from ..config import fs_decision, node_addresses, node_sources, star_codes
 from ..errors import DustelError
 from ..provisioning import rates as rating_table
 from ..provisioning import tenants
@@ -134,6 +134,31 @@ def esl_serve(env: Env, host: str | None, port: int | None) -> None:
                  "DUSTEL_ESL_NODES": json.dumps(node_sources(s.esl_nodes, "")),
                  "DUSTEL_STAR_CODES": json.dumps(star_codes(s)), "DUSTEL_LOGO_DIR": s.logo_dir,
                  "DUSTEL_FAX_SPOOL_DIR": s.fax_spool_dir, "DUSTEL_FAX_READ_DIR": s.fax_read_dir or s.fax_spool_dir}
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, child_env)
+
+
+xmlcurl = click.Group("xmlcurl", help="The call-time policy server for FreeSWITCH's dialplan fetch (mod_xml_curl).")
+
+
+@xmlcurl.command("serve")
+@click.option("--host", help="Listen address (default from settings: xmlcurl_host).")
+@click.option("--port", type=INT, help="Listen port (default from settings: xmlcurl_port; 0 picks one).")
+@pass_env
+def xmlcurl_serve(env: Env, host: str | None, port: int | None) -> None:
+    """Run the dialplan fetch server in the foreground (an asyncio process of
+    its own, uvloop: this command execs it), logging to stderr.  FreeSWITCH
+    fetches from it with ``fs_decision = fetch``; the outbound socket server
+    (``esl serve``) still runs what the fetch leaves to the static dialplan."""
+    s = env.settings
+    fs_decision(s)
+    if s.xmlcurl_workers < 0:
+        raise DustelError("xmlcurl_workers", "must be 0 (one per core) or more")
+    argv = [sys.executable, "-m", "dustel.agi.xmlcurl", "--host", host or s.xmlcurl_host,
+            "--port", str(s.xmlcurl_port if port is None else port), "--workers", str(s.xmlcurl_workers)]
+    # the DSN and the nodes through the environment, never argv (as esl serve)
+    child_env = {**os.environ, "DUSTEL_XMLCURL_DSN": env.url,
+                 "DUSTEL_XMLCURL_NODES": json.dumps(node_sources(s.esl_nodes, "")), "DUSTEL_LOGO_DIR": s.logo_dir}
     sys.stdout.flush()
     os.execve(sys.executable, argv, child_env)
 

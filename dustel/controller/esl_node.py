@@ -52,6 +52,11 @@ class ESLNode:
         self.watchdog = watchdog
         self.last_seen = time.monotonic()
         self.esl: DustelInbound | None = None
+        # hangups waiting to be settled from their CDRs, by a greenlet of their own in batches
+        self._settling: list[str] = []
+        self._settle_wake = gevent.event.Event()
+        self._settler: gevent.Greenlet | None = None
+        self.settle_conn: psycopg.Connection[Any] | None = None
 
     # ---------------------------------------------------------------- database
     def apply(self, ops: list[Q]) -> bool:
@@ -121,21 +126,47 @@ class ESLNode:
 
     def settle(self, call_id: str) -> None:
         """Bill the call from its CDR too: a settlement the policy server
-        lost still happens (a replay or the policy's own one is a no-op)."""
-        from ..callpath.calls import run_sync, settle_from_cdr
+        lost still happens (a replay or the policy's own one is a no-op) —
+        and a call FreeSWITCH ran from a fetched dialplan (issue 32.7) is
+        settled here only.  Hangups are settled in batches by a greenlet of
+        their own (``calls.settle_from_cdrs``, the step driver on a
+        connection of its own), as the policy servers batch theirs: one
+        transaction per hangup, after the CDR's, held the money of a busy
+        node's calls behind its event queue (bench: 300 fetched calls a
+        second, 866 reservations still held seconds after)."""
+        self._settling.append(call_id)
+        self._settle_wake.set()
+        if self._settler is None or self._settler.dead:
+            self._settler = gevent.spawn(self._settle_loop)
+
+    def _settle_loop(self, max_batch: int = 64) -> None:
+        while True:
+            self._settle_wake.wait()
+            batch, self._settling = self._settling[:max_batch], self._settling[max_batch:]
+            if not self._settling:
+                self._settle_wake.clear()
+            if batch:
+                self._settle_batch(batch)
+
+    def _settle_batch(self, call_ids: list[str]) -> None:
+        from ..callpath.calls import POOL_KWARGS, run_steps_sync, settle_from_cdrs
         try:
-            assert self.conn is not None
-            st = run_sync(self.conn, settle_from_cdr(self.name, call_id))
+            if self.settle_conn is None or self.settle_conn.closed:
+                self.settle_conn = psycopg.connect(self.dsn, row_factory=dict_row, connect_timeout=5, autocommit=True,
+                                                   **POOL_KWARGS)
+            done = run_steps_sync(self.settle_conn, settle_from_cdrs(self.name, call_ids))
         except psycopg.Error as exc:
-            log.warning("node=%s: settling call=%s from its CDR failed: %s", self.name, call_id, exc)
-            if self.conn is not None and self.conn.broken:
-                self.conn = None
+            log.warning("node=%s: settling %s calls from their CDRs failed (they expire, or the next rebuild "
+                        "settles them): %s", self.name, len(call_ids), exc)
+            if self.settle_conn is not None and self.settle_conn.broken:
+                self.settle_conn = None
             return
-        if st.status == "settled":
-            log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
-                     st.billsec, st.charged_cents)
-        else:
-            log.debug("node=%s call=%s: %s", self.name, call_id, st.status)
+        for call_id, st in done:
+            if st.status == "settled":
+                log.info("node=%s call=%s settled from the CDR: billsec=%s charged=%s", self.name, call_id,
+                         st.billsec, st.charged_cents)
+            else:
+                log.debug("node=%s call=%s: %s", self.name, call_id, st.status)
 
     def settle_lost(self, alive: list[str], before: Any) -> None:
         """Money held by calls the engine lost (a crash, a restart) is

@@ -6,12 +6,16 @@ cannot (identifiers must already be safe; free text is escaped by the
 template filters)."""
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from ..callpath.calls import Flow, Q
 from ..config import Settings
+from .escape import fs_id
 
 
 @dataclass
@@ -111,23 +115,8 @@ def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None =
     for row in cur:
         by_id[row[0]].accounts.append(Account(*row[1:]))
 
-    for r in conn.execute(
-            """SELECT n.tenant_id, n.e164, n.block_size, n.central_ddi, n.target_kind,
-                      dustel_ddi_digits(n.block_size) AS ddi_digits,
-                      coalesce(a.username, q.name, f.name, g.name) AS target
-                 FROM numbers n
-                 LEFT JOIN sip_accounts a ON a.id = n.account_id
-                 LEFT JOIN queues q ON q.id = n.queue_id
-                 LEFT JOIN faxboxes f ON f.id = n.faxbox_id
-                 LEFT JOIN ring_groups g ON g.id = n.group_id
-                WHERE n.status IN ('active', 'porting_out') AND n.target_kind IS NOT NULL
-                  AND (%(t)s::bigint IS NULL OR n.tenant_id = %(t)s)
-                ORDER BY n.e164""", only):
-        ddi = r["ddi_digits"]   # the block-width rule lives in SQL (dustel_ddi_digits)
-        tenants[r["tenant_id"]].numbers.append({
-            "e164": r["e164"], "block_size": r["block_size"], "ddi_digits": ddi,
-            "central_ddi": r["central_ddi"], "kind": r["target_kind"], "target": r["target"],
-            "ddi_regex": ddi_regex(r["block_size"], ddi), "ddi_pattern": ddi_pattern(r["block_size"], ddi)})
+    for r in conn.execute(ROUTED_NUMBERS.format(where="(%(t)s::bigint IS NULL OR n.tenant_id = %(t)s)"), only):
+        tenants[r["tenant_id"]].numbers.append(routed_number(r))
 
     for r in conn.execute(
             """SELECT tenant_id, id, name, code, strategy, max_wait_seconds, max_callers, wrapup_seconds,
@@ -170,6 +159,68 @@ def gather(conn: psycopg.Connection, settings: Settings, tenant_id: int | None =
                 WHERE %(t)s::bigint IS NULL OR tenant_id = %(t)s ORDER BY tenant_id, name""", only):
         tenants[r["tenant_id"]].moh_classes.append(moh_name(r["tenant_id"], r["name"]))
     return Provider(settings=settings, tenants=list(tenants.values()))
+
+
+# The numbers that route somewhere, and where: what the static dialplan is
+# rendered from — and what the dialplan fetch reads for a carrier's call.
+ROUTED_NUMBERS = """
+SELECT n.tenant_id, n.e164, n.block_size, n.central_ddi, n.target_kind, dustel_ddi_digits(n.block_size) AS ddi_digits,
+       coalesce(a.username, q.name, f.name, g.name) AS target, t.sip_domain
+  FROM numbers n JOIN tenants t ON t.id = n.tenant_id
+  LEFT JOIN sip_accounts a ON a.id = n.account_id
+  LEFT JOIN queues q ON q.id = n.queue_id
+  LEFT JOIN faxboxes f ON f.id = n.faxbox_id
+  LEFT JOIN ring_groups g ON g.id = n.group_id
+ WHERE n.status IN ('active', 'porting_out') AND n.target_kind IS NOT NULL AND {where}
+ ORDER BY n.e164"""
+
+
+def routed_number(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of ROUTED_NUMBERS as the templates and the fetch read it."""
+    ddi = r["ddi_digits"]   # the block-width rule lives in SQL (dustel_ddi_digits)
+    return {"tenant_id": r["tenant_id"], "domain": r["sip_domain"], "e164": r["e164"], "block_size": r["block_size"],
+            "ddi_digits": ddi, "central_ddi": r["central_ddi"], "kind": r["target_kind"], "target": r["target"],
+            "ddi_regex": ddi_regex(r["block_size"], ddi), "ddi_pattern": ddi_pattern(r["block_size"], ddi)}
+
+
+def fs_number_pattern(n: Mapping[str, Any]) -> str:
+    """The FreeSWITCH condition a carrier's call to number (or block) ``n``
+    matches in the ``public`` context: with or without ``+`` / ``00``, a
+    block's DDI digits as group 1 (none: its central answering point)."""
+    return f"^(?:\\+|00)?{n['e164'][1:]}" + (f"({n['ddi_regex']})?" if n["block_size"] else "") + "$"
+
+
+def fs_number_actions(n: Mapping[str, Any], ddi: str) -> list[tuple[str, str]]:
+    """What the ``public`` extension of number ``n`` sets before it hands the
+    call to the policy: the tenant (exported: every leg's CDR carries it),
+    the target, the domain, and for a block the dialled extension ``ddi``
+    (the template: ``$1``, the regex's group; the fetch: the digits)."""
+    target = queue_name(n["tenant_id"], n["target"]) if n["kind"] == "queue" else n["target"]
+    out = [("export", f"dustel_tenant={n['tenant_id']}"), ("set", f"dustel_target_kind={n['kind']}"),
+           ("set", f"dustel_target={fs_id(target)}"), ("set", f"dustel_domain={fs_id(n['domain'])}")]
+    if n["block_size"]:
+        out += [("set", f"dustel_ddi={ddi}"), ("set", f"dustel_block={n['e164']}"),
+                ("set", f"dustel_central={n['central_ddi'] or ''}")]
+    return out
+
+
+def fs_routed(dest: str) -> Flow:
+    """The number a carrier's call to ``dest`` reaches, as the static
+    ``public`` context routes it — its row and the dialled DDI extension —
+    or None.  The candidates (the number itself, a block's head up to five
+    digits shorter) are read by key, then matched with the rendered
+    condition (``fs_number_pattern``): blocks never overlap numbers, so at
+    most one matches."""
+    digits = dest[1:] if dest.startswith("+") else dest[2:] if dest.startswith("00") else dest
+    ok = digits.isascii() and digits.isdigit()
+    heads = ["+" + digits[:len(digits) - k] for k in range(0, 6) if ok and len(digits) - k >= 3]
+    rows = (yield Q(ROUTED_NUMBERS.format(where="n.e164 = ANY(%(heads)s::text[])"), {"heads": heads}, last=True))
+    for r in rows:
+        n = routed_number(r)
+        m = re.fullmatch(fs_number_pattern(n), dest)
+        if m is not None:
+            return n, (m.group(1) or "") if n["block_size"] else ""
+    return None
 
 
 def ddi_regex(block_size: int | None, width: int) -> str:

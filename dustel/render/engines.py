@@ -16,10 +16,10 @@ import markupsafe
 
 from ..callpath import policy
 from ..callpath import variables as V
-from ..config import EngineNode, Settings, fs_nodes, node_sip, session_caps, star_codes
+from ..config import EngineNode, Settings, fs_decision, fs_nodes, node_sip, session_caps, star_codes
 from ..errors import DustelError
 from . import escape
-from .context import Provider, Tenant, queue_name
+from .context import Provider, Tenant, fs_number_actions, fs_number_pattern, queue_name
 
 FS_STRATEGIES = {"ring_all": "ring-all", "longest_idle": "longest-idle-agent", "round_robin": "round-robin",
                  "fewest_calls": "agent-with-fewest-calls", "random": "random"}
@@ -31,7 +31,7 @@ EMERGENCY_DIALS = ("110", "112", "0110", "0112", "00110", "00112", "+49110", "+4
 def _fs_finalize(value: Any) -> Any:
     """Every value printed into a FreeSWITCH file: XML-escaped, then made
     invisible to the config preprocessor (``escape.fs_preprocessor_safe``)."""
-    return markupsafe.Markup(escape.fs_preprocessor_safe(str(markupsafe.escape(value))))
+    return markupsafe.Markup(escape.fs_xml(value))
 
 
 @cache
@@ -59,7 +59,8 @@ def _numbers(p: Provider) -> list[dict[str, Any]]:
     for t in p.tenants:
         for n in t.numbers:
             out.append({**n, "tenant_id": t.id, "domain": t.domain, "engine_target": _engine_target(t, n),
-                        "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"]})
+                        "pattern": ("_" + n["e164"] + n["ddi_pattern"]) if n["block_size"] else n["e164"],
+                        "fs_pattern": fs_number_pattern(n), "actions": fs_number_actions(n, "$1")})
     return sorted(out, key=lambda n: n["e164"])
 
 
@@ -133,7 +134,7 @@ def socket_fallback() -> dict[str, str]:
     reason = "internal_error"
     sip_code, q850 = policy.REFUSALS[reason]
     return {"reason": reason, "sip_code": str(sip_code), "cause": policy.CAUSES[q850],
-            "on_answer": "execute_on_answer_dustel_socket=set socket_resume=false"}
+            "on_answer": f"execute_on_answer_dustel_socket=set {V.SOCKET_RESUME}=false"}
 
 
 def node_dir(node: EngineNode) -> str:
@@ -160,6 +161,22 @@ def fs_caps_commands(s: Settings, node: EngineNode) -> list[str]:
     return [f"fsctl max_sessions {max_sessions}", f"fsctl sps {sps}"]
 
 
+EMERGENCY_FILE = "emergency-dialplan.xml"     # the tree's root: no glob of freeswitch.xml includes it
+
+
+def fs_fetch(s: Settings) -> dict[str, str] | None:
+    """With ``fs_decision = fetch``: mod_xml_curl's binding (the fetch
+    server's URL, the timeout) and the internal profile's dialplans —
+    the emergency file, parsed alone (``XML:<file>``: mod_dialplan_xml
+    consults no binding for it), then the fetched XML dialplan.  None:
+    ``socket``."""
+    if fs_decision(s) != "fetch":
+        return None
+    host = f"[{s.xmlcurl_host}]" if ":" in s.xmlcurl_host else s.xmlcurl_host
+    return {"url": f"http://{host}:{s.xmlcurl_port}{V.FETCH_PATH}", "timeout": str(s.xmlcurl_timeout),
+            "dialplan": f"XML:{s.fs_dustel_dir.rstrip('/')}/{EMERGENCY_FILE},XML"}
+
+
 def fs_directory(p: Provider, t: Tenant) -> str:
     # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03)
     return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file))
@@ -183,8 +200,10 @@ def _outbound(p: Provider) -> str:
 
 def freeswitch_files(p: Provider) -> dict[str, str]:
     s = p.settings
+    fetch = fs_fetch(s)
     files = {
         "autoload_configs/event_socket.conf.xml": _render("freeswitch", "event_socket.conf.xml.j2", s=s),
+        "autoload_configs/xml_curl.conf.xml": _render("freeswitch", "xml_curl.conf.xml.j2", binding=fetch),
         "autoload_configs/acl.conf.xml": _render("freeswitch", "acl.conf.xml.j2", esl_acl=cidrs(s.esl_acl),
                                                  carrier_match=carrier_match(s)),
         "autoload_configs/callcenter.conf.xml": _render(
@@ -193,12 +212,14 @@ def freeswitch_files(p: Provider) -> dict[str, str]:
         "autoload_configs/local_stream.conf.xml": _render(
             "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir, rates=MOH_RATES),
         "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s),
-                                             media=FS_PROFILE_MEDIA),
+                                             media=FS_PROFILE_MEDIA, dialplan=fetch and fetch["dialplan"]),
         "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s, media=FS_PROFILE_MEDIA,
                                             gateway=FS_GATEWAYS["carrier"][0]),
         "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p),
                                        fallback=socket_fallback()),
     }
+    if fetch:
+        files[EMERGENCY_FILE] = _render("freeswitch", "emergency-dialplan.xml.j2")
     for node in fs_nodes(s):
         files[f"{node_dir(node)}/switch.conf.xml"] = switch_conf(s, node)
     for t in p.tenants:
@@ -432,6 +453,9 @@ def reload_commands(engine: str, changed: list[str], killgw: Mapping[str, Iterab
                 add("reload mod_callcenter")
             if rel.endswith("local_stream.conf.xml"):
                 add("reload mod_local_stream")
+            if rel.endswith("xml_curl.conf.xml"):
+                # read when the module loads; without a binding (fs_decision = socket) its load fails: no fetch
+                add("reload mod_xml_curl")
         elif engine == "kamailio":
             # kamailio.cfg is read at start only (its tables are reloaded over its RPC: render/edge.py)
             add("restart")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import markupsafe
+
 from ..errors import DustelError
 
 _AST_ID = re.compile(r"[A-Za-z0-9_.@+:/=-]{1,128}")
@@ -96,6 +98,14 @@ def fs_preprocessor_safe(text: str) -> str:
     if "-pre-" in text.lower():
         text = _PREPROCESS.sub(lambda m: m.group(0)[0] + "&#45;" + m.group(0)[2:], text)
     return text
+
+
+def fs_xml(value: object) -> str:
+    """A value printed into FreeSWITCH XML — a rendered file, or a dialplan
+    document a FreeSWITCH fetch gets (mod_xml_curl parses it with
+    ``switch_xml_parse_file``: the preprocessor runs on it too): XML-escaped,
+    then invisible to the preprocessor."""
+    return fs_preprocessor_safe(str(markupsafe.escape(value)))
 
 
 def fs_id(value: object) -> str:

@@ -48,7 +48,8 @@ def fs_drop_registration(profile: str, call_id: str, user: str, realm: str) -> b
 
 # every rendered file that needs a reload of its own (a full reload)
 FS_ALL = ["autoload_configs/acl.conf.xml", "sip_profiles/internal.xml", "sip_profiles/carrier.xml",
-          "autoload_configs/callcenter.conf.xml", "autoload_configs/local_stream.conf.xml"]
+          "autoload_configs/callcenter.conf.xml", "autoload_configs/local_stream.conf.xml",
+          "autoload_configs/xml_curl.conf.xml"]
 AST_ALL = ["pjsip.conf", "extensions.conf", "queues.conf", "musiconhold.conf", "manager.conf"]
 
 

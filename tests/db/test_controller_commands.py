@@ -85,7 +85,8 @@ def test_reload_and_unreachable_node(configured: Cli, fs: FreeSwitchEmulator) ->
     assert fs.commands == ["auth test-esl-secret", "api reloadacl", "api reloadxml",
                            "api sofia profile internal rescan", "api sofia profile carrier killgw carrier",
                            "api sofia profile carrier rescan", "api reload mod_callcenter",
-                           "api reload mod_local_stream", "api fsctl max_sessions 4000", "api fsctl sps 250", "exit"]
+                           "api reload mod_local_stream", "api reload mod_xml_curl",      # issue 32.7
+                           "api fsctl max_sessions 4000", "api fsctl sps 250", "exit"]
     fs.stop()
     r = configured("controller", "reload")
     assert r.exit_code != 0 and r.stderr.startswith("error: node: fs1:")

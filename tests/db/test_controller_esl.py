@@ -3,58 +3,16 @@ Event Socket emulator, on a real database: live state, one CDR per leg,
 registrations, reconnect and rebuild, malformed events."""
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.db.conftest import Controller
 from tests.esl_emulator import DISCONNECT, FreeSwitchEmulator, Replayer, event_frame, load, wait_for
 from tests.factories import account, tenant
-
-
-class Controller:
-    def __init__(self, db_url: str, port: int, watchdog: float | None = None) -> None:
-        env = {**os.environ, "DUSTEL_CONTROLLER_NODES": json.dumps([["fs1", "127.0.0.1", port, "ClueCon"]]),
-               "DUSTEL_CONTROLLER_DSN": db_url, "DUSTEL_CONTROLLER_WATCHDOG": str(watchdog or "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.esl_main"], env=env,
-                                     stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-
-@pytest.fixture
-def fs() -> Iterator[FreeSwitchEmulator]:
-    emu = FreeSwitchEmulator()
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-@pytest.fixture
-def controller(db_url: str, fs: FreeSwitchEmulator) -> Iterator[Controller]:
-    c = Controller(db_url, fs.port)
-    wait_for(lambda: fs.subscribed() == 1, what="controller subscribed")
-    yield c
-    c.stop()
 
 
 @pytest.fixture

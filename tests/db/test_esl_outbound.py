@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +20,16 @@ import pytest
 from dustel.callpath import calls
 from dustel.provisioning import numbers, targets
 from dustel.wire import esl as P
+from tests.db.conftest import RATES
 from tests.esl_emulator import OutboundCall, Replayer, load, parse_command, read_command, wait_for
 from tests.factories import account, tenant
 from tests.net import connect_burst
+from tests.processes import ServerProcess, served_cmdline
 
-RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917', 9), ('', 30)"
 
+class Server(ServerProcess):
+    """``python -m dustel.agi.esl_main`` as ``dustel esl serve`` execs it."""
 
-class Server:
     def __init__(self, db_url: str, nodes: dict[str, str] | None = None,
                  extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  open_files: int | None = None) -> None:
@@ -37,33 +38,8 @@ class Server:
         def limit_files() -> None:     # (in the child) as systemd starts a service: a low soft limit
             if open_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0", *args],
-                                     stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit_files)
-        self.log: list[str] = []
-        self._port = threading.Event()
-        self.port = 0
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self._port.wait(30):
-            self.proc.kill()
-            raise AssertionError("esl server did not start: " + "".join(self.log))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                self._port.set()
-
-    def logged(self, pattern: str) -> list[str]:
-        return [line for line in list(self.log) if re.search(pattern, line)]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
+        super().__init__([sys.executable, "-m", "dustel.agi.esl_main", "--port", "0", *args], env, "esl server",
+                         preexec_fn=limit_files)
 
 
 @pytest.fixture
@@ -72,17 +48,6 @@ def server(db_url: str) -> Iterator[Server]:
     yield s
     s.stop()
     assert s.proc.returncode is not None
-
-
-@pytest.fixture
-def prepaid(conn: psycopg.Connection) -> dict[str, Any]:
-    conn.execute(RATES)
-    t = tenant(conn, plan="starter")
-    with conn.transaction():
-        numbers.add(conn, t["id"], "+492111234567")
-    user = account(conn, t["id"], allowed_nets=["192.0.2.0/24"], caller_id="+492111234567")
-    calls.run_sync(conn, calls.topup(t["id"], 100, "bank:1"))
-    return {"tenant": t, "user": user}
 
 
 def outbound(server: Server, p: dict[str, Any], dest: str, **kw: Any) -> OutboundCall:
@@ -108,6 +73,7 @@ def test_admitted_call_is_limited_bridged_and_settled(server: Server, conn: psyc
     c = outbound(server, prepaid, "01701234567", callee=("answer", 2000))
     assert c.commands[:2] == ["connect", "myevents"] and c.commands[4:6] == ["filter Application bridge", "linger"]
     assert c.executed == [
+        ("set", "socket_resume=false"),                 # the plan taken: it no longer resumes to the refusal
         ("set", "dustel_action=admit"), ("set", "dustel_reason=ok"),
         ("set", "effective_caller_id_number=+492111234567"),
         ("set", "execute_on_answer=sched_hangup +666 ALLOTTED_TIMEOUT"),
@@ -148,8 +114,8 @@ def test_refusals_respond_with_the_sip_code_of_the_table(server: Server, conn: p
     """Issue 15.3: FreeSWITCH refused every call as 603 (``hangup
     CALL_REJECTED``); now ``respond <code>`` sends policy.REFUSALS' code."""
     wrong_ip = outbound(server, prepaid, "01701234567", ip="198.51.100.7")
-    assert wrong_ip.executed == [("set", "dustel_action=refuse"), ("set", "dustel_reason=ip_not_allowed"),
-                                 ("respond", "403")]
+    assert wrong_ip.executed == [("set", "socket_resume=false"), ("set", "dustel_action=refuse"),
+                                 ("set", "dustel_reason=ip_not_allowed"), ("respond", "403")]
     assert wrong_ip.responded == 403 and wrong_ip.hangup_cause == "CALL_REJECTED"
     blocked = outbound(server, prepaid, "00861012345678")              # world zone: not in the preset
     assert blocked.executed[-1] == ("respond", "403") and ("set", "dustel_reason=zone_blocked") in \
@@ -204,7 +170,7 @@ def test_bad_channel_data_is_refused_and_the_server_goes_on(server: Server, conn
     unknown = outbound(server, prepaid, "01701234567", variables={"dustel_tenant": "999999"})
     assert unknown.executed[-1] == ("respond", "503")
     good = outbound(server, prepaid, "01701234567", callee=("answer", 1))
-    assert good.executed[0] == ("set", "dustel_action=admit")
+    assert good.executed[1] == ("set", "dustel_action=admit")
     assert server.proc.poll() is None
 
 
@@ -399,25 +365,8 @@ def test_only_configured_engine_nodes_may_connect(db_url: str, conn: psycopg.Con
 
 def test_esl_serve_keeps_the_dsn_off_the_command_line(tmp_path: Any) -> None:
     """Issue 16.4: ``ps`` showed the DSN with its password."""
-    secret = "postgresql://dustel:s3cret-pw@127.0.0.1:1/nowhere"
-    env = {**os.environ, "DATABASE_URL": secret}
-    proc = subprocess.Popen([sys.executable, "-m", "dustel.cli", "--state-dir", str(tmp_path), "esl", "serve",
-                             "--port", "0"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "listening on" in line:
-                break
-        else:
-            raise AssertionError("esl serve did not start")
-        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode()
-        assert "dustel.agi.esl_main" in cmdline and "s3cret" not in cmdline
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    cmdline = served_cmdline(str(tmp_path), "esl", "serve")
+    assert "dustel.agi.esl_main" in cmdline and "s3cret" not in cmdline
 
 
 def test_an_account_without_a_number_presents_one_of_the_tenant(server: Server, conn: psycopg.Connection,
@@ -561,7 +510,7 @@ def test_a_calls_applications_go_out_before_the_first_reply(server: Server, conn
             cmd, headers = parse_command(read_command(sock, buf) or b"")
             assert cmd == "sendmsg", cmd
             plan.append((headers["execute-app-name"], headers.get("execute-app-arg", "")))
-        assert plan[0] == ("set", "dustel_action=admit") and len(plan) >= 4, plan
+        assert plan[:2] == [("set", "socket_resume=false"), ("set", "dustel_action=admit")] and len(plan) >= 5, plan
         sock.sendall(call._reply("+OK") * len(plan))
         call.hangup_cause = "NORMAL_CLEARING"          # the emulator's events say so from here on
         sock.sendall(call._event("CHANNEL_EXECUTE_COMPLETE", Application="bridge")
@@ -1017,3 +966,37 @@ def test_a_call_whose_socket_dies_before_its_plan_holds_no_money(server: Server,
     assert (m["balance_cents"], m["reserved_cents"]) == (100, 0)
     assert conn.execute("SELECT count(*) AS n FROM calls WHERE state = 'active'").fetchone()["n"] == 0
     assert server.logged("socket ended before the plan")
+
+
+def test_a_policy_server_crash_while_the_call_rings_leaves_its_plan_running(db_url: str, conn: psycopg.Connection,
+                                                                          prepaid: dict[str, Any]) -> None:
+    """The rendered dialplan hands a call over with ``socket_resume=true``
+    (a server that fails before the plan refuses it 503) and turns the
+    resume off only at answer.  A server that died while the call rang
+    turned the ringing call into a 503: FreeSWITCH resumed the dialplan, to
+    the refusal.  The server now sets ``socket_resume=false`` in the same
+    write as its plan, so a plan FreeSWITCH holds runs on (the controller
+    settles it from its CDR)."""
+    from pathlib import Path
+
+    from tests.esl_emulator import extension_actions
+    golden = (Path(__file__).resolve().parents[1] / "golden" / "freeswitch" / "dialplan" / "t1.xml").read_text()
+    acts = extension_actions(golden, "t1", "01701234567")
+    after = acts[[a for a, _ in acts].index("socket") + 1:]          # the rendered refusal after the socket
+    assert ("respond", "503") in after
+    server = Server(db_url)
+
+    def crash(_: int) -> None:                   # the policy server dies while the carrier leg rings
+        server.proc.kill()
+        server.proc.wait(10)
+
+    try:
+        c = outbound(server, prepaid, "01701234567", callee=("answer", 7), while_ringing=crash,
+                     variables={"socket_resume": "true"}, after_socket=after)
+    finally:
+        server.stop()
+    assert not c.resumed and c.responded == 0, f"the ringing call was refused {c.responded} when the server died"
+    assert c.executed[0] == ("set", "socket_resume=false")
+    assert (c.hangup_cause, c.billsec) == ("NORMAL_CLEARING", 7) and c.bridged_us
+    # nobody settled it here: the controller does, from the CDR of its hangup (test_xmlcurl)
+    assert call_row(conn, c.uuid)["state"] == "active"

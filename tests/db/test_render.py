@@ -74,9 +74,38 @@ def test_fixture_covers_the_features(conn: psycopg.Connection, provider: dict[st
 
 def test_every_freeswitch_file_is_xml(conn: psycopg.Connection, provider: dict[str, str]) -> None:
     files = _render(conn)["freeswitch"]
-    assert len(files) == 14      # + the node's switch.conf (issue 32)
-    for text in files.values():
+    assert len(files) == 15      # + the node's switch.conf, xml_curl.conf (issue 32)
+    with conn.transaction():
+        fetch = service.render_files(conn, replace(GOLDEN_SETTINGS, fs_decision="fetch"), ["freeswitch"])["freeswitch"]
+    assert len(fetch) == 16      # + the emergency dialplan
+    for text in (*files.values(), *fetch.values()):
         ET.fromstring(text.encode())  # raises on malformed XML
+
+
+def test_golden_files_of_the_dialplan_fetch(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """``fs_decision = fetch`` (issue 32.7): the files that differ from the
+    socket's render (golden/freeswitch), each a golden file of its own."""
+    with conn.transaction():
+        fetch = service.render_files(conn, replace(GOLDEN_SETTINGS, fs_decision="fetch"), ["freeswitch"])["freeswitch"]
+    sockets = _render(conn)["freeswitch"]
+    differ = {rel: text for rel, text in fetch.items() if sockets.get(rel) != text}
+    gold = GOLDEN / "freeswitch-fetch"
+    if os.environ.get("DUSTEL_UPDATE_GOLDEN"):
+        writer.write(gold, differ)
+    expected = {str(p.relative_to(gold)): p.read_text() for p in gold.rglob("*")
+                if p.is_file() and p.name != writer.MANIFEST}
+    assert sorted(differ) == sorted(expected)
+    for rel, text in differ.items():
+        assert text == expected[rel], f"freeswitch-fetch/{rel} differs from the golden file"
+    with conn.transaction():
+        with pytest.raises(DustelError) as exc:
+            service.render_files(conn, replace(GOLDEN_SETTINGS, fs_decision="xml"), ["freeswitch"])
+    assert str(exc.value) == "fs_decision: must be socket or fetch (got 'xml')"
+    with conn.transaction():
+        with pytest.raises(DustelError) as exc:
+            service.render_files(conn, replace(GOLDEN_SETTINGS, fs_decision="fetch", fs_dustel_dir="/etc/fs,x"),
+                                 ["freeswitch"])
+    assert str(exc.value).startswith("fs_dustel_dir: must be an absolute path without ','")
 
 
 def test_output_is_deterministic(conn: psycopg.Connection, provider: dict[str, str]) -> None:

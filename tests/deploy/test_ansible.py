@@ -236,7 +236,7 @@ def test_the_roles_deploy_dustel_and_postgresql_on_a_fresh_debian_tree(tree: Tre
     units = sorted(p.name for p in (tree.path / "etc/systemd/system").glob("dustel-*.service"))
     assert units == ["dustel-agi.service", "dustel-controller.service", "dustel-esl.service",
                      "dustel-fax-deliver.service", "dustel-mailgw.service", "dustel-portal.service",
-                     "dustel-scheduler.service"]
+                     "dustel-scheduler.service", "dustel-xmlcurl.service"]
     for name in units:
         text = (tree.path / "etc/systemd/system" / name).read_text()
         for line in ("Type=simple", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",

@@ -16,7 +16,7 @@ from dustel.config import load_settings
 from dustel.portal import users
 from dustel.portal.app import create_app
 from dustel.provisioning import numbers, targets
-from tests.db.test_controller_esl import controller, fs  # noqa: F401 - the emulator and the real controller
+from tests.db.conftest import controller, fs  # noqa: F401 - the emulator and the real controller
 from tests.factories import account, tenant
 
 SECRET = "portal-test-secret-0123456789"

@@ -19,7 +19,7 @@ import pytest
 
 from dustel.portal.app import create_app
 from dustel.wire import esl as P
-from tests.db.test_controller_esl import Controller
+from tests.db.conftest import Controller
 from tests.esl_emulator import FreeSwitchEmulator, fs_frames
 from tests.fax_support import fax_pdf
 from tests.portal.conftest import PW, Server, settings
@@ -124,11 +124,14 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def test_a_customer_in_a_real_browser(server: Server, fs: FreeSwitchEmulator, controller: Controller,
                                       browser: Any, two: dict[str, Any], conn: psycopg.Connection,
                                       tmp_path: Path) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
     a = two["A"]
-    wait = WebDriverWait(browser, 20)
+    # the live view replaces its rows on every push: an element read a moment ago may be gone, so every read
+    # happens inside a wait that looks the element up again
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(server.url + "/login?lang=en")
     browser.find_element(By.ID, "login").send_keys("admin-a")
     browser.find_element(By.ID, "password").send_keys(PW)
@@ -141,9 +144,8 @@ def test_a_customer_in_a_real_browser(server: Server, fs: FreeSwitchEmulator, co
     browser.find_element(By.ID, "timeout").send_keys("15")
     browser.find_element(By.ID, "targets").send_keys(f"{a['a2']}, +492115550123")
     browser.find_element(By.ID, "save").click()
-    row = wait.until(EC.presence_of_element_located((By.ID, f"fwd-{a['a1']}")))
-    wait.until(lambda b: "+492115550123" in b.find_element(By.ID, f"fwd-{a['a1']}").text)
-    assert "on no answer" in row.text
+    shown = wait.until(lambda b: (t := b.find_element(By.ID, f"fwd-{a['a1']}").text) and "+492115550123" in t and t)
+    assert "on no answer" in shown
     d = conn.execute("SELECT kind, mode, timeout_seconds FROM diversions").fetchone()
     assert d == {"kind": "forward", "mode": "no_answer", "timeout_seconds": 15}
     # a fax from a PDF
@@ -162,8 +164,7 @@ def test_a_customer_in_a_real_browser(server: Server, fs: FreeSwitchEmulator, co
     assert not browser.find_elements(By.CSS_SELECTOR, "tr.caller")
     call = str(uuid.uuid4())
     fs.emit(queue_start(a["id"], a["queue"], call))
-    caller = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'tr.caller[data-call="{call}"]')))
-    w1 = caller.find_element(By.CLASS_NAME, "wait").text
+    w1 = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'tr.caller[data-call="{call}"] .wait').text)
     assert w1.count(":") == 1
     # the wait counts up on the page itself, between pushes (no server poll)
     wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'tr.caller[data-call="{call}"] .wait').text != w1)

@@ -105,6 +105,9 @@ def test_killgw_goes_before_a_rescan_only_when_the_gateway_changed() -> None:
     assert engines.reload_commands("freeswitch", ["sip_profiles/carrier.xml"], {}) == \
         ["reloadxml", "sofia profile carrier rescan"]
     assert engines.reload_commands("freeswitch", ["nodes/fs1/switch.conf.xml"]) == []
+    # mod_xml_curl reads its binding when it loads (issue 32.7)
+    assert engines.reload_commands("freeswitch", ["autoload_configs/xml_curl.conf.xml"]) == \
+        ["reloadxml", "reload mod_xml_curl"]
 
 
 def test_a_full_reload_recreates_every_gateway_and_sets_each_nodes_caps() -> None:

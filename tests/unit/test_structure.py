@@ -51,7 +51,14 @@ def test_the_shells_and_the_controller_never_import_each_other() -> None:
     shells = {"fastagi.py": {"dustel.agi.esl_outbound", "dustel.agi.esl_main", "dustel.controller", "gevent",
                              "greenswitch"},
               "esl_outbound.py": {"dustel.agi.fastagi", "dustel.controller", "panoramisk"},
-              "freeswitch.py": {"dustel.agi.fastagi", "dustel.agi.esl_outbound", "dustel.controller"} | ENGINE_LIBS}
+              "freeswitch.py": {"dustel.agi.fastagi", "dustel.agi.esl_outbound", "dustel.controller"} | ENGINE_LIBS,
+              # the dialplan fetch server: asyncio with the FastAGI server's machinery (aio), no engine library
+              "xmlcurl.py": {"dustel.agi.fastagi", "dustel.agi.esl_outbound", "dustel.agi.esl_main",
+                             "dustel.controller"} | ENGINE_LIBS,
+              "aio.py": {"dustel.agi.fastagi", "dustel.agi.esl_outbound", "dustel.agi.xmlcurl",
+                         "dustel.controller"} | ENGINE_LIBS,
+              "workers.py": {"dustel.agi.fastagi", "dustel.agi.esl_outbound", "dustel.agi.xmlcurl", "asyncio",
+                             "dustel.controller"} | ENGINE_LIBS}
     for name, banned in shells.items():
         bad = hits(imports(PKG / "agi" / name), banned)
         assert not bad, f"agi/{name} imports {sorted(bad)}"
