@@ -66,6 +66,9 @@ class Settings:
     # the policy servers the engines ask, in order (comma-separated host:port):
     # when one does not answer the dialplan asks the next; empty: agi_host:agi_port
     agi_servers: str = ""
+    # likewise for FreeSWITCH's socket app (the outbound Event Socket); empty:
+    # esl_outbound_host:esl_outbound_port
+    esl_outbound_servers: str = ""
     # secrets: from the environment or a 0600 file (<state-dir>/secrets.toml,
     # which ``dustel demo`` fills with random ones); never a default
     esl_password: str = ""
@@ -225,6 +228,7 @@ _ENV = {
     "config_group": "DUSTEL_CONFIG_GROUP",
     "billing_first_month": "DUSTEL_BILLING_FIRST_MONTH",
     "agi_servers": "DUSTEL_AGI_SERVERS",
+    "esl_outbound_servers": "DUSTEL_ESL_OUTBOUND_SERVERS",
     "kamailio_db_url": "DUSTEL_KAMAILIO_DB_URL",
     "portal_host": "DUSTEL_PORTAL_HOST",
     "portal_port": "DUSTEL_PORTAL_PORT",

@@ -41,5 +41,7 @@ CLUSTER_SETTINGS = replace(
                 EngineNode("edge2", "127.0.0.11", 5060, "", "", rpc_port=5081)),
     ami_nodes=(EngineNode("ast1", "127.0.0.2", 5038, "dustel", "", sip="127.0.0.2:5060"),
                EngineNode("ast2", "127.0.0.3", 5038, "dustel", "", sip="127.0.0.3:5060")),
-    agi_servers="127.0.0.4:4573,127.0.0.5:4573",
+    esl_nodes=(EngineNode("fs1", "127.0.0.6", 8021, "", "", sip="127.0.0.6:5060"),
+               EngineNode("fs2", "127.0.0.7", 8021, "", "", sip="127.0.0.7:5060")),
+    agi_servers="127.0.0.4:4573,127.0.0.5:4573", esl_outbound_servers="127.0.0.4:8084,127.0.0.5:8084",
     kamailio_db_url="postgres://kamailio:golden-kamailio-secret@127.0.0.21,127.0.0.22:5432/dustel")

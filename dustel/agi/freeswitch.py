@@ -141,9 +141,12 @@ def request_from(data: Mapping[str, str]) -> CallRequest:
         return CallRequest(direction="in", account=target if kind == "account" else "",
                            callee=data.get("Caller-Destination-Number", ""), **common)  # type: ignore[arg-type]
     # the authenticated SIP user (sofia sets user_name on digest auth)
+    # (behind the edge: set_user from the From the edge authenticated sets user_name too)
     account = data.get("variable_user_name") or data.get("variable_sip_auth_username") or ""
+    edge_source = data.get(f"variable_{V.EDGE_SOURCE}", "")
     return CallRequest(direction="out", account=account, callee=data.get("Caller-Destination-Number", ""),
-                       source_ip=data.get("variable_sip_network_ip") or None,
+                       source_ip=edge_source.rsplit(":", 1)[0].strip("[]") if edge_source
+                       else data.get("variable_sip_network_ip") or None,
                        secure=data.get("variable_sip_via_protocol", "").lower() in ("tls", "wss"),
                        **common)  # type: ignore[arg-type]
 
@@ -350,8 +353,17 @@ def phone_prelude(data: Mapping[str, str]) -> list[Action]:
 def fetched_number(form: Mapping[str, str]) -> str | None:
     """The destination of a carrier's call (the ``public`` context) that the
     fetch may decide once it knows the number's target (``number_channel``);
-    None: not a carrier's call."""
+    None: not a carrier's call.  Behind the SIP edge (F-14) a phone's call
+    enters ``public`` too, carrying the edge's source header: the static
+    ``edge-phone`` extension hands it to its tenant's context, whose fetch
+    decides it (ASSUMPTION, no recording shows it: sofia copies a received
+    ``X-`` header into the channel variable ``sip_h_<name>``, and mod_xml_curl
+    posts every channel variable, as recording 12 shows for the others).
+    Without the edge a phone that forges the header only makes the fetch
+    step aside for the static dialplan, never the reverse."""
     if form.get("section") != "dialplan" or (form.get("Hunt-Context") or form.get("Caller-Context")) != "public":
+        return None
+    if form.get(f"variable_sip_h_{V.EDGE_SOURCE_HEADER}"):
         return None
     return form.get("Hunt-Destination-Number") or form.get("Caller-Destination-Number") or None
 

@@ -31,6 +31,13 @@ EXT_CALLER_ID = "DUSTEL_EXT_CALLER_ID"  # the number external legs present (the 
 # FreeSWITCH: true, a socket that ends before the policy server took the call's plan goes on in the
 # dialplan (to the refusal); the server sets it false with its plan, the dialplan at answer
 SOCKET_RESUME = "socket_resume"
+# FreeSWITCH behind the SIP edge (F-14): the phone's address as the edge saw it (ip:port), set by the
+# rendered public context from the edge's header only — a phone cannot set a channel variable
+EDGE_SOURCE = "dustel_edge_source"
+# the headers the edge adds (and strips from everything a phone or carrier sends): a carrier's call
+# marked ``<EDGE_MARK_HEADER>: carrier``, a phone's call with its address as ip:port
+EDGE_MARK_HEADER = "X-Dustel-Edge"
+EDGE_SOURCE_HEADER = "X-Dustel-Source"
 
 # Routes on the FastAGI server (agi://host:port/<route>) and the outbound
 # Event Socket: one handler per route.

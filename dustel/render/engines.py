@@ -179,7 +179,7 @@ def fs_fetch(s: Settings) -> dict[str, str] | None:
 
 def fs_directory(p: Provider, t: Tenant) -> str:
     # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03)
-    return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file))
+    return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file), edge=_edge(p.settings))
 
 
 def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:
@@ -195,28 +195,52 @@ def _star_regex(p: Provider) -> str:
 
 
 def _outbound(p: Provider) -> str:
-    return f"{p.settings.esl_outbound_host}:{p.settings.esl_outbound_port}"
+    """The ``socket`` app's hosts: every policy server in order, ``|``-joined
+    (mod_event_socket.c socket_function tries each until one connects;
+    FreeSWITCH >= 1.10, FS-7603)."""
+    return "|".join(esl_outbound_servers(p.settings))
+
+
+def esl_outbound_servers(s: Settings) -> list[str]:
+    """The outbound Event Socket's policy servers, in the order FreeSWITCH
+    tries them (``esl_outbound_servers``, else ``esl_outbound_host``:``esl_outbound_port``).
+    An IPv6 address loses its brackets: the app splits the port off at the
+    last ``:``."""
+    host = f"[{s.esl_outbound_host}]" if ":" in s.esl_outbound_host else s.esl_outbound_host
+    servers = _servers("esl_outbound_servers", s.esl_outbound_servers, f"{host}:{s.esl_outbound_port}")
+    return [x.replace("[", "").replace("]", "") for x in servers]
+
+
+def _servers(field: str, text: str, default: str) -> list[str]:
+    """A comma-separated list of ``host:port`` (a rendered file's data, so
+    refused unless it is exactly that)."""
+    servers = [x.strip() for x in text.split(",") if x.strip()] or [default]
+    for x in servers:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}", x):
+            raise escape.UnsafeValue(field, f"{x[:40]!r} is not host:port")
+    return servers
 
 
 def freeswitch_files(p: Provider) -> dict[str, str]:
     s = p.settings
     fetch = fs_fetch(s)
+    edge = _edge(s)         # behind the SIP edge (F-14): SIP from it only, phones reached through it
     files = {
         "autoload_configs/event_socket.conf.xml": _render("freeswitch", "event_socket.conf.xml.j2", s=s),
         "autoload_configs/xml_curl.conf.xml": _render("freeswitch", "xml_curl.conf.xml.j2", binding=fetch),
         "autoload_configs/acl.conf.xml": _render("freeswitch", "acl.conf.xml.j2", esl_acl=cidrs(s.esl_acl),
-                                                 carrier_match=carrier_match(s)),
+                                                 carrier_match=carrier_match(s), edge=edge),
         "autoload_configs/callcenter.conf.xml": _render(
             "freeswitch", "callcenter.conf.xml.j2", tenants=p.tenants, strategies=FS_STRATEGIES,
             agent_contact=_agent_contact, wrapup=_agent_wrapup(p)),
         "autoload_configs/local_stream.conf.xml": _render(
             "freeswitch", "local_stream.conf.xml.j2", classes=_moh_classes(p), moh_dir=s.moh_dir, rates=MOH_RATES),
         "sip_profiles/internal.xml": _render("freeswitch", "internal.xml.j2", s=s, tls_dir=fs_tls_dir(s),
-                                             media=FS_PROFILE_MEDIA, dialplan=fetch and fetch["dialplan"]),
+                                             media=FS_PROFILE_MEDIA, dialplan=fetch and fetch["dialplan"], edge=edge),
         "sip_profiles/carrier.xml": _render("freeswitch", "carrier.xml.j2", s=s, media=FS_PROFILE_MEDIA,
-                                            gateway=FS_GATEWAYS["carrier"][0]),
+                                            gateway=FS_GATEWAYS["carrier"][0], edge=edge),
         "dialplan/public.xml": _render("freeswitch", "public.xml.j2", numbers=_numbers(p), outbound=_outbound(p),
-                                       fallback=socket_fallback()),
+                                       fallback=socket_fallback(), edge=edge),
     }
     if fetch:
         files[EMERGENCY_FILE] = _render("freeswitch", "emergency-dialplan.xml.j2")
@@ -302,11 +326,7 @@ def agi_servers(s: Settings) -> list[str]:
     (``agi_servers``, else ``agi_host``:``agi_port``).  Behind the edge a
     request names its node (``?node=${SYSTEMNAME}``: several nodes may share
     one source address — fastagi accepts the name only from that address)."""
-    servers = [x.strip() for x in s.agi_servers.split(",") if x.strip()] or [f"{s.agi_host}:{s.agi_port}"]
-    for x in servers:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}", x):
-            raise escape.UnsafeValue("agi_servers", f"{x[:40]!r} is not host:port")
-    return [f"agi://{x}" for x in servers]
+    return [f"agi://{x}" for x in _servers("agi_servers", s.agi_servers, f"{s.agi_host}:{s.agi_port}")]
 
 
 def extensions_conf(p: Provider) -> str:
@@ -379,8 +399,8 @@ def asterisk_files(p: Provider) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the SIP edge (Kamailio)
 
-EDGE_HEADER = "X-Dustel-Edge"      # what the edge marks a carrier call with (and strips from everything else)
-EDGE_SOURCE_HEADER = "X-Dustel-Source"   # a phone's address as the edge saw it (the policy's IP rule), likewise
+EDGE_HEADER = V.EDGE_MARK_HEADER         # what the edge marks a carrier call with (and strips from everything else)
+EDGE_SOURCE_HEADER = V.EDGE_SOURCE_HEADER  # a phone's address as the edge saw it (the policy's IP rule), likewise
 EDGE_PING_S = 1                    # OPTIONS probe interval per engine node
 EDGE_PING_MISSES = 2               # probes in a row without a 2xx take a node out
 EDGE_PIKE = {"pike_unit": 2, "ban_s": 60}    # flood limit per source address: edge_flood_requests per 2 s

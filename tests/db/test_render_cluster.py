@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from dustel.render import engines, service, writer
 from tests.render_fixture import CLUSTER_SETTINGS, GOLDEN_SETTINGS, load_fixture
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cluster"
-NAMES = ["asterisk", "kamailio"]
+NAMES = ["freeswitch", "asterisk", "kamailio"]
 
 
 @pytest.fixture
@@ -103,6 +104,8 @@ def test_the_edge_refuses_what_it_cannot_render_safely(conn: psycopg.Connection,
         _render(conn, by_name)
     with pytest.raises(DustelError, match="agi_servers"):
         _render(conn, replace(CLUSTER_SETTINGS, agi_servers="127.0.0.4:4573/x,y"))
+    with pytest.raises(DustelError, match="esl_outbound_servers"):      # no app data rides along
+        _render(conn, replace(CLUSTER_SETTINGS, esl_outbound_servers="127.0.0.4:8084 async full|x:1"))
 
 
 def test_one_box_rendering_is_unchanged_by_the_cluster_settings_it_does_not_use(
@@ -168,3 +171,59 @@ def test_the_edges_role_sees_the_ha1_view_and_writes_locations_nothing_else(run,
     finally:
         conn.execute(f"DROP OWNED BY {name}")
         conn.execute(f"DROP ROLE {name}")
+
+
+def _params(xml: str, tag: str = "param") -> dict[str, str]:
+    return {e.get("name"): e.get("value") for e in ET.fromstring(xml).iter(tag)}
+
+
+def test_freeswitch_behind_the_edge_authenticates_nobody_and_refuses_everyone_else(
+        conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """The edge holds the HA1: a FreeSWITCH node behind it has no credentials
+    (a user without them would authenticate with any answer: sofia_reg.c's
+    allow_empty_password defaults to true), takes calls only from the edge's
+    addresses (the inbound ACL counts as authentication, auth-calls-acl-only
+    refuses the rest with 403 instead of a challenge), reaches phones and
+    the carrier through the edge, and its dialplan asks each policy server."""
+    fs = _render(conn)["freeswitch"]
+    acl = ET.fromstring(fs["autoload_configs/acl.conf.xml"])
+    edge = acl.find(".//list[@name='dustel-edge']")
+    assert edge.get("default") == "deny"
+    assert [(n.get("type"), n.get("cidr")) for n in edge] == [("allow", "127.0.0.10/32"), ("allow", "127.0.0.11/32")]
+    internal = _params(fs["sip_profiles/internal.xml"])
+    assert (internal["apply-inbound-acl"], internal["auth-calls-acl-only"], internal["auth-calls"]) == \
+        ("dustel-edge", "true", "true")
+    carrier = ET.fromstring(fs["sip_profiles/carrier.xml"])
+    assert _params(ET.tostring(carrier.find("settings"), encoding="unicode"))["apply-inbound-acl"] == "dustel-edge"
+    assert _params(ET.tostring(carrier.find(".//gateway"), encoding="unicode"))["outbound-proxy"] == "127.0.0.10:5060"
+    for name, xml in fs.items():
+        if name.startswith("directory/"):
+            root = ET.fromstring(xml)
+            domain = _params(ET.tostring(root.find("domain/params"), encoding="unicode"))
+            assert domain["allow-empty-password"] == "false"
+            assert domain["dial-string"].endswith("sofia/internal/${dialed_user}@127.0.0.10:5060")
+            users = root.findall(".//user")
+            assert users and not [p for u in users for p in u.iter("param")
+                                  if p.get("name") in ("password", "a1-hash", "allow-empty-password")]
+    sockets = [a.get("data") for name, xml in fs.items() if name.startswith("dialplan/")
+               for a in ET.fromstring(xml).iter("action") if a.get("application") == "socket"]
+    assert sockets and set(sockets) == {"127.0.0.4:8084|127.0.0.5:8084 async full"}
+    public = ET.fromstring(fs["dialplan/public.xml"]).find("context[@name='public']")
+    first = public.find("extension")         # a phone's call (no carrier mark): its tenant's context, first
+    assert first.get("name") == "edge-phone"
+    mark, who = first.findall("condition")
+    assert re.match(mark.get("expression"), "") and not re.match(mark.get("expression"), "carrier")
+    assert re.match(mark.get("expression"), "carrierX")
+    assert [a.get("application") for a in who.findall("action")] == ["set_user", "set", "transfer"]
+    assert [a.get("application") for a in who.findall("anti-action")] == ["respond", "hangup"]
+    assert not re.match(who.get("expression"), "x${y}@d") and re.match(who.get("expression"), "000387100001@a.b")
+
+
+def test_one_box_freeswitch_keeps_its_credentials_and_one_socket(conn: psycopg.Connection,
+                                                                  provider: dict[str, str]) -> None:
+    fs = _render(conn, replace(GOLDEN_SETTINGS, kamailio_db_url=CLUSTER_SETTINGS.kamailio_db_url))["freeswitch"]
+    assert "dustel-edge" not in fs["autoload_configs/acl.conf.xml"] + fs["sip_profiles/internal.xml"]
+    assert "a1-hash" in fs["directory/demo-starter.sip.dustel.de.xml"]
+    assert "edge-phone" not in fs["dialplan/public.xml"]
+    sockets = re.findall(r'application="socket" data="([^"]*)"', fs["dialplan/public.xml"])
+    assert sockets and set(sockets) == {"127.0.0.1:8084 async full"}
