@@ -1516,27 +1516,50 @@ class SocketOutcome:
     connected: bool = False
 
 
-def extension_actions(xml_text: str, context: str, destination: str) -> list[tuple[str, str]]:
-    """The actions of the first extension of ``context`` whose
-    ``destination_number`` condition matches (``$1``… substituted)."""
+def extension_actions(xml_text: str, context: str, destination: str,
+                      variables: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The actions mod_dialplan_xml's hunt gives a call to ``destination`` in
+    ``context`` (read in mod_dialplan_xml.c parse_exten / dialplan_hunt at
+    cc93a68, no recording shows a hunt): each extension in order; its
+    conditions in order, ``field`` either ``destination_number`` (the
+    default) or a ``${var}`` expanded from ``variables`` ('' when unset);
+    every condition passing adds its actions (``$1``… from the last
+    ``destination_number`` match) and ends the hunt unless the extension
+    says ``continue="true"``; a condition failing adds its anti-actions,
+    ends that extension and the hunt goes on."""
     import re
     import xml.etree.ElementTree as ET
+    variables = variables or {}
+    out: list[tuple[str, str]] = []
     for ctx in ET.fromstring(xml_text).iter("context"):
         if ctx.get("name") != context:
             continue
         for ext in ctx.iter("extension"):
-            cond = ext.find("condition")
-            m = re.search(cond.get("expression", ""), destination) if cond is not None else None
-            if m is None:
-                continue
-            groups = (m.group(0), *m.groups())
-            return [(a.get("application", ""), re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))] or "",
-                                                      a.get("data", ""))) for a in cond.iter("action")]
-    return []
+            acts: list[tuple[str, str]] = []
+            groups: tuple[str, ...] = ()
+            passed = True
+            for cond in ext.findall("condition"):
+                field = cond.get("field", "destination_number")
+                value = destination if field == "destination_number" else \
+                    re.sub(r"\$\{([^}]+)\}", lambda g: variables.get(g.group(1), ""), field)
+                m = re.search(cond.get("expression", ""), value)
+                if m is None:
+                    acts += [(a.get("application", ""), a.get("data", "")) for a in cond.iter("anti-action")]
+                    passed = False
+                    break
+                if field == "destination_number":
+                    groups = (m.group(0), *m.groups())
+                acts += [(a.get("application", ""), re.sub(r"\$(\d)", lambda g, gs=groups: gs[int(g.group(1))]
+                                                           or "", a.get("data", ""))) for a in cond.iter("action")]
+            out += acts
+            if passed and ext.get("continue") != "true":
+                return out
+        return out
+    return out
 
 
 def run_extension(xml_text: str, context: str, destination: str, sip: bool = True,
-                  connect_timeout: float = 25.0) -> SocketOutcome:
+                  connect_timeout: float = 25.0, channel: dict[str, str] | None = None) -> SocketOutcome:
     """FreeSWITCH running one extension of a rendered dialplan whose policy
     server fails: ``set``/``export`` keep variables; ``socket host:port`` tries
     a real TCP connect — refused: the application returns and the dialplan
@@ -1555,8 +1578,8 @@ def run_extension(xml_text: str, context: str, destination: str, sip: bool = Tru
     mod_event_socket.c socket_function / listener_run, mod_sofia.c
     hangup_cause_to_sip and switch_core_state_machine.c at cc93a68)."""
     out = SocketOutcome()
-    variables: dict[str, str] = {}
-    for app, data in extension_actions(xml_text, context, destination):
+    variables: dict[str, str] = dict(channel or {})
+    for app, data in extension_actions(xml_text, context, destination, variables):
         out.executed.append((app, data))
         if app == "export":
             export_variable(variables, *data.partition("=")[::2])
@@ -1564,10 +1587,17 @@ def run_extension(xml_text: str, context: str, destination: str, sip: bool = Tru
             name, _, value = data.partition("=")
             variables[name] = value
         elif app == "socket":
-            host, _, port = data.split()[0].rpartition(":")
-            try:
-                sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
-            except OSError:
+            # ASSUMPTION (no recording names several hosts; mod_event_socket.c socket_function's hosts
+            # loop, FS-7603, FreeSWITCH >= 1.10): ``a:p|b:p`` — each host in turn until one connects
+            sock = None
+            for hostport in data.split()[0].split("|"):
+                host, _, port = hostport.rpartition(":")
+                try:
+                    sock = socket.create_connection((host, int(port)), timeout=connect_timeout)
+                    break
+                except OSError:
+                    continue
+            if sock is None:
                 continue                                   # "Socket Error!": the application returns
             with sock:
                 sock.settimeout(connect_timeout)

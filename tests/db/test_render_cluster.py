@@ -227,3 +227,97 @@ def test_one_box_freeswitch_keeps_its_credentials_and_one_socket(conn: psycopg.C
     assert "edge-phone" not in fs["dialplan/public.xml"]
     sockets = re.findall(r'application="socket" data="([^"]*)"', fs["dialplan/public.xml"])
     assert sockets and set(sockets) == {"127.0.0.1:8084 async full"}
+
+
+def test_freeswitch_asks_the_next_policy_server_when_one_is_gone(conn: psycopg.Connection,
+                                                                  provider: dict[str, str]) -> None:
+    """Two policy servers for FreeSWITCH (``esl_outbound_servers``): with the
+    first dead the socket connects to the second; with the first dying
+    while it holds the call (it took the connection, then its process
+    ended before any plan) the channel resumes into the second ``socket``,
+    which finds the first gone and the second there; with both gone, the
+    refusal table's cause — never a bridge, never parked for good."""
+    import socket as sk
+    import threading
+
+    from dustel.callpath.policy import CAUSES, REFUSALS
+    from tests.esl_emulator import run_extension
+
+    def listener() -> sk.socket:
+        s = sk.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        return s
+
+    def port_of(s: sk.socket) -> int:
+        return s.getsockname()[1]
+
+    def serving(s: sk.socket) -> None:             # a live server: it takes the call ("connect")
+        def run() -> None:
+            while True:
+                try:
+                    c, _ = s.accept()
+                except OSError:
+                    return
+                c.sendall(b"connect\n\n")
+                c.close()
+        threading.Thread(target=run, daemon=True).start()
+
+    def dying(s: sk.socket) -> None:               # takes one call, then its process ends
+        def run() -> None:
+            c, _ = s.accept()
+            s.close()
+            c.close()
+        threading.Thread(target=run, daemon=True).start()
+
+    def dial(first: int, second: int):
+        settings = replace(CLUSTER_SETTINGS, esl_outbound_servers=f"127.0.0.1:{first},127.0.0.1:{second}")
+        with conn.transaction():
+            fs = service.render_files(conn, settings, ["freeswitch"])["freeswitch"]
+        return run_extension(fs["dialplan/public.xml"], "public", "+492115550101", connect_timeout=1,
+                             channel={"sip_h_X-Dustel-Edge": "carrier"})     # the carrier's call, as marked
+
+    dead = listener()
+    dead_port = port_of(dead)
+    dead.close()                                   # nothing listens: refused at once
+    live = listener()
+    serving(live)
+    got = dial(dead_port, port_of(live))
+    assert got.connected and sum(app == "socket" for app, _ in got.executed) == 1, got.executed
+
+    first = listener()
+    dying(first)
+    got = dial(port_of(first), port_of(live))
+    assert got.connected and sum(app == "socket" for app, _ in got.executed) == 2, got.executed
+
+    live.close()
+    silent = listener()                            # the kernel takes the connection, nobody answers
+    got = dial(dead_port, port_of(silent))
+    silent.close()
+    sip_code, q850 = REFUSALS["internal_error"]
+    assert not got.stuck and not got.bridged and sum(app == "socket" for app, _ in got.executed) == 2
+    assert (got.sip_code, got.cause) == (sip_code, CAUSES[q850]), got
+
+
+def test_behind_the_edge_a_phones_call_goes_to_its_tenants_context_and_the_carriers_to_the_number(
+        conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """The public context's hunt (the emulator's, mod_dialplan_xml's rules):
+    a call without the carrier's mark runs the phone's path (set_user from
+    the From the edge authenticated, then its tenant's context) even to a
+    number of the provider, a malformed From is refused, and the carrier's
+    marked call reaches the number's extension and the policy server."""
+    from tests.esl_emulator import extension_actions
+    fs = _render(conn)["freeswitch"]
+    public = fs["dialplan/public.xml"]
+    phone = {"sip_from_user": "000387100001", "sip_from_host": "demo-starter.sip.dustel.de",
+             "sip_h_X-Dustel-Source": "192.0.2.7:5062"}
+    acts = extension_actions(public, "public", "+492115550101", phone)
+    assert acts == [("set_user", "${sip_from_user}@${sip_from_host}"),
+                    ("set", "dustel_edge_source=${sip_h_X-Dustel-Source}"),
+                    ("transfer", "${destination_number} XML ${user_context}")]
+    forged = extension_actions(public, "public", "+492115550101", {**phone, "sip_from_user": "${x}"})
+    assert forged == [("respond", "403"), ("hangup", "CALL_REJECTED")] + \
+        extension_actions(public, "public", "+492115550101", {"sip_h_X-Dustel-Edge": "carrier"})
+    carrier = extension_actions(public, "public", "+492115550101", {"sip_h_X-Dustel-Edge": "carrier"})
+    assert ("set", "dustel_target=000387100001") in carrier and carrier[-1][0] == "hangup"
+    assert any(app == "socket" for app, _ in carrier)
