@@ -61,6 +61,37 @@ def test_a_bare_client_address_becomes_one_host_in_pg_hba_ipv4_and_ipv6() -> Non
     assert value == ["10.0.0.7/32", "2001:db8::7/128", "10.1.0.0/16", "2001:db8::/48", "::ffff:10.0.0.8/128"]
 
 
+def test_the_standby_role_never_wipes_a_server_holding_a_database(tmp_path: Path) -> None:
+    """The standby role empties the data directory before pg_basebackup.  Run
+    again after a failover (the promoted standby has no standby.signal) it
+    deleted the live database; now it wipes only the package's empty
+    cluster (template0, template1, postgres) and refuses anything more
+    unless asked to re-clone."""
+    play = tmp_path / "guard.yml"
+    play.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                    f"    - ansible.builtin.import_tasks: {ANSIBLE}/roles/postgresql_standby/tasks/guard.yml\n")
+
+    def run(base: list[str], signal: bool = False, *extra: str) -> subprocess.CompletedProcess:
+        data = tmp_path / f"data-{len(base)}-{signal}-{len(extra)}"
+        data.mkdir()
+        (data / "PG_VERSION").write_text("15\n")
+        for oid in base:
+            (data / "base" / oid).mkdir(parents=True)
+        if signal:
+            (data / "standby.signal").write_text("")
+        return subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play),
+                               "-e", json.dumps({"postgresql_standby_data_dir": str(data),
+                                                "ansible_python_interpreter": sys.executable}), *extra],
+                              cwd=ANSIBLE, env=tool_env(), capture_output=True, text=True, timeout=120)
+    package_own = ["1", "4", "5"]
+    assert run(package_own).returncode == 0                              # a fresh install: cloned over
+    promoted = run([*package_own, "16384"])
+    assert promoted.returncode != 0 and "holds databases beyond the package's own" in promoted.stdout, \
+        promoted.stdout[-2000:]
+    assert run([*package_own, "16384"], True).returncode == 0          # a standby already: kept as it is
+    assert run([*package_own, "16384"], False, "-e", "postgresql_standby_reclone=true").returncode == 0
+
+
 def test_an_engine_whose_source_is_not_set_stops_the_play_early_and_says_where_it_comes_from(
         tree: Tree, tmp_path: Path) -> None:
     """Issue 31 item 14: on Debian 12 neither engine installs from Debian, and
