@@ -63,6 +63,10 @@ class Settings:
     # an engine node that sends no answer to an INVITE within this is skipped
     # for the next (Kamailio's fr_timer): the failover bound of a dead node
     edge_failover_ms: int = 2000
+    # where the engines send what leaves them (calls to phones, the carrier,
+    # 110/112): host[:port] that every edge node answers -- a floating address
+    # or a DNS name (SRV); empty: the first edge node, a single point of failure
+    edge_proxy: str = ""
     # the policy servers the engines ask, in order (comma-separated host:port):
     # when one does not answer the dialplan asks the next; empty: agi_host:agi_port
     agi_servers: str = ""

@@ -301,10 +301,23 @@ def _edge(s: Settings) -> dict[str, Any] | None:
         return None
     addresses = [_host_of(n.host) for n in s.edge_nodes]
     first = s.edge_nodes[0]
+    proxy = edge_proxy(s)
     return {"permit": [f"{n.network_address}/{n.netmask}" for n in map(ipaddress.ip_network, cidrs(",".join(
                 addresses)))],
-            "match": cidrs(",".join(addresses)), "proxy": f"{first.host}:{first.port}",
+            "match": cidrs(",".join(addresses)), "proxy": proxy or f"{first.host}:{first.port}",
             "carrier_header": f"{EDGE_HEADER}: carrier", "source_header": EDGE_SOURCE_HEADER}
+
+
+def edge_proxy(s: Settings) -> str:
+    """``edge_proxy`` checked: a host name or an IP address, a port
+    optional ('' when unset).  It is rendered into every engine's config
+    and is each edge node's alias (a request to it is the edge's own)."""
+    value = s.edge_proxy.strip()
+    if value and not re.fullmatch(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+                                  r"(?::[0-9]{1,5})?", value):
+        raise escape.UnsafeValue("edge_proxy", f"{value[:40]!r} must be host[:port] (a name or an address "
+                                               "every edge node answers)")
+    return value
 
 
 def _host_of(host: str) -> str:
@@ -404,6 +417,9 @@ EDGE_SOURCE_HEADER = V.EDGE_SOURCE_HEADER  # a phone's address as the edge saw i
 EDGE_PING_S = 1                    # OPTIONS probe interval per engine node
 EDGE_PING_MISSES = 2               # probes in a row without a 2xx take a node out
 EDGE_PIKE = {"pike_unit": 2, "ban_s": 60}    # flood limit per source address: edge_flood_requests per 2 s
+# how long the edge remembers an emergency call's dialog (its in-dialog requests pass a flood ban) and
+# the HA1 of an account it authenticated (110/112 while the database does not answer)
+EDGE_MEMORY = {"emergency_dialog_s": 4 * 3600, "ha1_cache_s": 25 * 3600}
 # every dialled form of 110/112 as one Kamailio regex (our constants: not user data)
 EDGE_EMERGENCY_RE = "^(" + "|".join(d.replace("+", "[+]") for d in EMERGENCY_DIALS) + ")$"
 
@@ -416,11 +432,14 @@ def kamailio_cfg(p: Provider, edge: EngineNode) -> str:
         raise DustelError("edge_flood_requests", "must be a positive integer (requests per 2 s per address)")
     if not 200 <= s.edge_failover_ms <= 30000:
         raise DustelError("edge_failover_ms", "must be 200 to 30000 (milliseconds)")
+    proxy = edge_proxy(s)
     return _render("kamailio", "kamailio.cfg.j2", node=edge, db_url=kamailio_db_url(s),
+                   alias=proxy,
                    sip_listen=f"{_host_of(edge.host)}:{edge.port}", rpc_listen=f"{edge.host}:{edge.rpc_port}",
                    rpc_port=edge.rpc_port, rpc_acl=cidrs(s.edge_rpc_acl), carrier=s.carrier_host,
                    emergency_re=EDGE_EMERGENCY_RE, headers=(EDGE_HEADER, EDGE_SOURCE_HEADER), fr_ms=s.edge_failover_ms,
-                   ping_s=EDGE_PING_S, ping_misses=EDGE_PING_MISSES, pike_density=s.edge_flood_requests, **EDGE_PIKE)
+                   ping_s=EDGE_PING_S, ping_misses=EDGE_PING_MISSES, pike_density=s.edge_flood_requests, **EDGE_PIKE,
+                   **EDGE_MEMORY)
 
 
 def kamailio_db_url(s: Settings) -> str:

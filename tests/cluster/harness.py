@@ -240,7 +240,8 @@ def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_req
     # the edge
     kcfg = base / "kamailio.cfg"
     kcfg.write_text(rendered["kamailio"]["nodes/edge1/kamailio.cfg"])
-    cl.kamailio = Kamailio(kcfg, base / "kamailio", env={"PGTARGETSESSIONATTRS": "read-write"})
+    cl.kamailio = Kamailio(kcfg, base / "kamailio", env={"PGTARGETSESSIONATTRS": "read-write",
+                                                                  "PGCONNECT_TIMEOUT": "3"})
     cl.kamailio.start(json_rpc_ready(settings.edge_nodes[0]))
     started.append(cl.kamailio)
 

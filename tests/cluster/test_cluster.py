@@ -168,6 +168,13 @@ def test_the_standby_is_promoted_after_the_primary_dies_and_no_reservation_is_lo
     held = (row["reserved_cents"], row["reserved_free"], row["max_seconds"])
     assert held[0] + held[1] > 0                         # committed on the primary and on the synchronous standby
     primary.kill()                                        # SIGKILL: the primary's host is gone
+    # no database takes writes, the edge cannot read an HA1: the phone's 112 is authenticated by the
+    # HA1 the edge cached at its registration, and connects (the engine asks no policy server for it)
+    before = len(cluster.carrier_invites())
+    sos = cluster.call("112")
+    assert sos.returncode == 0, sos.stdout[-1500:]
+    assert [u for u in cluster.carrier_invites()[before:] if re.match(r"sip:\+?\d*112@", u)]
+    assert "authenticated by the cached HA1 (database error)" in cluster.kamailio.log.read_text(errors="replace")
     t0 = time.monotonic()
     standby.promote()
     # every part reconnects to whichever server takes writes (the multi-host DSN): a new call is decided again
