@@ -28,7 +28,9 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
     Output is deterministic; files are written atomically and only when
     changed; files of deleted tenants are removed.  With edge nodes the
     edge's tables (the engine nodes, the carrier's networks) are written
-    too, and --reload makes each edge node read the changed ones again."""
+    too, and --reload makes every edge node read them again (all of them,
+    changed or not: a node that missed an earlier reload catches up; every
+    node is tried, those that failed are named)."""
     out = out_dir or env.settings.state_dir / "etc"
     s = env.settings
     names = ["freeswitch", "asterisk", *(["kamailio"] if s.edge_nodes else [])] if engine == "all" else [engine]
@@ -83,7 +85,7 @@ def render(env: Env, as_json: bool, engine: str, out_dir: Path | None, show_diff
             click.echo(line)
         if "kamailio" in todo:
             click.echo("kamailio: kamailio.cfg changed: restart each edge node (it reads it at start only)")
-        for line in edge.reload(s, tables):
+        for line in edge.reload(s) if "kamailio" in names else ():
             click.echo(line)
 
 

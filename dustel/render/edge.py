@@ -17,6 +17,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -129,11 +130,21 @@ def rpc(node: EngineNode, method: str, *params: Any, timeout: float = 5.0) -> An
     return answer.get("result")
 
 
-def reload(s: Settings, changed: list[str]) -> list[str]:
-    """Ask every edge node to read the changed tables again; a line per node."""
-    out = []
+def reload(s: Settings, tables: Iterable[str] = RELOADS) -> list[str]:
+    """Ask every edge node to read ``tables`` again (by default all of them:
+    a node that missed an earlier reload — down, unreachable — catches up,
+    though the tables no longer differ from the render's); a line per node
+    and table.  Every node is tried; those that failed are named together
+    in one DustelError at the end."""
+    out, failed = [], []
     for node in s.edge_nodes:
-        for table in changed:
-            rpc(node, RELOADS[table])
+        for table in tables:
+            try:
+                rpc(node, RELOADS[table])
+            except DustelError as exc:
+                failed.append(f"{exc.field}: {exc.rule}")
+                continue
             out.append(f"{node.name}: {RELOADS[table]} ok")
+    if failed:
+        raise DustelError("edge reload", "; ".join(failed) + (" (reloaded: " + ", ".join(out) + ")" if out else ""))
     return out

@@ -43,3 +43,51 @@ def test_the_fetch_leaves_a_phones_call_behind_the_edge_to_its_tenants_context()
              f"variable_sip_h_{V.EDGE_SOURCE_HEADER}": "192.0.2.7:5062"}
     assert fetched_number(phone) is None
     assert fetched_number({**carrier, "Hunt-Context": "t1"}) is None
+
+
+def test_a_reload_tries_every_edge_node_and_names_those_that_failed() -> None:
+    """An edge node down at one reload must not stop the others, and must
+    catch up at the next: every node is asked for every table, the failures
+    are named together at the end."""
+    import json
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import pytest
+
+    from pathlib import Path
+
+    from dustel.config import EngineNode, Settings
+    from dustel.errors import DustelError
+    from dustel.render import edge
+
+    asked: list[str] = []
+
+    class RPC(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:      # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body["method"])
+            answer = json.dumps({"jsonrpc": "2.0", "result": None, "id": body["id"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    live = HTTPServer(("127.0.0.1", 0), RPC)
+    threading.Thread(target=live.serve_forever, daemon=True).start()
+    gone = socket.socket()
+    gone.bind(("127.0.0.1", 0))
+    gone_port = gone.getsockname()[1]
+    gone.close()                                   # nothing listens: refused
+    s = Settings(Path("/nonexistent"), edge_nodes=(EngineNode("edge1", "127.0.0.1", 5060, "", "", rpc_port=gone_port),
+                             EngineNode("edge2", "127.0.0.1", 5060, "", "", rpc_port=live.server_port)))
+    with pytest.raises(DustelError) as err:
+        edge.reload(s)
+    live.shutdown()
+    live.server_close()
+    assert asked == ["dispatcher.reload", "permissions.addressReload"]          # edge2 reloaded all the same
+    assert "edge node edge1" in err.value.rule and "edge2: dispatcher.reload ok" in err.value.rule
