@@ -53,10 +53,9 @@ def test_a_reload_tries_every_edge_node_and_names_those_that_failed() -> None:
     import socket
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
+    from pathlib import Path
 
     import pytest
-
-    from pathlib import Path
 
     from dustel.config import EngineNode, Settings
     from dustel.errors import DustelError
