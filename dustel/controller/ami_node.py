@@ -21,7 +21,7 @@ from ..callpath.calls import Q
 from ..queue import agents, service, stats
 from ..wire import commands
 from . import state
-from .lease import CHECK_SECONDS, AsyncLease
+from .lease import CHECK_SECONDS, RETRY_SECONDS, AsyncLease, Reach
 
 log = logging.getLogger("dustel.controller.ami")
 
@@ -44,6 +44,7 @@ class AMINode:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.logins = 0
+        self.logged_in = False
         self.manager = self._manager()
 
     def _manager(self) -> _Manager:
@@ -56,11 +57,13 @@ class AMINode:
 
     def _on_login(self, manager: Manager) -> None:
         self.logins += 1
+        self.logged_in = True
         manager.reconnect_timeout = 1
         log.info("node=%s logged in", self.name)
         self.queue.put_nowait(REBUILD)
 
     def _on_disconnect(self, manager: Manager, exc: Exception | None) -> None:
+        self.logged_in = False
         manager.reconnect_timeout = min(manager.reconnect_timeout * 2, 10)
         log.warning("node=%s connection lost (%s); retrying in %s s", self.name, exc, manager.reconnect_timeout)
 
@@ -193,14 +196,31 @@ class AMINode:
             self.manager = self._manager()
             self.manager.connect()
             worker = asyncio.create_task(self.follow())
+            reach = Reach()
+            gave_up = False
             try:
                 while await lease.held():
                     await asyncio.sleep(CHECK_SECONDS)
+                    if self.logged_in:
+                        reach.ok()
+                    else:
+                        reach.failed()
+                    if reach.give_up():
+                        gave_up = True
+                        break
             finally:
-                log.warning("node=%s: lease lost, no longer following it", self.name)
+                if gave_up:
+                    log.warning("node=%s out of reach for %.0f s: lease given up for another controller",
+                                self.name, reach.limit)
+                else:
+                    log.warning("node=%s: lease lost, no longer following it", self.name)
                 self.manager.stopped = True
                 self.manager.close()
+                self.logged_in = False
                 worker.cancel()
+            if gave_up:
+                await lease.release()
+                await asyncio.sleep(2 * RETRY_SECONDS)
 
     async def follow(self) -> None:
         while True:

@@ -26,7 +26,7 @@ from ..wire import commands
 from ..wire import esl as P
 from ..wire.esl_reader import DustelInbound, ESLMessage
 from . import state
-from .lease import RETRY_SECONDS, Lease
+from .lease import RETRY_SECONDS, Lease, Reach
 
 log = logging.getLogger("dustel.controller.esl")
 
@@ -192,6 +192,7 @@ class ESLNode:
         node's follower while the process lives."""
         backoff = 0.2
         lease = Lease(self.dsn, self.name)
+        reach = Reach()
         waiting = False
         while True:
             if not lease.try_acquire():          # another controller follows the node (lease.py)
@@ -208,7 +209,17 @@ class ESLNode:
                 log.warning("node=%s %s:%s: %s", self.name, self.host, self.port, exc or type(exc).__name__)
             except Exception:      # noqa: BLE001 — e.g. the database down during a rebuild
                 log.exception("node=%s: follower failed; reconnecting", self.name)
+            if self.connected.is_set():
+                reach.ok()
+            else:
+                reach.failed()
             self.connected.clear()
+            if reach.give_up():
+                log.warning("node=%s out of reach for %.0f s: lease given up for another controller", self.name,
+                            reach.limit)
+                lease.release()
+                gevent.sleep(2 * RETRY_SECONDS)
+                continue
             gevent.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 

@@ -10,7 +10,10 @@ logs in to the engine and rebuilds the live state from the engine's own
 lists (``settle_lost``: what ended meanwhile).  A controller checks its
 lock's connection every ``CHECK_SECONDS``; when it breaks (a database
 failover: the lock is gone with the old primary) it stops following the
-node and tries again.  CDRs are idempotent by (node, call id), so the one
+node and tries again.  A controller that holds the lock but cannot reach the
+node for ``GIVE_UP_SECONDS`` lets it go (``Reach``) and stands back for two
+retries, so a controller that can reach it takes over.  CDRs are
+idempotent by (node, call id), so the one
 moment two controllers might both write (the old one's last event, the new
 one's rebuild) doubles nothing.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -32,9 +36,40 @@ TRY = "SELECT pg_try_advisory_lock(%(cls)s, hashtext(%(node)s)) AS got"
 ALIVE = "SELECT 1"
 RETRY_SECONDS = 1.0          # a free node is taken over within about this
 CHECK_SECONDS = 1.0          # a lost lock is noticed within about this
-# the lock's connection: short connect timeout, TCP keepalives so a vanished server is noticed
+# a controller that holds a node's lock but cannot reach the node this long
+# gives the lock up (another controller may reach it: a network split between
+# one application host and the engine) and stands back for two retries
+GIVE_UP_SECONDS = float(os.environ.get("DUSTEL_CONTROLLER_GIVE_UP") or 15.0)
+
+
+class Reach:
+    """Whether this controller still reaches the node it holds the lock of:
+    ``ok()`` after a session to the engine came up, ``failed()`` after each
+    attempt that did not; ``give_up()`` is true once the node was out of
+    reach for ``GIVE_UP_SECONDS`` (then the lease is released)."""
+
+    def __init__(self, give_up: float | None = None) -> None:
+        self.limit = GIVE_UP_SECONDS if give_up is None else give_up
+        self.since: float | None = None
+
+    def ok(self) -> None:
+        self.since = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def give_up(self) -> bool:
+        if self.since is not None and time.monotonic() - self.since >= self.limit:
+            self.since = None
+            return True
+        return False
+# the lock's connection: short connect timeout, TCP keepalives so a vanished server is noticed while
+# idle, and tcp_user_timeout while a check's bytes go unacknowledged (keepalives do not fire then:
+# a check would otherwise wait for the kernel's retransmissions, about 15 min).  The server's side
+# (a controller's host that vanished) is the database's tcp_keepalives_* (the postgresql role).
 CONNECT: dict[str, Any] = {"autocommit": True, "connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5,
-                           "keepalives_interval": 2, "keepalives_count": 2,
+                           "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": 10000,
                            "application_name": "dustel-controller-lease"}
 
 

@@ -178,8 +178,10 @@ def fs_fetch(s: Settings) -> dict[str, str] | None:
 
 
 def fs_directory(p: Provider, t: Tenant) -> str:
-    # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03)
-    return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file), edge=_edge(p.settings))
+    # SDES keys travel in the SDP: SRTP only where the signalling can be TLS (F-03) -- never behind the
+    # edge, whose hop to the phone is not TLS
+    edge = _edge(p.settings)
+    return _render("freeswitch", "directory.xml.j2", t=t, tls=bool(p.settings.tls_cert_file) and not edge, edge=edge)
 
 
 def fs_tenant_dialplan(p: Provider, t: Tenant) -> str:

@@ -22,9 +22,10 @@ RATES = "INSERT INTO rates (prefix, cents_per_minute) VALUES ('49', 1), ('4917',
 
 
 class Controller:
-    def __init__(self, db_url: str, port: int, watchdog: float | None = None) -> None:
+    def __init__(self, db_url: str, port: int, watchdog: float | None = None, give_up: float | None = None) -> None:
         env = {**os.environ, "DUSTEL_CONTROLLER_NODES": json.dumps([["fs1", "127.0.0.1", port, "ClueCon"]]),
-               "DUSTEL_CONTROLLER_DSN": db_url, "DUSTEL_CONTROLLER_WATCHDOG": str(watchdog or "")}
+               "DUSTEL_CONTROLLER_DSN": db_url, "DUSTEL_CONTROLLER_WATCHDOG": str(watchdog or ""),
+               "DUSTEL_CONTROLLER_GIVE_UP": str(give_up or "")}
         self.proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.esl_main"], env=env,
                                      stderr=subprocess.PIPE, text=True)
         self.log: list[str] = []

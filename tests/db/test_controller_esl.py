@@ -252,6 +252,65 @@ def test_a_database_error_during_connect_never_ends_the_follower(fs: FreeSwitchE
         c.stop()
 
 
+def test_a_controller_that_cannot_reach_its_node_gives_the_lease_up(db_url: str) -> None:
+    """Issue 27: a controller holding a node's lease but cut off from the
+    engine (a network split between its host and the node) kept the lease,
+    so a controller that could reach the node never took it over.  Out of
+    reach for GIVE_UP seconds, it releases the lease and stands back."""
+    import socket
+
+    from dustel.controller.lease import Lease
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()                                          # nothing listens: the engine is out of reach
+    c = Controller(db_url, port, give_up=1.0)
+    other = Lease(db_url, "fs1")
+    try:
+        wait_for(lambda: any("lease given up for another controller" in line for line in c.log), 60,
+                 "the lease given up")
+        assert wait_for(other.try_acquire, 30, "the other controller taking the lease")
+        assert c.proc.poll() is None                      # it stands by, alive
+    finally:
+        other.release()
+        c.stop()
+
+
+def test_an_asterisk_controller_that_cannot_reach_its_node_gives_the_lease_up(db_url: str) -> None:
+    """The same rule in the Asterisk controller (asyncio, panoramisk): no
+    AMI login for GIVE_UP seconds, the lease is released."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from dustel.controller.lease import Lease
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    env = {**os.environ, "DUSTEL_CONTROLLER_NODES": json.dumps([["ast1", "127.0.0.1", port, "dustel", "x"]]),
+           "DUSTEL_CONTROLLER_DSN": db_url, "DUSTEL_CONTROLLER_GIVE_UP": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dustel.controller.ami_main"], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()   # type: ignore[arg-type]
+    other = Lease(db_url, "ast1")
+    try:
+        wait_for(lambda: any("lease given up for another controller" in line for line in list(log)), 60,
+                 "the lease given up")
+        assert wait_for(other.try_acquire, 30, "the other controller taking the lease")
+        assert proc.poll() is None
+    finally:
+        other.release()
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
 def test_a_silent_connection_is_dropped_and_rebuilt(db_url: str, fs: FreeSwitchEmulator) -> None:
     """Issue 15.11: a half-open connection (no HEARTBEAT, nothing at all)
     was followed for ever.  The watchdog reconnects and rebuilds."""

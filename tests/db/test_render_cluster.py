@@ -361,3 +361,18 @@ def test_kamailio_accepts_every_rendered_edge_config(conn: psycopg.Connection, p
             cfg.write_text(text)
             r = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60)
             assert r.returncode == 0 and "config file ok" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+
+
+def test_no_srtp_keys_cross_the_edges_plain_hop(conn: psycopg.Connection, provider: dict[str, str]) -> None:
+    """SDES keys travel in the SDP: SRTP only where the signalling is TLS
+    (F-03).  Behind the edge the phone's hop is not TLS, so an account with
+    tls_srtp gets none there — on one box with a certificate it does."""
+    conn.execute("UPDATE sip_accounts SET tls_mode = 'tls_srtp' WHERE username = '000387100001'")
+    cert, key = "/etc/dustel/tls/agent.pem", "/etc/dustel/tls/agent.key"
+    one = _render(conn, replace(GOLDEN_SETTINGS, tls_cert_file=cert, tls_key_file=key,
+                                kamailio_db_url=CLUSTER_SETTINGS.kamailio_db_url))
+    assert "media_encryption=sdes" in one["asterisk"]["pjsip.conf"]
+    assert "rtp_secure_media\" value=\"mandatory" in one["freeswitch"]["directory/demo-starter.sip.dustel.de.xml"]
+    edge = _render(conn, replace(CLUSTER_SETTINGS, tls_cert_file=cert, tls_key_file=key))
+    assert "media_encryption=sdes" not in edge["asterisk"]["pjsip.conf"]
+    assert "rtp_secure_media\" value=\"mandatory" not in edge["freeswitch"]["directory/demo-starter.sip.dustel.de.xml"]
