@@ -421,7 +421,8 @@ EDGE_PING_MISSES = 2               # probes in a row without a 2xx take a node o
 EDGE_PIKE = {"pike_unit": 2, "ban_s": 60}    # flood limit per source address: edge_flood_requests per 2 s
 # how long the edge remembers an emergency call's dialog (its in-dialog requests pass a flood ban) and
 # the HA1 of an account it authenticated (110/112 while the database does not answer)
-EDGE_MEMORY = {"emergency_dialog_s": 4 * 3600, "ha1_cache_s": 25 * 3600}
+EDGE_MEMORY = {"emergency_dialog_s": 4 * 3600, "ha1_cache_s": 25 * 3600,
+               "natping_s": 25}   # a NAT binding of a registered phone kept open (UDP mappings: 30 s and more)
 # every dialled form of 110/112 as one Kamailio regex (our constants: not user data)
 EDGE_EMERGENCY_RE = "^(" + "|".join(d.replace("+", "[+]") for d in EMERGENCY_DIALS) + ")$"
 

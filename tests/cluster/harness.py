@@ -80,11 +80,11 @@ class Cluster:
 
     # ------------------------------------------------------------ SIP
     def sipp_run(self, scenario: str, service_: str, source: str, *extra: str, timeout: int = 30,
-                 target: str | None = None) -> subprocess.CompletedProcess[str]:
+                 target: str | None = None, port: int | None = None) -> subprocess.CompletedProcess[str]:
         log = self.base / f"sipp-{scenario}-{service_}-{time.monotonic_ns()}.log"
         r = subprocess.run(
             [self.sipp, "-sf", str(DATA / scenario), target or f"{EDGE}:{self.settings.edge_nodes[0].port}",
-             "-s", service_, "-i", source, "-p", str(free_port([source])), "-mp", str(free_port([source])),
+             "-s", service_, "-i", source, "-p", str(port or free_port([source])), "-mp", str(free_port([source])),
              "-m", "1", "-timeout", f"{timeout}s", "-timeout_error", "-trace_msg", "-message_file", str(log),
              "-nostdin", *extra],
             capture_output=True, text=True, timeout=timeout + 15, cwd=self.base)

@@ -10,8 +10,8 @@ import threading
 import time
 from typing import Any
 
-from dustel.testing.cluster import wait_for
-from tests.cluster.harness import EDGE, NODES, Cluster, _active, start_phone
+from dustel.testing.cluster import free_port, wait_for
+from tests.cluster.harness import DATA, EDGE, NODES, Cluster, _active, start_phone
 from tests.factories import PASSWORD
 
 
@@ -54,6 +54,54 @@ def test_a_carrier_call_reaches_the_phone_through_either_node(cluster: Cluster) 
     rows = cluster.settled(since=since, n=2)
     assert {r["node"] for r in rows} == set(NODES) and all(r["direction"] == "in" for r in rows), rows
     assert cluster.phone_invites() - before == 2                 # each node reached the phone via the edge
+
+
+def _udp_bound(host: str, port: int) -> bool:
+    """Has a process bound this UDP port (the answering sipp is ready)?"""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def test_a_phone_behind_nat_is_reached_where_it_registered_from(cluster: Cluster) -> None:
+    """A phone behind NAT registers a Contact no one can reach (10.9.9.9,
+    its LAN address); the edge binds the registration to the address and
+    port the REGISTER came from (received), and a carrier's call reaches
+    the phone there — through either node, by the edge."""
+    natted = "127.0.0.31"
+    port = free_port([natted])
+    with cluster.db() as c:
+        c.execute("DELETE FROM kamailio.location WHERE username = %s", (cluster.user,))      # db_mode 3: at once
+    uas = None
+    try:
+        r = cluster.sipp_run("register.xml", cluster.user, natted, "-set", "domain", cluster.domain,
+                             "-set", "contact", "10.9.9.9:5060", "-au", cluster.user, "-ap", PASSWORD, port=port)
+        assert r.returncode == 0, r.stdout[-1500:]
+        with cluster.db() as c:
+            row = c.execute("SELECT contact, received FROM kamailio.location WHERE username = %s",
+                            (cluster.user,)).fetchone()
+        assert "@10.9.9.9:5060" in row["contact"] and row["received"] == f"sip:{natted}:{port}", row
+        log = cluster.base / "natted-phone.log"
+        uas = subprocess.Popen([cluster.sipp, "-sf", str(DATA / "answer.xml"), "-i", natted, "-p", str(port),
+                                "-mp", str(free_port([natted])), "-m", "1", "-timeout", "30s", "-timeout_error",
+                                "-trace_msg", "-message_file", str(log), "-nostdin"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cluster.base)
+        wait_for(lambda: _udp_bound(natted, port), 10, "the NATed phone listening")
+        call = cluster.carrier_call()
+        assert call.returncode == 0, call.stdout[-1500:]
+        assert uas.wait(30) == 0, log.read_text(errors="replace")[-1500:]      # it took the call
+        assert "INVITE sip:" in log.read_text(errors="replace")
+    finally:
+        if uas is not None and uas.poll() is None:
+            uas.kill()
+            uas.wait(10)
+        with cluster.db() as c:
+            c.execute("DELETE FROM kamailio.location WHERE username = %s", (cluster.user,))
+        assert cluster.register().returncode == 0                 # the other tests' phone again
 
 
 def _flood(source: str, edge: tuple[str, int], n: int) -> None:
