@@ -41,6 +41,14 @@ CHECK_SECONDS = 1.0          # a lost lock is noticed within about this
 # one application host and the engine) and stands back for two retries
 GIVE_UP_SECONDS = float(os.environ.get("DUSTEL_CONTROLLER_GIVE_UP") or 15.0)
 
+# the lock's connection: short connect timeout, TCP keepalives so a vanished server is noticed while
+# idle, and tcp_user_timeout while a check's bytes go unacknowledged (keepalives do not fire then:
+# a check would otherwise wait for the kernel's retransmissions, about 15 min).  The server's side
+# (a controller's host that vanished) is the database's tcp_keepalives_* (the postgresql role).
+CONNECT: dict[str, Any] = {"autocommit": True, "connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5,
+                           "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": 10000,
+                           "application_name": "dustel-controller-lease"}
+
 
 class Reach:
     """Whether this controller still reaches the node it holds the lock of:
@@ -64,13 +72,6 @@ class Reach:
             self.since = None
             return True
         return False
-# the lock's connection: short connect timeout, TCP keepalives so a vanished server is noticed while
-# idle, and tcp_user_timeout while a check's bytes go unacknowledged (keepalives do not fire then:
-# a check would otherwise wait for the kernel's retransmissions, about 15 min).  The server's side
-# (a controller's host that vanished) is the database's tcp_keepalives_* (the postgresql role).
-CONNECT: dict[str, Any] = {"autocommit": True, "connect_timeout": 3, "keepalives": 1, "keepalives_idle": 5,
-                           "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": 10000,
-                           "application_name": "dustel-controller-lease"}
 
 
 def holders_sql() -> str:
