@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dustel.testing import wait_for  # noqa: F401 (the tests' one wait, imported from here)
 from dustel.wire import esl as P
 
 # The recordings of real FreeSWITCH (../shared/esl-transcripts), kept in the
@@ -882,19 +883,6 @@ def bracket_vars(dial: str) -> dict[str, str]:
 # sofia_glue_sip_cause_to_freeswitch() gives the codes of policy.REFUSALS.
 SIP_TO_CAUSE = {402: "CALL_REJECTED", 403: "CALL_REJECTED", 433: "CALL_REJECTED", 484: "INVALID_NUMBER_FORMAT",
                 486: "USER_BUSY", 503: "NORMAL_TEMPORARY_FAILURE", 603: "CALL_REJECTED"}
-
-
-def wait_for(pred, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll a predicate on shared state (database rows): the one place tests
-    wait, with a deadline instead of a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------- inbound live

@@ -14,29 +14,40 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from . import wait_for
 
 PGBIN = Path(os.environ.get("DUSTEL_PGBIN", "/usr/lib/postgresql/15/bin"))
-T = TypeVar("T")
 
 
 class Unavailable(Exception):
     """A part cannot run here (the reason)."""
 
 
-def wait_for(pred: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``pred`` until it is true, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+def until_ready(proc: subprocess.Popen[bytes], log: Path, name: str, ready: Callable[[], bool], what: str) -> None:
+    """Wait for a started process to be ``ready``; one that exits meanwhile
+    fails at once with the end of its log."""
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text(errors='replace')[-1500:]}")
+        return ready()
+    wait_for(up, 30, f"{name} {what}")
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, kill: Callable[[], Any] | None) -> None:
+    """SIGTERM a started process, ``kill`` it if it has not ended 15 s later."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        if kill is not None:
+            kill()
+        proc.wait()
 
 
 def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
@@ -213,22 +224,10 @@ class Kamailio:
              "-w", str(self.base), "-m", "64", "-M", "8"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
         out.close()
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"kamailio exited with {self.proc.returncode}: "
-                                   f"{self.log.read_text(errors='replace')[-1500:]}")
-            return ready()
-        wait_for(up, 30, "kamailio to answer its JSON-RPC")
+        until_ready(self.proc, self.log, "kamailio", ready, "to answer its JSON-RPC")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, self.proc.kill if self.proc else None)
 
 
 # ---------------------------------------------------------------- dustel's services
@@ -249,12 +248,7 @@ class Service:
                                      start_new_session=True)
         out.close()
         if ready is not None:
-            def up() -> bool:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
-                                       f"{self.log.read_text(errors='replace')[-1500:]}")
-                return ready()
-            wait_for(up, 30, f"{self.name} to be ready")
+            until_ready(self.proc, self.log, self.name, ready, "to be ready")
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -266,13 +260,7 @@ class Service:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        terminate(self.proc, lambda: os.killpg(self.proc.pid, signal.SIGKILL) if self.proc else None)
 
 
 def scratch_dir(prefix: str) -> Path:
