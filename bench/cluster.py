@@ -80,7 +80,7 @@ def phones(cl: harness.Cluster, scenario: str, target: str, accs: list[tuple[str
                else ["-s", "0211123456", "-set", "user", user]), "-au", user, "-ap", PASSWORD, "-i", harness.PHONE,
              "-p", str(free_port([harness.PHONE])), "-mp", str(free_port([harness.PHONE])),
              "-r", "1000", "-l", str(limit), "-m", str(each), "-d", str(hold_ms), "-timeout", "300s", "-nostdin",
-             "-trace_screen", "-screen_file", str(screen)],
+             "-trace_screen", "-screen_file", str(screen), "-trace_err", "-error_file", str(screen) + ".err"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cl.base)))
     for _, p in procs:
         _, err = p.communicate(timeout=400)
