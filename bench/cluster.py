@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--in-flight", type=int, default=20, help="scenarios in flight at most, over all phones")
     ap.add_argument("--hold-ms", type=int, default=1000, help="how long each call talks before the phone hangs up")
+    ap.add_argument("--edge-failover-ms", type=int, default=0,
+                    help="the edge's fr_timer (edge_failover_ms; 0: dustel's default, 2000)")
     args = ap.parse_args()
     try:
         sipp_path, chroot = harness.check()
@@ -134,7 +136,8 @@ def main() -> None:
     base = scratch_dir("dustel-bench-cluster-")
     started: list[Any] = []
     try:
-        cl = harness.start(base, sipp_path, chroot, started, flood_requests=10_000_000)
+        cl = harness.start(base, sipp_path, chroot, started, flood_requests=10_000_000,
+                           failover_ms=args.edge_failover_ms)
         accs = bench_accounts(cl, args.accounts)
         harness.rerender(cl)                          # the nodes behind the edge learn the new accounts
         solo, _ = solo_node(cl, started)
@@ -152,7 +155,8 @@ def main() -> None:
             nodes = {r["node"]: r["n"] for r in conn.execute(
                 "SELECT node, count(*) AS n FROM calls GROUP BY node ORDER BY node")}
         print(f"\ncluster on this machine ({os.cpu_count()} cores), {args.accounts} phones, at most "
-              f"{args.in_flight} registrations or calls in flight (sipp), calls talking {args.hold_ms} ms")
+              f"{args.in_flight} registrations or calls in flight (sipp), calls talking {args.hold_ms} ms, "
+              f"edge_failover_ms {cl.settings.edge_failover_ms}")
         print(f"{'':14} {'edge -> 2 Asterisk nodes':>30} {'1 Asterisk node direct':>30}")
         for what, (r1, ok1, f1), (r2, ok2, f2) in rows:
             print(f"{what + '/s':14} {r1:>14.0f} ({ok1} ok, {f1} failed) {r2:>14.0f} ({ok2} ok, {f2} failed)")

@@ -158,13 +158,14 @@ def _roles(url: str, kamailio_password: str) -> None:
 
 
 def _config(base: Path, rpc_port: int, sip_ports: dict[str, int], ami_ports: dict[str, int], agi_ports: list[int],
-            edge_port: int, carrier_port: int, flood_requests: int) -> Path:
+            edge_port: int, carrier_port: int, flood_requests: int, failover_ms: int = 0) -> Path:
     nodes = "".join(f'[[ami_nodes]]\nname = "{n}"\nhost = "127.0.0.1"\nport = {ami_ports[n]}\nusername = "dustel"\n'
                     f'sip = "{ip}:{sip_ports[n]}"\n' for n, ip in NODES.items())
     text = (f'agi_servers = "{",".join(f"{h}:{p}" for h, p in zip(POLICY, agi_ports, strict=True))}"\n'
             f'carrier_host = "{CARRIER}:{carrier_port}"\ncarrier_match = "{CARRIER}/32"\n'
             f'moh_dir = "/var/lib/dustel/moh"\nami_acl = "127.0.0.1/32"\n'
             + (f"edge_flood_requests = {flood_requests}\n" if flood_requests else "")
+            + (f"edge_failover_ms = {failover_ms}\n" if failover_ms else "")
             + f'[[edge_nodes]]\nname = "edge1"\nhost = "{EDGE}"\nport = {edge_port}\nrpc_port = {rpc_port}\n'
             + nodes)
     cfg = base / "dustel.toml"
@@ -180,10 +181,12 @@ def check() -> tuple[str, Asterisk]:
     return sipp, Asterisk.ensure_built()
 
 
-def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_requests: int = 0) -> Cluster:
+def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_requests: int = 0,
+          failover_ms: int = 0) -> Cluster:
     """Bring the cluster up in ``base``; every part started is appended to
-    ``started`` (``stop`` takes them down, last first).  ``flood_requests``:
-    the edge's flood limit per source address (0: the default)."""
+    ``started`` (``stop`` takes them down, last first).  ``flood_requests``,
+    ``failover_ms``: the edge's flood limit per source address and its
+    fr_timer (0: the defaults)."""
     pg_port = free_port(PG_HOSTS)
     primary = Postgres(base / "pg1", PG_HOSTS[0], pg_port, "cluster-pg-secret")
     standby = Postgres(base / "pg2", PG_HOSTS[1], pg_port, "cluster-pg-secret")
@@ -214,7 +217,8 @@ def start(base: Path, sipp: str, chroot: Asterisk, started: list[Any], flood_req
     ami_ports = {n: free_port() for n in NODES}
     agi_ports = [free_port([h]) for h in POLICY]
     carrier_port = free_port([CARRIER])
-    cfg = _config(base, rpc_port, sip_ports, ami_ports, agi_ports, edge_port, carrier_port, flood_requests)
+    cfg = _config(base, rpc_port, sip_ports, ami_ports, agi_ports, edge_port, carrier_port, flood_requests,
+                  failover_ms)
     env = {**os.environ, "DATABASE_URL": db_url, "DUSTEL_CONFIG": str(cfg), "DUSTEL_STATE_DIR": str(base / "state"),
            "DUSTEL_AMI_SECRET": AMI_SECRET,
            "DUSTEL_KAMAILIO_DB_URL": f"postgres://kamailio:cluster-kamailio-secret@{PG_HOSTS[0]},{PG_HOSTS[1]}:"
