@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from ...provisioning import accounts
 from .. import users
 from ..web import account_of, admin, portal_of, router
+from .auth import PasswordIn
 
 api = router(tags=["accounts"])
 
@@ -19,10 +20,6 @@ class AccountIn(BaseModel):
     allowed_ips: list[str] | None = None       # [] allows calls from anywhere
     caller_id: str | None = None               # "" clears it
     location: str | None = None
-
-
-class PasswordIn(BaseModel):
-    password: str
 
 
 @api.get("/accounts")

@@ -65,6 +65,7 @@ class UserIn(BaseModel):
 
 
 class PasswordIn(BaseModel):
+    """A new password (a portal user's or a SIP account's)."""
     password: str
 
 
